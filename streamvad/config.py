@@ -1,0 +1,215 @@
+"""Configuration: one pydantic model per YAML section, validated at start-up.
+
+Unknown keys are errors (a typo must not silently fall back to a default), `${VAR}` and
+`${VAR:-default}` are replaced from the environment before parsing, and every failure becomes one
+`ConfigError` line naming the file, the dotted field and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from streamvad.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BackboneConfig(_Section):
+    """Which frozen network embeds frames, and how it runs."""
+
+    name: str = "efficientnet-lite0"  # registry name: dinov2 | vit | ijepa | hf | efficientnet-lite0
+    model: str | None = None  # hub id or local directory for Hugging Face backbones
+    image_size: tuple[int, int] = (224, 336)  # (height, width) fed to the network
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    batch_size: int = Field(16, ge=1)
+
+
+class NormalityConfig(_Section):
+    """How normal footage is clustered and indexed (see ARCHITECTURE.md, 'Fitting')."""
+
+    k_min: int = Field(2, ge=2)
+    k_max: int = Field(50, ge=2)
+    k_candidates: int = Field(10, ge=1)  # silhouette is evaluated on this many k in [k_min, k_max]
+    silhouette_sample: int = Field(1000, ge=10)
+    kmeans_iters: int = Field(30, ge=1)
+    hdbscan: Literal["none", "global", "all"] = "global"
+    hdbscan_min_cluster_size: int = Field(40, ge=2)
+    hdbscan_min_samples: int = Field(40, ge=1)
+    density_m: int = Field(5, ge=1)
+    index: Literal["dense", "hnsw"] = "dense"
+    chroma: bool = True  # write the ChromaDB system of record next to the serving index
+    holdout_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # normal frames kept aside for thresholds
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _k_range(self) -> NormalityConfig:
+        if self.k_max < self.k_min:
+            raise ValueError(f"k_max ({self.k_max}) must be >= k_min ({self.k_min})")
+        return self
+
+
+class ScoringConfig(_Section):
+    """How token confidences become a frame decision."""
+
+    method: Literal["knnn", "hdbscan"] = "knnn"
+    rule: Literal["majority", "topk", "global", "any_k"] = "majority"
+    patch_threshold: float = Field(0.8, gt=0.0)
+    topk_ratio: float = Field(0.05, gt=0.0, le=1.0)
+    any_k: int = Field(1, ge=1)
+    frame_threshold: float | None = None  # None: calibrated on held-out normal frames at fit time
+    calibration_quantile: float = Field(0.99, gt=0.0, lt=1.0)
+
+
+class SamplingConfig(_Section):
+    fps: float = Field(4.0, gt=0.0)
+
+
+class CameraConfig(_Section):
+    """One camera (or recorded source) the server reads."""
+
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    url: str  # rtsp://..., a video file, /dev/videoN, or an image folder
+    fps: float = Field(4.0, gt=0.0)
+    loop: bool = False  # loop a video file (demo and soak runs)
+    realtime: bool = True  # pace files at their own frame rate, like a camera
+    mask: list[tuple[float, float]] | None = None  # polygon in [0,1] image coords; patches outside ignored
+
+    @field_validator("mask")
+    @classmethod
+    def _polygon(cls, v: list[tuple[float, float]] | None) -> list[tuple[float, float]] | None:
+        if v is not None and len(v) < 3:
+            raise ValueError("a mask polygon needs at least 3 points")
+        return v
+
+
+class TransportConfig(_Section):
+    """ZeroMQ endpoints (tcp:// or ipc://) and the backpressure policy of the frame queue."""
+
+    frames: str = "ipc:///tmp/streamvad-frames"
+    verdicts: str = "ipc:///tmp/streamvad-verdicts"
+    hwm: int = Field(64, ge=1)
+    policy: Literal["block", "drop"] = "drop"  # block for replay, drop (keep freshest) for live
+    jpeg_quality: int = Field(90, ge=10, le=100)
+
+
+class WorkerConfig(_Section):
+    max_batch: int = Field(16, ge=1)
+    max_wait_ms: float = Field(50.0, ge=0.0)
+
+
+class EventsConfig(_Section):
+    """Hysteresis: open after `open_n` anomalous of the last `open_m` frames, close after quiet."""
+
+    open_n: int = Field(2, ge=1)
+    open_m: int = Field(4, ge=1)
+    close_quiet_s: float = Field(2.0, ge=0.0)
+    cooldown_s: float = Field(10.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _window(self) -> EventsConfig:
+        if self.open_n > self.open_m:
+            raise ValueError(f"open_n ({self.open_n}) must be <= open_m ({self.open_m})")
+        return self
+
+
+class WebhookConfig(_Section):
+    url: str = Field(pattern=r"^https?://")
+    secret: str | None = None  # HMAC-SHA256 key for the X-StreamVAD-Signature header
+    timeout_s: float = Field(5.0, gt=0.0)
+    max_attempts: int = Field(0, ge=0)  # 0: retry until delivered
+    backoff_s: float = Field(0.5, gt=0.0)
+    backoff_max_s: float = Field(30.0, gt=0.0)
+
+
+class SinksConfig(_Section):
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
+    jsonl: Path | None = None
+    snapshots: Path | None = None
+    spool: Path = Path("runs/spool")  # disk-backed webhook queue
+
+
+class StreamVADConfig(_Section):
+    """The whole configuration tree; every section has working defaults."""
+
+    model_dir: Path | None = None
+    backbone: BackboneConfig = BackboneConfig()
+    normality: NormalityConfig = NormalityConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    cameras: list[CameraConfig] = Field(default_factory=list)
+    transport: TransportConfig = TransportConfig()
+    worker: WorkerConfig = WorkerConfig()
+    events: EventsConfig = EventsConfig()
+    sinks: SinksConfig = SinksConfig()
+
+    @model_validator(mode="after")
+    def _unique_cameras(self) -> StreamVADConfig:
+        ids = [c.id for c in self.cameras]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"camera ids must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str, source: str = "<config>") -> str:
+    """Replace ${VAR} / ${VAR:-default}; an unset variable without default is an error."""
+
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{source}: environment variable ${{{name}}} is not set and has no default")
+
+    return _ENV.sub(sub, text)
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line: the first failing field, what was expected, and how many more failed."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    got = first.get("input")
+    shown = "" if first["type"] == "extra_forbidden" or isinstance(got, dict) else f" (got {got!r})"
+    more = f" [+{err.error_count() - 1} more]" if err.error_count() > 1 else ""
+    return f"{source}: {loc}: {msg}{shown}{more}"
+
+
+def parse_config(data: dict[str, Any] | None, source: str = "<config>") -> StreamVADConfig:
+    try:
+        return StreamVADConfig.model_validate(data or {})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path | None) -> StreamVADConfig:
+    """Load and validate a YAML config; None gives the defaults."""
+    if path is None:
+        return StreamVADConfig()
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(expand_env(p.read_text(encoding="utf-8"), str(p)))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}:{where} not valid YAML: {getattr(err, 'problem', err)}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    return parse_config(data, str(p))

@@ -1,0 +1,125 @@
+"""The shared vocabulary: every value that crosses a module boundary is one of these dataclasses.
+
+Sources produce `Frame`s, backbones turn them into an `EmbeddingBatch`, scorers and detectors turn
+that into `Verdict`s, and the event tracker folds verdicts into `Event`s for the sinks. Nothing else
+is passed between packages, which keeps sources ignorant of models and scorers ignorant of sinks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True, order=True)
+class FrameKey:
+    """Identifies one sampled frame of one camera; hashable so it can key dicts and dedupe sets."""
+
+    camera: str
+    index: int
+    pts: float
+
+
+@dataclass
+class Frame:
+    """One sampled frame.
+
+    `index` counts sampled frames per camera from 0; `pts` is the presentation time in seconds from
+    the start of the stream (what sampling is based on); `wall_time` is when the reader produced it
+    (what latency is measured from). `label` is the ground truth when a dataset is replayed
+    (0 normal, 1 anomalous) and None for live cameras.
+    """
+
+    camera: str
+    index: int
+    pts: float
+    wall_time: float
+    image: np.ndarray  # [H, W, 3] uint8 RGB
+    label: int | None = None
+    source: str = ""
+
+    @property
+    def key(self) -> FrameKey:
+        return FrameKey(self.camera, self.index, self.pts)
+
+
+@dataclass
+class EmbeddingBatch:
+    """What a backbone computes for a batch of frames, as float32 numpy arrays.
+
+    `patches` are laid out row-major on `grid` (h, w), so `patches[b].reshape(h, w, D)` is the map.
+    `attention` is the CLS-to-patch attention averaged over heads, when the backbone has one and it
+    was asked for. `layers` holds intermediate patch features keyed by block index (1-based, as in
+    Hugging Face `hidden_states`), only for the layers a detector asked for.
+    """
+
+    keys: list[FrameKey]
+    global_: np.ndarray  # [B, D]
+    patches: np.ndarray  # [B, N, D]
+    grid: tuple[int, int]
+    attention: np.ndarray | None = None  # [B, N]
+    layers: dict[int, np.ndarray] = field(default_factory=dict)  # block -> [B, N, D_l]
+
+    def __post_init__(self) -> None:
+        b, n, _ = self.patches.shape
+        if len(self.keys) != b or self.global_.shape[0] != b:
+            raise ValueError(f"EmbeddingBatch: {len(self.keys)} keys, global {self.global_.shape}, "
+                             f"patches {self.patches.shape} disagree on batch size")
+        if self.grid[0] * self.grid[1] != n:
+            raise ValueError(f"EmbeddingBatch: grid {self.grid} does not hold {n} patches")
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+@dataclass
+class Verdict:
+    """The decision for one frame.
+
+    `patch_confidences` are the per-patch confidences in [0, 1] (the heatmap, row-major on `grid`).
+    `score` is the frame score the decision thresholds; `raw_score` is the same aggregate before
+    any capping, kept because capped confidences tie at 1 and ranking metrics (AUROC) need the order.
+    `decided_by` names the model, rule and threshold, e.g. "knnn/majority@0.80".
+    """
+
+    key: FrameKey
+    score: float
+    raw_score: float
+    anomalous: bool
+    global_confidence: float
+    patch_confidences: np.ndarray  # [N] float32
+    grid: tuple[int, int]
+    unsafe_patches: int
+    threshold: float
+    decided_by: str
+
+    @property
+    def n_patches(self) -> int:
+        return int(self.patch_confidences.shape[0])
+
+    @property
+    def heatmap(self) -> np.ndarray:
+        """Per-patch confidences as an [h, w] map."""
+        return self.patch_confidences.reshape(self.grid)
+
+
+@dataclass
+class Event:
+    """A run of anomalous frames on one camera, as sinks see it.
+
+    `id` is stable for the life of the event and doubles as the idempotency key of webhook
+    deliveries, so a receiver can drop the duplicates that at-least-once delivery may produce.
+    `end_pts` is None while the event is still open.
+    """
+
+    id: str
+    camera: str
+    start_pts: float
+    end_pts: float | None
+    start_wall_time: float
+    peak_score: float
+    peak_key: FrameKey
+    frame_count: int
+    snapshot_paths: list[str] = field(default_factory=list)
+    state: str = "open"  # "open" | "closed"
