@@ -1,0 +1,5 @@
+import sys
+
+from streamvad.cli import main
+
+sys.exit(main())

@@ -1,0 +1,210 @@
+"""`streamvad` command line: demo, fit, replay, eval, serve, bench, doctor.
+
+Operator errors (`StreamVADError`) print one line and exit 2; anything else is a bug and keeps its
+traceback. Heavy imports happen inside the commands so `streamvad --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from streamvad.config import StreamVADConfig, load_config
+from streamvad.errors import ConfigError, StreamVADError
+
+log = logging.getLogger("streamvad")
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML configuration (see configs/)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override backbone.device")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+
+
+def _config(args: argparse.Namespace) -> StreamVADConfig:
+    cfg = load_config(args.config)
+    if getattr(args, "device", None):
+        cfg = cfg.model_copy(update={"backbone": cfg.backbone.model_copy(update={"device": args.device})})
+    return cfg
+
+
+def _sample_fps(args: argparse.Namespace, default: float | None) -> float | None:
+    if args.sample_fps is None:
+        return default
+    return None if args.sample_fps <= 0 else args.sample_fps
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from streamvad.datasets.base import load_dataset
+    from streamvad.pipeline import clips_from_paths, fit
+
+    cfg = _config(args)
+    if args.dataset:
+        if args.sources:
+            raise ConfigError("fit: give either --dataset/--root or SOURCE paths, not both")
+        split = load_dataset(args.dataset, args.root)
+        clips, default_fps = split.train, split.sample_fps
+    elif args.sources:
+        clips, default_fps = clips_from_paths(args.sources), cfg.sampling.fps
+    else:
+        raise ConfigError("fit: nothing to fit on; give --dataset KIND --root PATH or SOURCE paths")
+    res = fit(cfg, clips, args.out, sample_fps=_sample_fps(args, default_fps), detector=args.detector,
+              progress=not args.no_progress)
+    thresholds = ", ".join(f"{k}={v:.3f}" for k, v in res.thresholds.items()) or "none (no held-out frames)"
+    print(f"fitted {res.kind} model on {res.n_train} frames ({res.n_holdout} held out) in {res.seconds:.0f} s "
+          f"-> {res.model_dir}\nthresholds from held-out normal frames: {thresholds}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from streamvad.engine import load_engine
+    from streamvad.pipeline import clips_from_paths, replay
+
+    cfg = _config(args)
+    engine = load_engine(args.model, backbone=cfg.backbone if args.device else None)
+    clips = clips_from_paths(args.sources)
+    res = replay(engine, clips, sample_fps=_sample_fps(args, engine.info.sample_fps or cfg.sampling.fps),
+                 out_jsonl=args.out, heatmaps=args.heatmaps, progress=not args.no_progress)
+    recs = next(iter(res.records.values()))
+    flagged = sum(r["anomalous"] for r in recs)
+    print(f"scored {res.frames} frames in {res.seconds:.1f} s ({res.frames / max(res.seconds, 1e-9):.1f} frames/s); "
+          f"{flagged} anomalous -> {args.out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from streamvad.datasets.base import load_dataset
+    from streamvad.engine import load_engine
+    from streamvad.evaluation import summary_table
+    from streamvad.pipeline import evaluate
+
+    cfg = _config(args)
+    engine = load_engine(args.model, backbone=cfg.backbone if args.device else None)
+    split = load_dataset(args.dataset, args.root)
+    rules = [r for r in (args.rules or "").split(",") if r]
+    reports = evaluate(engine, split.test, args.out, sample_fps=_sample_fps(args, split.sample_fps),
+                       rules=rules, oracle=args.oracle, progress=not args.no_progress)
+    print(summary_table([{"scorer": name, **rep} for name, rep in reports.items()]))
+    print(f"report -> {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streamvad.demo import run_demo
+
+    return run_demo(args.out, progress=not args.no_progress, config=args.config)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from streamvad.serve import serve
+
+    return serve(_config(args))
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from streamvad.bench import write_json
+
+    if args.what == "scoring":
+        from streamvad.bench.scoring import run_scoring_bench
+
+        result = run_scoring_bench(n_patches=args.patches, dim=args.dim, n_train=args.train,
+                                   faithful_frames=args.faithful_frames)
+    else:
+        from streamvad.bench.throughput import run_throughput_bench
+
+        result = run_throughput_bench(cameras=args.cameras, seconds=args.seconds, models=args.models)
+    write_json(result, args.json)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from streamvad.doctor import report
+
+    print(report())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamvad", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="synthetic scene end to end: fit, replay, report (no network, no data)")
+    _add_common(p)
+    p.add_argument("--out", type=Path, default=Path("demo-out"))
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("fit", help="fit a normality model (or --detector) on normal footage")
+    _add_common(p)
+    p.add_argument("sources", nargs="*", help="video files or image folders of normal footage")
+    p.add_argument("--dataset", choices=["ucsd", "safe-unsafe", "folder"])
+    p.add_argument("--root", type=Path)
+    p.add_argument("--detector", choices=["uniformaly", "generalad", "s2vad"])
+    p.add_argument("--sample-fps", type=float, help="frames per second to sample (0 = every frame)")
+    p.add_argument("--out", type=Path, required=True, help="model directory to write")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("replay", help="score recorded sources, one JSON line per frame")
+    _add_common(p)
+    p.add_argument("sources", nargs="+", help="video files or image folders")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="results .jsonl")
+    p.add_argument("--heatmaps", type=Path, help="folder for heatmap overlays of every frame")
+    p.add_argument("--sample-fps", type=float, help="frames per second to sample (0 = every frame)")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("eval", help="evaluate a model on a labelled dataset: metrics.json + plots")
+    _add_common(p)
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--dataset", choices=["ucsd", "safe-unsafe", "folder"], required=True)
+    p.add_argument("--root", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--rules", help="compare decision rules, e.g. majority,topk,global,hdbscan/global")
+    p.add_argument("--oracle", action="store_true",
+                   help="also report the study's recall-weighted threshold chosen on test labels")
+    p.add_argument("--sample-fps", type=float, help="frames per second to sample (0 = every frame)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("serve", help="run readers, worker and sinks from a config")
+    _add_common(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("bench", help="benchmarks; results as JSON")
+    p.add_argument("what", choices=["scoring", "throughput"])
+    p.add_argument("--json", type=Path, help="write the result here as JSON")
+    p.add_argument("--patches", type=int, default=256)
+    p.add_argument("--dim", type=int, default=384)
+    p.add_argument("--train", type=int, default=2500)
+    p.add_argument("--faithful-frames", type=int, default=1)
+    p.add_argument("--cameras", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--models", nargs="+", default=["efficientnet-lite0", "vit-s"])
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("doctor", help="versions, devices and optional tools this machine has")
+    p.set_defaults(func=cmd_doctor)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except StreamVADError as err:
+        print(f"streamvad: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("streamvad: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+

@@ -1,0 +1,182 @@
+"""The one scoring path: frames in, verdicts out, for replay, evaluation and the live worker alike.
+
+A model directory holds `model.json` (which backbone embedded the training frames and which scorer
+was fitted on them) next to the scorer's own files, so `--model DIR` is all a user has to give: the
+engine rebuilds the same backbone, checks the fitted model against it and serves it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from streamvad.backbones.base import Backbone
+from streamvad.backbones.registry import build_backbone
+from streamvad.config import BackboneConfig, ScoringConfig
+from streamvad.errors import InputError, ModelMismatchError
+from streamvad.types import EmbeddingBatch, Frame, Verdict
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.json"
+MODEL_FORMAT = 1
+KNNN = "knnn"
+
+
+class FrameScorer(Protocol):
+    """What the engine needs from a k-NNN scorer or an image detector."""
+
+    def score(self, batch: EmbeddingBatch) -> list[Verdict]: ...
+
+
+@dataclass(frozen=True)
+class FeatureRequest:
+    """Extra backbone outputs a scorer needs beyond global + last-layer patches."""
+
+    layers: tuple[int, ...] = ()
+    attention: bool = False
+    attention_layer: int | None = None
+
+
+@dataclass
+class ModelInfo:
+    """Contents of model.json: enough to rebuild the serving stack from a directory."""
+
+    kind: str  # "knnn" or a detector name
+    backbone: BackboneConfig
+    scoring: ScoringConfig
+    sample_fps: float | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, model_dir: Path) -> None:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "format": MODEL_FORMAT,
+            "kind": self.kind,
+            "backbone": self.backbone.model_dump(mode="json"),
+            "scoring": self.scoring.model_dump(mode="json"),
+            "sample_fps": self.sample_fps,
+            **self.extra,
+        }
+        (model_dir / MODEL_FILE).write_text(json.dumps(doc, indent=2), encoding="utf-8")
+
+    @classmethod
+    def load(cls, model_dir: Path) -> ModelInfo:
+        path = model_dir / MODEL_FILE
+        if not path.is_file():
+            raise InputError(f"{model_dir}: not a StreamVAD model directory (no {MODEL_FILE}; run `streamvad fit`)")
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            if doc.get("format") != MODEL_FORMAT:
+                raise ModelMismatchError(
+                    f"{path}: model format {doc.get('format')!r}, this StreamVAD reads format {MODEL_FORMAT}"
+                )
+            kind = str(doc.pop("kind"))
+            backbone = BackboneConfig.model_validate(doc.pop("backbone"))
+            scoring = ScoringConfig.model_validate(doc.pop("scoring"))
+            sample_fps = doc.pop("sample_fps", None)
+        except (json.JSONDecodeError, KeyError, ValueError) as err:
+            raise InputError(f"{path}: unreadable model description ({str(err).splitlines()[0]})") from None
+        doc.pop("format", None)
+        return cls(kind, backbone, scoring, sample_fps, doc)
+
+
+@dataclass
+class Timings:
+    """Wall time of the last `process` call, for metrics and benchmarks."""
+
+    embed_s: float = 0.0
+    score_s: float = 0.0
+    batch_size: int = 0
+
+
+class Engine:
+    """Backbone + scorer. `process` is the only method the rest of the system calls."""
+
+    def __init__(self, backbone: Backbone, scorer: FrameScorer, request: FeatureRequest, info: ModelInfo):
+        self.backbone = backbone
+        self.scorer = scorer
+        self.request = request
+        self.info = info
+        self.timings = Timings()
+
+    def embed(self, frames: Sequence[Frame]) -> EmbeddingBatch:
+        return self.backbone.embed(
+            [f.image for f in frames],
+            [f.key for f in frames],
+            layers=self.request.layers,
+            attention=self.request.attention,
+            attention_layer=self.request.attention_layer,
+        )
+
+    def process(self, frames: Sequence[Frame]) -> list[Verdict]:
+        if not frames:
+            return []
+        t0 = time.perf_counter()
+        batch = self.embed(frames)
+        t1 = time.perf_counter()
+        verdicts = self.scorer.score(batch)
+        self.timings = Timings(t1 - t0, time.perf_counter() - t1, len(frames))
+        return verdicts
+
+
+def load_engine(
+    model_dir: Path,
+    *,
+    scoring: ScoringConfig | None = None,
+    backbone: BackboneConfig | None = None,
+    mask: np.ndarray | None = None,
+) -> Engine:
+    """Rebuild the serving stack of a fitted model directory.
+
+    `scoring` overrides the rule/threshold the model was fitted with (e.g. to compare rules on one
+    model); `backbone` overrides runtime settings (device, dtype, batch size) and must otherwise
+    describe the same network, which the scorer's own manifest check enforces.
+    """
+    info = ModelInfo.load(model_dir)
+    bb_cfg = info.backbone
+    if backbone is not None:
+        bb_cfg = bb_cfg.model_copy(
+            update={"device": backbone.device, "dtype": backbone.dtype, "batch_size": backbone.batch_size}
+        )
+    net = build_backbone(bb_cfg)
+    if info.kind == KNNN:
+        from streamvad.normality.model import NormalityModel
+        from streamvad.scoring import Scorer
+
+        model = NormalityModel.load(model_dir / "normality", backbone=net.manifest())
+        scorer: FrameScorer = Scorer(model, scoring or info.scoring, mask=mask, device=_torch_device(bb_cfg))
+        request = FeatureRequest()
+    else:
+        from streamvad.detectors.base import load_detector
+
+        detector = load_detector(model_dir / "detector")
+        _check_detector_backbone(model_dir, info, net)
+        req = detector.requirements()
+        scorer, request = detector, FeatureRequest(req.layers, req.attention, req.attention_layer)
+    log.info("serving %s model %s on backbone %s", info.kind, model_dir, bb_cfg.name)
+    return Engine(net, scorer, request, info)
+
+
+def _check_detector_backbone(model_dir: Path, info: ModelInfo, net: Backbone) -> None:
+    fitted = info.extra.get("backbone_manifest")
+    if fitted is not None and fitted != json.loads(json.dumps(net.manifest())):
+        raise ModelMismatchError(
+            f"{model_dir}: detector was fitted with backbone {fitted.get('name')} {fitted.get('grid')} "
+            f"but the configured backbone is {net.name} {net.grid}; refit or use the original backbone"
+        )
+
+
+def _torch_device(cfg: BackboneConfig) -> str:
+    import torch
+
+    if cfg.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg.device

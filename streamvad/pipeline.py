@@ -1,0 +1,391 @@
+"""Offline work on recorded footage: fit a model, replay sources through it, evaluate on a dataset.
+
+All three read frames through the same sources and score them through the same `Engine` as the live
+worker, so an evaluation measures exactly what a camera would get.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from streamvad.backbones.base import Backbone
+from streamvad.backbones.registry import build_backbone
+from streamvad.config import ScoringConfig, StreamVADConfig
+from streamvad.datasets.base import Clip, iter_clip
+from streamvad.engine import KNNN, Engine, FeatureRequest, FrameScorer, ModelInfo
+from streamvad.errors import InputError
+from streamvad.overlay import overlay_heatmap, save_jpeg
+from streamvad.sources.images import list_images
+from streamvad.types import EmbeddingBatch, Frame, Verdict
+
+log = logging.getLogger(__name__)
+
+
+def batched(frames: Iterable[Frame], size: int) -> Iterator[list[Frame]]:
+    batch: list[Frame] = []
+    for frame in frames:
+        batch.append(frame)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def clips_from_paths(paths: Sequence[str | Path], native_fps: float = 10.0) -> list[Clip]:
+    """Wrap plain video files and image folders given on the command line as unlabelled clips."""
+    clips = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            list_images(p)  # fails early, with the folder's name, when it holds no images
+            clips.append(Clip(p.name, p, p.name, "images", None, native_fps))
+        elif p.is_file():
+            clips.append(Clip(p.stem, p, p.stem, "video", None, None))
+        else:
+            raise InputError(f"{p}: no such video file or image folder")
+    return clips
+
+
+def iter_frames(clips: Sequence[Clip], sample_fps: float | None) -> Iterator[Frame]:
+    for clip in clips:
+        yield from iter_clip(clip, sample_fps)
+
+
+def progress_bar(desc: str, enabled: bool, total: int | None = None) -> tqdm:
+    return tqdm(total=total, desc=desc, unit="frame", disable=not enabled, dynamic_ncols=True, leave=False)
+
+
+@dataclass
+class Embedded:
+    """Embeddings of many frames, kept in memory as float32 (one row per frame)."""
+
+    global_: np.ndarray  # [Q, D]
+    patches: np.ndarray  # [Q, N, D]
+    clip_ids: np.ndarray  # [Q] index into the clip list
+    sources: list[str]
+    batches: list[EmbeddingBatch] = field(default_factory=list)
+
+    def rows(self, mask: np.ndarray) -> Embedded:
+        idx = np.flatnonzero(mask)
+        return Embedded(self.global_[idx], self.patches[idx], self.clip_ids[idx], [self.sources[i] for i in idx])
+
+
+def embed_clips(
+    backbone: Backbone,
+    clips: Sequence[Clip],
+    sample_fps: float | None,
+    *,
+    request: FeatureRequest | None = None,
+    keep_batches: bool = False,
+    progress: bool = True,
+) -> Embedded:
+    """Embed every sampled frame of `clips`; with `keep_batches`, also keep the full batches (detectors)."""
+    request = request or FeatureRequest()
+    globals_, patches, clip_ids, sources, kept = [], [], [], [], []
+    bar = progress_bar("embedding", progress)
+    for ci, clip in enumerate(clips):
+        for frames in batched(iter_clip(clip, sample_fps), backbone_batch(backbone)):
+            batch = backbone.embed(
+                [f.image for f in frames],
+                [f.key for f in frames],
+                layers=request.layers,
+                attention=request.attention,
+                attention_layer=request.attention_layer,
+            )
+            globals_.append(batch.global_)
+            patches.append(batch.patches)
+            clip_ids.extend([ci] * len(frames))
+            sources.extend(f.source or clip.name for f in frames)
+            if keep_batches:
+                kept.append(batch)
+            bar.update(len(frames))
+    bar.close()
+    if not globals_:
+        raise InputError(f"no frames could be read from {', '.join(str(c.path) for c in clips)}")
+    return Embedded(np.concatenate(globals_), np.concatenate(patches), np.asarray(clip_ids), sources, kept)
+
+
+def backbone_batch(backbone: Backbone) -> int:
+    return int(getattr(backbone, "batch_size", 16))
+
+
+def holdout_mask(clip_ids: np.ndarray, n_clips: int, fraction: float) -> np.ndarray:
+    """Rows kept aside to calibrate thresholds on normal data.
+
+    Whole clips are held out when there are several, because neighbouring frames of one clip are
+    near-duplicates and would make the held-out scores look more normal than new footage is. With a
+    single clip, its last `fraction` of frames is held out instead.
+    """
+    if fraction <= 0:
+        return np.zeros(len(clip_ids), dtype=bool)
+    if n_clips >= 2:
+        n_hold = max(1, round(n_clips * fraction))
+        held = np.linspace(n_clips - 1, 0, n_hold, endpoint=False).round().astype(int)
+        return np.isin(clip_ids, held)
+    cut = len(clip_ids) - max(1, math.ceil(len(clip_ids) * fraction))
+    mask = np.zeros(len(clip_ids), dtype=bool)
+    mask[cut:] = True
+    return mask
+
+
+@dataclass
+class FitResult:
+    model_dir: Path
+    kind: str
+    n_train: int
+    n_holdout: int
+    thresholds: dict[str, float]
+    seconds: float
+
+
+def fit(
+    cfg: StreamVADConfig,
+    clips: Sequence[Clip],
+    out: Path,
+    *,
+    sample_fps: float | None,
+    detector: str | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Fit a k-NNN normality model (default) or an image detector on normal clips and save it to `out`."""
+    t0 = time.perf_counter()
+    backbone = build_backbone(cfg.backbone)
+    kind = detector or KNNN
+    if kind == KNNN:
+        embedded = embed_clips(backbone, clips, sample_fps, progress=progress)
+        hold = holdout_mask(embedded.clip_ids, len(clips), cfg.normality.holdout_fraction)
+        train, held = embedded.rows(~hold), embedded.rows(hold)
+        thresholds = _fit_knnn(cfg, backbone, train, held, out, progress)
+        extra: dict[str, Any] = {}
+    else:
+        thresholds, train, held = _fit_detector(cfg, kind, backbone, clips, sample_fps, out, progress)
+        extra = {"backbone_manifest": json.loads(json.dumps(backbone.manifest()))}
+    ModelInfo(kind, cfg.backbone, cfg.scoring, sample_fps, extra).save(out)
+    return FitResult(out, kind, len(train.sources), len(held.sources), thresholds, time.perf_counter() - t0)
+
+
+def _fit_knnn(
+    cfg: StreamVADConfig, backbone: Backbone, train: Embedded, held: Embedded, out: Path, progress: bool
+) -> dict[str, float]:
+    from streamvad.normality.model import NormalityModel
+    from streamvad.scoring import calibrate
+
+    model = NormalityModel.fit(
+        train.global_, train.patches, cfg.normality, sources=train.sources, backbone=backbone.manifest()
+    )
+    if len(held.sources):
+        model.set_thresholds(calibrate(model, held.global_, held.patches, cfg.scoring))
+    model.save(out / "normality")
+    return dict(model.thresholds)
+
+
+def _fit_detector(
+    cfg: StreamVADConfig,
+    name: str,
+    backbone: Backbone,
+    clips: Sequence[Clip],
+    sample_fps: float | None,
+    out: Path,
+    progress: bool,
+) -> tuple[dict[str, float], Embedded, Embedded]:
+    from streamvad.detectors.base import build_detector
+
+    det = build_detector(name, cfg.detector)
+    req = det.requirements()
+    request = FeatureRequest(req.layers, req.attention, req.attention_layer)
+    embedded = embed_clips(backbone, clips, sample_fps, request=request, keep_batches=True, progress=progress)
+    hold = holdout_mask(embedded.clip_ids, len(clips), cfg.normality.holdout_fraction)
+    held_rows = set(np.flatnonzero(hold).tolist())
+    train_batches, held_batches = _split_batches(embedded.batches, held_rows)
+    det.fit(train_batches, progress=progress)
+    if held_batches:
+        det.calibrate(held_batches, cfg.scoring.calibration_quantile)
+    det.save(out / "detector")
+    return {"threshold": float(det.threshold)}, embedded.rows(~hold), embedded.rows(hold)
+
+
+def _split_batches(
+    batches: Sequence[EmbeddingBatch], held_rows: set[int]
+) -> tuple[list[EmbeddingBatch], list[EmbeddingBatch]]:
+    train, held, row = [], [], 0
+    for b in batches:
+        idx = np.arange(row, row + len(b))
+        row += len(b)
+        keep = np.array([i not in held_rows for i in idx])
+        for sel, dest in ((keep, train), (~keep, held)):
+            if sel.any():
+                dest.append(_take(b, sel))
+    return train, held
+
+
+def _take(b: EmbeddingBatch, sel: np.ndarray) -> EmbeddingBatch:
+    return EmbeddingBatch(
+        keys=[k for k, s in zip(b.keys, sel, strict=True) if s],
+        global_=b.global_[sel],
+        patches=b.patches[sel],
+        grid=b.grid,
+        attention=None if b.attention is None else b.attention[sel],
+        layers={i: v[sel] for i, v in b.layers.items()},
+    )
+
+
+def rule_variants(engine: Engine, names: Sequence[str]) -> dict[str, FrameScorer]:
+    """Scorers for several decision rules sharing the engine's fitted model (k-NNN models only).
+
+    Names are "rule" or "method/rule" (e.g. "majority", "topk", "hdbscan/global"). Embedding once and
+    scoring several ways is how one evaluation compares global, local-vote and top-k scoring.
+    """
+    if engine.info.kind != KNNN:
+        return {engine.info.kind: engine.scorer}
+    from streamvad.scoring import Scorer
+
+    base = engine.scorer
+    assert isinstance(base, Scorer)
+    out: dict[str, FrameScorer] = {}
+    for name in names:
+        method, _, rule = name.rpartition("/")
+        update: dict[str, Any] = {"rule": rule, "frame_threshold": None}
+        if method:
+            update["method"] = method
+        cfg = ScoringConfig.model_validate({**base.cfg.model_dump(), **update})
+        out[name] = Scorer(base.model, cfg, mask=base.mask, device=base.device)
+    return out
+
+
+def verdict_record(frame: Frame, v: Verdict) -> dict[str, Any]:
+    """The JSON line `replay` writes for one frame."""
+    return {
+        "camera": frame.camera,
+        "frame": frame.index,
+        "pts": round(frame.pts, 4),
+        "score": round(float(v.score), 6),
+        "raw_score": round(float(v.raw_score), 6),
+        "anomalous": bool(v.anomalous),
+        "global_confidence": round(float(v.global_confidence), 6),
+        "unsafe_patches": int(v.unsafe_patches),
+        "n_patches": v.n_patches,
+        "threshold": round(float(v.threshold), 6),
+        "decided_by": v.decided_by,
+        "label": frame.label,
+        "source": frame.source,
+    }
+
+
+@dataclass
+class ReplayResult:
+    """Per-scorer records (first scorer = primary) and frames/s of the whole run."""
+
+    records: dict[str, list[dict[str, Any]]]
+    frames: int
+    seconds: float
+
+
+def replay(
+    engine: Engine,
+    clips: Sequence[Clip],
+    *,
+    sample_fps: float | None,
+    scorers: dict[str, FrameScorer] | None = None,
+    out_jsonl: Path | None = None,
+    heatmaps: Path | None = None,
+    heatmap_every: int = 1,
+    progress: bool = True,
+) -> ReplayResult:
+    """Score every sampled frame; write JSON lines and heatmap overlays (every
+    `heatmap_every`-th frame of each camera) for the primary scorer."""
+    scorers = scorers or {"primary": engine.scorer}
+    primary = next(iter(scorers))
+    records: dict[str, list[dict[str, Any]]] = {name: [] for name in scorers}
+    sink = _open_jsonl(out_jsonl)
+    bar = progress_bar("scoring", progress)
+    t0 = time.perf_counter()
+    n = 0
+    try:
+        for frames in batched(iter_frames(clips, sample_fps), backbone_batch(engine.backbone)):
+            batch = engine.embed(frames)
+            for name, scorer in scorers.items():
+                for frame, v in zip(frames, scorer.score(batch), strict=True):
+                    rec = verdict_record(frame, v)
+                    records[name].append(rec)
+                    if name == primary:
+                        if sink is not None:
+                            sink.write(json.dumps(rec) + "\n")
+                        if heatmaps is not None and frame.index % heatmap_every == 0:
+                            write_overlay(heatmaps, frame, v)
+            n += len(frames)
+            bar.update(len(frames))
+    finally:
+        bar.close()
+        if sink is not None:
+            sink.close()
+    return ReplayResult(records, n, time.perf_counter() - t0)
+
+
+def _open_jsonl(path: Path | None) -> Any:
+    if path is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("w", encoding="utf-8")
+
+
+def write_overlay(folder: Path, frame: Frame, v: Verdict) -> Path:
+    flag = "ANOM" if v.anomalous else "ok"
+    name = f"{frame.camera}/{frame.index:06d}_{flag}_{v.score:.3f}.jpg"
+    return save_jpeg(overlay_heatmap(frame.image, v.heatmap), folder / name)
+
+
+def evaluate(
+    engine: Engine,
+    test: Sequence[Clip],
+    out: Path,
+    *,
+    sample_fps: float | None,
+    rules: Sequence[str] = (),
+    oracle: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Replay labelled test clips, then write metrics.json, plots and heatmap overlays to `out`.
+
+    The decision threshold is the one the model calibrated on held-out normal footage; the study's
+    recall-weighted threshold, which looks at test labels, is only reported when `oracle` is asked.
+    """
+    from streamvad.evaluation import write_report
+
+    scorers = rule_variants(engine, rules) if rules else {engine.info.kind: engine.scorer}
+    result = replay(
+        engine, test, sample_fps=sample_fps, scorers=scorers, out_jsonl=out / "verdicts.jsonl",
+        heatmaps=out / "heatmaps", heatmap_every=25, progress=progress,
+    )
+    reports: dict[str, Any] = {}
+    for i, (name, recs) in enumerate(result.records.items()):
+        labelled = [r for r in recs if r["label"] is not None]
+        if not labelled:
+            raise InputError("evaluation needs labelled test frames; the dataset gave none")
+        per_clip: dict[str, tuple[list[int], list[float]]] = {}
+        for r in labelled:
+            labels_, scores_ = per_clip.setdefault(r["camera"], ([], []))
+            labels_.append(int(r["label"]))
+            scores_.append(float(r["raw_score"]))
+        reports[name] = write_report(
+            out if i == 0 else out / "rules" / name.replace("/", "-"),
+            labels=[int(r["label"]) for r in labelled],
+            scores=[float(r["raw_score"]) for r in labelled],
+            threshold=float(labelled[0]["threshold"]),
+            oracle=oracle,
+            per_clip=per_clip,
+            extra={"scorer": name, "frames_per_second": result.frames / max(result.seconds, 1e-9)},
+        )
+    if len(reports) > 1:
+        (out / "by_rule.json").write_text(json.dumps(reports, indent=2), encoding="utf-8")
+    return reports
