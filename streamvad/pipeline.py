@@ -372,11 +372,12 @@ def evaluate(
         labelled = [r for r in recs if r["label"] is not None]
         if not labelled:
             raise InputError("evaluation needs labelled test frames; the dataset gave none")
-        per_clip: dict[str, tuple[list[int], list[float]]] = {}
+        per_clip: dict[str, dict[str, list[float]]] = {}
         for r in labelled:
-            labels_, scores_ = per_clip.setdefault(r["camera"], ([], []))
-            labels_.append(int(r["label"]))
-            scores_.append(float(r["raw_score"]))
+            clip = per_clip.setdefault(r["camera"], {"labels": [], "scores": [], "pts": []})
+            clip["labels"].append(int(r["label"]))
+            clip["scores"].append(float(r["raw_score"]))
+            clip["pts"].append(float(r["pts"]))
         reports[name] = write_report(
             out if i == 0 else out / "rules" / name.replace("/", "-"),
             labels=[int(r["label"]) for r in labelled],
