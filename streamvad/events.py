@@ -1,0 +1,169 @@
+"""From per-frame verdicts to events an operator wants to be told about.
+
+A single anomalous frame is usually noise, and an alarm that flaps open/closed every second is
+useless, so events use hysteresis per camera: open when `open_n` of the last `open_m` verdicts are
+anomalous, stay open while anomalies continue, close after `close_quiet_s` of presentation time
+without one, then stay quiet for `cooldown_s` (suppressed openings are counted, not reported).
+Time is the stream's pts, so a replay at any speed gives the same events as the live run did.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from streamvad.config import EventsConfig
+from streamvad.types import Event, Verdict
+
+log = logging.getLogger(__name__)
+
+UpdateKind = Literal["opened", "updated", "closed"]
+
+
+@dataclass
+class EventUpdate:
+    """What sinks receive: a snapshot of the event plus its peak frame and heatmap (None if the tracker
+    was not given frames). `seq` numbers the updates of one event from 0, so (event id, seq) identifies
+    a delivery; `snapshot_path` is filled in by the snapshot sink for the sinks after it."""
+
+    kind: UpdateKind
+    event: Event
+    peak_frame: np.ndarray | None
+    peak_heatmap: np.ndarray | None
+    seq: int = 0
+    snapshot_path: str | None = None
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.event.id}:{self.seq}:{self.kind}"
+
+
+@dataclass
+class _Seen:
+    verdict: Verdict
+    wall_time: float
+    frame: np.ndarray | None
+
+
+@dataclass
+class _Camera:
+    window: deque[_Seen]
+    event: Event | None = None
+    peak_frame: np.ndarray | None = None
+    peak_heatmap: np.ndarray | None = None
+    seq: int = 0
+    last_anomalous_pts: float = 0.0
+    last_pts: float = float("-inf")
+    last_wall_time: float = 0.0
+    cooldown_until: float = float("-inf")
+
+
+class EventTracker:
+    """Per-camera hysteresis. Verdicts of one camera must arrive in pts order; a verdict older than
+    the last one seen (possible with several workers) is ignored and counted in `late`."""
+
+    def __init__(self, cfg: EventsConfig) -> None:
+        self.cfg = cfg
+        self._cams: dict[str, _Camera] = {}
+        self.suppressed: Counter[str] = Counter()  # verdicts that would have opened an event in cooldown
+        self.late: Counter[str] = Counter()
+
+    def _cam(self, camera: str) -> _Camera:
+        if camera not in self._cams:
+            self._cams[camera] = _Camera(window=deque(maxlen=self.cfg.open_m))
+        return self._cams[camera]
+
+    def current_event(self, camera: str) -> Event | None:
+        cam = self._cams.get(camera)
+        return None if cam is None else cam.event
+
+    def update(self, verdict: Verdict, wall_time: float, frame: np.ndarray | None = None) -> list[EventUpdate]:
+        camera, pts = verdict.key.camera, verdict.key.pts
+        cam = self._cam(camera)
+        if pts < cam.last_pts:
+            self.late[camera] += 1
+            log.debug("%s: ignoring verdict at pts %.3f older than %.3f", camera, pts, cam.last_pts)
+            return []
+        cam.last_pts, cam.last_wall_time = pts, wall_time
+        out: list[EventUpdate] = []
+        if cam.event is not None and self._quiet_elapsed(cam, verdict):
+            out.append(self._close(cam, closed_at=pts))
+        cam.window.append(_Seen(verdict, wall_time, frame))
+        if cam.event is not None:
+            if verdict.anomalous:
+                out.extend(self._extend(cam, cam.window[-1]))
+        elif verdict.anomalous and sum(s.verdict.anomalous for s in cam.window) >= self.cfg.open_n:
+            if pts < cam.cooldown_until:
+                self.suppressed[camera] += 1
+            else:
+                out.append(self._open(cam))
+        return out
+
+    def _quiet_elapsed(self, cam: _Camera, verdict: Verdict) -> bool:
+        """A non-anomalous verdict closes once the quiet period is reached; an anomalous one only when
+        a gap in the stream (dropped frames, paused camera) already spans more than the quiet period."""
+        quiet = verdict.key.pts - cam.last_anomalous_pts
+        return quiet > self.cfg.close_quiet_s if verdict.anomalous else quiet >= self.cfg.close_quiet_s
+
+    def _open(self, cam: _Camera) -> EventUpdate:
+        hits = [s for s in cam.window if s.verdict.anomalous]
+        first, peak = hits[0], max(hits, key=lambda s: s.verdict.score)
+        cam.event = Event(
+            id=uuid.uuid4().hex, camera=first.verdict.key.camera, start_pts=first.verdict.key.pts,
+            end_pts=None, start_wall_time=first.wall_time, peak_score=peak.verdict.score,
+            peak_key=peak.verdict.key, frame_count=len(hits),
+        )
+        cam.peak_frame, cam.peak_heatmap = peak.frame, peak.verdict.heatmap.copy()
+        cam.last_anomalous_pts = hits[-1].verdict.key.pts
+        cam.seq = 0
+        log.info("event %s opened on %s at pts %.2f (peak %.3f)", cam.event.id, cam.event.camera,
+                 cam.event.start_pts, cam.event.peak_score)
+        return self._emit(cam, "opened")
+
+    def _extend(self, cam: _Camera, seen: _Seen) -> list[EventUpdate]:
+        assert cam.event is not None
+        cam.event.frame_count += 1
+        cam.last_anomalous_pts = seen.verdict.key.pts
+        if seen.verdict.score <= cam.event.peak_score:
+            return []
+        cam.event.peak_score, cam.event.peak_key = seen.verdict.score, seen.verdict.key
+        cam.peak_frame, cam.peak_heatmap = seen.frame, seen.verdict.heatmap.copy()
+        return [self._emit(cam, "updated")]
+
+    def _close(self, cam: _Camera, closed_at: float) -> EventUpdate:
+        assert cam.event is not None
+        cam.event.end_pts = cam.last_anomalous_pts
+        cam.event.state = "closed"
+        cam.cooldown_until = closed_at + self.cfg.cooldown_s
+        cam.window.clear()  # the anomalies that opened this event must not reopen the next one
+        log.info("event %s closed on %s: pts %.2f-%.2f, %d anomalous frames, peak %.3f", cam.event.id,
+                 cam.event.camera, cam.event.start_pts, cam.event.end_pts, cam.event.frame_count,
+                 cam.event.peak_score)
+        update = self._emit(cam, "closed")
+        cam.event, cam.peak_frame, cam.peak_heatmap = None, None, None
+        return update
+
+    def _emit(self, cam: _Camera, kind: UpdateKind) -> EventUpdate:
+        """A copy of the event, so later changes do not alter what a sink queued; the snapshot path
+        list is shared on purpose so paths recorded by the snapshot sink accumulate on the event."""
+        assert cam.event is not None
+        update = EventUpdate(kind, dataclasses.replace(cam.event), cam.peak_frame, cam.peak_heatmap, cam.seq)
+        cam.seq += 1
+        return update
+
+    def flush(self, camera: str | None = None) -> list[EventUpdate]:
+        """Close open events (all cameras, or one) at end of stream."""
+        names = list(self._cams) if camera is None else [camera] if camera in self._cams else []
+        return [self._close(self._cams[n], self._cams[n].last_pts) for n in names if self._cams[n].event]
+
+    def expire(self, wall_time: float) -> list[EventUpdate]:
+        """Close events of cameras that sent no verdict for `close_quiet_s` of wall-clock time, so a
+        camera that dies mid-event does not leave it open forever."""
+        return [self._close(c, c.last_pts) for c in self._cams.values()
+                if c.event is not None and wall_time - c.last_wall_time >= self.cfg.close_quiet_s]

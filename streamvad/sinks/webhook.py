@@ -1,0 +1,189 @@
+"""Webhook delivery that survives receiver outages and process restarts.
+
+Each update is first written to a spool directory (one JSON file, fsync + rename, so a crash leaves
+either the whole file or nothing), then a background thread POSTs the spool in order and deletes a file
+only after a 2xx. Failures are retried with capped exponential backoff and jitter; a 4xx other than
+408/429 means the receiver will never accept the payload, so it goes to `dead/` instead of blocking
+the queue. Delivery is at-least-once: a receiver that answered 2xx after its deadline may see the same
+`Idempotency-Key` twice and should drop the repeat.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import itertools
+import json
+import logging
+import os
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from streamvad.config import WebhookConfig
+from streamvad.events import EventUpdate
+from streamvad.sinks.base import update_record
+
+log = logging.getLogger(__name__)
+
+_RETRYABLE_4XX = (408, 429)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write, fsync, rename, fsync the directory: the file is either complete on disk or absent."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sign(body: bytes, secret: str) -> str:
+    """The X-StreamVAD-Signature value: `sha256=` + hex HMAC-SHA256 of the exact body bytes."""
+    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+
+
+class WebhookSink:
+    """POSTs event updates to `cfg.url` through the disk spool in `spool_dir`.
+
+    One sink per spool directory: two live sinks on the same directory would deliver twice.
+    Counters: `delivered` (2xx), `failures` (failed attempts), `retries` (attempts scheduled again),
+    `dead` (dead-lettered) and `pending` (files waiting in the spool).
+    """
+
+    def __init__(self, cfg: WebhookConfig, spool_dir: str | Path, inline_snapshot_max_bytes: int = 64 * 1024) -> None:
+        self.cfg = cfg
+        self.spool = Path(spool_dir)
+        self.dead_dir = self.spool / "dead"
+        self.dead_dir.mkdir(parents=True, exist_ok=True)
+        for partial in self.spool.glob(".*.tmp"):  # interrupted writes: never acknowledged to the caller
+            partial.unlink()
+        self.inline_snapshot_max_bytes = inline_snapshot_max_bytes
+        self.delivered = self.failures = self.retries = self.dead = 0
+        self._seq = itertools.count()
+        self._attempts: dict[str, int] = {}
+        self._kick = threading.Event()  # new work or closing
+        self._closing = threading.Event()  # drain, then stop
+        self._halt = threading.Event()  # stop now (close timed out)
+        if self.pending:
+            log.info("webhook %s: resuming %d pending deliveries from %s", cfg.url, self.pending, self.spool)
+        self._thread = threading.Thread(target=self._run, name="streamvad-webhook", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        return sum(1 for _ in self.spool.glob("*.json"))
+
+    def stats(self) -> dict[str, int]:
+        return {"delivered": self.delivered, "retries": self.retries, "failures": self.failures,
+                "dead": self.dead, "pending": self.pending}
+
+    # ------------------------------------------------------------------ caller's side
+
+    def handle(self, update: EventUpdate) -> None:
+        """Spool the update (durable when this returns) and wake the delivery thread."""
+        record: dict[str, Any] = update_record(update)
+        snap = update.snapshot_path
+        if snap and self.inline_snapshot_max_bytes and os.path.isfile(snap) \
+                and os.path.getsize(snap) <= self.inline_snapshot_max_bytes:
+            record["snapshot_jpeg_base64"] = base64.b64encode(Path(snap).read_bytes()).decode("ascii")
+        item = {
+            "event_id": update.event.id, "kind": update.kind, "idempotency_key": update.idempotency_key,
+            "enqueued_at": time.time(), "body": json.dumps(record, sort_keys=True, separators=(",", ":")),
+        }
+        name = f"{time.time_ns():020d}-{os.getpid()}-{next(self._seq):06d}.json"
+        _write_atomic(self.spool / name, json.dumps(item).encode("utf-8"))
+        self._kick.set()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Try to drain the spool for up to `timeout` s, then stop; what is left resumes on next start."""
+        self._closing.set()
+        self._kick.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._halt.set()
+            self._thread.join(self.cfg.timeout_s + 1.0)
+        if self.pending:
+            log.warning("webhook %s: %d deliveries still pending in %s; they are sent on next start",
+                        self.cfg.url, self.pending, self.spool)
+
+    # ------------------------------------------------------------------ delivery thread
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=self.cfg.timeout_s) as client:
+            while not self._halt.is_set():
+                self._kick.clear()
+                head = min(self.spool.glob("*.json"), default=None)
+                if head is None:
+                    if self._closing.is_set():
+                        return
+                    self._kick.wait(1.0)
+                    continue
+                try:
+                    self._deliver(client, head)
+                except Exception:  # the thread must outlive any one bad file or disk hiccup
+                    log.exception("webhook %s: unexpected error delivering %s; retrying", self.cfg.url, head.name)
+                    self._halt.wait(self.cfg.backoff_max_s)
+
+    def _deliver(self, client: httpx.Client, path: Path) -> None:
+        try:
+            item = json.loads(path.read_text(encoding="utf-8"))
+            body, key, event_id = item["body"].encode("utf-8"), item["idempotency_key"], item["event_id"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            log.error("webhook %s: unreadable spool file %s (%s), moved to %s", self.cfg.url, path.name, err,
+                      self.dead_dir)
+            os.replace(path, self.dead_dir / path.name)
+            self.dead += 1
+            return
+        attempt = self._attempts.get(path.name, 0) + 1
+        error, retryable = self._post(client, body, key)
+        if error is None:
+            path.unlink()
+            self._attempts.pop(path.name, None)
+            self.delivered += 1
+            return
+        self.failures += 1
+        if not retryable or (self.cfg.max_attempts and attempt >= self.cfg.max_attempts):
+            self._dead_letter(path, item, attempt, error)
+            return
+        delay = min(self.cfg.backoff_max_s, self.cfg.backoff_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+        log.warning("webhook %s: event %s (%s) attempt %d failed: %s; next retry in %.1fs",
+                    self.cfg.url, event_id, item.get("kind"), attempt, error, delay)
+        self._attempts[path.name] = attempt
+        self.retries += 1
+        self._halt.wait(delay)
+
+    def _post(self, client: httpx.Client, body: bytes, key: str) -> tuple[str | None, bool]:
+        """-> (error or None on 2xx, whether the error is worth retrying)."""
+        headers = {"Content-Type": "application/json", "Idempotency-Key": key,
+                   "X-StreamVAD-Timestamp": str(int(time.time())), "User-Agent": "streamvad-webhook"}
+        if self.cfg.secret:
+            headers["X-StreamVAD-Signature"] = sign(body, self.cfg.secret)
+        try:
+            response = client.post(self.cfg.url, content=body, headers=headers)
+        except httpx.HTTPError as err:
+            return f"{type(err).__name__}: {err}", True
+        status = response.status_code
+        if 200 <= status < 300:
+            return None, False
+        return f"HTTP {status} {response.reason_phrase}", status >= 500 or status in _RETRYABLE_4XX
+
+    def _dead_letter(self, path: Path, item: dict[str, Any], attempts: int, error: str) -> None:
+        _write_atomic(self.dead_dir / path.name,
+                      json.dumps({**item, "dead_reason": error, "attempts": attempts}).encode("utf-8"))
+        path.unlink()
+        self._attempts.pop(path.name, None)
+        self.dead += 1
+        log.error("webhook %s: event %s (%s) dead-lettered after %d attempt(s): %s -> %s", self.cfg.url,
+                  item["event_id"], item.get("kind"), attempts, error, self.dead_dir / path.name)

@@ -1,0 +1,428 @@
+"""The ZeroMQ wire format and the sockets that carry it (documented for operators in docs/WIRE.md).
+
+Every message is two parts: a UTF-8 JSON header (`v`, `type` and the fields of that type) and a
+binary payload (JPEG or raw pixels for frames, float16 patch confidences for verdicts, empty for
+end-of-stream and status). Keeping the format in this one module means readers, workers and sinks can
+never disagree about it, and a malformed message is a `WireError` with one readable line.
+
+Backpressure is declared, as in Savant: a live camera uses policy "drop" (a frame that cannot be
+queued is dropped and counted, so the worker always sees recent frames), a replay uses "block" (the
+reader waits, so every frame is scored). End of stream is an explicit message, never a timeout.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import zmq
+from PIL import Image
+
+from streamvad.config import TransportConfig
+from streamvad.errors import StreamVADError
+from streamvad.types import Frame, FrameKey, Verdict
+
+log = logging.getLogger(__name__)
+
+WIRE_VERSION = 1
+MESSAGE_TYPES = ("frame", "verdict", "eos", "status")
+_NUM = (int, float)
+_DEFAULT_LINGER_MS = 1000  # long enough to flush an EOS on close, short enough not to hang an exit
+
+MessageType = Literal["frame", "verdict", "eos", "status"]
+Policy = Literal["block", "drop"]
+
+
+class WireError(StreamVADError):
+    """A message does not follow the wire format (or cannot be encoded into it)."""
+
+
+@dataclass
+class Message:
+    """One decoded message: the header as sent, plus the decoded frame or verdict for those types."""
+
+    type: MessageType
+    header: dict[str, Any]
+    frame: Frame | None = None
+    verdict: Verdict | None = None
+
+    @property
+    def camera(self) -> str:
+        return str(self.header["camera"])
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _pack(header: dict[str, Any], payload: bytes = b"") -> list[bytes]:
+    return [json.dumps({"v": WIRE_VERSION, **header}, separators=(",", ":")).encode("utf-8"), payload]
+
+
+def encode_frame(frame: Frame, encoding: Literal["jpeg", "raw"] = "jpeg", quality: int = 90) -> list[bytes]:
+    """Frame -> [header, JPEG or raw HxWx3 uint8 bytes]."""
+    img = frame.image
+    if not (isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3):
+        got = f"{getattr(img, 'dtype', type(img).__name__)} {getattr(img, 'shape', '')}"
+        raise WireError(f"frame {frame.camera}/{frame.index}: expected a uint8 [H, W, 3] image, got {got}")
+    if encoding == "jpeg":
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=quality)
+        payload = buf.getvalue()
+    elif encoding == "raw":
+        payload = np.ascontiguousarray(img).tobytes()
+    else:
+        raise WireError(f"frame encoding must be 'jpeg' or 'raw', got {encoding!r}")
+    header = {
+        "type": "frame", "camera": frame.camera, "index": int(frame.index), "pts": float(frame.pts),
+        "wall_time": float(frame.wall_time), "label": None if frame.label is None else int(frame.label),
+        "source": frame.source, "shape": list(img.shape), "encoding": encoding,
+    }
+    return _pack(header, payload)
+
+
+def encode_verdict(verdict: Verdict, frame_wall_time: float | None = None) -> list[bytes]:
+    """Verdict -> [header, float16 patch confidences]; `frame_wall_time` lets sinks measure latency."""
+    k = verdict.key
+    header = {
+        "type": "verdict", "camera": k.camera, "index": int(k.index), "pts": float(k.pts),
+        "score": float(verdict.score), "raw_score": float(verdict.raw_score),
+        "anomalous": bool(verdict.anomalous), "global_confidence": float(verdict.global_confidence),
+        "grid": [int(verdict.grid[0]), int(verdict.grid[1])], "unsafe_patches": int(verdict.unsafe_patches),
+        "threshold": float(verdict.threshold), "decided_by": verdict.decided_by,
+        "wall_time": None if frame_wall_time is None else float(frame_wall_time),
+    }
+    return _pack(header, np.asarray(verdict.patch_confidences, dtype="<f2").tobytes())
+
+
+def encode_eos(camera: str) -> list[bytes]:
+    """Explicit end of stream for one camera: the worker flushes its batch, the tracker closes events."""
+    return _pack({"type": "eos", "camera": camera})
+
+
+def encode_status(camera: str, state: str, **info: Any) -> list[bytes]:
+    """Operator-facing state of a reader (e.g. "connected", "reconnecting") with free-form JSON fields."""
+    return _pack({**info, "type": "status", "camera": camera, "state": state})
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _field(header: dict[str, Any], name: str, types: tuple[type, ...], optional: bool = False) -> Any:
+    kind = header.get("type")
+    if name not in header:
+        raise WireError(f"{kind} header: missing field {name!r}")
+    value = header[name]
+    if value is None and optional:
+        return None
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        expected = " or ".join(t.__name__ for t in types) + (" or null" if optional else "")
+        raise WireError(f"{kind} header: field {name!r} should be {expected}, got {type(value).__name__}")
+    return value
+
+
+def _split(parts: Sequence[bytes]) -> tuple[dict[str, Any], bytes]:
+    if len(parts) != 2:
+        raise WireError(f"expected 2 message parts [header, payload], got {len(parts)}")
+    raw_header, payload = (bytes(p) for p in parts)
+    try:
+        header = json.loads(raw_header.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise WireError(f"header is not UTF-8 JSON: {err}") from None
+    if not isinstance(header, dict):
+        raise WireError(f"header must be a JSON object, got {type(header).__name__}")
+    if header.get("v") != WIRE_VERSION:
+        raise WireError(f"unsupported wire version {header.get('v')!r} (this build speaks v{WIRE_VERSION})")
+    if header.get("type") not in MESSAGE_TYPES:
+        raise WireError(f"unknown message type {header.get('type')!r}, expected one of {', '.join(MESSAGE_TYPES)}")
+    _field(header, "camera", (str,))
+    return header, payload
+
+
+def _shape(header: dict[str, Any], name: str, dims: int) -> tuple[int, ...]:
+    value = _field(header, name, (list,))
+    if len(value) != dims or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value):
+        raise WireError(f"{header['type']} header: field {name!r} should be {dims} positive ints, got {value!r}")
+    return tuple(value)
+
+
+def _decode_jpeg(payload: bytes) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(payload)) as img:
+            if img.format != "JPEG":
+                raise WireError(f"frame payload is {img.format}, not JPEG")
+            return np.asarray(img.convert("RGB"))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise WireError(f"frame payload is not a decodable JPEG: {err}") from None
+
+
+def _frame_from(header: dict[str, Any], payload: bytes) -> Frame:
+    shape = _shape(header, "shape", 3)
+    if shape[2] != 3:
+        raise WireError(f"frame header: shape must be [H, W, 3], got {list(shape)}")
+    encoding = _field(header, "encoding", (str,))
+    if encoding == "raw":
+        if len(payload) != shape[0] * shape[1] * 3:
+            raise WireError(f"raw frame payload is {len(payload)} bytes, shape {list(shape)} needs "
+                            f"{shape[0] * shape[1] * 3}")
+        image = np.frombuffer(payload, dtype=np.uint8).reshape(shape).copy()
+    elif encoding == "jpeg":
+        image = _decode_jpeg(payload)
+        if image.shape != shape:
+            raise WireError(f"JPEG decodes to {list(image.shape)}, header says {list(shape)}")
+    else:
+        raise WireError(f"frame header: encoding must be 'jpeg' or 'raw', got {encoding!r}")
+    return Frame(
+        camera=header["camera"], index=_field(header, "index", (int,)), pts=float(_field(header, "pts", _NUM)),
+        wall_time=float(_field(header, "wall_time", _NUM)), image=image,
+        label=_field(header, "label", (int,), optional=True), source=_field(header, "source", (str,)),
+    )
+
+
+def _verdict_from(header: dict[str, Any], payload: bytes) -> Verdict:
+    h, w = _shape(header, "grid", 2)
+    if len(payload) != 2 * h * w:
+        raise WireError(f"verdict payload is {len(payload)} bytes, grid {h}x{w} needs {2 * h * w} (float16)")
+    _field(header, "wall_time", _NUM, optional=True)
+    key = FrameKey(header["camera"], _field(header, "index", (int,)), float(_field(header, "pts", _NUM)))
+    return Verdict(
+        key=key, score=float(_field(header, "score", _NUM)), raw_score=float(_field(header, "raw_score", _NUM)),
+        anomalous=_field(header, "anomalous", (bool,)),
+        global_confidence=float(_field(header, "global_confidence", _NUM)),
+        patch_confidences=np.frombuffer(payload, dtype="<f2").astype(np.float32), grid=(h, w),
+        unsafe_patches=_field(header, "unsafe_patches", (int,)),
+        threshold=float(_field(header, "threshold", _NUM)), decided_by=_field(header, "decided_by", (str,)),
+    )
+
+
+def decode(parts: Sequence[bytes]) -> Message:
+    """Any message -> `Message`; raises `WireError` (one line) for anything malformed."""
+    header, payload = _split(parts)
+    kind = header["type"]
+    if kind == "frame":
+        return Message("frame", header, frame=_frame_from(header, payload))
+    if kind == "verdict":
+        return Message("verdict", header, verdict=_verdict_from(header, payload))
+    if kind == "status":
+        _field(header, "state", (str,))
+    return Message(kind, header)
+
+
+def _expect(parts: Sequence[bytes], kind: MessageType) -> Message:
+    msg = decode(parts)
+    if msg.type != kind:
+        raise WireError(f"expected a {kind} message, got {msg.type}")
+    return msg
+
+
+def decode_frame(parts: Sequence[bytes]) -> Frame:
+    frame = _expect(parts, "frame").frame
+    assert frame is not None
+    return frame
+
+
+def decode_verdict(parts: Sequence[bytes]) -> tuple[Verdict, dict[str, Any]]:
+    """-> (verdict, header); the header carries `wall_time` of the source frame (or None)."""
+    msg = _expect(parts, "verdict")
+    assert msg.verdict is not None
+    return msg.verdict, msg.header
+
+
+# --------------------------------------------------------------------------- sockets
+
+
+def _socket(kind: int, endpoints: str | Sequence[str], bind: bool, linger_ms: int,
+            options: dict[int, int | bytes]) -> tuple[zmq.Socket, str]:
+    """Create, configure and bind/connect a socket; options must be set before bind/connect to apply.
+
+    Returns the socket and its endpoint(s) as text, with a wildcard port ("tcp://127.0.0.1:*")
+    resolved to the port actually bound, so the other side can be told where to connect.
+    """
+    sock = zmq.Context.instance().socket(kind)
+    sock.setsockopt(zmq.LINGER, linger_ms)
+    for opt, value in options.items():
+        sock.setsockopt(opt, value)
+    names = []
+    for endpoint in [endpoints] if isinstance(endpoints, str) else endpoints:
+        try:
+            sock.bind(endpoint) if bind else sock.connect(endpoint)
+        except zmq.ZMQError as err:
+            sock.close(0)
+            raise WireError(f"cannot {'bind' if bind else 'connect'} {endpoint}: {err}") from None
+        names.append(sock.getsockopt_string(zmq.LAST_ENDPOINT) if bind else endpoint)
+    return sock, ",".join(names)
+
+
+class _Receiver:
+    """Shared receive loop: malformed messages are logged, counted and skipped, never raised."""
+
+    def __init__(self, sock_and_endpoint: tuple[zmq.Socket, str]) -> None:
+        self._sock, self.endpoint = sock_and_endpoint
+        self.received = 0
+        self.malformed = 0
+
+    def recv(self, timeout_ms: int | None = None) -> Message | None:
+        """The next well-formed message, or None when `timeout_ms` passes (None waits forever)."""
+        deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+        while True:
+            left = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            if not self._sock.poll(left, zmq.POLLIN):
+                return None
+            parts = self._sock.recv_multipart()
+            try:
+                msg = decode(parts)
+            except WireError as err:
+                self.malformed += 1
+                log.warning("dropped malformed message on %s (%d so far): %s",
+                            self.endpoint, self.malformed, err)
+                continue
+            self.received += 1
+            return msg
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class FramePusher:
+    """Sends frames (PUSH). Readers normally connect to a worker that binds.
+
+    policy "drop": non-blocking send with IMMEDIATE set, so a frame that cannot be queued (queue full,
+    or no worker connected) is dropped and counted in `dropped`. policy "block": waits for room.
+    `endpoint` may be a list of workers' endpoints; ZeroMQ then round-robins frames among them.
+    A socket is not thread-safe: use one pusher per thread.
+    """
+
+    def __init__(self, endpoint: str | Sequence[str], hwm: int = 64, policy: Policy = "block",
+                 bind: bool = False, encoding: Literal["jpeg", "raw"] = "jpeg", quality: int = 90,
+                 linger_ms: int = _DEFAULT_LINGER_MS) -> None:
+        if policy not in ("block", "drop"):
+            raise WireError(f"transport policy must be 'block' or 'drop', got {policy!r}")
+        options = {zmq.SNDHWM: hwm, zmq.IMMEDIATE: int(policy == "drop")}
+        self._sock, self.endpoint = _socket(zmq.PUSH, endpoint, bind, linger_ms, options)
+        self.policy = policy
+        self.encoding: Literal["jpeg", "raw"] = encoding
+        self.quality = quality
+        self.sent = 0
+        self.dropped = 0
+
+    @classmethod
+    def from_config(cls, cfg: TransportConfig, bind: bool = False,
+                    encoding: Literal["jpeg", "raw"] = "jpeg") -> FramePusher:
+        return cls(cfg.frames, cfg.hwm, cfg.policy, bind, encoding, cfg.jpeg_quality)
+
+    def send(self, frame: Frame) -> bool:
+        """True if the frame was queued; False (and counted) if policy "drop" had to drop it."""
+        parts = encode_frame(frame, self.encoding, self.quality)
+        if self.policy == "block":
+            self._sock.send_multipart(parts)
+        else:
+            try:
+                self._sock.send_multipart(parts, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                self.dropped += 1
+                return False
+        self.sent += 1
+        return True
+
+    def send_eos(self, camera: str, timeout_ms: int = 5000) -> bool:
+        """End of stream is never dropped for lack of room: it waits up to `timeout_ms` for it."""
+        if not self._sock.poll(timeout_ms, zmq.POLLOUT):
+            log.warning("could not send end-of-stream for %s within %d ms (no worker?)", camera, timeout_ms)
+            return False
+        self._sock.send_multipart(encode_eos(camera))
+        return True
+
+    def send_status(self, camera: str, state: str, **info: Any) -> bool:
+        """Status is advisory: dropped rather than waited for."""
+        try:
+            self._sock.send_multipart(encode_status(camera, state, **info), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
+
+    def close(self, linger_ms: int | None = None) -> None:
+        self._sock.close(linger_ms)
+
+
+class FramePuller(_Receiver):
+    """Receives frames (PULL), fair-queued across all connected readers. Workers normally bind."""
+
+    def __init__(self, endpoint: str | Sequence[str], hwm: int = 64, bind: bool = True,
+                 linger_ms: int = 0) -> None:
+        super().__init__(_socket(zmq.PULL, endpoint, bind, linger_ms, {zmq.RCVHWM: hwm}))
+
+    @classmethod
+    def from_config(cls, cfg: TransportConfig, bind: bool = True) -> FramePuller:
+        return cls(cfg.frames, cfg.hwm, bind)
+
+
+class VerdictPublisher:
+    """Publishes verdicts (PUB, binds by default) to any number of sink processes.
+
+    PUB never blocks: a subscriber that falls `hwm` messages behind loses verdicts, which is the right
+    trade for a live system (scoring must not stall because a sink is slow).
+    """
+
+    def __init__(self, endpoint: str, hwm: int = 1000, bind: bool = True,
+                 linger_ms: int = _DEFAULT_LINGER_MS) -> None:
+        self._sock, self.endpoint = _socket(zmq.PUB, endpoint, bind, linger_ms, {zmq.SNDHWM: hwm})
+        self.sent = 0
+
+    def publish(self, verdict: Verdict, frame_wall_time: float | None = None) -> None:
+        self._sock.send_multipart(encode_verdict(verdict, frame_wall_time))
+        self.sent += 1
+
+    def publish_eos(self, camera: str) -> None:
+        self._sock.send_multipart(encode_eos(camera))
+
+    def close(self, linger_ms: int | None = None) -> None:
+        self._sock.close(linger_ms)
+
+
+class VerdictSubscriber(_Receiver):
+    """Receives every verdict (SUB, connects by default). Like any SUB, it misses what was published
+    before its subscription reached the publisher (ZeroMQ's "slow joiner")."""
+
+    def __init__(self, endpoint: str | Sequence[str], hwm: int = 1000, bind: bool = False) -> None:
+        super().__init__(_socket(zmq.SUB, endpoint, bind, 0, {zmq.RCVHWM: hwm, zmq.SUBSCRIBE: b""}))
+
+
+class FrameForwarder:
+    """Many readers -> many workers: binds `frontend` (readers connect) and `backend` (workers connect)
+    and moves frames across in a background thread, so neither side needs to know the other's count.
+
+    Messages are forwarded without decoding; the forwarder blocks when no worker has room, which
+    pushes back to the readers, where each reader's own policy (drop or block) applies.
+    """
+
+    def __init__(self, frontend: str, backend: str, hwm: int = 64) -> None:
+        self._front, self.frontend = _socket(zmq.PULL, frontend, True, 0, {zmq.RCVHWM: hwm})
+        self._back, self.backend = _socket(zmq.PUSH, backend, True, _DEFAULT_LINGER_MS, {zmq.SNDHWM: hwm})
+        self._stop = threading.Event()
+        self.forwarded = 0
+        self._thread = threading.Thread(target=self._run, name="streamvad-forwarder", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        # Sockets are used only from this thread after construction (ZeroMQ sockets are not thread-safe).
+        while not self._stop.is_set():
+            if not self._front.poll(100, zmq.POLLIN):
+                continue
+            parts = self._front.recv_multipart()
+            while not self._stop.is_set():
+                if self._back.poll(100, zmq.POLLOUT):
+                    self._back.send_multipart(parts)
+                    self.forwarded += 1
+                    break
+        self._front.close()
+        self._back.close()
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)

@@ -1,0 +1,141 @@
+"""Event hysteresis on scripted verdict sequences (4 verdicts per second of pts)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streamvad.config import EventsConfig
+from streamvad.events import EventTracker, EventUpdate
+from streamvad.types import FrameKey, Verdict
+
+CFG = EventsConfig(open_n=2, open_m=4, close_quiet_s=1.0, cooldown_s=3.0)
+STEP = 0.25
+
+
+def verdict(i: int, anomalous: bool, score: float | None = None, camera: str = "cam", pts: float | None = None,
+            ) -> Verdict:
+    score = (0.9 if anomalous else 0.1) if score is None else score
+    conf = np.full(6, score, dtype=np.float32)
+    return Verdict(FrameKey(camera, i, i * STEP if pts is None else pts), score, score, anomalous, score, conf,
+                   (2, 3), 6 if anomalous else 0, 0.8, "test")
+
+
+def run(script: str, cfg: EventsConfig = CFG, tracker: EventTracker | None = None,
+        ) -> tuple[list[tuple[str, int]], list[EventUpdate]]:
+    """'A' = anomalous verdict, '.' = normal; returns (kind, verdict index) of every update."""
+    tracker = tracker or EventTracker(cfg)
+    marks, updates = [], []
+    for i, c in enumerate(script):
+        for u in tracker.update(verdict(i, c == "A"), wall_time=100.0 + i * STEP):
+            marks.append((u.kind, i))
+            updates.append(u)
+    return marks, updates
+
+
+def test_opens_when_n_of_last_m_are_anomalous() -> None:
+    assert run("A..A")[0] == [("opened", 3)]
+    assert run("A...A...A...")[0] == []  # never 2 within 4
+    marks, updates = run(".A.A")
+    assert marks == [("opened", 3)]
+    event = updates[0].event
+    assert event.start_pts == 0.25 and event.frame_count == 2 and event.end_pts is None
+    assert event.state == "open" and event.start_wall_time == 100.25
+
+
+def test_closes_after_quiet_period_by_pts() -> None:
+    marks, updates = run("AA" + "." * 6)
+    assert marks == [("opened", 1), ("closed", 5)]  # quiet from pts 0.25 reaches 1.0 s at pts 1.25
+    closed = updates[-1].event
+    assert closed.state == "closed" and closed.end_pts == 0.25 and closed.frame_count == 2
+    assert updates[0].event.state == "open"  # what sinks received earlier is not rewritten
+
+
+def test_anomaly_during_quiet_keeps_event_open() -> None:
+    marks, updates = run("AA...A" + "." * 6)
+    assert marks == [("opened", 1), ("closed", 9)]
+    assert updates[-1].event.frame_count == 3 and updates[-1].event.end_pts == 5 * STEP
+
+
+def test_updated_only_when_peak_grows() -> None:
+    tracker = EventTracker(CFG)
+    scores = [0.85, 0.86, 0.84, 0.95, 0.9, 0.99, 0.99]
+    kinds = [(u.kind, u.event.peak_score) for i, s in enumerate(scores)
+             for u in tracker.update(verdict(i, True, s), wall_time=float(i))]
+    assert kinds == [("opened", 0.86), ("updated", 0.95), ("updated", 0.99)]
+
+
+def test_cooldown_suppresses_and_counts_then_reopens() -> None:
+    tracker = EventTracker(CFG)
+    # closes at index 5 (pts 1.25): cooldown until pts 4.25 (index 17)
+    marks, updates = run("AA...." + "AAAA" + "." * 7 + "AA", tracker=tracker)
+    assert marks == [("opened", 1), ("closed", 5), ("opened", 18)]
+    assert tracker.suppressed["cam"] == 3  # indices 7, 8, 9 would have opened
+    assert updates[-1].event.start_pts == 17 * STEP
+    assert updates[0].event.id == updates[1].event.id != updates[2].event.id
+
+
+def test_ongoing_anomaly_opens_as_soon_as_cooldown_ends() -> None:
+    marks, _ = run("AA...." + "A" * 14)
+    assert marks == [("opened", 1), ("closed", 5), ("opened", 17)]
+
+
+def test_flush_closes_open_events_per_camera_or_all() -> None:
+    tracker = EventTracker(CFG)
+    for cam in ("a", "b"):
+        for i in range(3):
+            tracker.update(verdict(i, True, camera=cam), wall_time=float(i))
+    assert tracker.flush("nope") == []
+    closed_a = tracker.flush("a")
+    assert [(u.kind, u.event.camera, u.event.end_pts) for u in closed_a] == [("closed", "a", 0.5)]
+    assert tracker.current_event("a") is None and tracker.current_event("b") is not None
+    assert [u.event.camera for u in tracker.flush()] == ["b"]
+    assert tracker.flush() == []
+
+
+def test_cameras_are_independent() -> None:
+    tracker = EventTracker(CFG)
+    out = []
+    for i in range(4):
+        out += tracker.update(verdict(i, True, camera="busy"), wall_time=float(i))
+        out += tracker.update(verdict(i, i == 0, camera="calm"), wall_time=float(i))
+    assert [(u.kind, u.event.camera) for u in out] == [("opened", "busy")]
+
+
+def test_peak_frame_heatmap_ids_and_sequence_numbers() -> None:
+    tracker = EventTracker(CFG)
+    frames = [np.full((4, 6, 3), i, dtype=np.uint8) for i in range(6)]
+    scores = [0.95, 0.85, 0.97, 0.1, 0.1, 0.1]
+    updates = []
+    for i, s in enumerate(scores):
+        updates += tracker.update(verdict(i, s > 0.5, s), wall_time=float(i), frame=frames[i])
+    updates += tracker.flush()
+    assert [u.kind for u in updates] == ["opened", "updated", "closed"]
+    opened, _, closed = updates
+    assert opened.peak_frame is frames[0] and opened.event.peak_key.index == 0  # peak inside the opening window
+    assert closed.peak_frame is frames[2] and np.allclose(closed.peak_heatmap, np.full((2, 3), 0.97))
+    assert [u.seq for u in updates] == [0, 1, 2]
+    assert len({u.idempotency_key for u in updates}) == 3 and len({u.event.id for u in updates}) == 1
+
+
+def test_late_verdicts_are_ignored_and_counted() -> None:
+    tracker = EventTracker(CFG)
+    tracker.update(verdict(5, True), wall_time=0.0)
+    assert tracker.update(verdict(4, True), wall_time=0.0) == []
+    assert tracker.late["cam"] == 1 and tracker.current_event("cam") is None
+
+
+def test_gap_longer_than_quiet_closes_before_a_new_anomaly() -> None:
+    cfg = EventsConfig(open_n=1, open_m=1, close_quiet_s=1.0, cooldown_s=0.0)
+    tracker = EventTracker(cfg)
+    first = tracker.update(verdict(0, True), wall_time=0.0)
+    second = tracker.update(verdict(1, True, pts=5.0), wall_time=5.0)
+    assert [u.kind for u in first + second] == ["opened", "closed", "opened"]
+    assert second[0].event.end_pts == 0.0 and second[1].event.start_pts == 5.0
+
+
+def test_expire_closes_events_of_silent_cameras_by_wall_time() -> None:
+    tracker = EventTracker(CFG)
+    for i in range(2):
+        tracker.update(verdict(i, True), wall_time=100.0 + i)
+    assert tracker.expire(101.5) == []
+    assert [u.kind for u in tracker.expire(102.0)] == ["closed"]

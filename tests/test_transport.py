@@ -1,0 +1,341 @@
+"""Wire format round trips and real ZeroMQ sockets over tcp:// loopback and ipc://."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from streamvad.config import TransportConfig
+from streamvad.transport import (
+    FrameForwarder,
+    FramePuller,
+    FramePusher,
+    Message,
+    VerdictPublisher,
+    VerdictSubscriber,
+    WireError,
+    decode,
+    decode_frame,
+    decode_verdict,
+    encode_eos,
+    encode_frame,
+    encode_status,
+    encode_verdict,
+)
+from streamvad.types import Frame, FrameKey, Verdict
+
+TCP = "tcp://127.0.0.1:*"
+
+
+def make_frame(camera: str = "cam1", index: int = 0, h: int = 48, w: int = 64, label: int | None = 1) -> Frame:
+    """A smooth colour gradient (JPEG-friendly) with the index burnt into one pixel row."""
+    y, x = np.mgrid[0:h, 0:w]
+    image = np.stack([x * 255 // (w - 1), y * 255 // (h - 1), (x + y) * 255 // (h + w - 2)], -1).astype(np.uint8)
+    return Frame(camera, index, pts=index * 0.25, wall_time=1000.0 + index, image=image, label=label,
+                 source="file:///clip.mp4")
+
+
+def make_verdict(camera: str = "cam1", index: int = 3, grid: tuple[int, int] = (4, 6)) -> Verdict:
+    conf = np.random.default_rng(index).random(grid[0] * grid[1]).astype(np.float32)
+    return Verdict(FrameKey(camera, index, index * 0.25), score=0.91, raw_score=1.37, anomalous=True,
+                   global_confidence=0.42, patch_confidences=conf, grid=grid, unsafe_patches=13,
+                   threshold=0.8, decided_by="knnn/majority@0.80")
+
+
+def ipc(tmp_path: Path, name: str) -> str:
+    return f"ipc://{tmp_path / name}"
+
+
+def recv_all(puller: FramePuller | VerdictSubscriber, n: int, timeout_ms: int = 3000) -> list[Message]:
+    out = []
+    while len(out) < n:
+        msg = puller.recv(timeout_ms)
+        if msg is None:
+            break
+        out.append(msg)
+    return out
+
+
+def drain(receivers: list[FramePuller], n: int, timeout_s: float = 5.0) -> list[list[Message]]:
+    """Messages per receiver until `n` arrived in total (round-robin need not be perfectly even)."""
+    got: list[list[Message]] = [[] for _ in receivers]
+    deadline = time.monotonic() + timeout_s
+    while sum(map(len, got)) < n and time.monotonic() < deadline:
+        for bucket, receiver in zip(got, receivers, strict=True):
+            if (msg := receiver.recv(10)) is not None:
+                bucket.append(msg)
+    return got
+
+
+# --------------------------------------------------------------------------- format
+
+
+def test_raw_frame_round_trip_is_exact() -> None:
+    frame = make_frame(index=7)
+    got = decode_frame(encode_frame(frame, "raw"))
+    assert np.array_equal(got.image, frame.image)
+    assert (got.camera, got.index, got.pts, got.wall_time, got.label, got.source) == (
+        frame.camera, frame.index, frame.pts, frame.wall_time, frame.label, frame.source)
+
+
+def test_jpeg_frame_round_trip_within_tolerance_and_smaller() -> None:
+    frame = make_frame(h=96, w=128, label=None)
+    parts = encode_frame(frame, "jpeg", quality=90)
+    got = decode_frame(parts)
+    assert got.image.shape == frame.image.shape and got.image.dtype == np.uint8
+    diff = np.abs(got.image.astype(int) - frame.image.astype(int))
+    assert diff.mean() < 2.0 and diff.max() < 40
+    assert got.label is None and got.key == frame.key
+    assert len(parts[1]) < frame.image.nbytes / 4
+    assert json.loads(parts[0])["encoding"] == "jpeg"
+
+
+def test_verdict_round_trip_float16_heatmap() -> None:
+    verdict = make_verdict()
+    got, header = decode_verdict(encode_verdict(verdict, frame_wall_time=1234.5))
+    assert np.allclose(got.patch_confidences, verdict.patch_confidences, atol=1e-3)
+    assert got.patch_confidences.dtype == np.float32 and got.heatmap.shape == (4, 6)
+    assert got.key == verdict.key and got.grid == verdict.grid and got.anomalous is True
+    assert (got.score, got.raw_score, got.global_confidence, got.unsafe_patches, got.threshold, got.decided_by) \
+        == (0.91, 1.37, 0.42, 13, 0.8, "knnn/majority@0.80")
+    assert header["wall_time"] == 1234.5
+    assert decode_verdict(encode_verdict(verdict))[1]["wall_time"] is None
+
+
+def test_eos_and_status_messages() -> None:
+    eos = decode(encode_eos("cam9"))
+    assert eos.type == "eos" and eos.camera == "cam9" and eos.frame is None
+    status = decode(encode_status("cam9", "reconnecting", attempt=3))
+    assert status.type == "status" and status.header["state"] == "reconnecting" and status.header["attempt"] == 3
+
+
+def _header(**changes: object) -> bytes:
+    header = json.loads(encode_frame(make_frame(), "raw")[0])
+    header.update(changes)
+    return json.dumps(header).encode()
+
+
+def _raw_payload() -> bytes:
+    return encode_frame(make_frame(), "raw")[1]
+
+
+@pytest.mark.parametrize(("parts", "message"), [
+    ([b"{}"], "expected 2 message parts"),
+    ([b"{}", b"", b""], "expected 2 message parts"),
+    ([b"not json", b""], "not UTF-8 JSON"),
+    ([b"\xff\xfe", b""], "not UTF-8 JSON"),
+    ([b"[1, 2]", b""], "must be a JSON object"),
+    ([_header(v=99), _raw_payload()], "unsupported wire version 99"),
+    ([_header(type="gossip"), _raw_payload()], "unknown message type 'gossip'"),
+    ([_header(), _raw_payload()[:-1]], "raw frame payload is"),
+    ([_header(index="7"), _raw_payload()], "field 'index' should be int"),
+    ([_header(shape=[48, 64]), _raw_payload()], "field 'shape' should be 3 positive ints"),
+    ([_header(encoding="jpeg"), b"\xff\xd8 definitely not a jpeg"], "not a decodable JPEG"),
+    ([_header(encoding="png"), b""], "encoding must be 'jpeg' or 'raw'"),
+    ([json.dumps({"v": 1, "type": "eos"}).encode(), b""], "missing field 'camera'"),
+])
+def test_malformed_messages_raise_one_line_wire_error(parts: list[bytes], message: str) -> None:
+    with pytest.raises(WireError, match=message) as info:
+        decode(parts)
+    assert "\n" not in str(info.value)
+
+
+def test_verdict_payload_size_mismatch_and_wrong_type() -> None:
+    header, payload = encode_verdict(make_verdict())
+    with pytest.raises(WireError, match="grid 4x6 needs 48"):
+        decode([header, payload[:-2]])
+    with pytest.raises(WireError, match="expected a frame message, got verdict"):
+        decode_frame([header, payload])
+
+
+def test_jpeg_with_wrong_shape_is_rejected() -> None:
+    header, payload = encode_frame(make_frame(), "jpeg")
+    bad = json.loads(header) | {"shape": [10, 10, 3]}
+    with pytest.raises(WireError, match="header says"):
+        decode([json.dumps(bad).encode(), payload])
+
+
+def test_encoding_a_non_uint8_image_is_refused() -> None:
+    frame = make_frame()
+    frame.image = frame.image.astype(np.float32)
+    with pytest.raises(WireError, match="expected a uint8"):
+        encode_frame(frame)
+
+
+# --------------------------------------------------------------------------- sockets
+
+
+def test_puller_logs_counts_and_skips_malformed_messages(caplog: pytest.LogCaptureFixture) -> None:
+    puller = FramePuller(TCP)
+    raw = zmq.Context.instance().socket(zmq.PUSH)
+    raw.connect(puller.endpoint)
+    try:
+        raw.send_multipart([b"garbage"])
+        raw.send_multipart([b'{"v": 1, "type": "frame"}', b""])
+        raw.send_multipart(encode_frame(make_frame(index=5), "raw"))
+        with caplog.at_level(logging.WARNING, logger="streamvad.transport"):
+            msg = puller.recv(3000)
+        assert msg is not None and msg.type == "frame" and msg.frame is not None and msg.frame.index == 5
+        assert puller.malformed == 2 and puller.received == 1
+        assert sum("dropped malformed message" in r.getMessage() for r in caplog.records) == 2
+        assert puller.recv(50) is None
+    finally:
+        raw.close(0)
+        puller.close()
+
+
+def test_fan_in_many_readers_to_one_worker_over_tcp() -> None:
+    worker = FramePuller(TCP)
+    readers = [FramePusher(worker.endpoint, policy="block", encoding="raw") for _ in range(3)]
+    try:
+        for r, reader in enumerate(readers):
+            for i in range(10):
+                assert reader.send(make_frame(f"cam{r}", i))
+            assert reader.send_eos(f"cam{r}")
+        msgs = recv_all(worker, 33)
+        frames = sorted((m.frame.camera, m.frame.index) for m in msgs if m.frame is not None)
+        assert frames == [(f"cam{r}", i) for r in range(3) for i in range(10)]
+        assert sorted(m.camera for m in msgs if m.type == "eos") == ["cam0", "cam1", "cam2"]
+        for r in range(3):  # each reader's own order is kept
+            got = [m.frame.index for m in msgs if m.frame is not None and m.frame.camera == f"cam{r}"]
+            assert got == list(range(10))
+    finally:
+        for reader in readers:
+            reader.close()
+        worker.close()
+
+
+def test_fan_out_one_reader_bind_to_many_workers_over_ipc(tmp_path: Path) -> None:
+    reader = FramePusher(ipc(tmp_path, "frames"), policy="block", bind=True, encoding="raw")
+    workers = [FramePuller(reader.endpoint, bind=False) for _ in range(2)]
+    try:
+        time.sleep(0.5)  # both workers connected, so round-robin covers both
+        for i in range(20):
+            reader.send(make_frame(index=i))
+        got = drain(workers, 20)
+        assert all(len(g) > 0 for g in got)
+        indices = sorted(m.frame.index for g in got for m in g if m.frame is not None)
+        assert indices == list(range(20))
+    finally:
+        reader.close()
+        for w in workers:
+            w.close()
+
+
+def test_forwarder_joins_many_readers_and_many_workers(tmp_path: Path) -> None:
+    fwd = FrameForwarder(ipc(tmp_path, "in"), ipc(tmp_path, "out"))
+    workers = [FramePuller(fwd.backend, bind=False) for _ in range(2)]
+    readers = [FramePusher(fwd.frontend, policy="block", encoding="raw") for _ in range(2)]
+    try:
+        time.sleep(0.5)
+        for r, reader in enumerate(readers):
+            for i in range(8):
+                reader.send(make_frame(f"cam{r}", i, h=8, w=8))
+        got = drain(workers, 16)
+        keys = sorted((m.frame.camera, m.frame.index) for g in got for m in g if m.frame is not None)
+        assert keys == [(f"cam{r}", i) for r in range(2) for i in range(8)]
+        assert all(len(g) > 0 for g in got) and fwd.forwarded == 16
+    finally:
+        for s in [*readers, *workers]:
+            s.close()
+        fwd.close()
+
+
+def test_drop_policy_drops_and_counts_when_worker_does_not_read(tmp_path: Path) -> None:
+    worker = FramePuller(ipc(tmp_path, "slow"), hwm=2)
+    reader = FramePusher(worker.endpoint, hwm=2, policy="drop", encoding="raw")
+    try:
+        time.sleep(0.2)
+        results = [reader.send(make_frame(index=i, h=64, w=64)) for i in range(300)]
+        assert reader.dropped > 0 and reader.dropped == results.count(False)
+        assert reader.sent + reader.dropped == 300
+        got = recv_all(worker, 300, timeout_ms=300)
+        assert 0 < len(got) <= reader.sent
+        assert [m.frame.index for m in got if m.frame] == sorted(m.frame.index for m in got if m.frame)
+    finally:
+        reader.close(0)
+        worker.close()
+
+
+def test_drop_policy_with_no_worker_drops_instead_of_queueing(tmp_path: Path) -> None:
+    reader = FramePusher(ipc(tmp_path, "nobody"), policy="drop")
+    try:
+        assert not reader.send(make_frame())
+        assert reader.dropped == 1 and reader.sent == 0
+        assert not reader.send_eos("cam1", timeout_ms=50)
+    finally:
+        reader.close(0)
+
+
+def test_block_policy_delivers_everything_to_a_slow_worker() -> None:
+    worker = FramePuller(TCP, hwm=2)
+    reader = FramePusher(worker.endpoint, hwm=2, policy="block", encoding="raw")
+    received: list[int] = []
+
+    def consume() -> None:
+        for msg in iter(lambda: worker.recv(3000), None):
+            if msg.type == "eos":
+                return
+            time.sleep(0.002)
+            received.append(msg.frame.index if msg.frame else -1)
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    try:
+        for i in range(100):
+            assert reader.send(make_frame(index=i, h=32, w=32))
+        assert reader.send_eos("cam1")
+        thread.join(10)
+        assert received == list(range(100)) and reader.dropped == 0
+    finally:
+        reader.close()
+        worker.close()
+
+
+def test_verdicts_pub_sub_round_trip() -> None:
+    pub = VerdictPublisher(TCP)
+    sub = VerdictSubscriber(pub.endpoint)
+    try:
+        verdict = make_verdict()
+        msg = None
+        for _ in range(50):  # the subscription takes a moment to reach the publisher (slow joiner)
+            pub.publish(verdict, frame_wall_time=99.0)
+            msg = sub.recv(100)
+            if msg is not None:
+                break
+        assert msg is not None and msg.verdict is not None
+        assert msg.verdict.key == verdict.key and msg.header["wall_time"] == 99.0
+        pub.publish_eos("cam1")
+        while (msg := sub.recv(1000)) is not None and msg.type != "eos":
+            pass
+        assert msg is not None and msg.type == "eos" and msg.camera == "cam1"
+    finally:
+        sub.close()
+        pub.close()
+
+
+def test_bad_endpoint_is_a_wire_error() -> None:
+    with pytest.raises(WireError, match="cannot bind nonsense://x"):
+        FramePuller("nonsense://x")
+
+
+def test_sockets_from_transport_config(tmp_path: Path) -> None:
+    cfg = TransportConfig(frames=ipc(tmp_path, "cfg"), policy="block", hwm=4, jpeg_quality=50)
+    worker = FramePuller.from_config(cfg)
+    reader = FramePusher.from_config(cfg)
+    try:
+        assert reader.policy == "block" and reader.quality == 50
+        reader.send(make_frame(index=2))
+        msg = worker.recv(3000)
+        assert msg is not None and msg.header["encoding"] == "jpeg" and msg.frame is not None
+        assert msg.frame.index == 2
+    finally:
+        reader.close()
+        worker.close()
