@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(VENV)/bin/streamvad demo --out demo-out
 
 test: $(STAMP)
+	bash tools/setup.sh --system
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)

@@ -8,7 +8,7 @@ import platform
 import shutil
 
 PACKAGES = ["torch", "transformers", "chromadb", "hnswlib", "hdbscan", "scikit-learn", "av", "pyzmq", "numpy"]
-TOOLS = ["ffmpeg", "rtsp-server.pl"]
+TOOLS = ["ffmpeg", "gst-launch-1.0"]
 
 
 def _version(name: str) -> str:

@@ -1,33 +1,34 @@
 #!/usr/bin/env bash
 # Set up StreamVAD on a fresh machine: a virtualenv with the CPU torch wheel and the package, plus the
-# Debian tools the integration tests use (ffmpeg publishes the test RTSP stream, rtsp-server-perl serves it).
-#   tools/setup.sh [VENV]        virtualenv + system packages
-#   tools/setup.sh --system-only system packages only
+# Debian packages the integration tests use: GStreamer's RTSP server (run by Debian's python3 through
+# PyGObject) serves the loopback test camera over RTSP/TCP.
+#   tools/setup.sh [VENV]    the virtualenv (all the demo and the product need)
+#   tools/setup.sh --system  the Debian packages for the integration tests (root, apt)
 set -euo pipefail
 
-SYSTEM_PACKAGES=(ffmpeg rtsp-server-perl)
+SYSTEM_PACKAGES=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good)
 
 install_system() {
-  local missing=()
-  command -v ffmpeg >/dev/null || missing+=(ffmpeg)
-  dpkg -s rtsp-server-perl >/dev/null 2>&1 || missing+=(rtsp-server-perl)
+  local missing=() pkg
+  for pkg in "${SYSTEM_PACKAGES[@]}"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
     echo "setup: missing ${missing[*]} and cannot apt-get them (not root or no apt); RTSP tests will be skipped" >&2
     return 0
   fi
-  echo "setup: installing ${SYSTEM_PACKAGES[*]} from Debian" >&2
+  echo "setup: installing ${missing[*]} from Debian" >&2
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${SYSTEM_PACKAGES[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
-if [ "${1:-}" = "--system-only" ]; then
+if [ "${1:-}" = "--system" ]; then
   install_system
   exit 0
 fi
 
 VENV=${1:-.venv}
-install_system
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # The CPU wheel first, pinned: an unpinned torch would pull a multi-GB CUDA build.
