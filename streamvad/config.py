@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from streamvad.detectors.config import DetectorConfig
 from streamvad.errors import ConfigError
 
 
@@ -99,11 +100,26 @@ class TransportConfig(_Section):
     hwm: int = Field(64, ge=1)
     policy: Literal["block", "drop"] = "drop"  # block for replay, drop (keep freshest) for live
     jpeg_quality: int = Field(90, ge=10, le=100)
+    status: str = "ipc:///tmp/streamvad-status"  # readers, workers and the events process report here
 
 
 class WorkerConfig(_Section):
     max_batch: int = Field(16, ge=1)
     max_wait_ms: float = Field(50.0, ge=0.0)
+
+
+class ServeConfig(_Section):
+    """The `serve` process: health/metrics HTTP, how many workers, how crashed children come back."""
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(9108, ge=0, le=65535)  # /healthz and /metrics; 0 picks a free port (logged)
+    workers: int = Field(1, ge=1)  # >1: worker i binds transport.frames with port + i (tcp) or suffix -i (ipc)
+    status_interval_s: float = Field(1.0, gt=0.0)
+    stale_after_s: float = Field(5.0, gt=0.0)  # a child silent this long counts as down in /healthz
+    restart_backoff_s: float = Field(1.0, gt=0.0)
+    restart_backoff_max_s: float = Field(30.0, gt=0.0)
+    ready_timeout_s: float = Field(300.0, gt=0.0)  # worker model loading before readers start
+    drain_timeout_s: float = Field(10.0, gt=0.0)
 
 
 class EventsConfig(_Section):
@@ -150,6 +166,8 @@ class StreamVADConfig(_Section):
     worker: WorkerConfig = WorkerConfig()
     events: EventsConfig = EventsConfig()
     sinks: SinksConfig = SinksConfig()
+    serve: ServeConfig = ServeConfig()
+    detector: DetectorConfig | None = None  # an image detector hosted next to the k-NNN scorer
 
     @model_validator(mode="after")
     def _unique_cameras(self) -> StreamVADConfig:

@@ -155,23 +155,13 @@ def load_engine(
         scorer: FrameScorer = Scorer(model, scoring or info.scoring, mask=mask, device=_torch_device(bb_cfg))
         request = FeatureRequest()
     else:
-        from streamvad.detectors.base import load_detector
+        from streamvad.detectors import load_detector
 
-        detector = load_detector(model_dir / "detector")
-        _check_detector_backbone(model_dir, info, net)
+        detector = load_detector(model_dir / "detector", device=_torch_device(bb_cfg), backbone_manifest=net.manifest())
         req = detector.requirements()
         scorer, request = detector, FeatureRequest(req.layers, req.attention, req.attention_layer)
     log.info("serving %s model %s on backbone %s", info.kind, model_dir, bb_cfg.name)
     return Engine(net, scorer, request, info)
-
-
-def _check_detector_backbone(model_dir: Path, info: ModelInfo, net: Backbone) -> None:
-    fitted = info.extra.get("backbone_manifest")
-    if fitted is not None and fitted != json.loads(json.dumps(net.manifest())):
-        raise ModelMismatchError(
-            f"{model_dir}: detector was fitted with backbone {fitted.get('name')} {fitted.get('grid')} "
-            f"but the configured backbone is {net.name} {net.grid}; refit or use the original backbone"
-        )
 
 
 def _torch_device(cfg: BackboneConfig) -> str:

@@ -167,12 +167,11 @@ def fit(
         hold = holdout_mask(embedded.clip_ids, len(clips), cfg.normality.holdout_fraction)
         train, held = embedded.rows(~hold), embedded.rows(hold)
         thresholds = _fit_knnn(cfg, backbone, train, held, out, progress)
-        extra: dict[str, Any] = {}
+        n_train, n_held = len(train.sources), len(held.sources)
     else:
-        thresholds, train, held = _fit_detector(cfg, kind, backbone, clips, sample_fps, out, progress)
-        extra = {"backbone_manifest": json.loads(json.dumps(backbone.manifest()))}
-    ModelInfo(kind, cfg.backbone, cfg.scoring, sample_fps, extra).save(out)
-    return FitResult(out, kind, len(train.sources), len(held.sources), thresholds, time.perf_counter() - t0)
+        thresholds, n_train, n_held = _fit_detector(cfg, kind, backbone, clips, sample_fps, out, progress)
+    ModelInfo(kind, cfg.backbone, cfg.scoring, sample_fps).save(out)
+    return FitResult(out, kind, n_train, n_held, thresholds, time.perf_counter() - t0)
 
 
 def _fit_knnn(
@@ -198,46 +197,28 @@ def _fit_detector(
     sample_fps: float | None,
     out: Path,
     progress: bool,
-) -> tuple[dict[str, float], Embedded, Embedded]:
-    from streamvad.detectors.base import build_detector
+) -> tuple[dict[str, float], int, int]:
+    from streamvad.detectors import build_detector, fit_and_calibrate, split_holdout
 
-    det = build_detector(name, cfg.detector)
+    det = build_detector(name, cfg.detector, num_layers=backbone.num_layers, device=_device(cfg),
+                         backbone_manifest=backbone.manifest())
     req = det.requirements()
     request = FeatureRequest(req.layers, req.attention, req.attention_layer)
     embedded = embed_clips(backbone, clips, sample_fps, request=request, keep_batches=True, progress=progress)
-    hold = holdout_mask(embedded.clip_ids, len(clips), cfg.normality.holdout_fraction)
-    held_rows = set(np.flatnonzero(hold).tolist())
-    train_batches, held_batches = _split_batches(embedded.batches, held_rows)
-    det.fit(train_batches, progress=progress)
-    if held_batches:
-        det.calibrate(held_batches, cfg.scoring.calibration_quantile)
+    fraction = cfg.normality.holdout_fraction
+    threshold = fit_and_calibrate(det, embedded.batches, holdout_fraction=fraction,
+                                  quantile=cfg.scoring.calibration_quantile, progress=progress)
     det.save(out / "detector")
-    return {"threshold": float(det.threshold)}, embedded.rows(~hold), embedded.rows(hold)
+    train, held = split_holdout(embedded.batches, fraction)
+    return {"threshold": float(threshold)}, sum(map(len, train)), sum(map(len, held))
 
 
-def _split_batches(
-    batches: Sequence[EmbeddingBatch], held_rows: set[int]
-) -> tuple[list[EmbeddingBatch], list[EmbeddingBatch]]:
-    train, held, row = [], [], 0
-    for b in batches:
-        idx = np.arange(row, row + len(b))
-        row += len(b)
-        keep = np.array([i not in held_rows for i in idx])
-        for sel, dest in ((keep, train), (~keep, held)):
-            if sel.any():
-                dest.append(_take(b, sel))
-    return train, held
+def _device(cfg: StreamVADConfig) -> str:
+    import torch
 
-
-def _take(b: EmbeddingBatch, sel: np.ndarray) -> EmbeddingBatch:
-    return EmbeddingBatch(
-        keys=[k for k, s in zip(b.keys, sel, strict=True) if s],
-        global_=b.global_[sel],
-        patches=b.patches[sel],
-        grid=b.grid,
-        attention=None if b.attention is None else b.attention[sel],
-        layers={i: v[sel] for i, v in b.layers.items()},
-    )
+    if cfg.backbone.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg.backbone.device
 
 
 def rule_variants(engine: Engine, names: Sequence[str]) -> dict[str, FrameScorer]:

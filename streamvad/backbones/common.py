@@ -1,0 +1,133 @@
+"""What every torch backbone shares: device/dtype choice, batching, and the numpy hand-off.
+
+Concrete backbones only implement `_forward` on a preprocessed batch; `embed` here validates the
+request once, cuts the frames into `batch_size` chunks, and returns float32 numpy whatever precision
+the network ran in, so scorers never see torch or bf16.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from streamvad.backbones.preprocess import check_rgb_uint8, preprocess
+from streamvad.config import BackboneConfig
+from streamvad.errors import ConfigError
+from streamvad.types import EmbeddingBatch, FrameKey
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(setting: str) -> torch.device:
+    """'auto' picks CUDA when present; asking for CUDA on a machine without it is a config error."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("backbone.device: 'cuda' requested but no CUDA device is available")
+    return torch.device(setting)
+
+
+def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
+    """'auto' is bf16 on CUDA (fast, no overflow) and fp32 on CPU (bf16 matmuls are slow there)."""
+    if setting == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[setting]
+
+
+def fingerprint(config_text: str, tensors: Iterable[torch.Tensor]) -> str:
+    """Short hash of a model's config and a few of its weights: equal only for the same checkpoint.
+
+    Hashing a handful of tensors (first, middle, last) instead of all of them keeps this instant
+    for ViT-H sized models while still telling apart any two different trainings.
+    """
+    h = hashlib.sha256(config_text.encode())
+    for t in tensors:
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def check_block(index: int, num_layers: int, what: str, name: str) -> None:
+    if not 1 <= index <= num_layers:
+        raise ConfigError(f"backbone {name}: {what} {index} is out of range, the network has blocks "
+                          f"1..{num_layers}")
+
+
+@dataclass
+class Features:
+    """One batch's outputs, still as torch tensors on the backbone's device."""
+
+    global_: torch.Tensor  # [B, D]
+    patches: torch.Tensor  # [B, N, D]
+    attention: torch.Tensor | None = None  # [B, N]
+    layers: dict[int, torch.Tensor] = field(default_factory=dict)  # block -> [B, N, D_l]
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float32).numpy()
+
+
+class TorchBackbone(ABC):
+    """Base of the concrete backbones; satisfies `streamvad.backbones.base.Backbone`."""
+
+    name: str
+    image_size: tuple[int, int]
+    grid: tuple[int, int]
+    dim: int
+    num_layers: int
+
+    def __init__(self, cfg: BackboneConfig, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.image_size = (int(cfg.image_size[0]), int(cfg.image_size[1]))
+        self.device = resolve_device(cfg.device)
+        self.dtype = resolve_dtype(cfg.dtype, self.device)
+        self.batch_size = cfg.batch_size
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+
+    @abstractmethod
+    def _forward(self, pixels: torch.Tensor, layers: Sequence[int], attention: bool,
+                 attention_layer: int) -> Features:
+        """Run the network on a normalised [B, 3, h, w] batch."""
+
+    @abstractmethod
+    def manifest(self) -> dict[str, object]:
+        """What a fitted model must match to be served by this backbone."""
+
+    def embed(
+        self,
+        images: Sequence[np.ndarray],
+        keys: Sequence[FrameKey] | None = None,
+        *,
+        layers: Sequence[int] = (),
+        attention: bool = False,
+        attention_layer: int | None = None,
+    ) -> EmbeddingBatch:
+        check_rgb_uint8(images)
+        if keys is not None and len(keys) != len(images):
+            raise ValueError(f"embed: {len(keys)} keys for {len(images)} images")
+        layers = tuple(dict.fromkeys(int(i) for i in layers))
+        for i in layers:
+            check_block(i, self.num_layers, "layer", self.name)
+        att_layer = self.num_layers if attention_layer is None else int(attention_layer)
+        if attention:
+            check_block(att_layer, self.num_layers, "attention_layer", self.name)
+        parts: list[Features] = []
+        with torch.inference_mode():
+            for start in range(0, len(images), self.batch_size):
+                chunk = images[start:start + self.batch_size]
+                pixels = preprocess(chunk, self.image_size, self.mean, self.std, device=self.device,
+                                    dtype=self.dtype)
+                parts.append(self._forward(pixels, layers, attention, att_layer))
+        att = [p.attention for p in parts]
+        return EmbeddingBatch(
+            keys=list(keys) if keys is not None else [FrameKey("", i, 0.0) for i in range(len(images))],
+            global_=np.concatenate([_numpy(p.global_) for p in parts]),
+            patches=np.concatenate([_numpy(p.patches) for p in parts]),
+            grid=self.grid,
+            attention=None if any(a is None for a in att) else np.concatenate([_numpy(a) for a in att]),
+            layers={i: np.concatenate([_numpy(p.layers[i]) for p in parts]) for i in layers},
+        )
