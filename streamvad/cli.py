@@ -68,8 +68,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from streamvad.pipeline import clips_from_paths, replay
 
     cfg = _config(args)
-    engine = load_engine(args.model, backbone=cfg.backbone if args.device else None)
     clips = clips_from_paths(args.sources)
+    engine = load_engine(args.model, backbone=cfg.backbone)
     res = replay(engine, clips, sample_fps=_sample_fps(args, engine.info.sample_fps or cfg.sampling.fps),
                  out_jsonl=args.out, heatmaps=args.heatmaps, progress=not args.no_progress)
     recs = next(iter(res.records.values()))
@@ -86,8 +86,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from streamvad.pipeline import evaluate
 
     cfg = _config(args)
-    engine = load_engine(args.model, backbone=cfg.backbone if args.device else None)
     split = load_dataset(args.dataset, args.root)
+    engine = load_engine(args.model, backbone=cfg.backbone)
     rules = [r for r in (args.rules or "").split(",") if r]
     reports = evaluate(engine, split.test, args.out, sample_fps=_sample_fps(args, split.sample_fps),
                        rules=rules, oracle=args.oracle, progress=not args.no_progress)

@@ -137,15 +137,14 @@ def load_engine(
     """Rebuild the serving stack of a fitted model directory.
 
     `scoring` overrides the rule/threshold the model was fitted with (e.g. to compare rules on one
-    model); `backbone` overrides runtime settings (device, dtype, batch size) and must otherwise
-    describe the same network, which the scorer's own manifest check enforces.
+    model). The fields a user explicitly set in `backbone` override the fitted model's backbone
+    (device, dtype and batch size are harmless; a different network or image size is then refused
+    by the manifest check rather than silently scoring garbage).
     """
     info = ModelInfo.load(model_dir)
     bb_cfg = info.backbone
     if backbone is not None:
-        bb_cfg = bb_cfg.model_copy(
-            update={"device": backbone.device, "dtype": backbone.dtype, "batch_size": backbone.batch_size}
-        )
+        bb_cfg = BackboneConfig.model_validate({**bb_cfg.model_dump(), **backbone.model_dump(exclude_unset=True)})
     net = build_backbone(bb_cfg)
     if info.kind == KNNN:
         from streamvad.normality.model import NormalityModel

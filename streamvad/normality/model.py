@@ -1,0 +1,320 @@
+"""The fitted normality model: what normal footage looks like, per token, and how to serve it.
+
+On disk (one directory):
+- manifest.json: format version, backbone manifest, grid, N, D, Q, k and silhouette per token,
+  calibrated thresholds, library versions, creation time, the NormalityConfig used. Written last
+  (atomically), so a directory with a manifest is a complete model.
+- train.npy [T, Q, D] float32, clusters.npy [T, Q] int32, loc_dens.npy [T, Q] float32, sources.json:
+  the serving arrays (token 0 = global, token i = patch i - 1).
+- hnsw/<token>.bin: one hnswlib index per token when fitted with `index: hnsw`.
+- hdbscan.pkl: HDBSCAN clusterers (the project's only pickle; see hdbscan_.save).
+- chroma/: the ChromaDB system of record; never read when serving, used by `from_chroma`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+from tqdm import tqdm
+
+from streamvad.config import NormalityConfig
+from streamvad.errors import InputError, ModelMismatchError
+from streamvad.normality import chroma_store, hdbscan_, hnsw_index, kmeans, knnn
+from streamvad.normality.tokens import chunk_size, token_block
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+BACKBONE_KEYS = ("name", "model", "fingerprint", "image_size", "grid", "dim")
+_LIBRARIES = ("streamvad", "torch", "numpy", "scikit-learn", "hdbscan", "hnswlib", "chromadb")
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for lib in _LIBRARIES:
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            out[lib] = "unknown"
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """JSON-normalised value (tuples become lists) so manifests compare equal to live dicts."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _describe(backbone: dict[str, Any]) -> str:
+    name = " ".join(str(backbone[k]) for k in ("name", "model") if backbone.get(k))
+    return f"{name or '?'} (grid {backbone.get('grid', '?')}, D {backbone.get('dim', '?')})"
+
+
+def check_backbone(directory: Path, fitted: dict[str, Any], configured: dict[str, Any]) -> None:
+    """Raise ModelMismatchError if the backbones differ in any identity field both of them state."""
+    differ = [
+        k for k in BACKBONE_KEYS
+        if k in fitted and k in configured and _plain(fitted[k]) != _plain(configured[k])
+    ]
+    if differ:
+        raise ModelMismatchError(
+            f"model {directory} was fitted with backbone {_describe(fitted)} but the configured backbone is "
+            f"{_describe(configured)} (differs in {', '.join(differ)}); refit or configure the original backbone"
+        )
+
+
+def _grid(backbone: dict[str, Any], n: int) -> tuple[int, int]:
+    if "grid" in backbone:
+        h, w = (int(v) for v in backbone["grid"])
+        if h * w != n:
+            raise InputError(f"backbone grid {h}x{w} does not hold the {n} patches of the embeddings")
+        return h, w
+    side = math.isqrt(n)
+    return (side, side) if side * side == n else (1, n)
+
+
+def _hdbscan_tokens(mode: str, n_tokens: int) -> list[int]:
+    return {"none": [], "global": [0], "all": list(range(n_tokens))}[mode]
+
+
+@dataclass
+class NormalityModel:
+    """Per-token normal data and what serving needs from it. Token 0 is global, token i patch i - 1."""
+
+    train: np.ndarray  # [T, Q, D] float32
+    clusters: np.ndarray  # [T, Q] int32 k-Means cluster of each training vector
+    loc_dens: np.ndarray  # [T, Q] float32 local density of each training vector
+    k: np.ndarray  # [T] chosen k
+    silhouette: np.ndarray  # [T] silhouette of the chosen k (NaN if not scored)
+    grid: tuple[int, int]
+    backbone: dict[str, Any]
+    sources: list[str]
+    config: NormalityConfig
+    thresholds: dict[str, float] = field(default_factory=dict)
+    hdbscan: dict[int, Any] = field(default_factory=dict)  # token -> fitted hdbscan.HDBSCAN
+    indexes: list[Any] | None = None  # hnswlib indexes per token when config.index == "hnsw"
+    path: Path | None = None
+    created_at: str = ""
+    versions: dict[str, str] = field(default_factory=_versions)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.train.shape[0])
+
+    @property
+    def n_patches(self) -> int:
+        return self.n_tokens - 1
+
+    @property
+    def n_train(self) -> int:
+        return int(self.train.shape[1])
+
+    @property
+    def dim(self) -> int:
+        return int(self.train.shape[2])
+
+    @classmethod
+    def fit(
+        cls,
+        global_: np.ndarray,
+        patches: np.ndarray,
+        cfg: NormalityConfig,
+        *,
+        sources: list[str],
+        backbone: dict[str, Any],
+        device: str = "cpu",
+        progress: bool | None = None,
+    ) -> NormalityModel:
+        """Fit k-Means (k by silhouette), local densities, optional HDBSCAN and hnsw indexes.
+
+        `global_` is [Q, D] and `patches` [Q, N, D] (may be an np.memmap; it is read once, in
+        chunks). `progress` None shows tqdm bars only on a terminal.
+        """
+        q, n, d = patches.shape
+        if global_.shape != (q, d) or len(sources) != q:
+            raise InputError(f"fit: global {global_.shape}, patches {patches.shape} and {len(sources)} sources "
+                             "disagree (expected global [Q, D], patches [Q, N, D], Q sources)")
+        grid = _grid(backbone, n)
+        n_tokens = n + 1
+        train = np.empty((n_tokens, q, d), dtype=np.float32)
+        step = chunk_size(4 * q * d, 256 << 20)
+        for lo in range(0, n_tokens, step):
+            train[lo : lo + step] = token_block(global_, patches, lo, min(n_tokens, lo + step))
+        block = partial(_rows, train)
+        candidates = kmeans.k_candidates(cfg.k_min, cfg.k_max, cfg.k_candidates, q)
+        log.info("fitting %d tokens x %d vectors (D=%d), k in %s", n_tokens, q, d, candidates)
+        with tqdm(total=n_tokens, desc="k-means", unit="token", disable=_quiet(progress)) as bar:
+            km = kmeans.fit_tokens(block, n_tokens, q, d, candidates, iters=cfg.kmeans_iters,
+                                   sample=cfg.silhouette_sample, seed=cfg.seed, device=device,
+                                   progress=bar.update)
+        loc = knnn.local_density(block, km.labels, cfg.density_m, device)
+        tokens = _hdbscan_tokens(cfg.hdbscan, n_tokens)
+        clusterers = hdbscan_.fit_tokens(block, tokens, cfg.hdbscan_min_cluster_size,
+                                         cfg.hdbscan_min_samples) if tokens else {}
+        indexes = hnsw_index.build_all(block, n_tokens, cfg.seed) if cfg.index == "hnsw" else None
+        return cls(train=train, clusters=km.labels, loc_dens=loc, k=km.k, silhouette=km.silhouette,
+                   grid=grid, backbone=dict(backbone), sources=list(sources), config=cfg,
+                   hdbscan=clusterers, indexes=indexes, created_at=datetime.now(UTC).isoformat())
+
+    def save(self, directory: str | Path, *, write_chroma: bool = True, progress: bool | None = None) -> None:
+        """Write the model to `directory`; Chroma too when config.chroma and `write_chroma`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        np.save(directory / "train.npy", self.train)
+        np.save(directory / "clusters.npy", self.clusters)
+        np.save(directory / "loc_dens.npy", self.loc_dens)
+        (directory / "sources.json").write_text(json.dumps(self.sources), encoding="utf-8")
+        if self.indexes is not None:
+            hnsw_index.save_all(self.indexes, directory / "hnsw")
+        if self.hdbscan:
+            hdbscan_.save(directory / "hdbscan.pkl", self.hdbscan)
+        if self.config.chroma and write_chroma:
+            chroma_store.write(directory / "chroma", partial(_rows, self.train), self.clusters, self.loc_dens,
+                               self.sources, progress=progress)
+        self.path = directory
+        self.save_manifest()
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "backbone": _plain(self.backbone),
+            "grid": list(self.grid),
+            "n_patches": self.n_patches,
+            "dim": self.dim,
+            "n_train": self.n_train,
+            "index": self.config.index,
+            "hdbscan_tokens": sorted(int(t) for t in self.hdbscan),
+            "k": [int(v) for v in self.k],
+            "silhouette": [None if np.isnan(v) else round(float(v), 6) for v in self.silhouette],
+            "thresholds": dict(self.thresholds),
+            "versions": self.versions,
+            "created_at": self.created_at,
+            "config": self.config.model_dump(mode="json"),
+        }
+
+    def set_thresholds(self, thresholds: dict[str, float], *, replace: bool = False) -> None:
+        """Record calibrated decision thresholds ("knnn/majority": 0.93, ...); call save_manifest()."""
+        if replace:
+            self.thresholds = {}
+        self.thresholds.update({k: float(v) for k, v in thresholds.items()})
+
+    def save_manifest(self) -> None:
+        """Rewrite manifest.json only (after set_thresholds); atomic, so readers never see half of it."""
+        if self.path is None:
+            raise InputError("save_manifest: the model has no directory yet; call save(dir) first")
+        tmp = self.path / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(self.manifest(), indent=1), encoding="utf-8")
+        tmp.replace(self.path / MANIFEST)
+
+    @classmethod
+    def load(cls, directory: str | Path, backbone: dict[str, Any] | None = None) -> NormalityModel:
+        """Load the serving files (never Chroma); check the backbone identity when one is given."""
+        directory = Path(directory)
+        man = read_manifest(directory)
+        if backbone is not None:
+            check_backbone(directory, man["backbone"], backbone)
+        t, q, d = man["n_patches"] + 1, man["n_train"], man["dim"]
+        arrays = {
+            "train": _load_npy(directory / "train.npy", (t, q, d)),
+            "clusters": _load_npy(directory / "clusters.npy", (t, q)),
+            "loc_dens": _load_npy(directory / "loc_dens.npy", (t, q)),
+            "sources": _load_sources(directory / "sources.json", q),
+        }
+        indexes = hnsw_index.load_all(directory / "hnsw", t, d, q) if man["index"] == "hnsw" else None
+        return cls._from_parts(directory, man, arrays, indexes)
+
+    @classmethod
+    def from_chroma(cls, directory: str | Path) -> NormalityModel:
+        """Rebuild the serving arrays (and hnsw indexes) from the Chroma system of record.
+
+        The manifest is still needed for the shapes and identity; `save(directory,
+        write_chroma=False)` then rewrites the serving files.
+        """
+        directory = Path(directory)
+        man = read_manifest(directory)
+        t, q, d = man["n_patches"] + 1, man["n_train"], man["dim"]
+        arrays = chroma_store.read(directory / "chroma", t, q, d)
+        indexes = None
+        if man["index"] == "hnsw":
+            indexes = hnsw_index.build_all(partial(_rows, arrays["train"]), t, man["config"].get("seed", 0))
+        return cls._from_parts(directory, man, arrays, indexes)
+
+    @classmethod
+    def _from_parts(
+        cls, directory: Path, man: dict[str, Any], arrays: dict[str, Any], indexes: list[Any] | None
+    ) -> NormalityModel:
+        pkl = directory / "hdbscan.pkl"
+        try:
+            config = NormalityConfig.model_validate(man["config"])
+        except ValidationError as err:
+            raise InputError(f"{directory / MANIFEST}: invalid config section ({err.errors()[0]['msg']})") from None
+        sil = np.array([np.nan if v is None else v for v in man["silhouette"]], dtype=np.float32)
+        return cls(
+            train=arrays["train"], clusters=arrays["clusters"], loc_dens=arrays["loc_dens"],
+            k=np.asarray(man["k"], dtype=np.int32), silhouette=sil, grid=tuple(man["grid"]),
+            backbone=man["backbone"], sources=arrays["sources"], config=config,
+            thresholds={k: float(v) for k, v in man["thresholds"].items()},
+            hdbscan=hdbscan_.load(pkl) if man["hdbscan_tokens"] else {}, indexes=indexes,
+            path=directory, created_at=man["created_at"], versions=man["versions"],
+        )
+
+
+def _quiet(progress: bool | None) -> bool | None:
+    """tqdm's `disable` for a progress flag: None means "only on a terminal"."""
+    return None if progress is None else not progress
+
+
+def _rows(train: np.ndarray, start: int, stop: int) -> np.ndarray:
+    return train[start:stop]
+
+
+_REQUIRED = ("format", "backbone", "grid", "n_patches", "dim", "n_train", "index", "hdbscan_tokens", "k",
+             "silhouette", "thresholds", "versions", "created_at", "config")
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The parsed manifest; InputError (one line) when the directory is not a complete model."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise InputError(f"{directory}: no fitted normality model here ({MANIFEST} missing); run `streamvad fit`")
+    try:
+        man = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: not a readable model manifest ({err})") from None
+    missing = [k for k in _REQUIRED if not isinstance(man, dict) or k not in man]
+    if missing:
+        raise InputError(f"{path}: not a StreamVAD model manifest (missing {', '.join(missing)})")
+    if man["format"] != FORMAT_VERSION:
+        raise ModelMismatchError(f"{path}: model format {man['format']}, this StreamVAD reads format "
+                                 f"{FORMAT_VERSION}; refit the model")
+    return man
+
+
+def _load_npy(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise InputError(f"{path}: cannot read ({err}); the model directory is incomplete or corrupt") from None
+    if arr.shape != shape:
+        raise InputError(f"{path}: shape {arr.shape}, the manifest expects {shape}; the model is corrupt")
+    return arr
+
+
+def _load_sources(path: Path, n: int) -> list[str]:
+    try:
+        sources = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: cannot read ({err}); the model directory is incomplete or corrupt") from None
+    if not isinstance(sources, list) or len(sources) != n:
+        raise InputError(f"{path}: expected a list of {n} source names")
+    return [str(s) for s in sources]

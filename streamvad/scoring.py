@@ -1,0 +1,250 @@
+"""Frame verdicts from a normality model: every token of every frame of a batch in one call.
+
+The study queried ChromaDB patch by patch (two queries each, ~1 h for 2,044 frames). Here the
+nearest training vector of all N + 1 tokens of all B frames comes from one batched matmul on
+[T, M, D] x [T, D, B] (or hnswlib batch queries across a thread pool), and since local densities
+were precomputed at fit time the k-NNN confidence is a gather and a division.
+
+Score scales: `score` is in [0, 1] (aggregated capped confidences); `raw_score` aggregates the
+uncapped ratios d / loc_dens instead and is what the decision threshold is compared with, so
+calibrated thresholds may exceed 1. Because capping is monotone, for thresholds below 1 the two
+give the same decision.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from streamvad.config import ScoringConfig
+from streamvad.errors import ConfigError, ModelMismatchError
+from streamvad.normality import hdbscan_, hnsw_index
+from streamvad.normality.knnn import density_floor, gather_dists, knnn_confidence
+from streamvad.normality.model import NormalityModel
+from streamvad.normality.tokens import chunk_size
+from streamvad.types import EmbeddingBatch, Verdict
+
+log = logging.getLogger(__name__)
+
+RULES = ("majority", "topk", "global", "any_k")
+_VOTING = ("majority", "any_k")  # rules whose threshold is also the per-patch vote threshold
+
+
+@dataclass
+class TokenScores:
+    """Per-frame, per-token confidences [B, T] in [0, 1] and uncapped ratios [B, T]; column 0 is global."""
+
+    conf: np.ndarray
+    ratio: np.ndarray
+
+
+class TokenScorer:
+    """Nearest-neighbour state of a model, prepared once so each call is just the search.
+
+    Training vectors, their squared norms and local densities live on `device` as tensors; with an
+    hnsw model a thread pool is kept for the per-token queries.
+    """
+
+    def __init__(self, model: NormalityModel, device: str = "cpu") -> None:
+        self.model = model
+        self.device = torch.device(device)
+        self._train = torch.from_numpy(model.train).to(self.device)  # [T, M, D], shares memory on CPU
+        self._sq = (self._train * self._train).sum(-1, keepdim=True)  # [T, M, 1]
+        self._loc = torch.from_numpy(model.loc_dens).to(self.device)
+        self._floor = torch.from_numpy(density_floor(model.loc_dens)).to(self.device).unsqueeze(1)
+        self._pool = ThreadPoolExecutor(torch.get_num_threads()) if model.indexes is not None else None
+        self._step = chunk_size(4 * model.n_train * 64, 128 << 20)  # tokens per [t, M, B<=64] block
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+
+    def _nearest(self, q: torch.Tensor) -> torch.Tensor:
+        """Row of the nearest training vector [T, B] for queries q [T, B, D]."""
+        if self.model.indexes is not None:
+            rows = hnsw_index.nearest(self.model.indexes, q.cpu().numpy(), self._pool)
+            return torch.from_numpy(rows).to(self.device)
+        step = max(1, self._step * 64 // q.shape[1])
+        out = []
+        for lo in range(0, q.shape[0], step):
+            hi = lo + step
+            # ||q||^2 is the same for every candidate, so argmin needs only ||t||^2 - 2 t.q
+            d = torch.baddbmm(self._sq[lo:hi], self._train[lo:hi], q[lo:hi].transpose(1, 2), alpha=-2.0)
+            out.append(d.argmin(1))
+        return torch.cat(out)
+
+    def knnn(self, queries: np.ndarray) -> TokenScores:
+        """k-NNN confidences for token-major queries [B, T, D]."""
+        q = torch.from_numpy(np.ascontiguousarray(queries.transpose(1, 0, 2), dtype=np.float32)).to(self.device)
+        rows = self._nearest(q)
+        d = gather_dists(self._train, rows.unsqueeze(-1), q).squeeze(-1)
+        conf, ratio = knnn_confidence(d, self._loc.gather(1, rows), self._floor)
+        return TokenScores(conf.T.cpu().numpy(), ratio.T.cpu().numpy())
+
+    def scores(self, global_: np.ndarray, patches: np.ndarray, method: str = "knnn") -> TokenScores:
+        """Confidences of all tokens of B frames: global_ [B, D], patches [B, N, D].
+
+        With method "hdbscan" the tokens that have a clusterer get 1 - membership strength; the
+        others keep their k-NNN confidence (a global-only HDBSCAN model still gets a heatmap).
+        """
+        b, n, d = patches.shape
+        if n != self.model.n_patches or d != self.model.dim or global_.shape != (b, d):
+            raise ModelMismatchError(
+                f"embeddings have {n} patches of D {d} (global {global_.shape}) but model "
+                f"{self.model.path} was fitted on {self.model.n_patches} patches of D {self.model.dim}")
+        queries = np.concatenate([global_[:, None, :], patches], axis=1)
+        out = self.knnn(queries)
+        if method == "hdbscan":
+            for token, clusterer in self.model.hdbscan.items():
+                out.conf[:, token] = out.ratio[:, token] = hdbscan_.confidence(clusterer, queries[:, token])
+        return out
+
+
+def aggregate(ts: TokenScores, mask: np.ndarray, rule: str, cfg: ScoringConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(score [B], raw_score [B]) of a rule over the patches inside `mask` (or the global token).
+
+    majority: the ceil(M/2)-th largest of the M patch values, i.e. the upper median, so that
+    "#unsafe >= #safe at threshold t" is exactly "score > t". any_k: the any_k-th largest.
+    topk: mean of the ceil(topk_ratio * M) largest. global: the global token.
+    """
+    if rule == "global":
+        return ts.conf[:, 0].copy(), ts.ratio[:, 0].copy()
+    m = int(mask.sum())
+    ranked = -np.sort(np.where(mask, -ts.ratio[:, 1:], np.inf), axis=1)  # descending, masked last
+    capped = np.minimum(ranked, 1.0)  # confidence = min(1, ratio) is monotone in the ratio
+    if rule == "topk":
+        top = math.ceil(cfg.topk_ratio * m)
+        return capped[:, :top].mean(1), ranked[:, :top].mean(1)
+    j = math.ceil(m / 2) - 1 if rule == "majority" else cfg.any_k - 1
+    return capped[:, j].copy(), ranked[:, j].copy()
+
+
+def _check_mask(mask: np.ndarray | None, n: int, cfg: ScoringConfig) -> np.ndarray:
+    if mask is None:
+        mask = np.ones(n, dtype=bool)
+    mask = np.asarray(mask)
+    if mask.dtype != bool or mask.shape != (n,):
+        raise ConfigError(f"camera mask: expected a bool array of the model's {n} patches, "
+                          f"got {mask.dtype} {mask.shape}")
+    if not mask.any():
+        raise ConfigError("camera mask: it excludes every patch; nothing would be scored")
+    if cfg.rule == "any_k" and cfg.any_k > int(mask.sum()):
+        raise ConfigError(f"scoring.any_k: {cfg.any_k} exceeds the {int(mask.sum())} patches inside the mask")
+    return mask
+
+
+def _available_rules(model: NormalityModel, method: str) -> tuple[str, ...]:
+    if method == "knnn":
+        return RULES
+    if not model.hdbscan:
+        return ()
+    return RULES if len(model.hdbscan) == model.n_tokens else ("global",)
+
+
+class Scorer:
+    """Turns an EmbeddingBatch into one Verdict per frame (see the module docstring for scales).
+
+    Decision threshold: cfg.frame_threshold, else the model's calibrated "<method>/<rule>"
+    threshold, else cfg.patch_threshold for majority / any_k. For majority and any_k the same
+    threshold decides each patch's vote, so `unsafe_patches` and `anomalous` always agree; for topk
+    and global the votes are counted at cfg.patch_threshold for information only. Scorers for
+    several cameras' masks should share one TokenScorer (`with_mask`): one copy of the tensors.
+    """
+
+    def __init__(
+        self,
+        model: NormalityModel,
+        cfg: ScoringConfig,
+        mask: np.ndarray | None = None,
+        device: str = "cpu",
+        *,
+        tokens: TokenScorer | None = None,
+    ) -> None:
+        if cfg.rule not in _available_rules(model, cfg.method):
+            raise ConfigError(
+                f"scoring.method: {cfg.method} with rule {cfg.rule} needs HDBSCAN on "
+                f"{'every token' if cfg.rule != 'global' else 'the global token'}, but model {model.path} "
+                f"has it on {len(model.hdbscan)} token(s); set normality.hdbscan and refit, or use rule global")
+        self.model = model
+        self.cfg = cfg
+        self.mask = _check_mask(mask, model.n_patches, cfg)
+        self.tokens = tokens if tokens is not None else TokenScorer(model, device)
+        self.threshold = self._threshold()
+        self._vote_at = self.threshold if cfg.rule in _VOTING else cfg.patch_threshold
+        self.decided_by = f"{cfg.method}/{cfg.rule}@{self.threshold:.2f}"
+        log.info("scorer ready: %s, %d of %d patches in the mask, %s search on %s", self.decided_by,
+                 int(self.mask.sum()), model.n_patches, "hnsw" if model.indexes else "dense", device)
+
+    def _threshold(self) -> float:
+        key = f"{self.cfg.method}/{self.cfg.rule}"
+        if self.cfg.frame_threshold is not None:
+            return float(self.cfg.frame_threshold)
+        if key in self.model.thresholds:
+            return float(self.model.thresholds[key])
+        if self.cfg.rule in _VOTING:
+            return float(self.cfg.patch_threshold)
+        raise ConfigError(f"scoring.frame_threshold: rule {self.cfg.rule} needs a frame threshold; set it, "
+                          f"or calibrate the model (it has no '{key}' threshold)")
+
+    def score(self, batch: EmbeddingBatch) -> list[Verdict]:
+        """Verdicts for every frame of the batch; masked-out patches report confidence 0 and never vote."""
+        ts = self.tokens.scores(batch.global_, batch.patches, self.cfg.method)
+        score, raw = aggregate(ts, self.mask, self.cfg.rule, self.cfg)
+        # vote on the ratio: equal to voting on the confidence below 1, and still meaningful above it
+        unsafe = ((ts.ratio[:, 1:] > self._vote_at) & self.mask).sum(1)
+        heat = np.where(self.mask, ts.conf[:, 1:], 0.0).astype(np.float32)
+        return [
+            Verdict(key=key, score=float(score[i]), raw_score=float(raw[i]), anomalous=bool(raw[i] > self.threshold),
+                    global_confidence=float(ts.conf[i, 0]), patch_confidences=heat[i], grid=batch.grid,
+                    unsafe_patches=int(unsafe[i]), threshold=self.threshold, decided_by=self.decided_by)
+            for i, key in enumerate(batch.keys)
+        ]
+
+    def with_mask(self, mask: np.ndarray | None) -> Scorer:
+        """A scorer for another camera's mask sharing this one's search state (one copy on the GPU)."""
+        return Scorer(self.model, self.cfg, mask, tokens=self.tokens)
+
+    def close(self) -> None:
+        self.tokens.close()
+
+
+def calibrate(
+    scorer_or_model: Scorer | NormalityModel,
+    global_: np.ndarray,
+    patches: np.ndarray,
+    cfg: ScoringConfig,
+    *,
+    chunk: int = 64,
+) -> dict[str, float]:
+    """Thresholds for every method/rule the model supports, from held-out NORMAL frames only.
+
+    Each is the cfg.calibration_quantile quantile of the frames' raw_score (see module docstring),
+    so about (1 - quantile) of normal frames would be flagged and anomalies are never looked at.
+    `global_` [B, D] and `patches` [B, N, D] are the hold-out embeddings; a Scorer's mask is used.
+    """
+    if isinstance(scorer_or_model, Scorer):
+        tokens, mask, own = scorer_or_model.tokens, scorer_or_model.mask, False
+    else:
+        tokens, own = TokenScorer(scorer_or_model), True
+        mask = np.ones(scorer_or_model.n_patches, dtype=bool)
+    if len(global_) == 0:
+        raise ConfigError("calibrate: the hold-out set is empty (normality.holdout_fraction is 0?)")
+    raws: dict[str, list[np.ndarray]] = {}
+    try:
+        for method in ("knnn", "hdbscan"):
+            rules = _available_rules(tokens.model, method)
+            for lo in range(0, len(global_), chunk) if rules else ():
+                ts = tokens.scores(global_[lo : lo + chunk], patches[lo : lo + chunk], method)
+                for rule in rules:
+                    if rule == "any_k" and cfg.any_k > int(mask.sum()):
+                        continue
+                    raws.setdefault(f"{method}/{rule}", []).append(aggregate(ts, mask, rule, cfg)[1])
+    finally:
+        if own:
+            tokens.close()
+    return {key: float(np.quantile(np.concatenate(v), cfg.calibration_quantile)) for key, v in raws.items()}

@@ -1,0 +1,189 @@
+"""Normality model: k-means/silhouette, local density, k-NNN formula, HDBSCAN, hnsw, persistence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import adjusted_rand_score, silhouette_score
+
+from streamvad.bench.scoring import clustered_embeddings
+from streamvad.config import NormalityConfig
+from streamvad.errors import InputError, ModelMismatchError
+from streamvad.normality import chroma_store, hdbscan_, hnsw_index, kmeans
+from streamvad.normality.knnn import density_floor, knnn_confidence, local_density_block
+from streamvad.normality.model import NormalityModel
+
+BACKBONE = {"name": "tiny", "model": "test/tiny", "fingerprint": "abc", "image_size": [32, 32], "grid": [2, 2],
+            "dim": 8}
+
+
+def blobs(n_blobs: int, n: int = 240, dim: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 10, (n_blobs, dim))
+    truth = np.arange(n) % n_blobs
+    return (centres[truth] + rng.normal(0, 0.3, (n, dim))).astype(np.float32), truth
+
+
+def small_model(cfg: NormalityConfig | None = None, q: int = 60) -> NormalityModel:
+    g, p = clustered_embeddings(q, 4, 8, n_modes=3, seed=1)
+    cfg = cfg or NormalityConfig(k_min=2, k_max=5, k_candidates=4, silhouette_sample=50, hdbscan="none")
+    return NormalityModel.fit(g, p, cfg, sources=[f"cam/{i}.jpg" for i in range(q)], backbone=BACKBONE)
+
+
+def test_kmeans_recovers_blobs_and_silhouette_picks_true_k() -> None:
+    x3, t3 = blobs(3, seed=1)
+    x5, t5 = blobs(5, seed=2)
+    x = np.stack([x3, x5])
+    fit = kmeans.fit_tokens(lambda a, b: x[a:b], 2, 240, 6, kmeans.k_candidates(2, 8, 7, 240),
+                            iters=50, sample=200, seed=0)
+    assert fit.k.tolist() == [3, 5]
+    assert adjusted_rand_score(t3, fit.labels[0]) == 1.0
+    assert adjusted_rand_score(t5, fit.labels[1]) == 1.0
+
+
+def test_batched_silhouette_matches_sklearn() -> None:
+    x = np.stack([blobs(4, n=120, seed=s)[0] for s in range(3)])
+    labels, _ = kmeans.kmeans(torch.from_numpy(x), 6, 20, torch.Generator().manual_seed(0))
+    ours = kmeans.silhouette(torch.from_numpy(x), labels, 6).numpy()
+    ref = [silhouette_score(x[i], labels[i].numpy()) for i in range(3)]
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_empty_cluster_is_reseeded_on_farthest_point() -> None:
+    x = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [9.0, 9.0], [0.5, 0.0]]])
+    labels = torch.zeros(1, 4, dtype=torch.long)  # cluster 1 empty
+    closest = kmeans.sq_dists(x, x.mean(1, keepdim=True)).squeeze(-1)
+    centroids = kmeans._update(x, labels, 2, closest)
+    torch.testing.assert_close(centroids[0, 1], torch.tensor([9.0, 9.0]))
+    torch.testing.assert_close(centroids[0, 0], x[0].mean(0))
+
+
+def brute_local_density(x: np.ndarray, labels: np.ndarray, m: int) -> np.ndarray:
+    out = np.zeros(len(x))
+    for i in range(len(x)):
+        mates = [np.linalg.norm(x[i] - x[j]) for j in range(len(x)) if j != i and labels[j] == labels[i]]
+        out[i] = np.mean(sorted(mates)[:m]) if mates else 0.0
+    return out
+
+
+def test_local_density_matches_brute_force() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(2, 25, 5)).astype(np.float32)
+    labels = rng.integers(0, 3, (2, 25))
+    labels[0, 0] = 7  # a singleton cluster -> 0
+    labels[1, :3] = 9  # a cluster of 3 < m + 1 -> mean over the 2 mates
+    x[1, 5] = x[1, 6]  # exact duplicates must give distance 0, not rounding noise
+    got = local_density_block(torch.from_numpy(x), torch.from_numpy(labels), 5).numpy()
+    for t in range(2):
+        np.testing.assert_allclose(got[t], brute_local_density(x[t], labels[t], 5), rtol=1e-5, atol=1e-6)
+    assert got[0, 0] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("d", "loc", "conf", "ratio"),
+    [(0.4, 0.8, 0.5, 0.5), (1.6, 0.8, 1.0, 2.0), (0.0, 0.8, 0.0, 0.0), (0.3, 0.0, 1.0, 1.5), (0.0, 0.0, 0.0, 0.0),
+     (0.1, 0.0, 1.0, 1.0)],
+)
+def test_knnn_confidence_formula(d: float, loc: float, conf: float, ratio: float) -> None:
+    # floor 0.2 stands for the token's smallest positive density: ratio d/0.2 but >= 1 when loc == 0
+    c, r = knnn_confidence(torch.tensor([d]), torch.tensor([loc]), torch.tensor([0.2]))
+    assert c.item() == pytest.approx(conf)
+    assert r.item() == pytest.approx(ratio)
+
+
+def test_density_floor_is_smallest_positive() -> None:
+    assert density_floor(np.array([[0.0, 0.5, 0.2], [0.0, 0.0, 0.0]])).tolist() == pytest.approx([0.2, 1.0])
+
+
+def test_hdbscan_confidence_in_unit_range_and_higher_for_outliers() -> None:
+    x, _ = blobs(2, n=200, seed=5)
+    clusterer = hdbscan_.fit_one(x, 10, 5)
+    inliers = x[:20] + 0.01
+    outliers = x[:20] + 100.0
+    cin, cout = hdbscan_.confidence(clusterer, inliers), hdbscan_.confidence(clusterer, outliers)
+    for c in (cin, cout):
+        assert ((c >= 0) & (c <= 1)).all()
+    assert cout.mean() > cin.mean() + 0.5
+    assert (cout == 1.0).all()  # noise has strength 0
+
+
+def test_hnsw_and_dense_agree_on_nearest_neighbours() -> None:
+    rng = np.random.default_rng(6)
+    train = rng.normal(size=(3, 300, 8)).astype(np.float32)
+    queries = rng.normal(size=(3, 10, 8)).astype(np.float32)
+    indexes = hnsw_index.build_all(lambda a, b: train[a:b], 3)
+    got = hnsw_index.nearest(indexes, queries)
+    dense = np.linalg.norm(queries[:, :, None] - train[:, None], axis=-1).argmin(-1)
+    np.testing.assert_array_equal(got, dense)
+
+
+def test_fit_save_load_round_trip(tmp_path: Path) -> None:
+    cfg = NormalityConfig(k_min=2, k_max=5, k_candidates=4, silhouette_sample=50, hdbscan="global",
+                          hdbscan_min_cluster_size=5, hdbscan_min_samples=3, index="hnsw")
+    model = small_model(cfg)
+    model.set_thresholds({"knnn/majority": 0.9})
+    model.save(tmp_path / "m")
+    loaded = NormalityModel.load(tmp_path / "m", backbone=BACKBONE)
+    for name in ("train", "clusters", "loc_dens", "k"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(model, name))
+    assert loaded.thresholds == {"knnn/majority": 0.9}
+    assert loaded.grid == (2, 2) and loaded.config == cfg and loaded.sources == model.sources
+    assert list(loaded.hdbscan) == [0] and loaded.indexes is not None and len(loaded.indexes) == 5
+    man = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert man["n_patches"] == 4 and man["dim"] == 8 and man["k"] == model.k.tolist()
+    assert all(2 <= k <= 3 for k in man["k"])  # 3 scene states, two of them close in some tokens
+    assert all(0.4 < s <= 1 for s in man["silhouette"]) and "chromadb" in man["versions"]
+    (tmp_path / "m" / "hnsw" / "patch_001.bin").write_bytes(b"garbage" * 4)
+    with pytest.raises(InputError, match=r"patch_001\.bin: not a readable hnsw index"):
+        NormalityModel.load(tmp_path / "m")
+
+
+def test_chroma_collections_and_from_chroma_round_trip(tmp_path: Path) -> None:
+    model = small_model()
+    model.save(tmp_path)
+    client = chroma_store.open_client(tmp_path / "chroma")
+    names = sorted(c.name for c in client.list_collections())
+    assert names == ["global", "patch_000", "patch_001", "patch_002", "patch_003"]
+    coll = client.get_collection("patch_002")
+    assert coll.count() == 60
+    rec = coll.get(ids=["patch_002-7"], include=["embeddings", "metadatas"])
+    np.testing.assert_allclose(rec["embeddings"][0], model.train[3, 7])
+    assert rec["metadatas"][0] == {"cluster": int(model.clusters[3, 7]), "loc_dens": pytest.approx(
+        float(model.loc_dens[3, 7])), "source": "cam/7.jpg"}
+    # serving files gone: Chroma alone rebuilds them
+    for f in ("train.npy", "clusters.npy", "loc_dens.npy"):
+        (tmp_path / f).unlink()
+    rebuilt = NormalityModel.from_chroma(tmp_path)
+    np.testing.assert_array_equal(rebuilt.train, model.train)
+    np.testing.assert_array_equal(rebuilt.clusters, model.clusters)
+    np.testing.assert_allclose(rebuilt.loc_dens, model.loc_dens)
+    assert rebuilt.sources == model.sources
+    rebuilt.save(tmp_path, write_chroma=False)
+    np.testing.assert_array_equal(NormalityModel.load(tmp_path).train, model.train)
+
+
+def test_load_checks_backbone_and_directory(tmp_path: Path) -> None:
+    model = small_model(NormalityConfig(k_min=2, k_max=3, k_candidates=2, hdbscan="none", chroma=False))
+    model.save(tmp_path / "m")
+    other = {**BACKBONE, "name": "dinov2", "grid": [16, 16], "dim": 384}
+    with pytest.raises(ModelMismatchError, match=r"fitted with backbone tiny test/tiny .*differs in name, grid, dim"):
+        NormalityModel.load(tmp_path / "m", backbone=other)
+    with pytest.raises(InputError, match=r"manifest\.json missing"):
+        NormalityModel.load(tmp_path / "nothing")
+    (tmp_path / "m" / "loc_dens.npy").write_bytes(b"garbage")
+    with pytest.raises(InputError, match=r"loc_dens.npy: cannot read"):
+        NormalityModel.load(tmp_path / "m")
+    (tmp_path / "m" / "manifest.json").write_text("{not json")
+    with pytest.raises(InputError, match="not a readable model manifest"):
+        NormalityModel.load(tmp_path / "m")
+
+
+def test_fit_rejects_inconsistent_shapes() -> None:
+    g, p = clustered_embeddings(10, 4, 8)
+    with pytest.raises(InputError, match="disagree"):
+        NormalityModel.fit(g[:9], p, NormalityConfig(), sources=["x"] * 10, backbone=BACKBONE)
+

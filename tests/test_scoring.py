@@ -1,0 +1,175 @@
+"""Scorer: vectorised all-patch scoring against a naive per-patch loop, rules, mask, thresholds, bench."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamvad.bench.scoring import clustered_embeddings, run_scoring_bench
+from streamvad.config import NormalityConfig, ScoringConfig
+from streamvad.errors import ConfigError, ModelMismatchError
+from streamvad.normality.model import NormalityModel
+from streamvad.scoring import Scorer, calibrate
+from streamvad.types import EmbeddingBatch, FrameKey, Verdict
+
+N, D, Q, B = 16, 8, 80, 6
+BACKBONE = {"name": "tiny", "grid": [4, 4], "dim": D}
+
+
+def fit(cfg: NormalityConfig | None = None) -> NormalityModel:
+    g, p = clustered_embeddings(Q, N, D, n_modes=3, seed=1)
+    cfg = cfg or NormalityConfig(k_min=2, k_max=6, k_candidates=5, silhouette_sample=60, hdbscan="none",
+                                 chroma=False)
+    return NormalityModel.fit(g, p, cfg, sources=[str(i) for i in range(Q)], backbone=BACKBONE)
+
+
+@pytest.fixture(scope="module")
+def model() -> NormalityModel:
+    return fit()
+
+
+def frames(spread: float = 0.4, seed: int = 9, b: int = B) -> EmbeddingBatch:
+    """Same scenes as training, noisier, so confidences spread over (0, 1]."""
+    g, p = clustered_embeddings(b, N, D, n_modes=3, spread=spread, seed=1, frame_seed=seed)
+    return EmbeddingBatch([FrameKey("cam", i, i / 4) for i in range(b)], g, p, (4, 4))
+
+
+def naive_confidences(model: NormalityModel, batch: EmbeddingBatch) -> np.ndarray:
+    """The study's definition, one token at a time: [B, T] confidences."""
+    out = np.zeros((len(batch), model.n_tokens))
+    for b in range(len(batch)):
+        tokens = [batch.global_[b], *batch.patches[b]]
+        for t, q in enumerate(tokens):
+            dists = np.linalg.norm(model.train[t].astype(np.float64) - q, axis=1)
+            nn = int(dists.argmin())
+            loc = float(model.loc_dens[t, nn])
+            out[b, t] = (1.0 if dists[nn] > 0 else 0.0) if loc == 0 else min(1.0, dists[nn] / loc)
+    return out
+
+
+def score(model: NormalityModel, batch: EmbeddingBatch, **cfg: object) -> list[Verdict]:
+    mask = cfg.pop("mask", None)
+    return Scorer(model, ScoringConfig(**cfg), mask=mask).score(batch)  # type: ignore[arg-type]
+
+
+def test_scorer_equals_naive_per_patch_loop(model: NormalityModel) -> None:
+    batch = frames()
+    ref = naive_confidences(model, batch)
+    assert 0.05 < ref[:, 1:].mean() < 0.95  # the data exercises both capped and uncapped values
+    verdicts = score(model, batch, patch_threshold=0.7)
+    for v, r in zip(verdicts, ref, strict=True):
+        np.testing.assert_allclose(v.patch_confidences, r[1:], atol=1e-5)
+        assert v.patch_confidences.dtype == np.float32 and v.heatmap.shape == (4, 4)
+        assert v.global_confidence == pytest.approx(r[0], abs=1e-5)
+        unsafe = int((r[1:] > 0.7).sum())
+        assert v.unsafe_patches == unsafe
+        assert v.anomalous == (unsafe >= N - unsafe)
+        assert v.decided_by == "knnn/majority@0.70"
+    top = math.ceil(0.25 * N)
+    for v, r in zip(score(model, batch, rule="topk", topk_ratio=0.25, frame_threshold=0.5), ref, strict=True):
+        assert v.score == pytest.approx(np.sort(r[1:])[::-1][:top].mean(), abs=1e-5)
+    for v, r in zip(score(model, batch, rule="any_k", any_k=3), ref, strict=True):
+        assert v.score == pytest.approx(np.sort(r[1:])[::-1][2], abs=1e-5)
+        assert v.anomalous == ((r[1:] > 0.8).sum() >= 3)
+    for v, r in zip(score(model, batch, rule="global", frame_threshold=0.5), ref, strict=True):
+        assert v.score == pytest.approx(r[0], abs=1e-5)
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.6, 0.9, 1.5])
+def test_majority_vote_is_median_threshold(model: NormalityModel, threshold: float) -> None:
+    mask = np.ones(N, dtype=bool)
+    mask[5] = False  # 15 patches: the upper median is the median
+    for v in score(model, frames(spread=0.45), mask=mask, patch_threshold=threshold):
+        inside = v.patch_confidences[mask]
+        assert v.score == pytest.approx(float(np.median(inside)), abs=1e-6)
+        assert v.anomalous == (v.unsafe_patches >= 15 - v.unsafe_patches)
+        assert v.anomalous == (v.raw_score > threshold)
+
+
+def test_mask_excludes_patches_from_heatmap_and_vote(model: NormalityModel) -> None:
+    batch = frames()
+    batch.patches[:, :3] += 50.0  # three patches far from anything normal
+    full = score(model, batch, rule="any_k", any_k=1)
+    assert all(v.anomalous and (v.patch_confidences[:3] == 1.0).all() for v in full)
+    mask = np.ones(N, dtype=bool)
+    mask[:3] = False
+    base = Scorer(model, ScoringConfig(rule="any_k", any_k=1, patch_threshold=10.0))
+    camera = base.with_mask(mask)
+    assert camera.tokens is base.tokens  # one copy of the training tensors for all cameras
+    masked = camera.score(batch)
+    for v, f in zip(masked, full, strict=True):
+        assert (v.patch_confidences[:3] == 0.0).all()
+        np.testing.assert_array_equal(v.patch_confidences[3:], f.patch_confidences[3:])
+        assert v.unsafe_patches == 0 and not v.anomalous
+
+
+def test_save_load_and_hnsw_give_identical_scores(tmp_path: Path) -> None:
+    dense = fit()
+    dense.save(tmp_path / "dense")
+    loaded = NormalityModel.load(tmp_path / "dense")
+    hnsw = fit(NormalityConfig(k_min=2, k_max=6, k_candidates=5, silhouette_sample=60, hdbscan="none",
+                               chroma=False, index="hnsw"))
+    batch = frames()
+    ref = score(dense, batch)
+    for other in (score(loaded, batch), score(hnsw, batch)):
+        for a, b in zip(ref, other, strict=True):
+            np.testing.assert_array_equal(a.patch_confidences, b.patch_confidences)
+            assert (a.score, a.raw_score, a.anomalous) == (b.score, b.raw_score, b.anomalous)
+
+
+def test_calibrated_thresholds_come_from_normal_holdout(model: NormalityModel) -> None:
+    cfg = ScoringConfig(calibration_quantile=0.9)
+    holdout = frames(spread=0.35, seed=3, b=40)
+    thresholds = calibrate(model, holdout.global_, holdout.patches, cfg)
+    assert set(thresholds) == {"knnn/majority", "knnn/topk", "knnn/global", "knnn/any_k"}
+    model.set_thresholds(thresholds, replace=True)
+    for rule in ("majority", "topk", "global"):
+        scorer = Scorer(model, ScoringConfig(rule=rule))
+        verdicts = scorer.score(holdout)
+        raws = np.array([v.raw_score for v in verdicts])
+        assert scorer.threshold == pytest.approx(np.quantile(raws, 0.9))
+        assert verdicts[0].decided_by == f"knnn/{rule}@{scorer.threshold:.2f}"
+        assert np.mean([v.anomalous for v in verdicts]) == pytest.approx(0.1, abs=0.03)
+    # an explicit frame threshold wins over the calibrated one
+    assert Scorer(model, ScoringConfig(frame_threshold=0.42)).threshold == 0.42
+    model.set_thresholds({}, replace=True)
+
+
+def test_hdbscan_method_scores_global_token(tmp_path: Path) -> None:
+    model = fit(NormalityConfig(k_min=3, k_max=3, hdbscan="global", hdbscan_min_cluster_size=5,
+                                hdbscan_min_samples=3, chroma=False))
+    batch = frames()
+    batch.global_[0] += 50.0
+    verdicts = score(model, batch, method="hdbscan", rule="global", frame_threshold=0.9)
+    assert verdicts[0].global_confidence == 1.0 and verdicts[0].anomalous
+    assert all(0.0 <= v.score <= 1.0 for v in verdicts)
+    assert set(calibrate(model, batch.global_, batch.patches, ScoringConfig())) >= {"hdbscan/global",
+                                                                                   "knnn/majority"}
+    with pytest.raises(ConfigError, match="needs HDBSCAN on every token"):
+        Scorer(model, ScoringConfig(method="hdbscan", rule="majority"))
+
+
+def test_bad_settings_and_inputs_are_one_line_errors(model: NormalityModel) -> None:
+    with pytest.raises(ConfigError, match="needs HDBSCAN on the global token"):
+        Scorer(model, ScoringConfig(method="hdbscan", rule="global"))
+    with pytest.raises(ConfigError, match="rule topk needs a frame threshold"):
+        Scorer(model, ScoringConfig(rule="topk"))
+    with pytest.raises(ConfigError, match="excludes every patch"):
+        Scorer(model, ScoringConfig(), mask=np.zeros(N, dtype=bool))
+    with pytest.raises(ConfigError, match="any_k: 20 exceeds"):
+        Scorer(model, ScoringConfig(rule="any_k", any_k=20))
+    g, p = clustered_embeddings(2, N, D + 1)
+    with pytest.raises(ModelMismatchError, match="D 9"):
+        Scorer(model, ScoringConfig()).score(EmbeddingBatch([FrameKey("c", i, 0.0) for i in range(2)], g, p, (4, 4)))
+
+
+def test_scoring_bench_runs_and_paths_agree(tmp_path: Path) -> None:
+    result = run_scoring_bench(n_patches=4, dim=8, n_train=60, n_frames=4, batch=2, faithful_frames=1,
+                               workdir=tmp_path)
+    assert result["speedup"] > 1
+    assert result["max_abs_conf_diff"] < 1e-4
+    assert result["tokens_compared"] == 5 and result["n_patches"] == 4
+    assert (tmp_path / "manifest.json").is_file()
