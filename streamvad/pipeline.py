@@ -240,7 +240,7 @@ def rule_variants(engine: Engine, names: Sequence[str]) -> dict[str, FrameScorer
         if method:
             update["method"] = method
         cfg = ScoringConfig.model_validate({**base.cfg.model_dump(), **update})
-        out[name] = Scorer(base.model, cfg, mask=base.mask, device=base.device)
+        out[name] = Scorer(base.model, cfg, mask=base.mask, tokens=base.tokens)
     return out
 
 

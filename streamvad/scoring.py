@@ -87,17 +87,18 @@ class TokenScorer:
         return TokenScores(conf.T.cpu().numpy(), ratio.T.cpu().numpy())
 
     def scores(self, global_: np.ndarray, patches: np.ndarray, method: str = "knnn") -> TokenScores:
-        """Confidences of all tokens of B frames: global_ [B, D], patches [B, N, D].
+        """Confidences of all tokens of B frames: global_ [B, D_global], patches [B, N, D].
 
         With method "hdbscan" the tokens that have a clusterer get 1 - membership strength; the
         others keep their k-NNN confidence (a global-only HDBSCAN model still gets a heatmap).
         """
         b, n, d = patches.shape
-        if n != self.model.n_patches or d != self.model.dim or global_.shape != (b, d):
+        m = self.model
+        if n != m.n_patches or d != m.dim or global_.shape != (b, m.global_dim):
             raise ModelMismatchError(
-                f"embeddings have {n} patches of D {d} (global {global_.shape}) but model "
-                f"{self.model.path} was fitted on {self.model.n_patches} patches of D {self.model.dim}")
-        queries = np.concatenate([global_[:, None, :], patches], axis=1)
+                f"embeddings have {n} patches of D {d} (global {global_.shape}) but model {m.path} was "
+                f"fitted on {m.n_patches} patches of D {m.dim} (global D {m.global_dim})")
+        queries = m.token_queries(global_, patches)
         out = self.knnn(queries)
         if method == "hdbscan":
             for token, clusterer in self.model.hdbscan.items():

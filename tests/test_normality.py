@@ -187,3 +187,23 @@ def test_fit_rejects_inconsistent_shapes() -> None:
     with pytest.raises(InputError, match="disagree"):
         NormalityModel.fit(g[:9], p, NormalityConfig(), sources=["x"] * 10, backbone=BACKBONE)
 
+
+
+@pytest.mark.parametrize("global_dim", [20, 5])
+def test_global_of_another_width_is_projected_and_survives_save_load(tmp_path: Path, global_dim: int) -> None:
+    """CNN backbones pool a wider (or narrower) global than their patches: the model projects it."""
+    q = 60
+    _, p = clustered_embeddings(q, 4, 8, n_modes=3, seed=1)
+    g = np.random.default_rng(3).normal(size=(q, global_dim)).astype(np.float32)
+    cfg = NormalityConfig(k_min=2, k_max=5, k_candidates=4, silhouette_sample=50, hdbscan="none", chroma=False)
+    model = NormalityModel.fit(g, p, cfg, sources=[str(i) for i in range(q)], backbone=BACKBONE)
+    assert model.global_dim == global_dim and model.dim == 8
+    queries = model.token_queries(g[:3], p[:3])
+    np.testing.assert_allclose(queries[:, 0], model.train[0, :3], atol=1e-5)
+    if global_dim < 8:  # zero-padding keeps distances exactly
+        np.testing.assert_allclose(np.linalg.norm(queries[0, 0] - queries[1, 0]), np.linalg.norm(g[0] - g[1]),
+                                   rtol=1e-5)
+    model.save(tmp_path / "m")
+    loaded = NormalityModel.load(tmp_path / "m", backbone=BACKBONE)
+    assert loaded.global_dim == global_dim
+    np.testing.assert_array_equal(loaded.token_queries(g[:3], p[:3]), queries)

@@ -6,6 +6,8 @@ On disk (one directory):
   (atomically), so a directory with a manifest is a complete model.
 - train.npy [T, Q, D] float32, clusters.npy [T, Q] int32, loc_dens.npy [T, Q] float32, sources.json:
   the serving arrays (token 0 = global, token i = patch i - 1).
+- global_proj.npz: mean and [D_global, D] projection of the global embedding, when the backbone's
+  global width differs from its patch width (see `GlobalProjection`).
 - hnsw/<token>.bin: one hnswlib index per token when fitted with `index: hnsw`.
 - hdbscan.pkl: HDBSCAN clusterers (the project's only pickle; see hdbscan_.save).
 - chroma/: the ChromaDB system of record; never read when serving, used by `from_chroma`.
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+PROJECTION = "global_proj.npz"
 BACKBONE_KEYS = ("name", "model", "fingerprint", "image_size", "grid", "dim")
 _LIBRARIES = ("streamvad", "torch", "numpy", "scikit-learn", "hdbscan", "hnswlib", "chromadb")
 
@@ -88,6 +91,45 @@ def _hdbscan_tokens(mode: str, n_tokens: int) -> list[int]:
 
 
 @dataclass
+class GlobalProjection:
+    """Maps global embeddings into the patch width D so every token shares one [T, Q, D] tensor.
+
+    CNN backbones pool a wider head for the global embedding (EfficientNet-Lite0: 1280 vs 112 per
+    patch). A wider global is reduced to its top-D principal components of the normal training
+    set (distances between normal frames are kept as far as D dimensions can); a narrower one is
+    zero-padded, which keeps Euclidean distances exactly. ViTs need neither (None).
+    """
+
+    mean: np.ndarray  # [D_global]
+    basis: np.ndarray  # [D_global, D]
+
+    @classmethod
+    def fit(cls, global_: np.ndarray, dim: int) -> GlobalProjection:
+        g = np.asarray(global_, dtype=np.float64)
+        mean = g.mean(0)
+        if g.shape[1] < dim:
+            return cls(np.zeros_like(mean, dtype=np.float32), np.eye(g.shape[1], dim, dtype=np.float32))
+        _, _, vt = np.linalg.svd(g - mean, full_matrices=False)
+        basis = np.zeros((g.shape[1], dim), dtype=np.float32)
+        basis[:, : min(dim, vt.shape[0])] = vt[:dim].T
+        return cls(mean.astype(np.float32), basis)
+
+    def __call__(self, global_: np.ndarray) -> np.ndarray:
+        return ((np.asarray(global_, dtype=np.float32) - self.mean) @ self.basis).astype(np.float32)
+
+    def save(self, path: Path) -> None:
+        np.savez(path, mean=self.mean, basis=self.basis)
+
+    @classmethod
+    def load(cls, path: Path) -> GlobalProjection:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return cls(z["mean"], z["basis"])
+        except (OSError, ValueError, KeyError) as err:
+            raise InputError(f"{path}: cannot read the global projection ({err}); the model is corrupt") from None
+
+
+@dataclass
 class NormalityModel:
     """Per-token normal data and what serving needs from it. Token 0 is global, token i patch i - 1."""
 
@@ -103,6 +145,7 @@ class NormalityModel:
     thresholds: dict[str, float] = field(default_factory=dict)
     hdbscan: dict[int, Any] = field(default_factory=dict)  # token -> fitted hdbscan.HDBSCAN
     indexes: list[Any] | None = None  # hnswlib indexes per token when config.index == "hnsw"
+    projection: GlobalProjection | None = None  # when the global width differs from the patch width
     path: Path | None = None
     created_at: str = ""
     versions: dict[str, str] = field(default_factory=_versions)
@@ -123,6 +166,16 @@ class NormalityModel:
     def dim(self) -> int:
         return int(self.train.shape[2])
 
+    @property
+    def global_dim(self) -> int:
+        """Width of the global embedding the backbone produces (before any projection)."""
+        return self.dim if self.projection is None else int(self.projection.basis.shape[0])
+
+    def token_queries(self, global_: np.ndarray, patches: np.ndarray) -> np.ndarray:
+        """Frame-major queries [B, T, D] (global first), projecting the global embedding if needed."""
+        g = global_ if self.projection is None else self.projection(global_)
+        return np.concatenate([np.asarray(g, dtype=np.float32)[:, None, :], patches], axis=1)
+
     @classmethod
     def fit(
         cls,
@@ -141,9 +194,12 @@ class NormalityModel:
         chunks). `progress` None shows tqdm bars only on a terminal.
         """
         q, n, d = patches.shape
-        if global_.shape != (q, d) or len(sources) != q:
+        if global_.ndim != 2 or global_.shape[0] != q or len(sources) != q:
             raise InputError(f"fit: global {global_.shape}, patches {patches.shape} and {len(sources)} sources "
-                             "disagree (expected global [Q, D], patches [Q, N, D], Q sources)")
+                             "disagree (expected global [Q, D_global], patches [Q, N, D], Q sources)")
+        projection = GlobalProjection.fit(global_, d) if global_.shape[1] != d else None
+        if projection is not None:
+            global_ = projection(global_)
         grid = _grid(backbone, n)
         n_tokens = n + 1
         train = np.empty((n_tokens, q, d), dtype=np.float32)
@@ -164,7 +220,8 @@ class NormalityModel:
         indexes = hnsw_index.build_all(block, n_tokens, cfg.seed) if cfg.index == "hnsw" else None
         return cls(train=train, clusters=km.labels, loc_dens=loc, k=km.k, silhouette=km.silhouette,
                    grid=grid, backbone=dict(backbone), sources=list(sources), config=cfg,
-                   hdbscan=clusterers, indexes=indexes, created_at=datetime.now(UTC).isoformat())
+                   hdbscan=clusterers, indexes=indexes, projection=projection,
+                   created_at=datetime.now(UTC).isoformat())
 
     def save(self, directory: str | Path, *, write_chroma: bool = True, progress: bool | None = None) -> None:
         """Write the model to `directory`; Chroma too when config.chroma and `write_chroma`."""
@@ -178,6 +235,8 @@ class NormalityModel:
             hnsw_index.save_all(self.indexes, directory / "hnsw")
         if self.hdbscan:
             hdbscan_.save(directory / "hdbscan.pkl", self.hdbscan)
+        if self.projection is not None:
+            self.projection.save(directory / PROJECTION)
         if self.config.chroma and write_chroma:
             chroma_store.write(directory / "chroma", partial(_rows, self.train), self.clusters, self.loc_dens,
                                self.sources, progress=progress)
@@ -191,6 +250,7 @@ class NormalityModel:
             "grid": list(self.grid),
             "n_patches": self.n_patches,
             "dim": self.dim,
+            "global_dim": self.global_dim,
             "n_train": self.n_train,
             "index": self.config.index,
             "hdbscan_tokens": sorted(int(t) for t in self.hdbscan),
@@ -254,6 +314,7 @@ class NormalityModel:
         cls, directory: Path, man: dict[str, Any], arrays: dict[str, Any], indexes: list[Any] | None
     ) -> NormalityModel:
         pkl = directory / "hdbscan.pkl"
+        proj = directory / PROJECTION
         try:
             config = NormalityConfig.model_validate(man["config"])
         except ValidationError as err:
@@ -265,6 +326,7 @@ class NormalityModel:
             backbone=man["backbone"], sources=arrays["sources"], config=config,
             thresholds={k: float(v) for k, v in man["thresholds"].items()},
             hdbscan=hdbscan_.load(pkl) if man["hdbscan_tokens"] else {}, indexes=indexes,
+            projection=GlobalProjection.load(proj) if man.get("global_dim", man["dim"]) != man["dim"] else None,
             path=directory, created_at=man["created_at"], versions=man["versions"],
         )
 
