@@ -345,13 +345,23 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def summary_table(rows: list[dict[str, Any]]) -> str:
-    """A plain-text table for the CLI: one column per key (first-seen order), floats to 3 places."""
+SUMMARY_COLUMNS = ("scorer", "auroc", "balanced_accuracy", "f1", "precision", "recall", "fpr", "threshold",
+                   "n_normal", "n_anomalous")
+
+
+def summary_table(rows: list[dict[str, Any]], columns: Sequence[str] | None = SUMMARY_COLUMNS) -> str:
+    """A plain-text table for the CLI, floats to 3 places.
+
+    `columns` picks and orders the keys shown (the headline metrics by default; metrics.json has
+    the rest); None shows every key in first-seen order.
+    """
     if not rows:
         return "(no results)"
-    columns: list[str] = []
-    for row in rows:
-        columns.extend(k for k in row if k not in columns)
+    if columns is None:
+        columns = []
+        for row in rows:
+            columns.extend(k for k in row if k not in columns)
+    columns = [c for c in columns if any(c in row for row in rows)]
     cells = [[_cell(row.get(c)) for c in columns] for row in rows]
     numeric = [all(isinstance(row.get(c), (int, float)) or row.get(c) is None for row in rows) for c in columns]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]

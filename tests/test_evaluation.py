@@ -171,10 +171,15 @@ def test_write_report_rejects_extra_that_overwrites_a_metric(tmp_path) -> None:
 
 def test_summary_table_aligns_columns() -> None:
     text = summary_table([{"model": "knnn", "auroc": 0.91234, "fp": 3},
-                          {"model": "global", "auroc": None, "fp": 12}])
+                          {"model": "global", "auroc": None, "fp": 12}], columns=None)
     lines = text.splitlines()
     assert lines[0].split() == ["model", "auroc", "fp"]
     assert lines[2].split() == ["knnn", "0.912", "3"]
     assert lines[3].split() == ["global", "-", "12"]
     assert len({len(line) for line in lines[1:]}) == 1  # numbers right-aligned to one width
     assert summary_table([]) == "(no results)"
+
+
+def test_summary_table_shows_headline_columns_by_default() -> None:
+    text = summary_table([{"scorer": "topk", "auroc": 0.9, "tp": 4, "f1": 0.5, "per_clip_auroc": {"a": 1.0}}])
+    assert text.splitlines()[0].split() == ["scorer", "auroc", "f1"]

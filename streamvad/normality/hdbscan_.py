@@ -30,7 +30,12 @@ def fit_one(x: np.ndarray, min_cluster_size: int, min_samples: int) -> hdbscan.H
         prediction_data=True,
         core_dist_n_jobs=1,
     )
-    return clusterer.fit(np.asarray(x, dtype=np.float64))
+    clusterer.fit(np.asarray(x, dtype=np.float64))
+    if clusterer.labels_.max() < 0:
+        log.warning("HDBSCAN found no cluster in %d vectors (min_cluster_size %d, min_samples %d): every frame "
+                    "will score HDBSCAN confidence 1; lower them or fit on more footage", len(x),
+                    min_cluster_size, min_samples)
+    return clusterer
 
 
 def fit_tokens(
@@ -50,6 +55,8 @@ def fit_tokens(
 
 def confidence(clusterer: hdbscan.HDBSCAN, points: np.ndarray) -> np.ndarray:
     """1 - membership strength [B] of points [B, D]; noise has strength 0, hence confidence 1."""
+    if clusterer.labels_.max() < 0:  # all noise: hdbscan would warn on every call
+        return np.ones(len(points), dtype=np.float32)
     _, strength = hdbscan.approximate_predict(clusterer, np.asarray(points, dtype=np.float64))
     return np.clip(1.0 - np.asarray(strength, dtype=np.float64), 0.0, 1.0).astype(np.float32)
 
