@@ -125,6 +125,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_receive(args: argparse.Namespace) -> int:
+    from streamvad.receiver import run_receiver
+
+    return run_receiver(args.host, args.port, args.secret)
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from streamvad.doctor import report
 
@@ -188,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--models", nargs="+", default=["efficientnet-lite0", "vit-s"])
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("receive", help="a webhook receiver that checks signatures and prints deliveries")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--secret", help="HMAC secret the webhooks are signed with")
+    p.set_defaults(func=cmd_receive)
 
     p = sub.add_parser("doctor", help="versions, devices and optional tools this machine has")
     p.set_defaults(func=cmd_doctor)

@@ -130,3 +130,29 @@ def test_errors_exit_without_traceback_from_the_real_entry_point(tmp_path: Path)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0
+
+
+def test_receive_command_checks_signatures(tmp_path: Path) -> None:
+    import socket
+
+    import httpx
+
+    from streamvad.sinks.webhook import sign
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "streamvad", "receive", "--port", str(port), "--secret", "k"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and "listening" in proc.stdout.readline()
+        body = b'{"event_id": "e1"}'
+        for sig in (sign(body, "k"), sign(body, "wrong")):
+            httpx.post(f"http://127.0.0.1:{port}/hook", content=body,
+                       headers={"X-StreamVAD-Signature": sig, "Idempotency-Key": "e1:0:opened"}, timeout=5)
+        first, second = (json.loads(proc.stdout.readline()) for _ in range(2))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert first == {"signature_ok": True, "idempotency_key": "e1:0:opened", "body": {"event_id": "e1"}}
+    assert second["signature_ok"] is False
