@@ -1,0 +1,179 @@
+"""Live throughput: K cameras as real reader processes over real ZeroMQ into one worker.
+
+For each backbone a small normality model is fitted on synthetic normal footage, then K readers
+play looped synthetic clips at 4 fps in real time (as cameras would) into one worker, and the
+verdicts are collected on a SUB socket. Reported per (model, K): frames/s scored, p50/p99
+frame->verdict latency (reader wall time to verdict received) and frames dropped under the live
+"drop" policy. The worker's capacity comes from an unpaced run (readers push as fast as they can,
+policy "block"); capacity / 4 fps is the number of cameras one worker sustains.
+
+"vit-s" is a DINOv2 ViT-S/14-sized network (hidden 384, 12 layers, 6 heads, 224x224 -> 16x16
+patches) with random weights, saved to a temp dir and loaded through the real Hugging Face
+backbone code: the compute is a real ViT-S's, only the weights (unreachable offline) differ.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamvad.bench import environment
+from streamvad.config import BackboneConfig, CameraConfig, NormalityConfig, StreamVADConfig, TransportConfig
+from streamvad.datasets.synthetic import make_scene
+from streamvad.transport import FramePuller, VerdictSubscriber
+
+log = logging.getLogger(__name__)
+
+CAMERA_FPS = 4.0
+_CLIP_FPS = 10.0
+_CLIP_SIZE = (120, 160)
+PLACE = 0  # synthetic clips of one camera share this background seed
+
+
+def free_tcp_endpoint() -> str:
+    """A tcp://127.0.0.1:PORT endpoint on a port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def save_random_dinov2(out: Path, *, hidden: int = 384, layers: int = 12, heads: int = 6, patch: int = 14,
+                       image: int = 224, seed: int = 0) -> Path:
+    """A DINOv2 of the given shape with random weights, saved where `BackboneConfig.model` can load it."""
+    import torch
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(seed)
+    cfg = Dinov2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                       intermediate_size=4 * hidden, patch_size=patch, image_size=image)
+    Dinov2Model(cfg).eval().save_pretrained(out)
+    return out
+
+
+def backbone_for(name: str, workdir: Path, device: str = "auto") -> BackboneConfig:
+    """The benchmark's backbones by name: "efficientnet-lite0" (real weights) or "vit-s" (random)."""
+    if name == "efficientnet-lite0":
+        return BackboneConfig(name="efficientnet-lite0", image_size=(224, 224), device=device)
+    if name == "vit-s":
+        model = save_random_dinov2(workdir / "vit-s")
+        return BackboneConfig(name="dinov2", model=str(model), image_size=(224, 224), device=device)
+    raise ValueError(f"unknown benchmark model {name!r}; expected efficientnet-lite0 or vit-s")
+
+
+def fit_small_model(backbone: BackboneConfig, workdir: Path, *, seconds: float = 20.0, seed: int = 1,
+                    size: tuple[int, int] = _CLIP_SIZE, holdout: float = 0.0) -> Path:
+    """A k-NNN model fitted on one synthetic normal clip with a small k range and no HDBSCAN."""
+    from streamvad.pipeline import clips_from_paths, fit
+
+    clip = make_scene(workdir / "normal", seconds=seconds, fps=_CLIP_FPS, size=size, seed=seed, place_seed=PLACE,
+                      name="normal")
+    cfg = StreamVADConfig(backbone=backbone, normality=NormalityConfig(
+        k_min=2, k_max=4, k_candidates=2, silhouette_sample=100, hdbscan="none", chroma=False,
+        holdout_fraction=holdout))
+    out = workdir / f"model-{backbone.name}"
+    fit(cfg, clips_from_paths([clip.path]), out, sample_fps=CAMERA_FPS, progress=False)
+    return out
+
+
+def _run_worker(cfg: StreamVADConfig, endpoint: str, stop: Any, ready: Any) -> None:
+    from streamvad.worker import build_worker
+
+    worker = build_worker(cfg, 0, endpoint)
+    stop_flag = threading.Event()
+    threading.Thread(target=lambda: (stop.wait(), stop_flag.set()), daemon=True).start()
+    threading.Thread(target=lambda: (worker.ready.wait(), ready.set()), daemon=True).start()
+    worker.run(stop_flag)
+
+
+def _run_reader(camera: CameraConfig, transport: TransportConfig, status: str, stop: Any) -> None:
+    from streamvad.reader import run_reader
+
+    stop_flag = threading.Event()
+    threading.Thread(target=lambda: (stop.wait(), stop_flag.set()), daemon=True).start()
+    run_reader(camera, transport, status_endpoint=status, stop=stop_flag)
+
+
+def _dropped(status: FramePuller) -> int:
+    """Frames the readers dropped, from their last status reports."""
+    last: dict[str, int] = {}
+    while (msg := status.recv(300)) is not None:
+        last[msg.camera] = int(msg.header.get("frames_dropped") or 0)
+    return sum(last.values())
+
+
+def measure(model_dir: Path, backbone: BackboneConfig, clip: Path, cameras: int, seconds: float, *,
+            paced: bool) -> dict[str, Any]:
+    """One run: `cameras` reader processes over one worker process for `seconds` of verdicts."""
+    ctx = mp.get_context("spawn")
+    transport = TransportConfig(frames=free_tcp_endpoint(), verdicts=free_tcp_endpoint(),
+                                policy="drop" if paced else "block", hwm=8)
+    cfg = StreamVADConfig(model_dir=model_dir, backbone=backbone, transport=transport)
+    sub = VerdictSubscriber(transport.verdicts, hwm=100_000, bind=True)
+    status = FramePuller(free_tcp_endpoint(), hwm=10_000, bind=True)
+    stop, ready = ctx.Event(), ctx.Event()
+    worker = ctx.Process(target=_run_worker, args=(cfg, transport.frames, stop, ready), daemon=True)
+    worker.start()
+    if not ready.wait(600):
+        raise RuntimeError("benchmark worker did not start")
+    cams = [CameraConfig(id=f"cam{i}", url=str(clip), fps=CAMERA_FPS, loop=True, realtime=paced)
+            for i in range(cameras)]
+    readers = [ctx.Process(target=_run_reader, args=(c, transport, status.endpoint, stop), daemon=True) for c in cams]
+    for r in readers:
+        r.start()
+    latencies: list[float] = []
+    started: set[str] = set()
+    start_deadline = time.monotonic() + 300
+    while len(started) < cameras and time.monotonic() < start_deadline:  # reader processes take a while
+        msg = sub.recv(200)
+        if msg is not None and msg.type == "verdict":
+            started.add(msg.camera)
+    measure_until = time.monotonic() + 1.0 + seconds  # 1 s more for the last reader's first batches
+    while time.monotonic() < measure_until:
+        msg = sub.recv(200)
+        if msg is not None and msg.type == "verdict" and measure_until - time.monotonic() <= seconds:
+            latencies.append(time.time() - float(msg.header["wall_time"]))
+    stop.set()
+    for p in [*readers, worker]:
+        p.join(15)
+        if p.is_alive():
+            p.kill()
+    sub.close()
+    dropped = _dropped(status)
+    status.close()
+    lat = np.asarray(latencies) if latencies else np.zeros(1)
+    return {"cameras": cameras, "paced": paced, "seconds": seconds, "frames": len(latencies),
+            "frames_per_s": round(len(latencies) / seconds, 2),
+            "offered_fps": cameras * CAMERA_FPS if paced else None, "dropped": dropped,
+            "latency_p50_s": round(float(np.percentile(lat, 50)), 4),
+            "latency_p99_s": round(float(np.percentile(lat, 99)), 4)}
+
+
+def run_throughput_bench(cameras: list[int], seconds: float, models: list[str],
+                         device: str = "auto") -> dict[str, Any]:
+    """Figures per model: an unpaced capacity run, then one paced run per camera count."""
+    result: dict[str, Any] = {"environment": environment(), "camera_fps": CAMERA_FPS, "models": {}}
+    with tempfile.TemporaryDirectory(prefix="streamvad-bench-") as tmp:
+        work = Path(tmp)
+        clip = make_scene(work / "clips", seconds=10, fps=_CLIP_FPS, size=_CLIP_SIZE, seed=7, place_seed=PLACE,
+                          name="live").path
+        for name in models:
+            backbone = backbone_for(name, work, device)
+            log.info("bench %s: fitting a small model", name)
+            model_dir = fit_small_model(backbone, work)
+            capacity = measure(model_dir, backbone, clip, max(1, min(cameras)), seconds, paced=False)
+            runs = [measure(model_dir, backbone, clip, k, seconds, paced=True) for k in cameras]
+            result["models"][name] = {
+                "backbone": backbone.model_dump(mode="json"),
+                "capacity_frames_per_s": capacity["frames_per_s"],
+                "max_cameras_at_4fps": int(capacity["frames_per_s"] // CAMERA_FPS),
+                "capacity_run": capacity, "runs": runs,
+            }
+    return result

@@ -1,0 +1,270 @@
+"""What the serve process knows about its children, served as /healthz (JSON) and /metrics (Prometheus).
+
+Readers, workers and the events process each send a status snapshot every second (cumulative
+counters, histogram buckets) to the supervisor; `ServeState` keeps the latest one per child and
+the HTTP thread renders it on request. Children therefore never run an HTTP server, and a child
+that restarts simply starts its counters again (Prometheus treats that as a counter reset).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+WEBHOOK_COUNTERS = ("delivered", "retries", "failures", "dead")
+
+
+@dataclass
+class Buckets:
+    """A histogram a child fills and ships as plain JSON; the supervisor exposes it unchanged."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)  # per bucket, non-cumulative; last one is +Inf
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        i = next((i for i, b in enumerate(self.bounds) if value <= b), len(self.bounds))
+        self.counts[i] += 1
+        self.total += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def quantile(self, q: float) -> float:
+        """Upper bound of the bucket holding the q-quantile (coarse, for logs and benchmarks)."""
+        target, seen = q * self.count, 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            seen += n
+            if seen >= target and seen:
+                return bound
+        return 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"bounds": list(self.bounds), "counts": list(self.counts), "sum": self.total}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Buckets:
+        return cls(tuple(data["bounds"]), list(data["counts"]), float(data["sum"]))
+
+
+@dataclass
+class _Report:
+    header: dict[str, Any]
+    received: float
+
+
+class ServeState:
+    """Latest status of every child, written by the supervisor loop and read by the HTTP thread."""
+
+    def __init__(self, stale_after_s: float = 5.0) -> None:
+        self.stale_after_s = stale_after_s
+        self._lock = threading.Lock()
+        self._reports: dict[tuple[str, str], _Report] = {}  # (role, name) -> last status
+        self._processes: dict[str, dict[str, Any]] = {}  # child name -> alive, pid, restarts
+
+    def update(self, header: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Store a status header; returns the previous one of the same child (for change logs)."""
+        key = (str(header.get("role", "")), str(header["camera"]))
+        with self._lock:
+            old = self._reports.get(key)
+            self._reports[key] = _Report(dict(header), time.monotonic())
+        return None if old is None else old.header
+
+    def set_process(self, name: str, *, alive: bool, pid: int | None, restarts: int) -> None:
+        with self._lock:
+            self._processes[name] = {"alive": alive, "pid": pid, "restarts": restarts}
+
+    def reports(self, role: str) -> dict[str, dict[str, Any]]:
+        """Fresh reports of one role by child name; a report older than `stale_after_s` is left out."""
+        now = time.monotonic()
+        with self._lock:
+            return {name: r.header for (rl, name), r in self._reports.items()
+                    if rl == role and now - r.received <= self.stale_after_s}
+
+    def processes(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {k: dict(v) for k, v in self._processes.items()}
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy = a worker process alive and reporting, and at least one camera online."""
+        procs = self.processes()
+        workers = {n: h for n, h in self.reports("worker").items() if procs.get(n, {}).get("alive", True)}
+        cameras = {}
+        for name, h in self.reports("reader").items():
+            cameras[name] = {k: h.get(k) for k in ("online", "url", "fps_in", "frames_in", "frames_emitted",
+                                                   "frames_dropped", "reconnects", "last_error", "state")}
+            cameras[name]["restarts"] = procs.get(f"reader-{name}", {}).get("restarts", 0)
+        ok = bool(workers) and any(c["online"] for c in cameras.values())
+        body = {"status": "ok" if ok else "unavailable", "workers": sorted(workers), "cameras": cameras,
+                "events_reporting": bool(self.reports("events")), "processes": procs}
+        return ok, body
+
+
+class StatusCollector:
+    """Renders the latest child reports as Prometheus metrics at scrape time."""
+
+    def __init__(self, state: ServeState) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._readers(self.state.reports("reader"))
+        yield from self._workers(self.state.reports("worker"))
+        yield from self._events(self.state.reports("events"))
+        restarts = CounterMetricFamily("streamvad_process_restarts", "Child processes restarted by the watchdog",
+                                       labels=["process"])
+        for name, p in self.state.processes().items():
+            restarts.add_metric([name], p["restarts"])
+        yield restarts
+
+    @staticmethod
+    def _readers(reports: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+        counters = {
+            "frames_in": ("streamvad_reader_frames_decoded", "Frames decoded by the reader"),
+            "frames_emitted": ("streamvad_reader_frames_sampled", "Frames kept by the sampler"),
+            "sent": ("streamvad_reader_frames_sent", "Frames queued to the worker(s)"),
+            "frames_dropped": ("streamvad_frames_dropped", "Frames lost (undecodable or dropped under backpressure)"),
+            "reconnects": ("streamvad_reader_reconnects", "Reconnections to the camera"),
+        }
+        for key, (name, doc) in counters.items():
+            fam = CounterMetricFamily(name, doc, labels=["camera"])
+            for cam, h in reports.items():
+                fam.add_metric([cam], h.get(key) or 0)
+            yield fam
+        online = GaugeMetricFamily("streamvad_camera_online", "1 while the camera delivers frames", labels=["camera"])
+        fps = GaugeMetricFamily("streamvad_camera_fps_in", "Incoming frame rate before sampling", labels=["camera"])
+        for cam, h in reports.items():
+            online.add_metric([cam], float(bool(h.get("online"))))
+            fps.add_metric([cam], h.get("fps_in") or 0.0)
+        yield online
+        yield fps
+
+    @staticmethod
+    def _workers(reports: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+        frames_in = CounterMetricFamily("streamvad_worker_frames_in", "Frames received by a worker",
+                                        labels=["worker", "camera"])
+        frames_out = CounterMetricFamily("streamvad_worker_frames_out", "Verdicts published by a worker",
+                                         labels=["worker", "camera"])
+        anomalous = CounterMetricFamily("streamvad_worker_anomalous_frames", "Frames decided anomalous",
+                                        labels=["worker", "camera"])
+        malformed = CounterMetricFamily("streamvad_malformed_messages", "Malformed messages dropped",
+                                        labels=["worker"])
+        depth = GaugeMetricFamily("streamvad_worker_queue_depth", "Frames received but not yet scored",
+                                  labels=["worker"])
+        for worker, h in reports.items():
+            for fam, key in ((frames_in, "frames_in"), (frames_out, "frames_out"), (anomalous, "anomalous")):
+                for cam, n in (h.get(key) or {}).items():
+                    fam.add_metric([worker, cam], n)
+            malformed.add_metric([worker], h.get("malformed", 0))
+            depth.add_metric([worker], h.get("pending", 0))
+        yield from (frames_in, frames_out, anomalous, malformed, depth)
+        histograms = {
+            "batch_size": ("streamvad_batch_size", "Frames per scored batch"),
+            "embed_s": ("streamvad_embed_seconds", "Backbone time per batch"),
+            "score_s": ("streamvad_score_seconds", "Scoring time per batch"),
+            "latency_s": ("streamvad_frame_to_verdict_seconds", "Reader wall time to verdict published"),
+        }
+        for key, (name, doc) in histograms.items():
+            fam = HistogramMetricFamily(name, doc, labels=["worker"])
+            for worker, h in reports.items():
+                if key in h:
+                    _add_histogram(fam, [worker], Buckets.from_dict(h[key]))
+            yield fam
+
+    @staticmethod
+    def _events(reports: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+        events = CounterMetricFamily("streamvad_events", "Event updates emitted", labels=["camera", "kind"])
+        webhook = {k: CounterMetricFamily(f"streamvad_webhook_{k}", f"Webhook deliveries: {k}", labels=["url"])
+                   for k in WEBHOOK_COUNTERS}
+        pending = GaugeMetricFamily("streamvad_webhook_pending", "Webhook deliveries waiting in the spool",
+                                    labels=["url"])
+        for h in reports.values():
+            for cam, kinds in (h.get("events") or {}).items():
+                for kind, n in kinds.items():
+                    events.add_metric([cam, kind], n)
+            for url, stats in (h.get("webhooks") or {}).items():
+                for k in WEBHOOK_COUNTERS:
+                    webhook[k].add_metric([url], stats.get(k, 0))
+                pending.add_metric([url], stats.get("pending", 0))
+        yield events
+        yield from webhook.values()
+        yield pending
+
+
+def _add_histogram(fam: HistogramMetricFamily, labels: list[str], b: Buckets) -> None:
+    cumulative, running = [], 0
+    for bound, n in zip((*b.bounds, float("inf")), b.counts, strict=True):
+        running += n
+        cumulative.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
+    fam.add_metric(labels, cumulative, sum_value=b.total)
+
+
+class HealthServer:
+    """/healthz and /metrics on a stdlib HTTP server in a daemon thread of the serve process."""
+
+    def __init__(self, state: ServeState, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.state = state
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(StatusCollector(state))
+        self._server = ThreadingHTTPServer((host, port), self._handler())
+        self._server.daemon_threads = True
+        self.host, self.port = host, int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="streamvad-health", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> HealthServer:
+        self._thread.start()
+        log.info("health and metrics on %s/healthz and %s/metrics", self.url, self.url)
+        return self
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/healthz":
+                    ok, body = server.state.health()
+                    self._reply(200 if ok else 503, "application/json", json.dumps(body).encode("utf-8"))
+                elif path == "/metrics":
+                    self._reply(200, CONTENT_TYPE_LATEST, generate_latest(server.registry))
+                else:
+                    self._reply(404, "text/plain", b"not found: try /healthz or /metrics\n")
+
+            def _reply(self, status: int, content_type: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("http %s", format % args)
+
+        return Handler

@@ -1,0 +1,277 @@
+"""The worker: frames from any number of cameras in, batched across cameras, verdicts out.
+
+Dynamic batching: a batch closes when it holds `max_batch` frames or `max_wait_ms` after its first
+frame arrived, whichever comes first, so one quiet camera costs at most `max_wait_ms` of latency
+and many busy cameras share one forward pass. Each camera may have its own mask polygon: the
+backbone runs once per batch and each camera's frames are scored by a scorer with that camera's
+patch mask. On SIGTERM the worker stops taking new work only once its queue is empty (the
+supervisor stops the readers first), so no frame already handed to it is lost.
+
+Verdict channel: the worker connects a PUB socket to the events process. An anomalous verdict is
+preceded by a `frame` message with the same key (the wire format's frame type, JPEG), so a remote
+events process can save snapshots without the frame store a single host would have.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from streamvad.config import StreamVADConfig, TransportConfig, WorkerConfig
+from streamvad.engine import Engine, FrameScorer, load_engine
+from streamvad.errors import ConfigError
+from streamvad.health import BATCH_BUCKETS, LATENCY_BUCKETS, Buckets
+from streamvad.supervisor import StatusReporter, setup_child
+from streamvad.transport import FramePuller, encode_eos, encode_frame, encode_verdict
+from streamvad.types import EmbeddingBatch, Frame, Verdict
+
+log = logging.getLogger(__name__)
+
+Polygon = Sequence[tuple[float, float]]
+_IDLE_POLL_MS = 100  # how often an idle worker looks at its stop flag
+
+
+def patch_mask(polygon: Polygon, grid: tuple[int, int]) -> np.ndarray:
+    """Row-major bool [h*w]: True where the patch centre lies inside `polygon` ((x, y) in [0, 1] of the
+    image width/height), by the even-odd rule."""
+    h, w = grid
+    ys, xs = np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w, indexing="ij")
+    x, y = xs.ravel(), ys.ravel()
+    inside = np.zeros(h * w, dtype=bool)
+    pts = [(float(px), float(py)) for px, py in polygon]
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:] + pts[:1], strict=True):
+        crosses = (y0 > y) != (y1 > y)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x_at = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
+        inside ^= crosses & (x < x_at)
+    return inside
+
+
+def camera_scorers(engine: Engine, masks: Mapping[str, Polygon]) -> dict[str, FrameScorer]:
+    """One scorer per masked camera, sharing the engine's fitted model; unmasked cameras use the engine's."""
+    if not masks:
+        return {}
+    from streamvad.scoring import Scorer
+
+    base = engine.scorer
+    if not isinstance(base, Scorer):
+        raise ConfigError(f"cameras.mask: camera masks need a k-NNN model, but {engine.info.kind!r} "
+                          "detector models score whole frames; remove the masks or serve a k-NNN model")
+    out: dict[str, FrameScorer] = {}
+    for camera, polygon in masks.items():
+        mask = patch_mask(polygon, engine.backbone.grid)
+        if not mask.any():
+            raise ConfigError(f"cameras.{camera}.mask: the polygon covers no patch centre of the "
+                              f"{engine.backbone.grid[0]}x{engine.backbone.grid[1]} grid; nothing would be scored")
+        out[camera] = base.with_mask(mask)
+    return out
+
+
+def _subset(batch: EmbeddingBatch, rows: list[int]) -> EmbeddingBatch:
+    return EmbeddingBatch(
+        keys=[batch.keys[i] for i in rows], global_=batch.global_[rows], patches=batch.patches[rows],
+        grid=batch.grid, attention=None if batch.attention is None else batch.attention[rows],
+        layers={k: v[rows] for k, v in batch.layers.items()})
+
+
+class VerdictSender:
+    """PUB socket that connects to the events process (which binds), so any number of workers can join."""
+
+    def __init__(self, endpoint: str, quality: int = 90, hwm: int = 1000) -> None:
+        self._sock = zmq.Context.instance().socket(zmq.PUB)
+        self._sock.setsockopt(zmq.SNDHWM, hwm)
+        self._sock.setsockopt(zmq.LINGER, 2000)
+        self._sock.connect(endpoint)
+        self.quality = quality
+
+    def send(self, verdict: Verdict, frame: Frame) -> None:
+        if verdict.anomalous:
+            self._sock.send_multipart(encode_frame(frame, "jpeg", self.quality))
+        self._sock.send_multipart(encode_verdict(verdict, frame.wall_time))
+
+    def send_eos(self, camera: str) -> None:
+        self._sock.send_multipart(encode_eos(camera))
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class Worker:
+    """Pulls frames, batches them across cameras, scores them and publishes the verdicts.
+
+    Sockets are created inside `run`, on the thread that uses them. `stats()` may be read from any
+    thread (the status reporter's).
+    """
+
+    def __init__(self, engine: Engine, transport: TransportConfig, cfg: WorkerConfig, *,
+                 frames_endpoint: str | None = None, masks: Mapping[str, Polygon] | None = None,
+                 name: str = "worker-0", drain_timeout_s: float = 10.0) -> None:
+        self.engine = engine
+        self.transport = transport
+        self.cfg = cfg
+        self.frames_endpoint = frames_endpoint or transport.frames
+        self.name = name
+        self.drain_timeout_s = drain_timeout_s
+        self.scorers = camera_scorers(engine, masks or {})
+        self.ready = threading.Event()
+        self._lock = threading.Lock()
+        self._in: Counter[str] = Counter()
+        self._out: Counter[str] = Counter()
+        self._anomalous: Counter[str] = Counter()
+        self._pending = 0
+        self._malformed = 0
+        self.batch_sizes = Buckets(BATCH_BUCKETS)
+        self.embed_s = Buckets(LATENCY_BUCKETS)
+        self.score_s = Buckets(LATENCY_BUCKETS)
+        self.latency_s = Buckets(LATENCY_BUCKETS)
+        self.batches: list[list[str]] = []  # camera of each frame, per batch (recent ones, for tests/logs)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "state": "ready" if self.ready.is_set() else "loading",
+                "frames_in": dict(self._in), "frames_out": dict(self._out), "anomalous": dict(self._anomalous),
+                "pending": self._pending, "malformed": self._malformed,
+                "batch_size": self.batch_sizes.as_dict(), "embed_s": self.embed_s.as_dict(),
+                "score_s": self.score_s.as_dict(), "latency_s": self.latency_s.as_dict(),
+            }
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve until `stop` is set, then drain what is queued (bounded by `drain_timeout_s`)."""
+        puller = FramePuller(self.frames_endpoint, hwm=self.transport.hwm, bind=True)
+        sender = VerdictSender(self.transport.verdicts, self.transport.jpeg_quality)
+        self.ready.set()
+        log.info("%s: pulling frames on %s, verdicts to %s (batch <= %d, wait <= %.0f ms)", self.name,
+                 puller.endpoint, self.transport.verdicts, self.cfg.max_batch, self.cfg.max_wait_ms)
+        drain_until: float | None = None
+        try:
+            while True:
+                if stop.is_set() and drain_until is None:
+                    drain_until = time.monotonic() + self.drain_timeout_s
+                    log.info("%s: stopping; draining queued frames", self.name)
+                frames, eos = self._collect(puller)
+                with self._lock:
+                    self._malformed = puller.malformed
+                self._process(frames, sender)
+                for camera in eos:
+                    sender.send_eos(camera)
+                if drain_until is not None and ((not frames and not eos) or time.monotonic() > drain_until):
+                    break
+        finally:
+            puller.close()
+            sender.close()
+        log.info("%s: stopped after %d frames", self.name, sum(self._out.values()))
+
+    def _collect(self, puller: FramePuller) -> tuple[list[Frame], list[str]]:
+        """One batch: up to max_batch frames, closed max_wait_ms after its first frame or at an EOS
+        (so a camera's last verdicts go out before its EOS is forwarded)."""
+        frames: list[Frame] = []
+        eos: list[str] = []
+        deadline: float | None = None
+        while len(frames) < self.cfg.max_batch:
+            wait_ms = _IDLE_POLL_MS if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            msg = puller.recv(wait_ms)
+            if msg is None:
+                break
+            if msg.type == "frame" and msg.frame is not None:
+                frames.append(msg.frame)
+                with self._lock:
+                    self._in[msg.frame.camera] += 1
+                    self._pending += 1
+                if deadline is None:
+                    deadline = time.monotonic() + self.cfg.max_wait_ms / 1000
+            elif msg.type == "eos":
+                eos.append(msg.camera)
+                break
+            else:
+                log.debug("%s: ignoring %s message from %s on the frame queue", self.name, msg.type, msg.camera)
+        return frames, eos
+
+    def score(self, frames: Sequence[Frame]) -> list[Verdict]:
+        """Embed the batch once, then score each camera's frames with its own (masked) scorer."""
+        if not self.scorers:
+            verdicts = self.engine.process(frames)
+            self.embed_s.observe(self.engine.timings.embed_s)
+            self.score_s.observe(self.engine.timings.score_s)
+            return verdicts
+        t0 = time.perf_counter()
+        batch = self.engine.embed(frames)
+        t1 = time.perf_counter()
+        groups: dict[int, tuple[FrameScorer, list[int]]] = {}
+        for i, f in enumerate(frames):
+            scorer = self.scorers.get(f.camera, self.engine.scorer)
+            groups.setdefault(id(scorer), (scorer, []))[1].append(i)
+        out: list[Verdict | None] = [None] * len(frames)
+        for scorer, rows in groups.values():
+            for i, v in zip(rows, scorer.score(_subset(batch, rows)), strict=True):
+                out[i] = v
+        self.embed_s.observe(t1 - t0)
+        self.score_s.observe(time.perf_counter() - t1)
+        return [v for v in out if v is not None]
+
+    def _process(self, frames: list[Frame], sender: VerdictSender) -> None:
+        if not frames:
+            return
+        verdicts = self.score(frames)
+        for frame, verdict in zip(frames, verdicts, strict=True):
+            sender.send(verdict, frame)
+            latency = time.time() - frame.wall_time
+            with self._lock:
+                self._out[frame.camera] += 1
+                self._anomalous[frame.camera] += int(verdict.anomalous)
+                self._pending -= 1
+                self.latency_s.observe(latency)
+        with self._lock:
+            self.batch_sizes.observe(len(frames))
+            self.batches = [*self.batches[-99:], [f.camera for f in frames]]
+
+
+def worker_endpoints(frames: str, n: int) -> list[str]:
+    """The frame endpoint of each of `n` workers: tcp port + i, or ipc path + "-i"; one worker uses `frames`."""
+    if n == 1:
+        return [frames]
+    if frames.startswith("tcp://"):
+        host, _, port = frames[len("tcp://"):].rpartition(":")
+        if not port.isdigit():
+            raise ConfigError(f"transport.frames: {frames!r} needs an explicit port for {n} workers")
+        return [f"tcp://{host}:{int(port) + i}" for i in range(n)]
+    if frames.startswith("ipc://"):
+        return [f"{frames}-{i}" for i in range(n)]
+    raise ConfigError(f"transport.frames: {frames!r} must be tcp:// or ipc:// to run {n} workers")
+
+
+def build_worker(cfg: StreamVADConfig, index: int = 0, frames_endpoint: str | None = None) -> Worker:
+    """Load the model of `cfg.model_dir` (runtime backbone settings from `cfg.backbone`) into a Worker."""
+    if cfg.model_dir is None:
+        raise ConfigError("model_dir: serve needs a fitted model directory (run `streamvad fit`)")
+    scoring = cfg.scoring if "scoring" in cfg.model_fields_set else None  # else the rule the model was fitted with
+    engine = load_engine(Path(cfg.model_dir), scoring=scoring, backbone=cfg.backbone)
+    masks = {c.id: c.mask for c in cfg.cameras if c.mask}
+    return Worker(engine, cfg.transport, cfg.worker, frames_endpoint=frames_endpoint, masks=masks,
+                  name=f"worker-{index}", drain_timeout_s=cfg.serve.drain_timeout_s)
+
+
+def worker_main(cfg: StreamVADConfig, index: int, frames_endpoint: str, log_level: int) -> None:
+    """Process entry point: load the model, serve until SIGTERM, drain, exit 0."""
+    stop = threading.Event()
+    setup_child(stop, log_level)
+    name = f"worker-{index}"
+    holder: dict[str, Worker] = {}
+
+    def snapshot() -> dict[str, Any]:
+        return holder["w"].stats() if "w" in holder else {"state": "loading"}
+
+    reporter = StatusReporter(cfg.transport.status, name, "worker", snapshot, cfg.serve.status_interval_s).start()
+    try:
+        holder["w"] = build_worker(cfg, index, frames_endpoint)
+        holder["w"].run(stop)
+    finally:
+        reporter.close()

@@ -1,0 +1,308 @@
+"""`streamvad serve` end to end: a real loopback RTSP server, the real CLI in a subprocess, a real webhook
+receiver, and /healthz + /metrics over real HTTP. Faults: camera server killed and restarted, receiver
+down and back, a reader process killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from streamvad.bench.throughput import PLACE, free_tcp_endpoint
+from streamvad.datasets.synthetic import AnomalySpec, make_scene
+from streamvad.health import Buckets, HealthServer, ServeState
+from tests.receiver import WebhookReceiver
+from tests.rtsp_server import RTSPTestServer, free_port, gstreamer_missing
+from tests.test_worker import tiny_model
+
+__all__ = ["tiny_model"]
+
+SECRET = "s3cret-for-tests"
+ANOMALY_AT = 8.0  # seconds into the RTSP clip
+
+
+# --------------------------------------------------------------------------- health endpoint (no processes)
+
+
+def _get(url: str) -> httpx.Response:
+    return httpx.get(url, timeout=5.0)
+
+
+def test_healthz_and_metrics_reflect_child_reports() -> None:
+    state = ServeState(stale_after_s=60)
+    server = HealthServer(state, port=0).start()
+    try:
+        assert _get(f"{server.url}/healthz").status_code == 503  # nothing reported yet
+        state.set_process("worker-0", alive=True, pid=1, restarts=0)
+        latency = Buckets((0.1, 1.0))
+        latency.observe(0.05)
+        latency.observe(0.5)
+        state.update({"camera": "worker-0", "role": "worker", "state": "ready", "frames_in": {"cam1": 7},
+                      "frames_out": {"cam1": 7}, "anomalous": {"cam1": 2}, "latency_s": latency.as_dict(),
+                      "batch_size": Buckets((1, 4)).as_dict()})
+        state.update({"camera": "cam1", "role": "reader", "state": "running", "online": False, "frames_in": 30,
+                      "frames_dropped": 3, "reconnects": 1, "sent": 9, "last_error": "EOF"})
+        resp = _get(f"{server.url}/healthz")
+        assert resp.status_code == 503 and resp.json()["cameras"]["cam1"]["last_error"] == "EOF"
+        state.update({"camera": "cam1", "role": "reader", "state": "running", "online": True, "frames_in": 40,
+                      "frames_dropped": 3, "reconnects": 1, "sent": 12})
+        state.update({"camera": "events", "role": "events", "events": {"cam1": {"opened": 1}},
+                      "webhooks": {"http://h/hook": {"delivered": 1, "retries": 2, "failures": 2, "dead": 0,
+                                                     "pending": 1}}})
+        resp = _get(f"{server.url}/healthz")
+        assert resp.status_code == 200 and resp.json()["workers"] == ["worker-0"]
+        metrics = _get(f"{server.url}/metrics").text
+        for line in ('streamvad_worker_frames_out_total{camera="cam1",worker="worker-0"} 7.0',
+                     'streamvad_frames_dropped_total{camera="cam1"} 3.0',
+                     'streamvad_reader_reconnects_total{camera="cam1"} 1.0',
+                     'streamvad_camera_online{camera="cam1"} 1.0',
+                     'streamvad_frame_to_verdict_seconds_bucket{le="0.1",worker="worker-0"} 1.0',
+                     'streamvad_frame_to_verdict_seconds_count{worker="worker-0"} 2.0',
+                     'streamvad_webhook_retries_total{url="http://h/hook"} 2.0',
+                     'streamvad_webhook_pending{url="http://h/hook"} 1.0',
+                     'streamvad_events_total{camera="cam1",kind="opened"} 1.0'):
+            assert line in metrics, line
+        for name in ("streamvad_batch_size_bucket", "streamvad_embed_seconds", "streamvad_score_seconds",
+                     "streamvad_webhook_delivered_total", "streamvad_webhook_failures_total",
+                     "streamvad_worker_queue_depth"):
+            assert name in metrics, name
+        state.set_process("worker-0", alive=False, pid=1, restarts=0)  # worker died: unhealthy
+        assert _get(f"{server.url}/healthz").status_code == 503
+    finally:
+        server.close()
+
+
+# --------------------------------------------------------------------------- serve as a subprocess
+
+
+class PlayClock:
+    """A loopback TCP proxy in front of the RTSP server that notes when each PLAY request goes through.
+
+    The server starts pacing its clip when PLAY arrives, so a frame at stream time t is published no
+    earlier than PLAY + t: measuring latency from there can only overstate it.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.plays: list[float] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:
+                client.close()
+                continue
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if from_client and data.startswith(b"PLAY "):
+                    self.plays.append(time.time())
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                s.close()
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def serve_config(tmp_path: Path, model: Path, cameras: list[dict[str, Any]], webhook_port: int,
+                 http_port: int) -> Path:
+    doc = {
+        "model_dir": str(model),
+        "backbone": {"device": "cpu"},
+        # a walker covers a few patches, so the top patches decide, not a majority; on the test model normal
+        # frames score below ~2.1 and frames with a walker on the lawn above ~4.5
+        "scoring": {"rule": "topk", "frame_threshold": 3.0},
+        "cameras": cameras,
+        "transport": {"frames": free_tcp_endpoint(), "verdicts": free_tcp_endpoint(),
+                      "status": free_tcp_endpoint(), "policy": "drop"},
+        "events": {"open_n": 2, "open_m": 4, "close_quiet_s": 1.0, "cooldown_s": 30.0},
+        "sinks": {"webhooks": [{"url": f"http://127.0.0.1:{webhook_port}/hook", "secret": "${WEBHOOK_SECRET}",
+                                "backoff_s": 0.2, "backoff_max_s": 1.0}],
+                  "jsonl": str(tmp_path / "events.jsonl"), "snapshots": str(tmp_path / "snapshots"),
+                  "spool": str(tmp_path / "spool")},
+        "serve": {"http_port": http_port, "restart_backoff_s": 0.5, "stale_after_s": 3.0},
+    }
+    path = tmp_path / "live.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return path
+
+
+class Serve:
+    """`python -m streamvad serve` in a subprocess, with its /healthz and /metrics."""
+
+    def __init__(self, config: Path, http_port: int, log: Path) -> None:
+        self.base = f"http://127.0.0.1:{http_port}"
+        self.log = log
+        env = {**os.environ, "WEBHOOK_SECRET": SECRET}
+        self.proc = subprocess.Popen([sys.executable, "-m", "streamvad", "serve", "--config", str(config)],
+                                     stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        try:
+            r = _get(f"{self.base}/healthz")
+        except httpx.HTTPError:
+            return 0, {}
+        return r.status_code, r.json()
+
+    def metric(self, prefix: str) -> float:
+        lines = [ln for ln in _get(f"{self.base}/metrics").text.splitlines() if ln.startswith(prefix)]
+        return sum(float(ln.rsplit(" ", 1)[1]) for ln in lines)
+
+    def wait(self, what: str, cond: Callable[[dict[str, Any]], bool], timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"serve exited early:\n{self.log.read_text()[-3000:]}"
+            _code, body = self.health()
+            if body and cond(body):
+                return body
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+
+@pytest.fixture
+def serve_factory(tmp_path: Path, tiny_model: Path) -> Iterator[Callable[..., Serve]]:
+    started: list[Serve] = []
+
+    def start(cameras: list[dict[str, Any]], webhook_port: int) -> Serve:
+        http_port = free_port()
+        config = serve_config(tmp_path, tiny_model, cameras, webhook_port, http_port)
+        started.append(Serve(config, http_port, tmp_path / "serve.log"))
+        return started[-1]
+
+    yield start
+    for s in started:
+        if s.proc.poll() is None:
+            s.proc.kill()
+            s.proc.wait(10)
+
+
+def _camera(body: dict[str, Any], cam: str) -> dict[str, Any]:
+    return body["cameras"].get(cam) or {}
+
+
+@pytest.fixture(scope="module")
+def anomaly_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Normal for ANOMALY_AT seconds, then a person walks across the lawn."""
+    return make_scene(tmp_path_factory.mktemp("clips"), seconds=30, fps=10, size=(120, 160), seed=11,
+                      place_seed=PLACE, anomalies=[AnomalySpec("lawn_walker", ANOMALY_AT, 30.0, seed=2)],
+                      name="anomaly").path
+
+
+@pytest.fixture(scope="module")
+def looped_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An 8 s clip with a walker on the lawn in seconds 2-6, looped by the second camera."""
+    return make_scene(tmp_path_factory.mktemp("clips"), seconds=8, fps=10, size=(120, 160), seed=12,
+                      place_seed=PLACE, anomalies=[AnomalySpec("lawn_walker", 2.0, 6.0, seed=3)], name="looped").path
+
+
+def _skip_without_rtsp() -> None:
+    reason = gstreamer_missing()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.mark.slow
+def test_rtsp_anomaly_reaches_signed_webhook_within_5s(serve_factory: Callable[..., Serve], anomaly_clip: Path,
+                                                        tmp_path: Path) -> None:
+    _skip_without_rtsp()
+    rtsp = RTSPTestServer(anomaly_clip)
+    rtsp.start()
+    clock = PlayClock(rtsp.port)
+    try:
+        with WebhookReceiver(secret=SECRET) as receiver:
+            serve = serve_factory([{"id": "gate", "url": f"rtsp://127.0.0.1:{clock.port}/cam"}], receiver.port)
+            serve.wait("camera online", lambda b: _camera(b, "gate").get("online", False), 120)
+            hooks = receiver.wait_for(1, timeout=ANOMALY_AT + 15)
+            arrived = time.time()  # wait_for polls every 20 ms
+            assert hooks, f"no webhook:\n{serve.log.read_text()[-3000:]}"
+            first = hooks[0]
+            assert first.signature_ok and first.headers.get("Idempotency-Key")
+            body = first.json
+            assert body["camera"] == "gate" and body["kind"] == "opened"
+            assert body["start_pts"] >= ANOMALY_AT - 0.5  # the anomaly, not a false alarm before it
+            assert len(clock.plays) == 1  # one uninterrupted playback: its clock is the stream's
+            latency = arrived - (clock.plays[0] + ANOMALY_AT)
+            print(f"anomaly published -> webhook received: {latency:.2f} s")
+            assert latency < 5.0
+            assert serve.stop() == 0
+        lines = [json.loads(ln) for ln in (tmp_path / "events.jsonl").read_text().splitlines()]
+        assert lines[0]["kind"] == "opened" and lines[-1]["kind"] == "closed"  # shutdown closed the event
+        assert any((tmp_path / "snapshots").rglob("*.jpg"))
+    finally:
+        clock.close()
+        rtsp.stop()
+
+
+@pytest.mark.slow
+def test_faults_rtsp_restart_receiver_outage_and_reader_crash(serve_factory: Callable[..., Serve],
+                                                             anomaly_clip: Path, looped_clip: Path) -> None:
+    """Camera server dies and returns: its reader reconnects while the other camera is scored throughout;
+    events raised while the receiver is down are delivered once it is back; a killed reader is restarted
+    without touching the worker."""
+    _skip_without_rtsp()
+    rtsp = RTSPTestServer(anomaly_clip)
+    rtsp.start()
+    receiver = WebhookReceiver(secret=SECRET, port=free_port())  # not started: the receiver is down
+    serve = serve_factory([{"id": "gate", "url": rtsp.url},
+                           {"id": "yard", "url": str(looped_clip), "loop": True, "realtime": True}], receiver.port)
+    try:
+        serve.wait("both cameras online", lambda b: all(_camera(b, c).get("online") for c in ("gate", "yard")), 120)
+        rtsp.stop()
+        serve.wait("gate offline", lambda b: not _camera(b, "gate").get("online", True), 30)
+        yard_before = serve.metric('streamvad_worker_frames_out_total{camera="yard"')
+        time.sleep(2.0)
+        assert serve.metric('streamvad_worker_frames_out_total{camera="yard"') > yard_before  # still scored
+        rtsp.start()
+        body = serve.wait("gate reconnected", lambda b: _camera(b, "gate").get("online")
+                          and _camera(b, "gate").get("reconnects", 0) >= 1, 60)
+        assert body["processes"]["reader-gate"]["restarts"] == 0  # the reader reconnected by itself
+
+        serve.wait("a delivery failed", lambda _b: serve.metric("streamvad_webhook_failures_total") > 0, 30)
+        receiver.start()
+        hooks = receiver.wait_for(1, timeout=20)  # the yard's event waited in the spool
+        assert hooks and hooks[0].signature_ok and hooks[0].json["camera"] == "yard"
+
+        worker_pid = body["processes"]["worker-0"]["pid"]
+        os.kill(body["processes"]["reader-yard"]["pid"], signal.SIGKILL)
+        body = serve.wait("yard reader restarted", lambda b: b["processes"]["reader-yard"]["restarts"] == 1
+                          and b["processes"]["reader-yard"]["alive"], 30)
+        assert body["processes"]["worker-0"]["pid"] == worker_pid and body["processes"]["worker-0"]["restarts"] == 0
+        assert serve.stop() == 0
+    finally:
+        receiver.stop()
+        rtsp.stop()
