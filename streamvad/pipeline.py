@@ -199,15 +199,17 @@ def _fit_detector(
     progress: bool,
 ) -> tuple[dict[str, float], int, int]:
     from streamvad.detectors import build_detector, fit_and_calibrate, split_holdout
+    from streamvad.detectors.config import DetectorConfig
 
-    det = build_detector(name, cfg.detector, num_layers=backbone.num_layers, device=_device(cfg),
+    dcfg = cfg.detector or DetectorConfig(name=name)
+    det = build_detector(name, dcfg, num_layers=backbone.num_layers, device=_device(cfg),
                          backbone_manifest=backbone.manifest())
     req = det.requirements()
     request = FeatureRequest(req.layers, req.attention, req.attention_layer)
     embedded = embed_clips(backbone, clips, sample_fps, request=request, keep_batches=True, progress=progress)
-    fraction = cfg.normality.holdout_fraction
+    fraction = dcfg.holdout_fraction
     threshold = fit_and_calibrate(det, embedded.batches, holdout_fraction=fraction,
-                                  quantile=cfg.scoring.calibration_quantile, progress=progress)
+                                  quantile=dcfg.calibration_quantile, progress=progress)
     det.save(out / "detector")
     train, held = split_holdout(embedded.batches, fraction)
     return {"threshold": float(threshold)}, sum(map(len, train)), sum(map(len, held))
