@@ -106,6 +106,9 @@ class TransportConfig(_Section):
 class WorkerConfig(_Section):
     max_batch: int = Field(16, ge=1)
     max_wait_ms: float = Field(50.0, ge=0.0)
+    # Under the drop policy, frames older than this when the worker pulls them are shed (and counted):
+    # a saturated worker then keeps alerts seconds-fresh instead of working through a backlog.
+    max_age_s: float | None = Field(2.0, gt=0.0)
 
 
 class ServeConfig(_Section):

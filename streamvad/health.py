@@ -165,17 +165,20 @@ class StatusCollector:
                                          labels=["worker", "camera"])
         anomalous = CounterMetricFamily("streamvad_worker_anomalous_frames", "Frames decided anomalous",
                                         labels=["worker", "camera"])
+        stale = CounterMetricFamily("streamvad_worker_stale_frames", "Frames shed for being older than max_age_s",
+                                    labels=["worker", "camera"])
         malformed = CounterMetricFamily("streamvad_malformed_messages", "Malformed messages dropped",
                                         labels=["worker"])
         depth = GaugeMetricFamily("streamvad_worker_queue_depth", "Frames received but not yet scored",
                                   labels=["worker"])
         for worker, h in reports.items():
-            for fam, key in ((frames_in, "frames_in"), (frames_out, "frames_out"), (anomalous, "anomalous")):
+            for fam, key in ((frames_in, "frames_in"), (frames_out, "frames_out"), (anomalous, "anomalous"),
+                             (stale, "stale")):
                 for cam, n in (h.get(key) or {}).items():
                     fam.add_metric([worker, cam], n)
             malformed.add_metric([worker], h.get("malformed", 0))
             depth.add_metric([worker], h.get("pending", 0))
-        yield from (frames_in, frames_out, anomalous, malformed, depth)
+        yield from (frames_in, frames_out, anomalous, stale, malformed, depth)
         histograms = {
             "batch_size": ("streamvad_batch_size", "Frames per scored batch"),
             "embed_s": ("streamvad_embed_seconds", "Backbone time per batch"),

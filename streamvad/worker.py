@@ -126,6 +126,8 @@ class Worker:
         self._in: Counter[str] = Counter()
         self._out: Counter[str] = Counter()
         self._anomalous: Counter[str] = Counter()
+        self._stale: Counter[str] = Counter()
+        self._max_age_s = cfg.max_age_s if transport.policy == "drop" else None  # replay never sheds
         self._pending = 0
         self._malformed = 0
         self.batch_sizes = Buckets(BATCH_BUCKETS)
@@ -139,6 +141,7 @@ class Worker:
             return {
                 "state": "ready" if self.ready.is_set() else "loading",
                 "frames_in": dict(self._in), "frames_out": dict(self._out), "anomalous": dict(self._anomalous),
+                "stale": dict(self._stale),
                 "pending": self._pending, "malformed": self._malformed,
                 "batch_size": self.batch_sizes.as_dict(), "embed_s": self.embed_s.as_dict(),
                 "score_s": self.score_s.as_dict(), "latency_s": self.latency_s.as_dict(),
@@ -182,10 +185,13 @@ class Worker:
             if msg is None:
                 break
             if msg.type == "frame" and msg.frame is not None:
-                frames.append(msg.frame)
                 with self._lock:
                     self._in[msg.frame.camera] += 1
+                    if self._is_stale(msg.frame):
+                        self._stale[msg.frame.camera] += 1
+                        continue
                     self._pending += 1
+                frames.append(msg.frame)
                 if deadline is None:
                     deadline = time.monotonic() + self.cfg.max_wait_ms / 1000
             elif msg.type == "eos":
@@ -194,6 +200,14 @@ class Worker:
             else:
                 log.debug("%s: ignoring %s message from %s on the frame queue", self.name, msg.type, msg.camera)
         return frames, eos
+
+    def _is_stale(self, frame: Frame) -> bool:
+        if self._max_age_s is None or time.time() - frame.wall_time <= self._max_age_s:
+            return False
+        if not self._stale[frame.camera]:
+            log.warning("%s: camera %s frames arrive older than %.1f s; shedding them (the worker is saturated)",
+                        self.name, frame.camera, self._max_age_s)
+        return True
 
     def score(self, frames: Sequence[Frame]) -> list[Verdict]:
         """Embed the batch once, then score each camera's frames with its own (masked) scorer."""

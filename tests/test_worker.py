@@ -46,9 +46,10 @@ def make_frame(camera: str, index: int, seed: int = 0) -> Frame:
 
 
 @contextmanager
-def running_worker(engine: Engine, cfg: WorkerConfig) -> Iterator[tuple[Worker, FramePusher, VerdictSubscriber]]:
+def running_worker(engine: Engine, cfg: WorkerConfig, policy: str = "block"
+                   ) -> Iterator[tuple[Worker, FramePusher, VerdictSubscriber]]:
     """A Worker in a thread, a frame pusher (policy block) and a verdict subscriber bound on loopback."""
-    transport = TransportConfig(frames=free_tcp_endpoint(), verdicts=free_tcp_endpoint(), policy="block")
+    transport = TransportConfig(frames=free_tcp_endpoint(), verdicts=free_tcp_endpoint(), policy=policy)
     sub = VerdictSubscriber(transport.verdicts, bind=True)
     worker = Worker(engine, transport, cfg)
     stop = threading.Event()
@@ -104,6 +105,20 @@ def test_partial_batch_waits_max_wait_then_goes(engine: Engine) -> None:
         waited = time.monotonic() - t0
     assert [len(b) for b in worker.batches] == [1]
     assert 0.4 <= waited < 10.0
+
+
+@pytest.mark.parametrize("policy", ["drop", "block"])
+def test_stale_live_frames_are_shed_but_replay_frames_never(engine: Engine, policy: str) -> None:
+    with running_worker(engine, WorkerConfig(max_batch=2, max_wait_ms=10, max_age_s=1.0), policy) as (w, pusher, sub):
+        old = make_frame("cam", 0)
+        old.wall_time -= 30  # waited 30 s in a queue somewhere
+        pusher.send(old)
+        pusher.send(make_frame("cam", 1))
+        keys = verdict_keys(sub, 2, timeout_s=5 if policy == "drop" else 20)
+    if policy == "drop":
+        assert keys == [("cam", 1)] and w.stats()["stale"] == {"cam": 1}
+    else:
+        assert sorted(keys) == [("cam", 0), ("cam", 1)] and w.stats()["stale"] == {}
 
 
 def test_malformed_messages_are_dropped_and_worker_keeps_serving(engine: Engine) -> None:
