@@ -103,9 +103,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from streamvad.serve import serve
+    from streamvad.serve import Role, serve
 
-    return serve(_config(args))
+    cfg = _config(args)
+    if args.http_port is not None:
+        cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"http_port": args.http_port})})
+    if args.camera is not None and args.role != "reader":
+        raise ConfigError(f"serve: --camera is for --role reader, not --role {args.role}")
+    return serve(cfg, Role(args.role, args.camera, args.worker_index))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -114,7 +119,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "scoring":
         from streamvad.bench.scoring import run_scoring_bench
 
-        result = run_scoring_bench(n_patches=args.patches, dim=args.dim, n_train=args.train,
+        result = run_scoring_bench(n_patches=args.patches, dim=args.dim, n_train=args.train, batch=args.batch,
                                    faithful_frames=args.faithful_frames)
     else:
         from streamvad.bench.throughput import run_throughput_bench
@@ -181,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run readers, worker and sinks from a config")
     _add_common(p)
+    p.add_argument("--role", default="all", choices=["all", "reader", "worker", "events", "forwarder"],
+                   help="run one part per host/container (see docker/README.md); all = everything here")
+    p.add_argument("--camera", help="reader role: only this camera id (default: every camera)")
+    p.add_argument("--worker-index", type=int, default=0,
+                   help="worker role without a forwarder: bind the frame endpoint of worker I (port + I)")
+    p.add_argument("--http-port", type=int, help="override serve.http_port (/healthz and /metrics)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", help="benchmarks; results as JSON")
@@ -189,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patches", type=int, default=256)
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--train", type=int, default=2500)
+    p.add_argument("--batch", type=int, default=16, help="frames per scoring call")
     p.add_argument("--faithful-frames", type=int, default=1)
     p.add_argument("--cameras", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--seconds", type=float, default=20.0)
