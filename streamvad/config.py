@@ -48,6 +48,12 @@ class NormalityConfig(_Section):
     density_m: int = Field(5, ge=1)
     index: Literal["dense", "hnsw"] = "dense"
     chroma: bool = True  # write the ChromaDB system of record next to the serving index
+    # A Chroma server (http://chroma:8000) instead of the embedded store in <model>/chroma: several hosts and
+    # models share one system of record; workers still serve from the model directory's files.
+    chroma_url: str | None = Field(None, pattern=r"^https?://[^/:]+(:\d+)?/?$")
+    # Collection names on the server are "<prefix>-global", "<prefix>-patch_000", ...; None: derived from the
+    # model directory's name (the `fit --out` directory), so give each model its own name or prefix.
+    chroma_prefix: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{1,62}$")
     holdout_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # normal frames kept aside for thresholds
     seed: int = 0
 
@@ -101,6 +107,9 @@ class TransportConfig(_Section):
     policy: Literal["block", "drop"] = "drop"  # block for replay, drop (keep freshest) for live
     jpeg_quality: int = Field(90, ge=10, le=100)
     status: str = "ipc:///tmp/streamvad-status"  # readers, workers and the events process report here
+    # Multi-host with a forwarder (`serve --role forwarder`): it binds `frames` (readers connect) and this
+    # endpoint (workers connect), so any number of workers can join; None: each worker binds `frames` (+ i).
+    frames_backend: str | None = None
 
 
 class WorkerConfig(_Section):

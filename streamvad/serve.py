@@ -8,21 +8,36 @@ Process layout (all spawned by the supervisor in this process):
 This process binds the status endpoint every child reports to, runs the HTTP health thread and
 the watchdog, and on SIGINT/SIGTERM stops readers, then workers (they drain), then events (it
 flushes open events and closes the sinks, which drain their webhook spool).
+
+Roles (`serve --role`, one per host or container; see docker/README.md): the same supervisor runs
+only part of the pipeline. `reader` runs the readers (one `--camera`, or all), `worker` one worker,
+`events` the events process, `forwarder` a frame hub (no child). Each role process keeps the
+watchdog for its own children and serves its own /healthz and /metrics on serve.http_port about
+them alone (healthy: reader = a camera online, worker = its worker ready, events = reporting);
+its children report to it on a private loopback status socket, so `transport.status` is only used
+by `--role all`. Every endpoint is bound by the role that owns it (events: verdicts; worker:
+frames, or forwarder: frames + frames_backend) and connected to by the others, so one config
+file, with host names in the endpoints, serves every host.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from collections import Counter, OrderedDict, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+import zmq
 
-from streamvad.config import StreamVADConfig
+from streamvad.config import CameraConfig, StreamVADConfig
 from streamvad.engine import ModelInfo
 from streamvad.errors import ConfigError
 from streamvad.events import EventTracker, EventUpdate
@@ -30,7 +45,7 @@ from streamvad.health import HealthServer, ServeState
 from streamvad.reader import reader_main
 from streamvad.sinks import SinkFanout, WebhookSink, build_sinks
 from streamvad.supervisor import ChildSpec, StatusReporter, Supervisor, setup_child
-from streamvad.transport import FramePuller, Message, VerdictSubscriber
+from streamvad.transport import FrameForwarder, FramePuller, Message, VerdictSubscriber
 from streamvad.types import FrameKey
 from streamvad.worker import worker_endpoints, worker_main
 
@@ -39,6 +54,10 @@ log = logging.getLogger(__name__)
 _FRAME_STASH = 256  # anomalous frames kept until their verdict arrives (it follows right after)
 _POLL_MS = 200
 _DROP_LOG_EVERY_S = 10.0
+_LOCAL_STATUS = "tcp://127.0.0.1:*"  # a role's children report to it here (the port is picked at bind)
+
+RoleName = Literal["all", "reader", "worker", "events", "forwarder"]
+ROLES: tuple[RoleName, ...] = ("all", "reader", "worker", "events", "forwarder")
 
 
 class EventsProcess:
@@ -136,25 +155,144 @@ class _StatusLog:
             self._drop_logged[cam] = (time.monotonic(), dropped)
 
 
-def _check(cfg: StreamVADConfig) -> None:
+@dataclass(frozen=True)
+class Role:
+    """Which part of the pipeline this process runs (`serve --role`); "all" is the single-host layout."""
+
+    name: RoleName = "all"
+    camera: str | None = None  # reader role: only this camera (None: every configured camera)
+    worker_index: int = 0  # worker role: which of serve.workers' frame endpoints to bind (no forwarder)
+
+    def runs(self, part: str) -> bool:
+        return self.name in ("all", part)
+
+
+def _check(cfg: StreamVADConfig, role: Role) -> None:
     """Fail in this process, with one line, before spawning anything."""
-    if not cfg.cameras:
+    if role.runs("reader") and not cfg.cameras:
         raise ConfigError("cameras: serve needs at least one camera")
-    if cfg.model_dir is None:
-        raise ConfigError("model_dir: serve needs a fitted model directory (run `streamvad fit`)")
-    ModelInfo.load(Path(cfg.model_dir))
+    if role.runs("worker"):
+        if cfg.model_dir is None:
+            raise ConfigError("model_dir: serve needs a fitted model directory (run `streamvad fit`)")
+        ModelInfo.load(Path(cfg.model_dir))
+    if role.name == "forwarder" and cfg.transport.frames_backend is None:
+        raise ConfigError("transport.frames_backend: the forwarder role needs the endpoint workers connect to")
+
+
+def _cameras(cfg: StreamVADConfig, role: Role) -> list[CameraConfig]:
+    if not role.runs("reader"):
+        return []
+    if role.camera is None:
+        return list(cfg.cameras)
+    chosen = [c for c in cfg.cameras if c.id == role.camera]
+    if not chosen:
+        known = ", ".join(c.id for c in cfg.cameras)
+        raise ConfigError(f"--camera: no camera {role.camera!r} in cameras (configured: {known})")
+    return chosen
+
+
+def _reader_endpoints(cfg: StreamVADConfig, role: Role) -> list[str]:
+    """Through a forwarder (roles only; `all` knows its workers): its frontend; else every worker's endpoint."""
+    if role.name != "all" and cfg.transport.frames_backend is not None:
+        return [cfg.transport.frames]
+    return worker_endpoints(cfg.transport.frames, cfg.serve.workers)
+
+
+def _worker_endpoints(cfg: StreamVADConfig, role: Role, relay: str | None) -> dict[int, str]:
+    """Worker index -> the frame endpoint it binds (behind a forwarder: the `relay`'s private one)."""
+    if not role.runs("worker"):
+        return {}
+    endpoints = dict(enumerate(worker_endpoints(cfg.transport.frames, cfg.serve.workers)))
+    if role.name == "all":
+        return endpoints
+    if relay is not None:
+        return {role.worker_index: relay}
+    if role.worker_index not in endpoints:
+        raise ConfigError(f"--worker-index: {role.worker_index} is not below serve.workers ({cfg.serve.workers})")
+    return {role.worker_index: endpoints[role.worker_index]}
+
+
+class _FrameRelay:
+    """A worker role behind a forwarder: PULL connected to the forwarder's backend -> PUSH to this host's
+    worker, which binds a private ipc endpoint as it always binds its frames. Frames pass undecoded; a
+    busy worker fills the relay's small queue and the forwarder deals the next frames to other workers."""
+
+    def __init__(self, backend: str, local: str, hwm: int) -> None:
+        self.local = local
+        ctx = zmq.Context.instance()
+        self._pull, self._push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+        for sock, opt in ((self._pull, zmq.RCVHWM), (self._push, zmq.SNDHWM)):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(opt, hwm)
+        self._pull.connect(backend)
+        self._push.connect(self.local)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="streamvad-relay", daemon=True)
+        self._thread.start()
+        log.info("worker pulls frames from the forwarder at %s", backend)
+
+    def _run(self) -> None:
+        pending: list[bytes] | None = None
+        while not self._stop.is_set():
+            if pending is None and self._pull.poll(100, zmq.POLLIN):
+                pending = self._pull.recv_multipart()
+            if pending is not None and self._push.poll(100, zmq.POLLOUT):
+                self._push.send_multipart(pending)
+                pending = None
+        self._pull.close()
+        self._push.close()
+
+    def close(self) -> None:
+        """Stop pulling (before the worker drains, so its queue can empty); frames still queued here are lost."""
+        self._stop.set()
+        self._thread.join(2.0)
+        shutil.rmtree(Path(self.local.removeprefix("ipc://")).parent, ignore_errors=True)
+
+    @staticmethod
+    def private_endpoint() -> str:
+        return f"ipc://{tempfile.mkdtemp(prefix='streamvad-relay-')}/frames"
+
+
+class _RoleState(ServeState):
+    """Health of one role's process: only its own children count (the parent's rule needs all of them)."""
+
+    def __init__(self, stale_after_s: float, role: str, extra: Callable[[], dict[str, Any]] | None = None) -> None:
+        super().__init__(stale_after_s)
+        self.role = role
+        self.extra = extra
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        _ok, body = super().health()
+        alive = all(p["alive"] for p in body["processes"].values())
+        ok = {
+            "reader": any(c["online"] for c in body["cameras"].values()),
+            "worker": alive and any(h.get("state") == "ready" for h in self.reports("worker").values()),
+            "events": alive and body["events_reporting"],
+        }.get(self.role, True)
+        body.update(status="ok" if ok else "unavailable", role=self.role, **(self.extra() if self.extra else {}))
+        return ok, body
 
 
 class _Serve:
-    def __init__(self, cfg: StreamVADConfig) -> None:
+    def __init__(self, cfg: StreamVADConfig, role: Role) -> None:
         self.cfg = cfg
+        self.role = role
         self.level = logging.getLogger().getEffectiveLevel()
-        self.state = ServeState(cfg.serve.stale_after_s)
+        self.cameras = _cameras(cfg, role)
+        behind_forwarder = role.name == "worker" and cfg.transport.frames_backend is not None
+        self.relay_endpoint = _FrameRelay.private_endpoint() if behind_forwarder else None
+        self.workers = _worker_endpoints(cfg, role, self.relay_endpoint)
+        self.forwarder: FrameForwarder | None = None
+        self.relay: _FrameRelay | None = None
+        self.state = ServeState(cfg.serve.stale_after_s) if role.name == "all" else _RoleState(
+            cfg.serve.stale_after_s, role.name, self._forwarded if role.name == "forwarder" else None)
         self.sup = Supervisor(self.state, cfg.serve.restart_backoff_s, cfg.serve.restart_backoff_max_s)
-        self.endpoints = worker_endpoints(cfg.transport.frames, cfg.serve.workers)
         self.stop = threading.Event()
         self.status_log = _StatusLog()
         self.ready: set[str] = set()
+
+    def _forwarded(self) -> dict[str, Any]:
+        return {"forwarded": self.forwarder.forwarded if self.forwarder is not None else 0}
 
     def _receive(self, status: FramePuller) -> None:
         msg = status.recv(_POLL_MS)
@@ -181,22 +319,40 @@ class _Serve:
                 return False
         return not self.stop.is_set()
 
+    def _start_network(self, status_endpoint: str) -> StreamVADConfig:
+        """The role's own sockets (forwarder, relay) and the config its children get (status to this process)."""
+        cfg, transport = self.cfg, self.cfg.transport
+        if self.role.name == "all":
+            return cfg
+        if self.role.name == "forwarder" and transport.frames_backend is not None:
+            self.forwarder = FrameForwarder(transport.frames, transport.frames_backend, transport.hwm)
+            log.info("forwarding frames from readers on %s to workers on %s", self.forwarder.frontend,
+                     self.forwarder.backend)
+        if self.relay_endpoint is not None and transport.frames_backend is not None:
+            self.relay = _FrameRelay(transport.frames_backend, self.relay_endpoint, transport.hwm)
+        return cfg.model_copy(update={"transport": transport.model_copy(update={"status": status_endpoint})})
+
     def run(self) -> int:
-        status = FramePuller(self.cfg.transport.status, hwm=1000, bind=True)
+        status = FramePuller(self.cfg.transport.status if self.role.name == "all" else _LOCAL_STATUS,
+                             hwm=1000, bind=True)
         health = HealthServer(self.state, self.cfg.serve.http_host, self.cfg.serve.http_port).start()
         code = 0
         try:
-            self.sup.start(ChildSpec("events", "events", events_main, (self.cfg, self.level)))
-            for i, endpoint in enumerate(self.endpoints):
-                self.sup.start(ChildSpec(f"worker-{i}", "worker", worker_main, (self.cfg, i, endpoint, self.level)))
-            if not self._wait_workers(status):
+            cfg = self._start_network(status.endpoint)
+            if self.role.runs("events"):
+                self.sup.start(ChildSpec("events", "events", events_main, (cfg, self.level)))
+            for i, endpoint in self.workers.items():
+                self.sup.start(ChildSpec(f"worker-{i}", "worker", worker_main, (cfg, i, endpoint, self.level)))
+            if self.workers and not self._wait_workers(status):
                 code = 0 if self.stop.is_set() else 1
             else:
-                for cam in self.cfg.cameras:
+                endpoints = _reader_endpoints(cfg, self.role)
+                for cam in self.cameras:
                     self.sup.start(ChildSpec(f"reader-{cam.id}", "reader", reader_main, (
-                        cam, self.cfg.transport, self.endpoints, self.cfg.transport.status,
-                        self.cfg.serve.status_interval_s, self.level)))
-                log.info("serving %d camera(s) with %d worker(s)", len(self.cfg.cameras), len(self.endpoints))
+                        cam, cfg.transport, endpoints, cfg.transport.status, cfg.serve.status_interval_s,
+                        self.level)))
+                log.info("serving (role %s): %d camera(s), %d worker(s)", self.role.name, len(self.cameras),
+                         len(self.workers))
                 while not self.stop.is_set() and not self.sup.all_finished("reader"):
                     self._receive(status)
                     self.sup.watch()
@@ -211,14 +367,20 @@ class _Serve:
     def _shutdown(self) -> None:
         log.info("shutting down: readers, then workers (draining), then events (flushing sinks)")
         self.sup.stop("reader", timeout_s=10.0)
+        if self.relay is not None:
+            self.relay.close()
         self.sup.stop("worker", timeout_s=self.cfg.serve.drain_timeout_s + 5.0)
         self.sup.stop("events", timeout_s=15.0)
+        if self.forwarder is not None:
+            self.forwarder.close()
 
 
-def serve(cfg: StreamVADConfig) -> int:
-    """Run the live pipeline until SIGINT/SIGTERM (or until every finite source has ended); exit code."""
-    _check(cfg)
-    runner = _Serve(cfg)
+def serve(cfg: StreamVADConfig, role: Role | None = None) -> int:
+    """Run the live pipeline (or one `role` of it) until SIGINT/SIGTERM, or until every finite source of
+    its readers has ended; exit code."""
+    role = role or Role()
+    _check(cfg, role)
+    runner = _Serve(cfg, role)
 
     def on_signal(sig: int, _frame: object) -> None:
         log.info("received %s", signal.Signals(sig).name)

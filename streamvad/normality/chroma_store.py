@@ -3,16 +3,22 @@
 One collection per token ("global", "patch_000", ...), one record per training vector with id
 "<token>-<row>" and metadata {cluster, loc_dens, source}. Serving never reads Chroma (the .npy and
 hnsw files are faster to load and query); Chroma keeps the vectors queryable by other tools and lets
-the serving files be rebuilt (`NormalityModel.from_chroma`). The same layout works against a Chroma
-server for multi-host deployments.
+the serving files be rebuilt (`NormalityModel.from_chroma`).
+
+Two places to keep them (`ChromaLocation`): an embedded store in the model directory, or a Chroma
+server shared by several hosts and models (`normality.chroma_url`), where every collection name
+carries the model's prefix ("lobby-global", "lobby-patch_000", ...) so models do not collide.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import chromadb
 import numpy as np
@@ -24,21 +30,71 @@ from streamvad.normality.tokens import token_name
 
 log = logging.getLogger(__name__)
 
+_DEFAULT_PORT = 8000  # `chroma run` and the chromadb/chroma image
+_MODEL_SUBDIR = "normality"  # the pipeline keeps the normality model in <fit --out>/normality
+
 
 def open_client(directory: Path) -> chromadb.ClientAPI:
     """An embedded client on `directory` (created if missing), with telemetry off."""
     return chromadb.PersistentClient(path=str(directory), settings=Settings(anonymized_telemetry=False))
 
 
-def collection(client: chromadb.ClientAPI, token: int, create: bool = False) -> Any:
-    name = token_name(token)
+def open_server(url: str) -> chromadb.ClientAPI:
+    """A client of the Chroma server at `url` (http[s]://host[:port]), checked with a heartbeat so an
+    unreachable server fails here with one line instead of deep inside a write."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(f"normality.chroma_url: expected http(s)://HOST[:PORT], got {url!r}")
+    try:
+        client = chromadb.HttpClient(host=parts.hostname, port=parts.port or _DEFAULT_PORT,
+                                     ssl=parts.scheme == "https", settings=Settings(anonymized_telemetry=False))
+        client.heartbeat()
+    except Exception as err:  # httpx and chromadb raise several types for a down or wrong server
+        raise InputError(f"normality.chroma_url: cannot reach the Chroma server at {url} ({err})") from None
+    return client
+
+
+def default_prefix(model_dir: Path) -> str:
+    """A collection-name prefix from the model directory's name (the `fit --out` directory, not the
+    `normality` folder inside it), reduced to the characters Chroma accepts in names."""
+    path = model_dir.resolve()
+    name = path.parent.name if path.name == _MODEL_SUBDIR else path.name
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("_-")[:63] or "model"
+
+
+@dataclass(frozen=True)
+class ChromaLocation:
+    """Where a model's collections live: an embedded store (`directory`) or a server (`url` + `prefix`)."""
+
+    directory: Path | None = None
+    url: str | None = None
+    prefix: str = ""
+
+    def client(self) -> chromadb.ClientAPI:
+        if self.url is not None:
+            return open_server(self.url)
+        assert self.directory is not None
+        return open_client(self.directory)
+
+    def name(self, token: int) -> str:
+        return f"{self.prefix}-{token_name(token)}" if self.prefix else token_name(token)
+
+    def __str__(self) -> str:
+        return f"{self.url} (prefix {self.prefix})" if self.url is not None else str(self.directory)
+
+
+def collection(client: chromadb.ClientAPI, token: int, create: bool = False, prefix: str = "") -> Any:
+    name = ChromaLocation(prefix=prefix).name(token)
     if create:
-        return client.create_collection(name, metadata={"hnsw:space": "l2"}, embedding_function=None)
+        metadata = {"hnsw:space": "l2", "streamvad_token": token_name(token)}
+        if prefix:
+            metadata["streamvad_model"] = prefix
+        return client.create_collection(name, metadata=metadata, embedding_function=None)
     return client.get_collection(name, embedding_function=None)
 
 
 def write(
-    directory: Path,
+    location: ChromaLocation,
     block: Callable[[int, int], np.ndarray],
     clusters: np.ndarray,
     loc_dens: np.ndarray,
@@ -51,39 +107,39 @@ def write(
     Existing collections of the same name are replaced, so saving twice never duplicates records.
     Adds go in batches of the client's maximum batch size. `progress` None: a bar only on a terminal.
     """
-    client = open_client(directory)
+    client = location.client()
     existing = {c.name for c in client.list_collections()}
     batch = client.get_max_batch_size()
     n_tokens, q = clusters.shape
     todo = list(range(n_tokens) if tokens is None else tokens)
     for t in tqdm(todo, desc="chroma", unit="collection", disable=None if progress is None else not progress):
-        name = token_name(t)
+        name = location.name(t)
         if name in existing:
             client.delete_collection(name)
-        coll = collection(client, t, create=True)
+        coll = collection(client, t, create=True, prefix=location.prefix)
         x = block(t, t + 1)[0]
         for lo in range(0, q, batch):
             rows = range(lo, min(q, lo + batch))
             coll.add(
-                ids=[f"{name}-{r}" for r in rows],
+                ids=[f"{token_name(t)}-{r}" for r in rows],
                 embeddings=x[lo : rows.stop],
                 metadatas=[
                     {"cluster": int(clusters[t, r]), "loc_dens": float(loc_dens[t, r]), "source": sources[r]}
                     for r in rows
                 ],
             )
-    log.info("wrote %d Chroma collections of %d vectors to %s", len(todo), q, directory)
+    log.info("wrote %d Chroma collections of %d vectors to %s", len(todo), q, location)
 
 
-def read(directory: Path, n_tokens: int, n_train: int, dim: int) -> dict[str, Any]:
+def read(location: ChromaLocation, n_tokens: int, n_train: int, dim: int) -> dict[str, Any]:
     """Every token's vectors [T, Q, D], clusters [T, Q], local densities [T, Q] and sources [Q].
 
     Records are put back in row order from their ids; a missing collection or record is an
     InputError naming it.
     """
-    if not directory.is_dir():
-        raise InputError(f"{directory}: no Chroma store here (the model was saved with normality.chroma off)")
-    client = open_client(directory)
+    if location.directory is not None and not location.directory.is_dir():
+        raise InputError(f"{location}: no Chroma store here (the model was saved with normality.chroma off)")
+    client = location.client()
     batch = client.get_max_batch_size()
     train = np.zeros((n_tokens, n_train, dim), dtype=np.float32)
     clusters = np.zeros((n_tokens, n_train), dtype=np.int32)
@@ -91,11 +147,11 @@ def read(directory: Path, n_tokens: int, n_train: int, dim: int) -> dict[str, An
     sources = [""] * n_train
     for t in range(n_tokens):
         try:
-            coll = collection(client, t)
+            coll = collection(client, t, prefix=location.prefix)
         except Exception as err:  # chromadb raises different types across versions for a missing name
-            raise InputError(f"{directory}: Chroma collection {token_name(t)} missing ({err})") from None
+            raise InputError(f"{location}: Chroma collection {location.name(t)} missing ({err})") from None
         if coll.count() != n_train:
-            raise InputError(f"{directory}: Chroma collection {token_name(t)} holds {coll.count()} "
+            raise InputError(f"{location}: Chroma collection {location.name(t)} holds {coll.count()} "
                              f"vectors, the manifest says {n_train}")
         for offset in range(0, n_train, batch):
             got = coll.get(limit=batch, offset=offset, include=["embeddings", "metadatas"])

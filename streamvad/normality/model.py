@@ -10,7 +10,10 @@ On disk (one directory):
   global width differs from its patch width (see `GlobalProjection`).
 - hnsw/<token>.bin: one hnswlib index per token when fitted with `index: hnsw`.
 - hdbscan.pkl: HDBSCAN clusterers (the project's only pickle; see hdbscan_.save).
-- chroma/: the ChromaDB system of record; never read when serving, used by `from_chroma`.
+- chroma/: the ChromaDB system of record; never read when serving, used by `from_chroma`. With
+  `normality.chroma_url` the collections go to that Chroma server instead (prefixed per model, see
+  chroma_store) and the manifest's `chroma_server` says where; the serving files stay here, so
+  workers on other hosts only need this directory (a shared volume), never the server.
 """
 
 from __future__ import annotations
@@ -147,6 +150,7 @@ class NormalityModel:
     indexes: list[Any] | None = None  # hnswlib indexes per token when config.index == "hnsw"
     projection: GlobalProjection | None = None  # when the global width differs from the patch width
     path: Path | None = None
+    chroma_server: dict[str, str] | None = None  # {"url", "prefix"} when the collections live on a server
     created_at: str = ""
     versions: dict[str, str] = field(default_factory=_versions)
 
@@ -238,8 +242,11 @@ class NormalityModel:
         if self.projection is not None:
             self.projection.save(directory / PROJECTION)
         if self.config.chroma and write_chroma:
-            chroma_store.write(directory / "chroma", partial(_rows, self.train), self.clusters, self.loc_dens,
-                               self.sources, progress=progress)
+            if self.config.chroma_url is not None:
+                prefix = self.config.chroma_prefix or chroma_store.default_prefix(directory)
+                self.chroma_server = {"url": self.config.chroma_url, "prefix": prefix}
+            chroma_store.write(_chroma_location(directory, self.chroma_server), partial(_rows, self.train),
+                               self.clusters, self.loc_dens, self.sources, progress=progress)
         self.path = directory
         self.save_manifest()
 
@@ -260,6 +267,7 @@ class NormalityModel:
             "versions": self.versions,
             "created_at": self.created_at,
             "config": self.config.model_dump(mode="json"),
+            "chroma_server": self.chroma_server,
         }
 
     def set_thresholds(self, thresholds: dict[str, float], *, replace: bool = False) -> None:
@@ -294,16 +302,21 @@ class NormalityModel:
         return cls._from_parts(directory, man, arrays, indexes)
 
     @classmethod
-    def from_chroma(cls, directory: str | Path) -> NormalityModel:
+    def from_chroma(cls, directory: str | Path, *, url: str | None = None) -> NormalityModel:
         """Rebuild the serving arrays (and hnsw indexes) from the Chroma system of record.
 
-        The manifest is still needed for the shapes and identity; `save(directory,
-        write_chroma=False)` then rewrites the serving files.
+        The manifest is still needed for the shapes, identity and where the collections are (the
+        model directory, or the server it names; `url` overrides that server's address, for a host
+        that reaches it under another name). `save(directory, write_chroma=False)` then rewrites
+        the serving files.
         """
         directory = Path(directory)
         man = read_manifest(directory)
         t, q, d = man["n_patches"] + 1, man["n_train"], man["dim"]
-        arrays = chroma_store.read(directory / "chroma", t, q, d)
+        server = man.get("chroma_server")
+        if server is not None and url is not None:
+            server = {**server, "url": url}
+        arrays = chroma_store.read(_chroma_location(directory, server), t, q, d)
         indexes = None
         if man["index"] == "hnsw":
             indexes = hnsw_index.build_all(partial(_rows, arrays["train"]), t, man["config"].get("seed", 0))
@@ -327,13 +340,21 @@ class NormalityModel:
             thresholds={k: float(v) for k, v in man["thresholds"].items()},
             hdbscan=hdbscan_.load(pkl) if man["hdbscan_tokens"] else {}, indexes=indexes,
             projection=GlobalProjection.load(proj) if man.get("global_dim", man["dim"]) != man["dim"] else None,
-            path=directory, created_at=man["created_at"], versions=man["versions"],
+            path=directory, chroma_server=man.get("chroma_server"), created_at=man["created_at"],
+            versions=man["versions"],
         )
 
 
 def _quiet(progress: bool | None) -> bool | None:
     """tqdm's `disable` for a progress flag: None means "only on a terminal"."""
     return None if progress is None else not progress
+
+
+def _chroma_location(directory: Path, server: dict[str, str] | None) -> chroma_store.ChromaLocation:
+    """The model's collections: on the server the manifest names, else embedded in the model directory."""
+    if server is None:
+        return chroma_store.ChromaLocation(directory=directory / "chroma")
+    return chroma_store.ChromaLocation(url=server["url"], prefix=server["prefix"])
 
 
 def _rows(train: np.ndarray, start: int, stop: int) -> np.ndarray:

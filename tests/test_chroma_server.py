@@ -1,0 +1,110 @@
+"""Chroma server mode: a real `chroma run` server on loopback holds the system of record of two models
+side by side (prefixed collections), and `from_chroma` rebuilds the serving arrays from it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from streamvad.bench.throughput import free_tcp_endpoint
+from streamvad.config import NormalityConfig
+from streamvad.errors import InputError
+from streamvad.normality import chroma_store
+from streamvad.normality.model import MANIFEST, NormalityModel
+from tests.test_normality import small_model
+
+CHROMA = shutil.which("chroma")
+Q = 40
+
+
+@pytest.fixture(scope="module")
+def chroma_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`chroma run` on a free loopback port, up once its heartbeat answers; torn down after the module."""
+    if CHROMA is None:
+        pytest.skip("the `chroma` CLI is not installed")
+    port = int(free_tcp_endpoint().rsplit(":", 1)[1])
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("chroma-server") / "server.log"
+    proc = subprocess.Popen([CHROMA, "run", "--path", str(log.parent / "db"), "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                pytest.skip(f"`chroma run` exited with {proc.returncode}: {log.read_text()[-500:]}")
+            try:
+                if httpx.get(f"{url}/api/v2/heartbeat", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"chroma server not up after 30 s:\n{log.read_text()[-2000:]}"
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def server_config(url: str, prefix: str | None = None) -> NormalityConfig:
+    return NormalityConfig(k_min=2, k_max=4, k_candidates=3, silhouette_sample=40, hdbscan="none", index="hnsw",
+                           chroma_url=url, chroma_prefix=prefix)
+
+
+def test_fit_writes_prefixed_collections_to_server_and_from_chroma_rebuilds(chroma_url: str,
+                                                                            tmp_path: Path) -> None:
+    lobby = small_model(server_config(chroma_url), q=Q)
+    lobby.save(tmp_path / "lobby" / "normality")  # the pipeline's layout: <fit --out>/normality
+    gate = small_model(server_config(chroma_url, prefix="gate-v2"), q=Q // 2)
+    gate.save(tmp_path / "gate")
+
+    assert not (tmp_path / "lobby" / "normality" / "chroma").exists()  # nothing embedded
+    client = chroma_store.open_server(chroma_url)
+    names = {c.name for c in client.list_collections()}
+    tokens = ["global", "patch_000", "patch_001", "patch_002", "patch_003"]
+    assert names >= {f"lobby-{t}" for t in tokens} | {f"gate-v2-{t}" for t in tokens}
+    coll = client.get_collection("lobby-patch_002")
+    assert coll.count() == Q and client.get_collection("gate-v2-patch_002").count() == Q // 2
+    assert coll.metadata["streamvad_model"] == "lobby" and coll.metadata["streamvad_token"] == "patch_002"
+    rec = coll.get(ids=["patch_002-7"], include=["embeddings", "metadatas"])
+    np.testing.assert_allclose(rec["embeddings"][0], lobby.train[3, 7])
+    assert rec["metadatas"][0] == {"cluster": int(lobby.clusters[3, 7]),
+                                   "loc_dens": pytest.approx(float(lobby.loc_dens[3, 7])), "source": "cam/7.jpg"}
+
+    model_dir = tmp_path / "lobby" / "normality"
+    for f in ("train.npy", "clusters.npy", "loc_dens.npy"):
+        (model_dir / f).unlink()
+    shutil.rmtree(model_dir / "hnsw")
+    rebuilt = NormalityModel.from_chroma(model_dir)
+    np.testing.assert_array_equal(rebuilt.train, lobby.train)
+    np.testing.assert_array_equal(rebuilt.clusters, lobby.clusters)
+    np.testing.assert_allclose(rebuilt.loc_dens, lobby.loc_dens)
+    assert rebuilt.sources == lobby.sources and rebuilt.chroma_server == {"url": chroma_url, "prefix": "lobby"}
+    rebuilt.save(model_dir, write_chroma=False)  # a worker then serves from the rebuilt files alone
+    served = NormalityModel.load(model_dir)
+    np.testing.assert_array_equal(served.train, lobby.train)
+    assert served.indexes is not None and len(served.indexes) == len(tokens)
+    assert NormalityModel.from_chroma(tmp_path / "gate").n_train == Q // 2  # the other model is untouched
+
+
+def test_unreachable_server_and_wrong_count_fail_with_one_line(chroma_url: str, tmp_path: Path) -> None:
+    model = small_model(server_config(chroma_url, prefix="short"), q=Q)
+    model.save(tmp_path / "m")
+    dead = free_tcp_endpoint().replace("tcp://", "http://")
+    with pytest.raises(InputError, match=r"^normality\.chroma_url: cannot reach the Chroma server at http://"):
+        NormalityModel.from_chroma(tmp_path / "m", url=dead)
+    chroma_store.open_server(chroma_url).get_collection("short-patch_001").delete(ids=["patch_001-3"])
+    with pytest.raises(InputError, match=r"collection short-patch_001 holds 39 vectors, the manifest says 40"):
+        NormalityModel.from_chroma(tmp_path / "m")
+    manifest = (tmp_path / "m" / MANIFEST).read_text()
+    assert '"prefix": "short"' in manifest and chroma_url in manifest
