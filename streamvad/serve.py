@@ -23,9 +23,7 @@ file, with host names in the endpoints, serves every host.
 from __future__ import annotations
 
 import logging
-import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections import Counter, OrderedDict, defaultdict
@@ -35,7 +33,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import zmq
 
 from streamvad.config import CameraConfig, StreamVADConfig
 from streamvad.engine import ModelInfo
@@ -198,59 +195,19 @@ def _reader_endpoints(cfg: StreamVADConfig, role: Role) -> list[str]:
     return worker_endpoints(cfg.transport.frames, cfg.serve.workers)
 
 
-def _worker_endpoints(cfg: StreamVADConfig, role: Role, relay: str | None) -> dict[int, str]:
-    """Worker index -> the frame endpoint it binds (behind a forwarder: the `relay`'s private one)."""
+def _worker_endpoints(cfg: StreamVADConfig, role: Role) -> dict[int, tuple[str, bool]]:
+    """Worker index -> (frame endpoint, bind?). Behind a forwarder a worker connects to its backend, so any
+    number of workers share it; otherwise each worker binds its own endpoint and readers connect to all."""
     if not role.runs("worker"):
         return {}
-    endpoints = dict(enumerate(worker_endpoints(cfg.transport.frames, cfg.serve.workers)))
+    if role.name != "all" and cfg.transport.frames_backend is not None:
+        return {role.worker_index: (cfg.transport.frames_backend, False)}
+    endpoints = {i: (ep, True) for i, ep in enumerate(worker_endpoints(cfg.transport.frames, cfg.serve.workers))}
     if role.name == "all":
         return endpoints
-    if relay is not None:
-        return {role.worker_index: relay}
     if role.worker_index not in endpoints:
         raise ConfigError(f"--worker-index: {role.worker_index} is not below serve.workers ({cfg.serve.workers})")
     return {role.worker_index: endpoints[role.worker_index]}
-
-
-class _FrameRelay:
-    """A worker role behind a forwarder: PULL connected to the forwarder's backend -> PUSH to this host's
-    worker, which binds a private ipc endpoint as it always binds its frames. Frames pass undecoded; a
-    busy worker fills the relay's small queue and the forwarder deals the next frames to other workers."""
-
-    def __init__(self, backend: str, local: str, hwm: int) -> None:
-        self.local = local
-        ctx = zmq.Context.instance()
-        self._pull, self._push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
-        for sock, opt in ((self._pull, zmq.RCVHWM), (self._push, zmq.SNDHWM)):
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(opt, hwm)
-        self._pull.connect(backend)
-        self._push.connect(self.local)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="streamvad-relay", daemon=True)
-        self._thread.start()
-        log.info("worker pulls frames from the forwarder at %s", backend)
-
-    def _run(self) -> None:
-        pending: list[bytes] | None = None
-        while not self._stop.is_set():
-            if pending is None and self._pull.poll(100, zmq.POLLIN):
-                pending = self._pull.recv_multipart()
-            if pending is not None and self._push.poll(100, zmq.POLLOUT):
-                self._push.send_multipart(pending)
-                pending = None
-        self._pull.close()
-        self._push.close()
-
-    def close(self) -> None:
-        """Stop pulling (before the worker drains, so its queue can empty); frames still queued here are lost."""
-        self._stop.set()
-        self._thread.join(2.0)
-        shutil.rmtree(Path(self.local.removeprefix("ipc://")).parent, ignore_errors=True)
-
-    @staticmethod
-    def private_endpoint() -> str:
-        return f"ipc://{tempfile.mkdtemp(prefix='streamvad-relay-')}/frames"
 
 
 class _RoleState(ServeState):
@@ -279,11 +236,8 @@ class _Serve:
         self.role = role
         self.level = logging.getLogger().getEffectiveLevel()
         self.cameras = _cameras(cfg, role)
-        behind_forwarder = role.name == "worker" and cfg.transport.frames_backend is not None
-        self.relay_endpoint = _FrameRelay.private_endpoint() if behind_forwarder else None
-        self.workers = _worker_endpoints(cfg, role, self.relay_endpoint)
+        self.workers = _worker_endpoints(cfg, role)
         self.forwarder: FrameForwarder | None = None
-        self.relay: _FrameRelay | None = None
         self.state = ServeState(cfg.serve.stale_after_s) if role.name == "all" else _RoleState(
             cfg.serve.stale_after_s, role.name, self._forwarded if role.name == "forwarder" else None)
         self.sup = Supervisor(self.state, cfg.serve.restart_backoff_s, cfg.serve.restart_backoff_max_s)
@@ -320,7 +274,7 @@ class _Serve:
         return not self.stop.is_set()
 
     def _start_network(self, status_endpoint: str) -> StreamVADConfig:
-        """The role's own sockets (forwarder, relay) and the config its children get (status to this process)."""
+        """The role's own socket (forwarder) and the config its children get (status to this process)."""
         cfg, transport = self.cfg, self.cfg.transport
         if self.role.name == "all":
             return cfg
@@ -328,8 +282,6 @@ class _Serve:
             self.forwarder = FrameForwarder(transport.frames, transport.frames_backend, transport.hwm)
             log.info("forwarding frames from readers on %s to workers on %s", self.forwarder.frontend,
                      self.forwarder.backend)
-        if self.relay_endpoint is not None and transport.frames_backend is not None:
-            self.relay = _FrameRelay(transport.frames_backend, self.relay_endpoint, transport.hwm)
         return cfg.model_copy(update={"transport": transport.model_copy(update={"status": status_endpoint})})
 
     def run(self) -> int:
@@ -341,8 +293,9 @@ class _Serve:
             cfg = self._start_network(status.endpoint)
             if self.role.runs("events"):
                 self.sup.start(ChildSpec("events", "events", events_main, (cfg, self.level)))
-            for i, endpoint in self.workers.items():
-                self.sup.start(ChildSpec(f"worker-{i}", "worker", worker_main, (cfg, i, endpoint, self.level)))
+            for i, (endpoint, bind) in self.workers.items():
+                self.sup.start(ChildSpec(f"worker-{i}", "worker", worker_main,
+                                         (cfg, i, endpoint, self.level, bind)))
             if self.workers and not self._wait_workers(status):
                 code = 0 if self.stop.is_set() else 1
             else:
@@ -367,8 +320,6 @@ class _Serve:
     def _shutdown(self) -> None:
         log.info("shutting down: readers, then workers (draining), then events (flushing sinks)")
         self.sup.stop("reader", timeout_s=10.0)
-        if self.relay is not None:
-            self.relay.close()
         self.sup.stop("worker", timeout_s=self.cfg.serve.drain_timeout_s + 5.0)
         self.sup.stop("events", timeout_s=15.0)
         if self.forwarder is not None:

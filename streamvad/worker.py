@@ -112,12 +112,14 @@ class Worker:
     """
 
     def __init__(self, engine: Engine, transport: TransportConfig, cfg: WorkerConfig, *,
-                 frames_endpoint: str | None = None, masks: Mapping[str, Polygon] | None = None,
-                 name: str = "worker-0", drain_timeout_s: float = 10.0) -> None:
+                 frames_endpoint: str | None = None, frames_bind: bool = True,
+                 masks: Mapping[str, Polygon] | None = None, name: str = "worker-0",
+                 drain_timeout_s: float = 10.0) -> None:
         self.engine = engine
         self.transport = transport
         self.cfg = cfg
         self.frames_endpoint = frames_endpoint or transport.frames
+        self.frames_bind = frames_bind  # False: connect to a forwarder's backend shared with other workers
         self.name = name
         self.drain_timeout_s = drain_timeout_s
         self.scorers = camera_scorers(engine, masks or {})
@@ -149,7 +151,7 @@ class Worker:
 
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set, then drain what is queued (bounded by `drain_timeout_s`)."""
-        puller = FramePuller(self.frames_endpoint, hwm=self.transport.hwm, bind=True)
+        puller = FramePuller(self.frames_endpoint, hwm=self.transport.hwm, bind=self.frames_bind)
         sender = VerdictSender(self.transport.verdicts, self.transport.jpeg_quality)
         self.ready.set()
         log.info("%s: pulling frames on %s, verdicts to %s (batch <= %d, wait <= %.0f ms)", self.name,
@@ -262,18 +264,20 @@ def worker_endpoints(frames: str, n: int) -> list[str]:
     raise ConfigError(f"transport.frames: {frames!r} must be tcp:// or ipc:// to run {n} workers")
 
 
-def build_worker(cfg: StreamVADConfig, index: int = 0, frames_endpoint: str | None = None) -> Worker:
+def build_worker(cfg: StreamVADConfig, index: int = 0, frames_endpoint: str | None = None,
+                 frames_bind: bool = True) -> Worker:
     """Load the model of `cfg.model_dir` (runtime backbone settings from `cfg.backbone`) into a Worker."""
     if cfg.model_dir is None:
         raise ConfigError("model_dir: serve needs a fitted model directory (run `streamvad fit`)")
     scoring = cfg.scoring if "scoring" in cfg.model_fields_set else None  # else the rule the model was fitted with
     engine = load_engine(Path(cfg.model_dir), scoring=scoring, backbone=cfg.backbone)
     masks = {c.id: c.mask for c in cfg.cameras if c.mask}
-    return Worker(engine, cfg.transport, cfg.worker, frames_endpoint=frames_endpoint, masks=masks,
-                  name=f"worker-{index}", drain_timeout_s=cfg.serve.drain_timeout_s)
+    return Worker(engine, cfg.transport, cfg.worker, frames_endpoint=frames_endpoint, frames_bind=frames_bind,
+                  masks=masks, name=f"worker-{index}", drain_timeout_s=cfg.serve.drain_timeout_s)
 
 
-def worker_main(cfg: StreamVADConfig, index: int, frames_endpoint: str, log_level: int) -> None:
+def worker_main(cfg: StreamVADConfig, index: int, frames_endpoint: str, log_level: int,
+                frames_bind: bool = True) -> None:
     """Process entry point: load the model, serve until SIGTERM, drain, exit 0."""
     stop = threading.Event()
     setup_child(stop, log_level)
@@ -285,7 +289,7 @@ def worker_main(cfg: StreamVADConfig, index: int, frames_endpoint: str, log_leve
 
     reporter = StatusReporter(cfg.transport.status, name, "worker", snapshot, cfg.serve.status_interval_s).start()
     try:
-        holder["w"] = build_worker(cfg, index, frames_endpoint)
+        holder["w"] = build_worker(cfg, index, frames_endpoint, frames_bind)
         holder["w"].run(stop)
     finally:
         reporter.close()
