@@ -67,7 +67,10 @@ class NormalityConfig(_Section):
 class ScoringConfig(_Section):
     """How token confidences become a frame decision."""
 
-    method: Literal["knnn", "hdbscan"] = "knnn"
+    # knnn: the study's d / local density of the nearest normal neighbour; distance: the nearest-neighbour
+    # distance itself (better on video, whose near-duplicate training frames make local densities tiny);
+    # hdbscan: 1 - membership strength.
+    method: Literal["knnn", "distance", "hdbscan"] = "knnn"
     rule: Literal["majority", "topk", "global", "any_k"] = "majority"
     patch_threshold: float = Field(0.8, gt=0.0)
     topk_ratio: float = Field(0.05, gt=0.0, le=1.0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ from streamvad.types import EmbeddingBatch, Verdict
 log = logging.getLogger(__name__)
 
 RULES = ("majority", "topk", "global", "any_k")
+METHODS = ("knnn", "distance", "hdbscan")
 _VOTING = ("majority", "any_k")  # rules whose threshold is also the per-patch vote threshold
 
 
@@ -57,6 +59,8 @@ class TokenScorer:
         self._sq = (self._train * self._train).sum(-1, keepdim=True)  # [T, M, 1]
         self._loc = torch.from_numpy(model.loc_dens).to(self.device)
         self._floor = torch.from_numpy(density_floor(model.loc_dens)).to(self.device).unsqueeze(1)
+        positive = model.loc_dens[model.loc_dens > 0]
+        self._scale = float(positive.mean()) if positive.size else 1.0  # "distance" in typical neighbour spacings
         self._pool = ThreadPoolExecutor(torch.get_num_threads()) if model.indexes is not None else None
         self._step = chunk_size(4 * model.n_train * 64, 128 << 20)  # tokens per [t, M, B<=64] block
 
@@ -78,19 +82,35 @@ class TokenScorer:
             out.append(d.argmin(1))
         return torch.cat(out)
 
-    def knnn(self, queries: np.ndarray) -> TokenScores:
-        """k-NNN confidences for token-major queries [B, T, D]."""
+    def _search(self, queries: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(distance [T, B], row [T, B]) of the nearest training vector for frame-major queries [B, T, D]."""
         q = torch.from_numpy(np.ascontiguousarray(queries.transpose(1, 0, 2), dtype=np.float32)).to(self.device)
         rows = self._nearest(q)
-        d = gather_dists(self._train, rows.unsqueeze(-1), q).squeeze(-1)
-        conf, ratio = knnn_confidence(d, self._loc.gather(1, rows), self._floor)
+        return gather_dists(self._train, rows.unsqueeze(-1), q).squeeze(-1), rows
+
+    def _from_search(self, d: torch.Tensor, rows: torch.Tensor, method: str) -> TokenScores:
+        if method == "distance":
+            ratio = d / self._scale
+            conf = ratio.clamp(max=1.0)
+        else:
+            conf, ratio = knnn_confidence(d, self._loc.gather(1, rows), self._floor)
         return TokenScores(conf.T.cpu().numpy(), ratio.T.cpu().numpy())
 
-    def scores(self, global_: np.ndarray, patches: np.ndarray, method: str = "knnn") -> TokenScores:
-        """Confidences of all tokens of B frames: global_ [B, D_global], patches [B, N, D].
+    def knnn(self, queries: np.ndarray) -> TokenScores:
+        """k-NNN confidences for token-major queries [B, T, D]."""
+        return self._from_search(*self._search(queries), "knnn")
 
-        With method "hdbscan" the tokens that have a clusterer get 1 - membership strength; the
-        others keep their k-NNN confidence (a global-only HDBSCAN model still gets a heatmap).
+    def scores(self, global_: np.ndarray, patches: np.ndarray, method: str = "knnn") -> TokenScores:
+        """Confidences of all tokens of B frames: global_ [B, D_global], patches [B, N, D]."""
+        return self.scores_all(global_, patches, (method,))[method]
+
+    def scores_all(self, global_: np.ndarray, patches: np.ndarray, methods: Sequence[str]) -> dict[str, TokenScores]:
+        """Confidences by each of `methods` from ONE nearest-neighbour search.
+
+        "distance": ratio = d / the model's mean local density (one scale for every token, so the
+        ranking is the raw distance's); "hdbscan": tokens with a clusterer get 1 - membership
+        strength, the others keep their k-NNN confidence (a global-only HDBSCAN model still gets a
+        heatmap).
         """
         b, n, d = patches.shape
         m = self.model
@@ -99,10 +119,12 @@ class TokenScorer:
                 f"embeddings have {n} patches of D {d} (global {global_.shape}) but model {m.path} was "
                 f"fitted on {m.n_patches} patches of D {m.dim} (global D {m.global_dim})")
         queries = m.token_queries(global_, patches)
-        out = self.knnn(queries)
-        if method == "hdbscan":
+        d, rows = self._search(queries)
+        out = {method: self._from_search(d, rows, method) for method in methods}
+        if "hdbscan" in out:
             for token, clusterer in self.model.hdbscan.items():
-                out.conf[:, token] = out.ratio[:, token] = hdbscan_.confidence(clusterer, queries[:, token])
+                out["hdbscan"].conf[:, token] = out["hdbscan"].ratio[:, token] = hdbscan_.confidence(
+                    clusterer, queries[:, token])
         return out
 
 
@@ -140,7 +162,7 @@ def _check_mask(mask: np.ndarray | None, n: int, cfg: ScoringConfig) -> np.ndarr
 
 
 def _available_rules(model: NormalityModel, method: str) -> tuple[str, ...]:
-    if method == "knnn":
+    if method in ("knnn", "distance"):
         return RULES
     if not model.hdbscan:
         return ()
@@ -237,11 +259,11 @@ def calibrate(
         raise ConfigError("calibrate: the hold-out set is empty (normality.holdout_fraction is 0?)")
     raws: dict[str, list[np.ndarray]] = {}
     try:
-        for method in ("knnn", "hdbscan"):
-            rules = _available_rules(tokens.model, method)
-            for lo in range(0, len(global_), chunk) if rules else ():
-                ts = tokens.scores(global_[lo : lo + chunk], patches[lo : lo + chunk], method)
-                for rule in rules:
+        methods = [m for m in METHODS if _available_rules(tokens.model, m)]
+        for lo in range(0, len(global_), chunk):
+            by_method = tokens.scores_all(global_[lo : lo + chunk], patches[lo : lo + chunk], methods)
+            for method, ts in by_method.items():
+                for rule in _available_rules(tokens.model, method):
                     if rule == "any_k" and cfg.any_k > int(mask.sum()):
                         continue
                     raws.setdefault(f"{method}/{rule}", []).append(aggregate(ts, mask, rule, cfg)[1])

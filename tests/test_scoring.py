@@ -124,15 +124,17 @@ def test_calibrated_thresholds_come_from_normal_holdout(model: NormalityModel) -
     cfg = ScoringConfig(calibration_quantile=0.9)
     holdout = frames(spread=0.35, seed=3, b=40)
     thresholds = calibrate(model, holdout.global_, holdout.patches, cfg)
-    assert set(thresholds) == {"knnn/majority", "knnn/topk", "knnn/global", "knnn/any_k"}
+    rules = ("majority", "topk", "global", "any_k")
+    assert set(thresholds) == {f"{m}/{r}" for m in ("knnn", "distance") for r in rules}
     model.set_thresholds(thresholds, replace=True)
-    for rule in ("majority", "topk", "global"):
-        scorer = Scorer(model, ScoringConfig(rule=rule))
-        verdicts = scorer.score(holdout)
-        raws = np.array([v.raw_score for v in verdicts])
-        assert scorer.threshold == pytest.approx(np.quantile(raws, 0.9))
-        assert verdicts[0].decided_by == f"knnn/{rule}@{scorer.threshold:.2f}"
-        assert np.mean([v.anomalous for v in verdicts]) == pytest.approx(0.1, abs=0.03)
+    for method in ("knnn", "distance"):
+        for rule in ("majority", "topk", "global"):
+            scorer = Scorer(model, ScoringConfig(method=method, rule=rule))
+            verdicts = scorer.score(holdout)
+            raws = np.array([v.raw_score for v in verdicts])
+            assert scorer.threshold == pytest.approx(np.quantile(raws, 0.9))
+            assert verdicts[0].decided_by == f"{method}/{rule}@{scorer.threshold:.2f}"
+            assert np.mean([v.anomalous for v in verdicts]) == pytest.approx(0.1, abs=0.03)
     # an explicit frame threshold wins over the calibrated one
     assert Scorer(model, ScoringConfig(frame_threshold=0.42)).threshold == 0.42
     model.set_thresholds({}, replace=True)
@@ -173,3 +175,15 @@ def test_scoring_bench_runs_and_paths_agree(tmp_path: Path) -> None:
     assert result["max_abs_conf_diff"] < 1e-4
     assert result["tokens_compared"] == 5 and result["n_patches"] == 4
     assert (tmp_path / "manifest.json").is_file()
+
+
+def test_distance_method_ranks_by_nearest_neighbour_distance(model: NormalityModel) -> None:
+    """method distance: the per-patch ratio is the raw nearest-neighbour distance over one model-wide scale."""
+    batch = frames(spread=0.5, seed=7, b=6)
+    knnn = Scorer(model, ScoringConfig(method="knnn", rule="topk", frame_threshold=1.0)).tokens
+    dist = knnn.scores(batch.global_, batch.patches, "distance")
+    queries = model.token_queries(batch.global_, batch.patches)
+    d = np.sqrt(((queries[:, :, None, :] - model.train[None]) ** 2).sum(-1)).min(-1)  # [B, T]
+    scale = dist.ratio / np.maximum(d, 1e-12)
+    np.testing.assert_allclose(scale, scale.flat[0], rtol=1e-4)  # one scale for every token and frame
+    np.testing.assert_allclose(dist.conf, np.minimum(dist.ratio, 1.0))
