@@ -70,8 +70,8 @@ class ScoringConfig(_Section):
     # knnn: the study's d / local density of the nearest normal neighbour; distance: the nearest-neighbour
     # distance itself (better on video, whose near-duplicate training frames make local densities tiny);
     # hdbscan: 1 - membership strength.
-    method: Literal["knnn", "distance", "hdbscan"] = "knnn"
-    rule: Literal["majority", "topk", "global", "any_k"] = "majority"
+    method: Literal["knnn", "distance", "hdbscan"] = "distance"
+    rule: Literal["majority", "topk", "global", "any_k"] = "topk"  # majority is the study's vote
     patch_threshold: float = Field(0.8, gt=0.0)
     topk_ratio: float = Field(0.05, gt=0.0, le=1.0)
     any_k: int = Field(1, ge=1)

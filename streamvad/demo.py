@@ -1,7 +1,8 @@
 """`streamvad demo`: the whole product on a synthetic walkway scene, on any machine, in minutes.
 
 It generates normal and anomalous clips (someone off the walkway, a foreign object), fits the default
-k-NNN model with the real pretrained EfficientNet-Lite0, evaluates three decision rules through the
+normality model with the real pretrained EfficientNet-Lite0, evaluates the default scorer against the
+study's k-NNN rules (majority vote, top-k, global) through the
 same replay path a camera uses, and writes a report with heatmap overlays.
 """
 
@@ -19,7 +20,7 @@ from streamvad.pipeline import evaluate, fit
 
 log = logging.getLogger(__name__)
 
-DEMO_RULES = ("majority", "topk", "global")
+DEMO_RULES = ("distance/topk", "knnn/majority", "knnn/topk", "knnn/global")
 
 
 def run_demo(out: Path, *, progress: bool = True, config: Path | None = None) -> int:

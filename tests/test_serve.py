@@ -138,7 +138,7 @@ def serve_config(tmp_path: Path, model: Path, cameras: list[dict[str, Any]], web
         "backbone": {"device": "cpu"},
         # a walker covers a few patches, so the top patches decide, not a majority; on the test model normal
         # frames score below ~2.1 and frames with a walker on the lawn above ~4.5
-        "scoring": {"rule": "topk", "frame_threshold": 3.0},
+        "scoring": {"method": "knnn", "rule": "topk", "frame_threshold": 3.0},
         "cameras": cameras,
         "transport": {"frames": free_tcp_endpoint(), "verdicts": free_tcp_endpoint(),
                       "status": free_tcp_endpoint(), "policy": "drop"},
