@@ -59,8 +59,7 @@ class TokenScorer:
         self._sq = (self._train * self._train).sum(-1, keepdim=True)  # [T, M, 1]
         self._loc = torch.from_numpy(model.loc_dens).to(self.device)
         self._floor = torch.from_numpy(density_floor(model.loc_dens)).to(self.device).unsqueeze(1)
-        positive = model.loc_dens[model.loc_dens > 0]
-        self._scale = float(positive.mean()) if positive.size else 1.0  # "distance" in typical neighbour spacings
+        self.distance_scale = distance_scale(model)
         self._pool = ThreadPoolExecutor(torch.get_num_threads()) if model.indexes is not None else None
         self._step = chunk_size(4 * model.n_train * 64, 128 << 20)  # tokens per [t, M, B<=64] block
 
@@ -90,7 +89,7 @@ class TokenScorer:
 
     def _from_search(self, d: torch.Tensor, rows: torch.Tensor, method: str) -> TokenScores:
         if method == "distance":
-            ratio = d / self._scale
+            ratio = d / self.distance_scale
             conf = ratio.clamp(max=1.0)
         else:
             conf, ratio = knnn_confidence(d, self._loc.gather(1, rows), self._floor)
@@ -126,6 +125,22 @@ class TokenScorer:
                 out["hdbscan"].conf[:, token] = out["hdbscan"].ratio[:, token] = hdbscan_.confidence(
                     clusterer, queries[:, token])
         return out
+
+
+DISTANCE_SCALE = "distance/scale"  # key in model.thresholds
+
+
+def distance_scale(model: NormalityModel) -> float:
+    """The distance that reads as confidence 1 for method "distance".
+
+    After calibration it is the calibration quantile of held-out normal patches' nearest-neighbour
+    distances, so a heatmap cell at 1 means "further from normal than 99% of normal patches". Before,
+    the mean local density stands in (training frames of a video are near-duplicates, so it is small).
+    """
+    if DISTANCE_SCALE in model.thresholds:
+        return float(model.thresholds[DISTANCE_SCALE])
+    positive = model.loc_dens[model.loc_dens > 0]
+    return float(positive.mean()) if positive.size else 1.0
 
 
 def aggregate(ts: TokenScores, mask: np.ndarray, rule: str, cfg: ScoringConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -258,10 +273,13 @@ def calibrate(
     if len(global_) == 0:
         raise ConfigError("calibrate: the hold-out set is empty (normality.holdout_fraction is 0?)")
     raws: dict[str, list[np.ndarray]] = {}
+    patch_ratios: list[np.ndarray] = []
     try:
         methods = [m for m in METHODS if _available_rules(tokens.model, m)]
         for lo in range(0, len(global_), chunk):
             by_method = tokens.scores_all(global_[lo : lo + chunk], patches[lo : lo + chunk], methods)
+            if "distance" in by_method:
+                patch_ratios.append(by_method["distance"].ratio[:, 1:][:, mask])
             for method, ts in by_method.items():
                 for rule in _available_rules(tokens.model, method):
                     if rule == "any_k" and cfg.any_k > int(mask.sum()):
@@ -270,4 +288,12 @@ def calibrate(
     finally:
         if own:
             tokens.close()
-    return {key: float(np.quantile(np.concatenate(v), cfg.calibration_quantile)) for key, v in raws.items()}
+    out = {key: float(np.quantile(np.concatenate(v), cfg.calibration_quantile)) for key, v in raws.items()}
+    if patch_ratios:  # re-express "distance" thresholds on the calibrated scale (aggregates are linear in it)
+        old_scale = tokens.distance_scale
+        new_scale = float(np.quantile(np.concatenate([r.ravel() for r in patch_ratios]), cfg.calibration_quantile))
+        new_scale = new_scale * old_scale if new_scale > 0 else old_scale
+        for key in [k for k in out if k.startswith("distance/")]:
+            out[key] *= old_scale / new_scale
+        out[DISTANCE_SCALE] = new_scale
+    return out

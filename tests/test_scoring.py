@@ -26,6 +26,11 @@ def fit(cfg: NormalityConfig | None = None) -> NormalityModel:
     return NormalityModel.fit(g, p, cfg, sources=[str(i) for i in range(Q)], backbone=BACKBONE)
 
 
+
+def study(**overrides: object) -> ScoringConfig:
+    """A scoring config on the study's k-NNN majority vote unless the test says otherwise."""
+    return ScoringConfig.model_validate({"method": "knnn", "rule": "majority", **overrides})
+
 @pytest.fixture(scope="module")
 def model() -> NormalityModel:
     return fit()
@@ -52,7 +57,7 @@ def naive_confidences(model: NormalityModel, batch: EmbeddingBatch) -> np.ndarra
 
 def score(model: NormalityModel, batch: EmbeddingBatch, **cfg: object) -> list[Verdict]:
     mask = cfg.pop("mask", None)
-    return Scorer(model, ScoringConfig(**cfg), mask=mask).score(batch)  # type: ignore[arg-type]
+    return Scorer(model, study(**cfg), mask=mask).score(batch)  # type: ignore[arg-type]
 
 
 def test_scorer_equals_naive_per_patch_loop(model: NormalityModel) -> None:
@@ -96,7 +101,7 @@ def test_mask_excludes_patches_from_heatmap_and_vote(model: NormalityModel) -> N
     assert all(v.anomalous and (v.patch_confidences[:3] == 1.0).all() for v in full)
     mask = np.ones(N, dtype=bool)
     mask[:3] = False
-    base = Scorer(model, ScoringConfig(rule="any_k", any_k=1, patch_threshold=10.0))
+    base = Scorer(model, study(rule="any_k", any_k=1, patch_threshold=10.0))
     camera = base.with_mask(mask)
     assert camera.tokens is base.tokens  # one copy of the training tensors for all cameras
     masked = camera.score(batch)
@@ -121,22 +126,25 @@ def test_save_load_and_hnsw_give_identical_scores(tmp_path: Path) -> None:
 
 
 def test_calibrated_thresholds_come_from_normal_holdout(model: NormalityModel) -> None:
-    cfg = ScoringConfig(calibration_quantile=0.9)
+    cfg = study(calibration_quantile=0.9)
     holdout = frames(spread=0.35, seed=3, b=40)
     thresholds = calibrate(model, holdout.global_, holdout.patches, cfg)
     rules = ("majority", "topk", "global", "any_k")
-    assert set(thresholds) == {f"{m}/{r}" for m in ("knnn", "distance") for r in rules}
+    assert set(thresholds) == {f"{m}/{r}" for m in ("knnn", "distance") for r in rules} | {"distance/scale"}
     model.set_thresholds(thresholds, replace=True)
     for method in ("knnn", "distance"):
         for rule in ("majority", "topk", "global"):
-            scorer = Scorer(model, ScoringConfig(method=method, rule=rule))
+            scorer = Scorer(model, study(method=method, rule=rule))
             verdicts = scorer.score(holdout)
             raws = np.array([v.raw_score for v in verdicts])
             assert scorer.threshold == pytest.approx(np.quantile(raws, 0.9))
             assert verdicts[0].decided_by == f"{method}/{rule}@{scorer.threshold:.2f}"
             assert np.mean([v.anomalous for v in verdicts]) == pytest.approx(0.1, abs=0.03)
+    # the distance heatmap is calibrated too: about (1 - q) of held-out normal patches read as 1
+    heat = np.stack([v.patch_confidences for v in Scorer(model, study(method="distance")).score(holdout)])
+    assert np.mean(heat >= 1.0) == pytest.approx(0.1, abs=0.02)
     # an explicit frame threshold wins over the calibrated one
-    assert Scorer(model, ScoringConfig(frame_threshold=0.42)).threshold == 0.42
+    assert Scorer(model, study(frame_threshold=0.42)).threshold == 0.42
     model.set_thresholds({}, replace=True)
 
 
@@ -148,24 +156,24 @@ def test_hdbscan_method_scores_global_token(tmp_path: Path) -> None:
     verdicts = score(model, batch, method="hdbscan", rule="global", frame_threshold=0.9)
     assert verdicts[0].global_confidence == 1.0 and verdicts[0].anomalous
     assert all(0.0 <= v.score <= 1.0 for v in verdicts)
-    assert set(calibrate(model, batch.global_, batch.patches, ScoringConfig())) >= {"hdbscan/global",
+    assert set(calibrate(model, batch.global_, batch.patches, study())) >= {"hdbscan/global",
                                                                                    "knnn/majority"}
     with pytest.raises(ConfigError, match="needs HDBSCAN on every token"):
-        Scorer(model, ScoringConfig(method="hdbscan", rule="majority"))
+        Scorer(model, study(method="hdbscan", rule="majority"))
 
 
 def test_bad_settings_and_inputs_are_one_line_errors(model: NormalityModel) -> None:
     with pytest.raises(ConfigError, match="needs HDBSCAN on the global token"):
-        Scorer(model, ScoringConfig(method="hdbscan", rule="global"))
+        Scorer(model, study(method="hdbscan", rule="global"))
     with pytest.raises(ConfigError, match="rule topk needs a frame threshold"):
-        Scorer(model, ScoringConfig(rule="topk"))
+        Scorer(model, study(rule="topk"))
     with pytest.raises(ConfigError, match="excludes every patch"):
-        Scorer(model, ScoringConfig(), mask=np.zeros(N, dtype=bool))
+        Scorer(model, study(), mask=np.zeros(N, dtype=bool))
     with pytest.raises(ConfigError, match="any_k: 20 exceeds"):
-        Scorer(model, ScoringConfig(rule="any_k", any_k=20))
+        Scorer(model, study(rule="any_k", any_k=20))
     g, p = clustered_embeddings(2, N, D + 1)
     with pytest.raises(ModelMismatchError, match="D 9"):
-        Scorer(model, ScoringConfig()).score(EmbeddingBatch([FrameKey("c", i, 0.0) for i in range(2)], g, p, (4, 4)))
+        Scorer(model, study()).score(EmbeddingBatch([FrameKey("c", i, 0.0) for i in range(2)], g, p, (4, 4)))
 
 
 def test_scoring_bench_runs_and_paths_agree(tmp_path: Path) -> None:
@@ -180,7 +188,7 @@ def test_scoring_bench_runs_and_paths_agree(tmp_path: Path) -> None:
 def test_distance_method_ranks_by_nearest_neighbour_distance(model: NormalityModel) -> None:
     """method distance: the per-patch ratio is the raw nearest-neighbour distance over one model-wide scale."""
     batch = frames(spread=0.5, seed=7, b=6)
-    knnn = Scorer(model, ScoringConfig(method="knnn", rule="topk", frame_threshold=1.0)).tokens
+    knnn = Scorer(model, study(method="knnn", rule="topk", frame_threshold=1.0)).tokens
     dist = knnn.scores(batch.global_, batch.patches, "distance")
     queries = model.token_queries(batch.global_, batch.patches)
     d = np.sqrt(((queries[:, :, None, :] - model.train[None]) ** 2).sum(-1)).min(-1)  # [B, T]

@@ -128,12 +128,13 @@ def run_scoring_bench(
         # test frames: the same scenes, a little noisier than training, so confidences spread over [0, 1]
         q_global, q_patches = clustered_embeddings(n_frames + batch, n_patches, dim, spread=0.33, seed=seed,
                                                   frame_seed=seed + 1)
-        scorer = Scorer(model, ScoringConfig())
+        study = ScoringConfig(method="knnn", rule="majority")  # the path the study ran, patch by patch
+        scorer = Scorer(model, study)
         warm_g, warm_p = q_global[:batch], q_patches[:batch]
         q_global, q_patches = q_global[batch:], q_patches[batch:]
         vec_ms = _time_scorer(scorer, warm_g, warm_p, q_global, q_patches, batch, grid)
         model.indexes = hnsw_index.build_all(lambda lo, hi: model.train[lo:hi], model.n_tokens, seed)
-        hnsw_scorer = Scorer(model, ScoringConfig())
+        hnsw_scorer = Scorer(model, study)
         hnsw_ms = _time_scorer(hnsw_scorer, warm_g, warm_p, q_global, q_patches, batch, grid)
         hnsw_scorer.close()
         model.indexes = None
