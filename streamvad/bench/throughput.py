@@ -69,8 +69,8 @@ def backbone_for(name: str, workdir: Path, device: str = "auto") -> BackboneConf
 
 
 def fit_small_model(backbone: BackboneConfig, workdir: Path, *, seconds: float = 20.0, seed: int = 1,
-                    size: tuple[int, int] = _CLIP_SIZE, holdout: float = 0.0) -> Path:
-    """A k-NNN model fitted on one synthetic normal clip with a small k range and no HDBSCAN."""
+                    size: tuple[int, int] = _CLIP_SIZE, holdout: float = 0.25) -> Path:
+    """A model fitted on one synthetic normal clip (its tail calibrates thresholds), small k range, no HDBSCAN."""
     from streamvad.pipeline import clips_from_paths, fit
 
     clip = make_scene(workdir / "normal", seconds=seconds, fps=_CLIP_FPS, size=size, seed=seed, place_seed=PLACE,
