@@ -46,13 +46,15 @@ log = logging.getLogger(__name__)
 
 # name -> ScoringConfig overrides; "topk@r" is the top-k-ratio mean at ratio r.
 KNNN_VARIANTS: dict[str, dict[str, Any]] = {
-    "knnn/global": {"rule": "global"},
-    "knnn/majority": {"rule": "majority"},
-    "knnn/topk@0.01": {"rule": "topk", "topk_ratio": 0.01},
-    "knnn/topk@0.02": {"rule": "topk", "topk_ratio": 0.02},
-    "knnn/topk@0.05": {"rule": "topk", "topk_ratio": 0.05},
-    "knnn/topk@0.10": {"rule": "topk", "topk_ratio": 0.10},
-    "knnn/any_k": {"rule": "any_k"},
+    "knnn/global": {"method": "knnn", "rule": "global"},
+    "knnn/majority": {"method": "knnn", "rule": "majority"},
+    "knnn/topk@0.01": {"method": "knnn", "rule": "topk", "topk_ratio": 0.01},
+    "knnn/topk@0.02": {"method": "knnn", "rule": "topk", "topk_ratio": 0.02},
+    "knnn/topk@0.05": {"method": "knnn", "rule": "topk", "topk_ratio": 0.05},
+    "knnn/topk@0.10": {"method": "knnn", "rule": "topk", "topk_ratio": 0.10},
+    "knnn/any_k": {"method": "knnn", "rule": "any_k"},
+    "distance/topk@0.05": {"method": "distance", "rule": "topk", "topk_ratio": 0.05},
+    "distance/global": {"method": "distance", "rule": "global"},
     "hdbscan/global": {"method": "hdbscan", "rule": "global"},
 }
 # Fixed before looking at test results: scene context (global) with local evidence (top-k patches),
