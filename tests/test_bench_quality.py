@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
-import torch
 
 from streamvad.bench.quality import (
     ENSEMBLES,
@@ -40,12 +38,7 @@ PIXELS = (12, 18)  # 6x6 pixels per patch
 MEAN = np.random.default_rng(7).normal(size=(N + 1, D)).astype(np.float32)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def features(clips: int, seed: int, anomalous_from: int | None = None) -> Features:

@@ -9,7 +9,6 @@ the real backbone registry.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -48,13 +47,7 @@ BASIS = TOY_RNG.normal(size=(4, D))  # normal variation lives in a 4-dim subspac
 MEAN = TOY_RNG.normal(size=(N, D))  # each position has its own typical feature
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run several times faster single-threaded on a shared, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def toy(frames: int, seed: int, scale: float = 1.0, shift: float = 0.0) -> np.ndarray:
