@@ -97,7 +97,7 @@ def compose_env(tmp_path: Path, tiny_model: Path, receiver: WebhookReceiver) -> 
     clip = make_scene(tmp_path, seconds=8, fps=10, size=(120, 160), seed=12, place_seed=PLACE,
                       anomalies=[AnomalySpec("lawn_walker", 2.0, 6.0, seed=3)], name="cam1").path
     return {**os.environ, "STREAMVAD_MODEL": str(tiny_model), "STREAMVAD_DEVICE": "cpu", "CAM1_URL": str(clip),
-           "CAM1_LOOP": "true", "FRAME_THRESHOLD": "3.0", "FORWARDER_HOST": "127.0.0.1",
+           "CAM1_LOOP": "true", "SCORING_METHOD": "knnn", "FRAME_THRESHOLD": "3.0", "FORWARDER_HOST": "127.0.0.1",
            "EVENTS_HOST": "127.0.0.1", "FRAMES_PORT": str(free_port()), "FRAMES_BACKEND": free_tcp_endpoint(),
            "VERDICTS_PORT": str(free_port()), "STREAMVAD_OUT": str(tmp_path / "out"), "WEBHOOK_URL": receiver.url,
            "WEBHOOK_SECRET": SECRET, "HTTP_HOST": "127.0.0.1"}
