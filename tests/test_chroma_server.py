@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,8 @@ from streamvad.normality import chroma_store
 from streamvad.normality.model import MANIFEST, NormalityModel
 from tests.test_normality import small_model
 
-CHROMA = shutil.which("chroma")
+# the chromadb package installs its `chroma` CLI next to the interpreter, which need not be on PATH
+CHROMA = shutil.which("chroma", path=str(Path(sys.executable).parent)) or shutil.which("chroma")
 Q = 40
 
 
