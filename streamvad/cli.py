@@ -12,6 +12,9 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from streamvad.config import StreamVADConfig, load_config
 from streamvad.errors import ConfigError, StreamVADError
@@ -35,6 +38,17 @@ def _config(args: argparse.Namespace) -> StreamVADConfig:
     return cfg
 
 
+def _dataset_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`--dataset-option key=value` pairs; values are read as YAML scalars (0.7, 1, null, text)."""
+    options: dict[str, Any] = {}
+    for item in args.dataset_option or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--dataset-option: expected KEY=VALUE, got {item!r}")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
 def _sample_fps(args: argparse.Namespace, default: float | None) -> float | None:
     if args.sample_fps is None:
         return default
@@ -49,7 +63,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.dataset:
         if args.sources:
             raise ConfigError("fit: give either --dataset/--root or SOURCE paths, not both")
-        split = load_dataset(args.dataset, args.root)
+        split = load_dataset(args.dataset, args.root, **_dataset_options(args))
         clips, default_fps = split.train, split.sample_fps
     elif args.sources:
         clips, default_fps = clips_from_paths(args.sources), cfg.sampling.fps
@@ -86,7 +100,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from streamvad.pipeline import evaluate
 
     cfg = _config(args)
-    split = load_dataset(args.dataset, args.root)
+    split = load_dataset(args.dataset, args.root, **_dataset_options(args))
     engine = load_engine(args.model, backbone=cfg.backbone)
     rules = [r for r in (args.rules or "").split(",") if r]
     reports = evaluate(engine, split.test, args.out, sample_fps=_sample_fps(args, split.sample_fps),
@@ -143,6 +157,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_dataset_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset-option", action="append", metavar="KEY=VALUE",
+                   help="a dataset loader option, e.g. camera=1, trim_file=trims.csv (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamvad", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -158,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sources", nargs="*", help="video files or image folders of normal footage")
     p.add_argument("--dataset", choices=["ucsd", "safe-unsafe", "folder"])
     p.add_argument("--root", type=Path)
+    _add_dataset_option(p)
     p.add_argument("--detector", choices=["uniformaly", "generalad", "s2vad"])
     p.add_argument("--sample-fps", type=float, help="frames per second to sample (0 = every frame)")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
@@ -178,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=["ucsd", "safe-unsafe", "folder"], required=True)
     p.add_argument("--root", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--rules", help="compare decision rules, e.g. majority,topk,global,hdbscan/global")
+    _add_dataset_option(p)
+    p.add_argument("--rules", help="compare scorers, e.g. distance/topk,knnn/majority,knnn/global,hdbscan/global")
     p.add_argument("--oracle", action="store_true",
                    help="also report the study's recall-weighted threshold chosen on test labels")
     p.add_argument("--sample-fps", type=float, help="frames per second to sample (0 = every frame)")

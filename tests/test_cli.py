@@ -156,3 +156,17 @@ def test_receive_command_checks_signatures(tmp_path: Path) -> None:
         proc.wait(timeout=10)
     assert first == {"signature_ok": True, "idempotency_key": "e1:0:opened", "body": {"event_id": "e1"}}
     assert second["signature_ok"] is False
+
+
+def test_dataset_options_reach_the_loader(capsys: pytest.CaptureFixture[str], scene: Path, model: Path,
+                                          tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    assert main(["eval", "--model", str(model), "--dataset", "folder", "--root", str(scene), "--out", str(out),
+                 "--dataset-option", "sample_fps=2", "--no-progress"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["n_frames"] == 12  # 6 s at 2 fps instead of 4
+    line = _error_line(capsys, ["eval", "--model", str(model), "--dataset", "folder", "--root", str(scene),
+                                "--out", str(out), "--dataset-option", "bogus=1"])
+    assert "bogus" in line and "accepted" in line
+    line = _error_line(capsys, ["eval", "--model", str(model), "--dataset", "folder", "--root", str(scene),
+                                "--out", str(out), "--dataset-option", "no-equals-sign"])
+    assert "KEY=VALUE" in line
