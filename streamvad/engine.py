@@ -19,6 +19,7 @@ import numpy as np
 
 from streamvad.backbones.base import Backbone
 from streamvad.backbones.registry import build_backbone
+from streamvad.compute import resolve_device
 from streamvad.config import BackboneConfig, ScoringConfig
 from streamvad.errors import InputError, ModelMismatchError
 from streamvad.types import EmbeddingBatch, Frame, Verdict
@@ -146,26 +147,19 @@ def load_engine(
     if backbone is not None:
         bb_cfg = BackboneConfig.model_validate({**bb_cfg.model_dump(), **backbone.model_dump(exclude_unset=True)})
     net = build_backbone(bb_cfg)
+    device = str(resolve_device(bb_cfg.device))  # the scorer runs where the backbone does
     if info.kind == KNNN:
         from streamvad.normality.model import NormalityModel
         from streamvad.scoring import Scorer
 
         model = NormalityModel.load(model_dir / "normality", backbone=net.manifest())
-        scorer: FrameScorer = Scorer(model, scoring or info.scoring, mask=mask, device=_torch_device(bb_cfg))
+        scorer: FrameScorer = Scorer(model, scoring or info.scoring, mask=mask, device=device)
         request = FeatureRequest()
     else:
         from streamvad.detectors import load_detector
 
-        detector = load_detector(model_dir / "detector", device=_torch_device(bb_cfg), backbone_manifest=net.manifest())
+        detector = load_detector(model_dir / "detector", device=device, backbone_manifest=net.manifest())
         req = detector.requirements()
         scorer, request = detector, FeatureRequest(req.layers, req.attention, req.attention_layer)
     log.info("serving %s model %s on backbone %s", info.kind, model_dir, bb_cfg.name)
     return Engine(net, scorer, request, info)
-
-
-def _torch_device(cfg: BackboneConfig) -> str:
-    import torch
-
-    if cfg.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return cfg.device

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from streamvad.backbones.base import Backbone
 from streamvad.backbones.registry import build_backbone
+from streamvad.compute import resolve_device
 from streamvad.config import ScoringConfig, StreamVADConfig
 from streamvad.datasets.base import Clip, iter_clip
 from streamvad.engine import KNNN, Engine, FeatureRequest, FrameScorer, ModelInfo
@@ -202,7 +203,7 @@ def _fit_detector(
     from streamvad.detectors.config import DetectorConfig
 
     dcfg = cfg.detector or DetectorConfig(name=name)
-    det = build_detector(name, dcfg, num_layers=backbone.num_layers, device=_device(cfg),
+    det = build_detector(name, dcfg, num_layers=backbone.num_layers, device=resolve_device(cfg.backbone.device),
                          backbone_manifest=backbone.manifest())
     req = det.requirements()
     request = FeatureRequest(req.layers, req.attention, req.attention_layer)
@@ -213,14 +214,6 @@ def _fit_detector(
     det.save(out / "detector")
     train, held = split_holdout(embedded.batches, fraction)
     return {"threshold": float(threshold)}, sum(map(len, train)), sum(map(len, held))
-
-
-def _device(cfg: StreamVADConfig) -> str:
-    import torch
-
-    if cfg.backbone.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return cfg.backbone.device
 
 
 def rule_variants(engine: Engine, names: Sequence[str]) -> dict[str, FrameScorer]:

@@ -16,20 +16,12 @@ import numpy as np
 import torch
 
 from streamvad.backbones.preprocess import check_rgb_uint8, preprocess
+from streamvad.compute import resolve_device
 from streamvad.config import BackboneConfig
 from streamvad.errors import ConfigError
 from streamvad.types import EmbeddingBatch, FrameKey
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def resolve_device(setting: str) -> torch.device:
-    """'auto' picks CUDA when present; asking for CUDA on a machine without it is a config error."""
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("backbone.device: 'cuda' requested but no CUDA device is available")
-    return torch.device(setting)
 
 
 def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:

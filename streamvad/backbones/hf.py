@@ -24,9 +24,10 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers.utils import cached_file
 
-from streamvad.backbones.common import Features, TorchBackbone, fingerprint, resolve_device, resolve_dtype
+from streamvad.backbones.common import Features, TorchBackbone, fingerprint, resolve_dtype
 from streamvad.backbones.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from streamvad.backbones.registry import register_backbone
+from streamvad.compute import resolve_device
 from streamvad.config import BackboneConfig
 from streamvad.errors import ConfigError, InputError
 

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ValidationError
 from safetensors.torch import load_file, save_file
 from scipy import ndimage
 
+from streamvad.compute import resolve_device
 from streamvad.errors import ModelMismatchError, StreamVADError
 from streamvad.types import EmbeddingBatch, Verdict
 
@@ -96,16 +97,6 @@ def upsample_map(patch_map: np.ndarray, size: tuple[int, int], sigma: float) -> 
     return out.astype(np.float32)
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """`auto` picks CUDA when present; asking for CUDA without it is an operator error."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise StreamVADError(f"detector device {device!r} requested but CUDA is not available")
-    return dev
-
-
 class BaseDetector:
     """Shared calibration, verdicts, maps and persistence; subclasses implement the method.
 
@@ -127,7 +118,7 @@ class BaseDetector:
     ) -> None:
         self.cfg = cfg if cfg is not None else self.config_cls()
         self.num_layers = num_layers
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, field="detector.device")
         self.backbone_manifest = dict(backbone_manifest or {})
         self.threshold: float | None = None
         self.patch_low: float = 0.0
