@@ -62,6 +62,7 @@ class TokenScorer:
         self.distance_scale = distance_scale(model)
         self._pool = ThreadPoolExecutor(torch.get_num_threads()) if model.indexes is not None else None
         self._step = chunk_size(4 * model.n_train * 64, 128 << 20)  # tokens per [t, M, B<=64] block
+        self._last: tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor, torch.Tensor] | None = None
 
     def close(self) -> None:
         if self._pool is not None:
@@ -95,6 +96,22 @@ class TokenScorer:
             conf, ratio = knnn_confidence(d, self._loc.gather(1, rows), self._floor)
         return TokenScores(conf.T.cpu().numpy(), ratio.T.cpu().numpy())
 
+    def _search_frames(self, global_: np.ndarray, patches: np.ndarray
+                       ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """(queries, distance, row) for a batch, searching once per batch.
+
+        Scorers for several rules share this TokenScorer and score the same batch one after another
+        (one embedding pass, several rules in `eval`): the last batch's search is kept and reused
+        when the very same arrays come back. Holding them keeps their identity unique.
+        """
+        last = self._last
+        if last is not None and last[0] is global_ and last[1] is patches:
+            return last[2], last[3], last[4]
+        queries = self.model.token_queries(global_, patches)
+        d, rows = self._search(queries)
+        self._last = (global_, patches, queries, d, rows)
+        return queries, d, rows
+
     def knnn(self, queries: np.ndarray) -> TokenScores:
         """k-NNN confidences for token-major queries [B, T, D]."""
         return self._from_search(*self._search(queries), "knnn")
@@ -106,10 +123,9 @@ class TokenScorer:
     def scores_all(self, global_: np.ndarray, patches: np.ndarray, methods: Sequence[str]) -> dict[str, TokenScores]:
         """Confidences by each of `methods` from ONE nearest-neighbour search.
 
-        "distance": ratio = d / the model's mean local density (one scale for every token, so the
-        ranking is the raw distance's); "hdbscan": tokens with a clusterer get 1 - membership
-        strength, the others keep their k-NNN confidence (a global-only HDBSCAN model still gets a
-        heatmap).
+        "distance": ratio = d / `distance_scale` (one scale for every token, so the ranking is the
+        raw distance's); "hdbscan": tokens with a clusterer get 1 - membership strength, the others
+        keep their k-NNN confidence (a global-only HDBSCAN model still gets a heatmap).
         """
         b, n, d = patches.shape
         m = self.model
@@ -117,8 +133,7 @@ class TokenScorer:
             raise ModelMismatchError(
                 f"embeddings have {n} patches of D {d} (global {global_.shape}) but model {m.path} was "
                 f"fitted on {m.n_patches} patches of D {m.dim} (global D {m.global_dim})")
-        queries = m.token_queries(global_, patches)
-        d, rows = self._search(queries)
+        queries, d, rows = self._search_frames(global_, patches)
         out = {method: self._from_search(d, rows, method) for method in methods}
         if "hdbscan" in out:
             for token, clusterer in self.model.hdbscan.items():

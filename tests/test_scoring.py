@@ -195,3 +195,19 @@ def test_distance_method_ranks_by_nearest_neighbour_distance(model: NormalityMod
     scale = dist.ratio / np.maximum(d, 1e-12)
     np.testing.assert_allclose(scale, scale.flat[0], rtol=1e-4)  # one scale for every token and frame
     np.testing.assert_allclose(dist.conf, np.minimum(dist.ratio, 1.0))
+
+
+def test_rules_sharing_a_token_scorer_search_each_batch_once(model: NormalityModel,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    base = Scorer(model, study(rule="majority"))
+    other = Scorer(model, study(rule="any_k"), tokens=base.tokens)
+    searches = []
+    real = base.tokens._search
+    monkeypatch.setattr(base.tokens, "_search", lambda q: searches.append(1) or real(q))
+    batch = frames(seed=21)
+    shared = [v.score for v in base.score(batch)] + [v.score for v in other.score(batch)]
+    assert len(searches) == 1
+    alone = [v.score for v in Scorer(model, study(rule="any_k")).score(batch)]
+    assert shared[len(alone):] == alone
+    base.score(frames(seed=22))  # a new batch is searched again
+    assert len(searches) == 2
