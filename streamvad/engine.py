@@ -46,6 +46,17 @@ class FeatureRequest:
     attention_layer: int | None = None
 
 
+def embed_frames(backbone: Backbone, frames: Sequence[Frame], request: FeatureRequest) -> EmbeddingBatch:
+    """The backbone's outputs for `frames`, with what `request` adds (layers, attention)."""
+    return backbone.embed(
+        [f.image for f in frames],
+        [f.key for f in frames],
+        layers=request.layers,
+        attention=request.attention,
+        attention_layer=request.attention_layer,
+    )
+
+
 @dataclass
 class ModelInfo:
     """Contents of model.json: enough to rebuild the serving stack from a directory."""
@@ -109,13 +120,7 @@ class Engine:
         self.timings = Timings()
 
     def embed(self, frames: Sequence[Frame]) -> EmbeddingBatch:
-        return self.backbone.embed(
-            [f.image for f in frames],
-            [f.key for f in frames],
-            layers=self.request.layers,
-            attention=self.request.attention,
-            attention_layer=self.request.attention_layer,
-        )
+        return embed_frames(self.backbone, frames, self.request)
 
     def process(self, frames: Sequence[Frame]) -> list[Verdict]:
         if not frames:

@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from streamvad.backbones.registry import build_backbone
 from streamvad.compute import resolve_device
 from streamvad.config import ScoringConfig, StreamVADConfig
 from streamvad.datasets.base import Clip, iter_clip
-from streamvad.engine import KNNN, Engine, FeatureRequest, FrameScorer, ModelInfo
+from streamvad.engine import KNNN, Engine, FeatureRequest, FrameScorer, ModelInfo, embed_frames
 from streamvad.errors import InputError
 from streamvad.overlay import overlay_heatmap, save_jpeg
 from streamvad.sources.images import list_images
@@ -75,46 +75,49 @@ class Embedded:
     patches: np.ndarray  # [Q, N, D]
     clip_ids: np.ndarray  # [Q] index into the clip list
     sources: list[str]
-    batches: list[EmbeddingBatch] = field(default_factory=list)
 
     def rows(self, mask: np.ndarray) -> Embedded:
         idx = np.flatnonzero(mask)
         return Embedded(self.global_[idx], self.patches[idx], self.clip_ids[idx], [self.sources[i] for i in idx])
 
 
-def embed_clips(
+def embed_batches(
     backbone: Backbone,
     clips: Sequence[Clip],
     sample_fps: float | None,
     *,
     request: FeatureRequest | None = None,
-    keep_batches: bool = False,
     progress: bool = True,
-) -> Embedded:
-    """Embed every sampled frame of `clips`; with `keep_batches`, also keep the full batches (detectors)."""
+    desc: str = "embedding",
+) -> Iterator[tuple[int, list[Frame], EmbeddingBatch]]:
+    """(clip index, frames, embeddings) for every batch of sampled frames of `clips`."""
     request = request or FeatureRequest()
-    globals_, patches, clip_ids, sources, kept = [], [], [], [], []
-    bar = progress_bar("embedding", progress)
-    for ci, clip in enumerate(clips):
-        for frames in batched(iter_clip(clip, sample_fps), backbone_batch(backbone)):
-            batch = backbone.embed(
-                [f.image for f in frames],
-                [f.key for f in frames],
-                layers=request.layers,
-                attention=request.attention,
-                attention_layer=request.attention_layer,
-            )
-            globals_.append(batch.global_)
-            patches.append(batch.patches)
-            clip_ids.extend([ci] * len(frames))
-            sources.extend(f.source or clip.name for f in frames)
-            if keep_batches:
-                kept.append(batch)
-            bar.update(len(frames))
-    bar.close()
+    bar = progress_bar(desc, progress)
+    try:
+        for ci, clip in enumerate(clips):
+            for frames in batched(iter_clip(clip, sample_fps), backbone_batch(backbone)):
+                yield ci, frames, embed_frames(backbone, frames, request)
+                bar.update(len(frames))
+    finally:
+        bar.close()
+
+
+def embed_clips(backbone: Backbone, clips: Sequence[Clip], sample_fps: float | None, *,
+                progress: bool = True) -> Embedded:
+    """Global and patch embeddings of every sampled frame of `clips`, one row per frame."""
+    globals_, patches, clip_ids, sources = [], [], [], []
+    for ci, frames, batch in embed_batches(backbone, clips, sample_fps, progress=progress):
+        globals_.append(batch.global_)
+        patches.append(batch.patches)
+        clip_ids.extend([ci] * len(frames))
+        sources.extend(f.source or clips[ci].name for f in frames)
     if not globals_:
-        raise InputError(f"no frames could be read from {', '.join(str(c.path) for c in clips)}")
-    return Embedded(np.concatenate(globals_), np.concatenate(patches), np.asarray(clip_ids), sources, kept)
+        raise _no_frames(clips)
+    return Embedded(np.concatenate(globals_), np.concatenate(patches), np.asarray(clip_ids), sources)
+
+
+def _no_frames(clips: Sequence[Clip]) -> InputError:
+    return InputError(f"no frames could be read from {', '.join(str(c.path) for c in clips)}")
 
 
 def backbone_batch(backbone: Backbone) -> int:
@@ -207,12 +210,14 @@ def _fit_detector(
                          backbone_manifest=backbone.manifest())
     req = det.requirements()
     request = FeatureRequest(req.layers, req.attention, req.attention_layer)
-    embedded = embed_clips(backbone, clips, sample_fps, request=request, keep_batches=True, progress=progress)
+    batches = [b for _, _, b in embed_batches(backbone, clips, sample_fps, request=request, progress=progress)]
+    if not batches:
+        raise _no_frames(clips)
     fraction = dcfg.holdout_fraction
-    threshold = fit_and_calibrate(det, embedded.batches, holdout_fraction=fraction,
+    threshold = fit_and_calibrate(det, batches, holdout_fraction=fraction,
                                   quantile=dcfg.calibration_quantile, progress=progress)
     det.save(out / "detector")
-    train, held = split_holdout(embedded.batches, fraction)
+    train, held = split_holdout(batches, fraction)
     return {"threshold": float(threshold)}, sum(map(len, train)), sum(map(len, held))
 
 

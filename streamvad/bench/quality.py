@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 from pydantic import BaseModel
-from tqdm import tqdm
 
 from streamvad.backbones.base import Backbone
 from streamvad.bench import environment
@@ -37,9 +36,10 @@ from streamvad.datasets.base import Clip, iter_clip
 from streamvad.detectors.base import BaseDetector, upsample_map
 from streamvad.detectors.config import DetectorConfig
 from streamvad.detectors.cutpaste import attention_cutpaste
+from streamvad.engine import FeatureRequest
 from streamvad.errors import InputError
 from streamvad.evaluation import auroc, average_precision, binary_metrics, threshold_from_normal
-from streamvad.pipeline import backbone_batch, batched, holdout_mask
+from streamvad.pipeline import embed_batches, holdout_mask
 from streamvad.types import EmbeddingBatch, FrameKey
 
 log = logging.getLogger(__name__)
@@ -199,13 +199,11 @@ def embed_clips(
 ) -> Features:
     """Every frame of `clips` (sample_fps None: the datasets' protocol) with the extra `layers`."""
     parts, clip_ids, labels = [], [], []
-    with tqdm(desc=desc, unit="frame", disable=not progress, dynamic_ncols=True) as bar:
-        for ci, clip in enumerate(clips):
-            for frames in batched(iter_clip(clip, None), backbone_batch(backbone)):
-                parts.append(backbone.embed([f.image for f in frames], [f.key for f in frames], layers=layers))
-                clip_ids += [ci] * len(frames)
-                labels += [int(f.label or 0) for f in frames]
-                bar.update(len(frames))
+    request = FeatureRequest(layers=tuple(layers))
+    for ci, frames, batch in embed_batches(backbone, clips, None, request=request, progress=progress, desc=desc):
+        parts.append(batch)
+        clip_ids += [ci] * len(frames)
+        labels += [int(f.label or 0) for f in frames]
     return Features.concat(parts, clip_ids, labels)
 
 
