@@ -11,9 +11,9 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -65,7 +65,6 @@ class ModelInfo:
     backbone: BackboneConfig
     scoring: ScoringConfig
     sample_fps: float | None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def save(self, model_dir: Path) -> None:
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -75,7 +74,6 @@ class ModelInfo:
             "backbone": self.backbone.model_dump(mode="json"),
             "scoring": self.scoring.model_dump(mode="json"),
             "sample_fps": self.sample_fps,
-            **self.extra,
         }
         (model_dir / MODEL_FILE).write_text(json.dumps(doc, indent=2), encoding="utf-8")
 
@@ -90,14 +88,10 @@ class ModelInfo:
                 raise ModelMismatchError(
                     f"{path}: model format {doc.get('format')!r}, this StreamVAD reads format {MODEL_FORMAT}"
                 )
-            kind = str(doc.pop("kind"))
-            backbone = BackboneConfig.model_validate(doc.pop("backbone"))
-            scoring = ScoringConfig.model_validate(doc.pop("scoring"))
-            sample_fps = doc.pop("sample_fps", None)
+            return cls(str(doc["kind"]), BackboneConfig.model_validate(doc["backbone"]),
+                       ScoringConfig.model_validate(doc["scoring"]), doc.get("sample_fps"))
         except (json.JSONDecodeError, KeyError, ValueError) as err:
             raise InputError(f"{path}: unreadable model description ({str(err).splitlines()[0]})") from None
-        doc.pop("format", None)
-        return cls(kind, backbone, scoring, sample_fps, doc)
 
 
 @dataclass
