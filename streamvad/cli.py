@@ -147,7 +147,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_receive(args: argparse.Namespace) -> int:
     from streamvad.receiver import run_receiver
 
-    return run_receiver(args.host, args.port, args.secret)
+    return run_receiver(args.host, args.port, args.secret, args.tolerance)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -232,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--secret", help="HMAC secret the webhooks are signed with")
+    p.add_argument("--tolerance", type=float, default=300.0,
+                   help="seconds a signed timestamp may differ from this clock before a request is refused (401)")
     p.set_defaults(func=cmd_receive)
 
     p = sub.add_parser("doctor", help="versions, devices and optional tools this machine has")

@@ -1,9 +1,11 @@
 """A webhook receiver: checks StreamVAD's HMAC signatures and records what arrives.
 
 Operators run it (`streamvad receive`) to try an alert integration before pointing webhooks at the
-real incident system, and the compose stack uses it as its receiver. Tests use the same class in a
-thread: it records every request, answers with a scripted status, and can be stopped and started
-again on the same port to simulate an outage.
+real incident system, and the compose stack uses it as its receiver; `check_signature` is the reference
+for writing that verification elsewhere. With a secret, a request whose signature does not match or
+whose timestamp is outside the tolerance is answered 401 with the reason as a text body. Tests use the
+same class in a thread: it records every request, answers with a scripted status (and headers), and
+can be stopped and started again on the same port to simulate an outage.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -27,22 +29,44 @@ class Received:
     body: bytes
     signature_ok: bool
     status: int
+    reason: str | None = None  # why the signature check failed
+    received_at: float = field(default_factory=time.time)
 
     @property
     def json(self) -> Any:
         return json.loads(self.body)
 
 
+def check_signature(secret: str, body: bytes, timestamp: str | None, signature: str | None,
+                    tolerance_s: float = 300.0, now: float | None = None) -> str | None:
+    """-> None when `signature` is StreamVAD's HMAC of `timestamp + "." + body` and the timestamp is
+    within `tolerance_s` of `now` (either way: a future stamp would stretch the replay window), else why
+    not. The signature covers the timestamp, so a replayed request can only pass within the tolerance."""
+    if not signature:
+        return "missing X-StreamVAD-Signature header"
+    if not timestamp or not (timestamp.isascii() and timestamp.isdigit()):
+        return "X-StreamVAD-Timestamp header missing or not unix seconds"
+    if not hmac.compare_digest(sign(timestamp, body, secret), signature):
+        return "signature does not match the body and timestamp (wrong secret, or either was altered)"
+    age = (time.time() if now is None else now) - int(timestamp)
+    if abs(age) > tolerance_s:
+        when = f"{age:.0f} s old" if age > 0 else f"{-age:.0f} s in the future"
+        return f"timestamp {when}, outside the {tolerance_s:g} s tolerance (replayed, or clocks differ)"
+    return None
+
+
 class WebhookReceiver:
     def __init__(self, secret: str | None = None, port: int = 0, host: str = "127.0.0.1",
-                 on_request: Callable[[Received], None] | None = None) -> None:
+                 on_request: Callable[[Received], None] | None = None, tolerance_s: float = 300.0) -> None:
         self.secret = secret
         self.port = port
         self.host = host
         self.on_request = on_request
+        self.tolerance_s = tolerance_s
         self.requests: list[Received] = []
-        self.status = 200  # answer for every request unless `script` has entries
-        self.script: list[int] = []  # answers consumed in order before falling back to `status`
+        self.status = 200  # answer for every authentic request unless `script` has entries
+        # answers consumed in order before falling back to `status`: a status, or (status, extra headers)
+        self.script: list[int | tuple[int, dict[str, str]]] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -51,10 +75,12 @@ class WebhookReceiver:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/hook"
 
-    def _verify(self, body: bytes, signature: str | None) -> bool:
+    def _verify(self, body: bytes, timestamp: str | None, signature: str | None) -> str | None:
+        """-> why the request is not authentic, or None. Without a secret nothing can be checked: only
+        an unsigned request counts as matching."""
         if self.secret is None:
-            return signature is None
-        return signature is not None and hmac.compare_digest(sign(body, self.secret), signature)
+            return None if signature is None else "signed, but this receiver has no secret to check with"
+        return check_signature(self.secret, body, timestamp, signature, self.tolerance_s)
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         receiver = self
@@ -62,16 +88,27 @@ class WebhookReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                reason = receiver._verify(body, self.headers.get("X-StreamVAD-Timestamp"),
+                                          self.headers.get("X-StreamVAD-Signature"))
+                extra: dict[str, str] = {}
+                text = b""
                 with receiver._lock:
-                    status = receiver.script.pop(0) if receiver.script else receiver.status
-                    ok = receiver._verify(body, self.headers.get("X-StreamVAD-Signature"))
-                    received = Received(self.path, dict(self.headers), body, ok, status)
+                    if reason is not None and receiver.secret is not None:  # rejected before the script
+                        status, text = 401, reason.encode("utf-8") + b"\n"
+                    else:
+                        answer = receiver.script.pop(0) if receiver.script else receiver.status
+                        status, extra = answer if isinstance(answer, tuple) else (answer, {})
+                    received = Received(self.path, dict(self.headers), body, reason is None, status, reason)
                     receiver.requests.append(received)
                 if receiver.on_request is not None:
                     receiver.on_request(received)
                 self.send_response(status)
-                self.send_header("Content-Length", "0")
+                for name, value in extra.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(text)))
                 self.end_headers()
+                self.wfile.write(text)
 
             def log_message(self, format: str, *args: Any) -> None:  # on_request reports instead
                 pass
@@ -111,17 +148,19 @@ class WebhookReceiver:
         self.stop()
 
 
-def run_receiver(host: str, port: int, secret: str | None) -> int:
+def run_receiver(host: str, port: int, secret: str | None, tolerance_s: float = 300.0) -> int:
     """Serve until interrupted, printing one JSON line per delivery with its signature check."""
     def show(r: Received) -> None:
         try:
             body: Any = r.json
         except ValueError:
             body = r.body.decode("utf-8", "replace")
-        print(json.dumps({"signature_ok": r.signature_ok, "idempotency_key": r.headers.get("Idempotency-Key"),
-                          "body": body}), flush=True)
+        line = {"signature_ok": r.signature_ok, "idempotency_key": r.headers.get("Idempotency-Key"), "body": body}
+        if r.reason:
+            line["reason"] = r.reason
+        print(json.dumps(line), flush=True)
 
-    receiver = WebhookReceiver(secret, port, host, on_request=show).start()
+    receiver = WebhookReceiver(secret, port, host, on_request=show, tolerance_s=tolerance_s).start()
     print(f"listening on {receiver.url}", flush=True)
     try:
         while True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -146,16 +147,18 @@ def test_receive_command_checks_signatures(tmp_path: Path) -> None:
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and "listening" in proc.stdout.readline()
-        body = b'{"event_id": "e1"}'
-        for sig in (sign(body, "k"), sign(body, "wrong")):
-            httpx.post(f"http://127.0.0.1:{port}/hook", content=body,
-                       headers={"X-StreamVAD-Signature": sig, "Idempotency-Key": "e1:0:opened"}, timeout=5)
+        body, ts = b'{"event_id": "e1"}', str(int(time.time()))
+        statuses = [httpx.post(f"http://127.0.0.1:{port}/hook", content=body, timeout=5,
+                               headers={"X-StreamVAD-Signature": sig, "X-StreamVAD-Timestamp": ts,
+                                        "Idempotency-Key": "e1:0:opened"}).status_code
+                    for sig in (sign(ts, body, "k"), sign(ts, body, "wrong"))]
         first, second = (json.loads(proc.stdout.readline()) for _ in range(2))
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+    assert statuses == [200, 401]
     assert first == {"signature_ok": True, "idempotency_key": "e1:0:opened", "body": {"event_id": "e1"}}
-    assert second["signature_ok"] is False
+    assert second["signature_ok"] is False and "signature does not match" in second["reason"]
 
 
 def test_dataset_options_reach_the_loader(capsys: pytest.CaptureFixture[str], scene: Path, model: Path,

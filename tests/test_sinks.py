@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import email.utils
 import json
 import logging
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -16,6 +18,7 @@ from streamvad.config import SinksConfig, WebhookConfig
 from streamvad.events import EventUpdate, UpdateKind
 from streamvad.overlay import overlay_heatmap
 from streamvad.sinks import JsonlSink, SinkFanout, SnapshotSink, WebhookSink, build_sinks
+from streamvad.sinks.webhook import parse_retry_after, sign
 from streamvad.types import Event, FrameKey
 from tests.receiver import WebhookReceiver
 
@@ -31,8 +34,8 @@ def make_update(n: int = 0, kind: UpdateKind = "opened", camera: str = "cam1", f
 
 
 def hook(receiver: WebhookReceiver, **kw: object) -> WebhookConfig:
-    return WebhookConfig(url=receiver.url, secret=SECRET, timeout_s=2.0, backoff_s=0.05, backoff_max_s=0.2,
-                         **kw)  # type: ignore[arg-type]
+    return WebhookConfig(**{"url": receiver.url, "secret": SECRET, "timeout_s": 2.0, "backoff_s": 0.05,
+                            "backoff_max_s": 0.2, **kw})  # type: ignore[arg-type]
 
 
 def wait_until(predicate: object, timeout: float = 10.0) -> bool:
@@ -139,13 +142,49 @@ def test_webhook_posts_signed_json_with_idempotency_key(tmp_path: Path) -> None:
     assert sink.stats() == {"delivered": 1, "retries": 0, "failures": 0, "dead": 0, "pending": 0}
 
 
-def test_wrong_secret_fails_verification(tmp_path: Path) -> None:
+def test_wrong_secret_is_refused_with_the_reason_and_dead_lettered(tmp_path: Path) -> None:
     with WebhookReceiver("another-secret") as receiver:
         sink = WebhookSink(hook(receiver), tmp_path / "spool")
         sink.handle(make_update(1))
-        [req] = receiver.wait_for(1)
+        assert wait_until(lambda: sink.dead == 1)
         sink.close()
-    assert not req.signature_ok
+    [req] = receiver.requests
+    assert not req.signature_ok and req.status == 401
+    [dead] = list((tmp_path / "spool" / "dead").glob("*.json"))
+    assert json.loads(dead.read_text())["dead_reason"].startswith(
+        "HTTP 401 Unauthorized: signature does not match the body and timestamp")
+
+
+def test_signature_covers_the_timestamp_so_a_capture_cannot_be_replayed_later(tmp_path: Path) -> None:
+    with WebhookReceiver(SECRET) as receiver:
+        sink = WebhookSink(hook(receiver), tmp_path / "spool")
+        sink.handle(make_update(1))
+        [captured] = receiver.wait_for(1)
+        sink.close()
+        ts = int(captured.headers["X-StreamVAD-Timestamp"])
+        assert captured.headers["X-StreamVAD-Signature"] == sign(str(ts), captured.body, SECRET)
+
+        def replay(timestamp: int, signature: str) -> httpx.Response:
+            return httpx.post(receiver.url, content=captured.body, timeout=5, headers={
+                "X-StreamVAD-Timestamp": str(timestamp), "X-StreamVAD-Signature": signature})
+
+        moved = replay(ts + 600, captured.headers["X-StreamVAD-Signature"])  # fresh stamp, captured signature
+        stale = replay(ts - 301, sign(str(ts - 301), captured.body, SECRET))  # correctly signed, too old
+        future = replay(ts + 301, sign(str(ts + 301), captured.body, SECRET))
+        verbatim = replay(ts, captured.headers["X-StreamVAD-Signature"])  # within tolerance: idempotency's job
+    assert (moved.status_code, stale.status_code, future.status_code, verbatim.status_code) == (401, 401, 401, 200)
+    assert "signature does not match" in moved.text
+    assert "s old, outside the 300 s tolerance" in stale.text and "in the future" in future.text
+    assert [r.signature_ok for r in receiver.requests] == [True, False, False, False, True]
+
+
+def test_parse_retry_after_reads_seconds_and_http_dates() -> None:
+    now = time.time()
+    assert parse_retry_after("7", now) == 7.0 and parse_retry_after(" 0 ", now) == 0.0
+    in_30s = email.utils.formatdate(now + 30, usegmt=True)  # "Wed, 21 Oct 2015 07:28:00 GMT"
+    assert 28.5 <= (parse_retry_after(in_30s, now) or 0.0) <= 30.0
+    assert parse_retry_after(email.utils.formatdate(now - 60, usegmt=True), now) == 0.0
+    assert [parse_retry_after(v, now) for v in (None, "", "-5", "1.5", "soon", "²")] == [None] * 6
 
 
 def test_update_is_spooled_durably_before_any_attempt(tmp_path: Path) -> None:
@@ -236,6 +275,54 @@ def test_max_attempts_moves_to_dead_letter(tmp_path: Path) -> None:
     assert len(receiver.requests) == 2 and sink.pending == 0
     [dead] = list((tmp_path / "spool" / "dead").glob("*.json"))
     assert json.loads(dead.read_text())["dead_reason"] == "HTTP 500 Internal Server Error"
+
+
+def test_retry_after_is_honoured_instead_of_the_backoff(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with WebhookReceiver(SECRET) as receiver, caplog.at_level(logging.WARNING, logger="streamvad.sinks.webhook"):
+        receiver.script = [(503, {"Retry-After": "1"})]
+        sink = WebhookSink(hook(receiver, backoff_max_s=5.0), tmp_path / "spool")  # backoff alone: <= 0.05 s
+        sink.handle(make_update(1))
+        receiver.wait_for(1)
+        sink.close()
+    first, second = receiver.requests
+    assert (first.status, second.status) == (503, 200)
+    assert 0.95 <= second.received_at - first.received_at < 3.0
+    [line] = [r.getMessage() for r in caplog.records if "attempt" in r.getMessage()]
+    assert "HTTP 503 Service Unavailable" in line and "next retry in 1.0s (Retry-After)" in line
+
+
+def test_retry_after_is_capped_at_backoff_max(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with WebhookReceiver(SECRET) as receiver, caplog.at_level(logging.WARNING, logger="streamvad.sinks.webhook"):
+        receiver.script = [(429, {"Retry-After": "3600"})]
+        sink = WebhookSink(hook(receiver, backoff_max_s=0.3), tmp_path / "spool")
+        sink.handle(make_update(1))
+        receiver.wait_for(1)
+        sink.close()
+    first, second = receiver.requests
+    assert 0.25 <= second.received_at - first.received_at < 2.0
+    [line] = [r.getMessage() for r in caplog.records if "attempt" in r.getMessage()]
+    assert "next retry in 0.3s (Retry-After 3600s capped at backoff_max_s)" in line
+
+
+def test_attempt_count_and_backoff_survive_a_sink_restart(tmp_path: Path) -> None:
+    with WebhookReceiver(SECRET) as receiver:
+        receiver.status = 500
+        cfg = hook(receiver, backoff_s=0.4, backoff_max_s=1.0, max_attempts=3)
+        first = WebhookSink(cfg, tmp_path / "spool")
+        first.handle(make_update(1))
+        assert wait_until(lambda: len(receiver.requests) == 2)
+        first.close(timeout=0.05)  # "process exits" during the backoff after attempt 2 (>= 0.4 s)
+        [spooled] = list((tmp_path / "spool").glob("*.json"))
+        state = json.loads(spooled.read_text())
+        assert state["attempts"] == 2 and state["next_attempt_at"] > time.time()
+        second = WebhookSink(cfg, tmp_path / "spool")
+        assert wait_until(lambda: second.dead == 1)
+        second.close()
+    assert len(receiver.requests) == 3  # one more attempt, not max_attempts afresh
+    assert receiver.requests[2].received_at >= state["next_attempt_at"] - 0.05  # the backoff went on
+    [dead] = list((tmp_path / "spool" / "dead").glob("*.json"))
+    record = json.loads(dead.read_text())
+    assert record["attempts"] == 3 and "next_attempt_at" not in record and second.pending == 0
 
 
 @pytest.mark.slow

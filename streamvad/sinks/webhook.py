@@ -2,15 +2,19 @@
 
 Each update is first written to a spool directory (one JSON file, fsync + rename, so a crash leaves
 either the whole file or nothing), then a background thread POSTs the spool in order and deletes a file
-only after a 2xx. Failures are retried with capped exponential backoff and jitter; a 4xx other than
-408/429 means the receiver will never accept the payload, so it goes to `dead/` instead of blocking
-the queue. Delivery is at-least-once: a receiver that answered 2xx after its deadline may see the same
+only after a 2xx. Failures are retried with capped exponential backoff and jitter, or after the
+receiver's `Retry-After` when it sends one (capped the same way); a 4xx other than 408/429 means the
+receiver will never accept the payload, so it goes to `dead/` instead of blocking the queue. The
+attempt count and next-attempt time are written back into the spool file after each failure, so a
+restarted process continues the backoff and `max_attempts` where the previous one stopped.
+Delivery is at-least-once: a receiver that answered 2xx after its deadline may see the same
 `Idempotency-Key` twice and should drop the repeat.
 """
 
 from __future__ import annotations
 
 import base64
+import email.utils
 import hashlib
 import hmac
 import itertools
@@ -20,6 +24,7 @@ import os
 import random
 import threading
 import time
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +54,31 @@ def _write_atomic(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def sign(body: bytes, secret: str) -> str:
-    """The X-StreamVAD-Signature value: `sha256=` + hex HMAC-SHA256 of the exact body bytes."""
-    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+def sign(timestamp: str, body: bytes, secret: str) -> str:
+    """The X-StreamVAD-Signature value: `sha256=` + hex HMAC-SHA256 of `timestamp + "." + body`.
+
+    Covering the X-StreamVAD-Timestamp value means a captured request cannot be replayed under a fresh
+    timestamp, so a receiver that rejects old timestamps bounds the replay window.
+    """
+    message = timestamp.encode("ascii") + b"." + body
+    return "sha256=" + hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a `Retry-After` value (delta-seconds or HTTP-date, RFC 9110 §10.2.3), or None
+    when absent or malformed (the caller then falls back to its own backoff)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000" parses naive; HTTP-dates are always UTC
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
 
 
 class WebhookSink:
@@ -72,7 +99,6 @@ class WebhookSink:
         self.inline_snapshot_max_bytes = inline_snapshot_max_bytes
         self.delivered = self.failures = self.retries = self.dead = 0
         self._seq = itertools.count()
-        self._attempts: dict[str, int] = {}
         self._kick = threading.Event()  # new work or closing
         self._closing = threading.Event()  # drain, then stop
         self._halt = threading.Event()  # stop now (close timed out)
@@ -140,50 +166,70 @@ class WebhookSink:
         try:
             item = json.loads(path.read_text(encoding="utf-8"))
             body, key, event_id = item["body"].encode("utf-8"), item["idempotency_key"], item["event_id"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
+            attempts, next_at = int(item.get("attempts", 0)), float(item.get("next_attempt_at", 0.0))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             log.error("webhook %s: unreadable spool file %s (%s), moved to %s", self.cfg.url, path.name, err,
                       self.dead_dir)
             os.replace(path, self.dead_dir / path.name)
             self.dead += 1
             return
-        attempt = self._attempts.get(path.name, 0) + 1
-        error, retryable = self._post(client, body, key)
+        # backing off, maybe since before a restart; capped so a wall-clock jump cannot stall the queue
+        wait = min(next_at - time.time(), self.cfg.backoff_max_s)
+        if wait > 0 and self._halt.wait(wait):
+            return
+        attempt = attempts + 1
+        error, retryable, retry_after = self._post(client, body, key)
         if error is None:
             path.unlink()
-            self._attempts.pop(path.name, None)
             self.delivered += 1
             return
         self.failures += 1
         if not retryable or (self.cfg.max_attempts and attempt >= self.cfg.max_attempts):
             self._dead_letter(path, item, attempt, error)
             return
-        delay = min(self.cfg.backoff_max_s, self.cfg.backoff_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-        log.warning("webhook %s: event %s (%s) attempt %d failed: %s; next retry in %.1fs",
-                    self.cfg.url, event_id, item.get("kind"), attempt, error, delay)
-        self._attempts[path.name] = attempt
-        self.retries += 1
-        self._halt.wait(delay)
+        delay, why = self._retry_delay(attempt, retry_after)
+        log.warning("webhook %s: event %s (%s) attempt %d failed: %s; next retry in %.1fs (%s)",
+                    self.cfg.url, event_id, item.get("kind"), attempt, error, delay, why)
+        state = {"attempts": attempt, "next_attempt_at": time.time() + delay}
+        _write_atomic(path, json.dumps({**item, **state}).encode("utf-8"))
+        self.retries += 1  # the wait itself happens on the next pass, the same way it does after a restart
 
-    def _post(self, client: httpx.Client, body: bytes, key: str) -> tuple[str | None, bool]:
-        """-> (error or None on 2xx, whether the error is worth retrying)."""
+    def _retry_delay(self, attempt: int, retry_after: float | None) -> tuple[float, str]:
+        """-> (seconds until the next attempt, why that long): the receiver's Retry-After if it sent one,
+        else exponential backoff with jitter; both capped at `backoff_max_s`."""
+        cap = self.cfg.backoff_max_s
+        if retry_after is not None:
+            if retry_after > cap:
+                return cap, f"Retry-After {retry_after:.0f}s capped at backoff_max_s"
+            return retry_after, "Retry-After"
+        return min(cap, self.cfg.backoff_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0), "backoff"
+
+    def _post(self, client: httpx.Client, body: bytes, key: str) -> tuple[str | None, bool, float | None]:
+        """-> (error or None on 2xx, whether the error is worth retrying, the response's Retry-After in s)."""
+        timestamp = str(int(time.time()))
         headers = {"Content-Type": "application/json", "Idempotency-Key": key,
-                   "X-StreamVAD-Timestamp": str(int(time.time())), "User-Agent": "streamvad-webhook"}
+                   "X-StreamVAD-Timestamp": timestamp, "User-Agent": "streamvad-webhook"}
         if self.cfg.secret:
-            headers["X-StreamVAD-Signature"] = sign(body, self.cfg.secret)
+            headers["X-StreamVAD-Signature"] = sign(timestamp, body, self.cfg.secret)
         try:
             response = client.post(self.cfg.url, content=body, headers=headers)
         except httpx.HTTPError as err:
-            return f"{type(err).__name__}: {err}", True
+            return f"{type(err).__name__}: {err}", True, None
         status = response.status_code
         if 200 <= status < 300:
-            return None, False
-        return f"HTTP {status} {response.reason_phrase}", status >= 500 or status in _RETRYABLE_4XX
+            return None, False, None
+        error = f"HTTP {status} {response.reason_phrase}"
+        detail = " ".join(response.text.split())[:200]  # e.g. why a receiver refused the signature
+        if detail:
+            error += f": {detail}"
+        retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+        return error, status >= 500 or status in _RETRYABLE_4XX, retry_after
 
     def _dead_letter(self, path: Path, item: dict[str, Any], attempts: int, error: str) -> None:
+        record = {k: v for k, v in item.items() if k != "next_attempt_at"}
         _write_atomic(self.dead_dir / path.name,
-                      json.dumps({**item, "dead_reason": error, "attempts": attempts}).encode("utf-8"))
+                      json.dumps({**record, "dead_reason": error, "attempts": attempts}).encode("utf-8"))
         path.unlink()
-        self._attempts.pop(path.name, None)
         self.dead += 1
         log.error("webhook %s: event %s (%s) dead-lettered after %d attempt(s): %s -> %s", self.cfg.url,
                   item["event_id"], item.get("kind"), attempts, error, self.dead_dir / path.name)
