@@ -138,12 +138,18 @@ class ServeConfig(_Section):
 
 
 class EventsConfig(_Section):
-    """Hysteresis: open after `open_n` anomalous of the last `open_m` frames, close after quiet."""
+    """Hysteresis: open after `open_n` anomalous of the last `open_m` frames, close after quiet.
+
+    `eos_wait_s`: at a camera's end of stream its events close once the verdict of its last frame has
+    arrived (another worker may still be scoring it), or after this many wall-clock seconds, since that
+    frame may have been dropped or shed and never get a verdict.
+    """
 
     open_n: int = Field(2, ge=1)
     open_m: int = Field(4, ge=1)
     close_quiet_s: float = Field(2.0, ge=0.0)
     cooldown_s: float = Field(10.0, ge=0.0)
+    eos_wait_s: float = Field(5.0, ge=0.0)
 
     @model_validator(mode="after")
     def _window(self) -> EventsConfig:

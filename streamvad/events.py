@@ -5,6 +5,11 @@ useless, so events use hysteresis per camera: open when `open_n` of the last `op
 anomalous, stay open while anomalies continue, close after `close_quiet_s` of presentation time
 without one, then stay quiet for `cooldown_s` (suppressed openings are counted, not reported).
 Time is the stream's pts, so a replay at any speed gives the same events as the live run did.
+
+End of stream closes a camera's events, but only once the verdict of the last frame its reader queued
+has arrived: with several workers the EOS comes through whichever worker got it and can overtake
+verdicts other workers are still computing. The wait is bounded (`eos_wait_s`), since that frame may
+never be scored (dropped or shed as stale).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Literal
 import numpy as np
 
 from streamvad.config import EventsConfig
-from streamvad.types import Event, Verdict
+from streamvad.types import Event, FrameKey, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +67,8 @@ class _Camera:
     last_pts: float = float("-inf")
     last_wall_time: float = 0.0
     cooldown_until: float = float("-inf")
+    eos_pts: float | None = None  # an EOS waits for the verdict at this pts (its reader's last frame)...
+    eos_deadline: float = float("inf")  # ...until this wall-clock time
 
 
 class EventTracker:
@@ -103,7 +110,19 @@ class EventTracker:
                 self.suppressed[camera] += 1
             else:
                 out.append(self._open(cam))
+        if cam.eos_pts is not None and pts >= cam.eos_pts:
+            out.extend(self.flush(camera))
         return out
+
+    def end_of_stream(self, camera: str, last: FrameKey | None, now: float) -> list[EventUpdate]:
+        """The reader of `camera` ended after queueing `last`: close its events now if that frame's verdict
+        (or a later one) was already seen, else when it arrives or at `now + eos_wait_s`, whichever is first.
+        Without `last` (a reader that queued nothing, or predates the field) close now, as before."""
+        cam = self._cam(camera)
+        if last is None or cam.last_pts >= last.pts:
+            return self.flush(camera)
+        cam.eos_pts, cam.eos_deadline = last.pts, now + self.cfg.eos_wait_s
+        return []
 
     def _quiet_elapsed(self, cam: _Camera, verdict: Verdict) -> bool:
         """A non-anomalous verdict closes once the quiet period is reached; an anomalous one only when
@@ -158,12 +177,25 @@ class EventTracker:
         return update
 
     def flush(self, camera: str | None = None) -> list[EventUpdate]:
-        """Close open events (all cameras, or one) at end of stream."""
+        """Close open events (all cameras, or one) now; a waiting end of stream is done with."""
         names = list(self._cams) if camera is None else [camera] if camera in self._cams else []
-        return [self._close(self._cams[n], self._cams[n].last_pts) for n in names if self._cams[n].event]
+        out = []
+        for cam in (self._cams[n] for n in names):
+            cam.eos_pts, cam.eos_deadline = None, float("inf")
+            if cam.event is not None:
+                out.append(self._close(cam, cam.last_pts))
+        return out
 
     def expire(self, wall_time: float) -> list[EventUpdate]:
         """Close events of cameras that sent no verdict for `close_quiet_s` of wall-clock time, so a
-        camera that dies mid-event does not leave it open forever."""
-        return [self._close(c, c.last_pts) for c in self._cams.values()
-                if c.event is not None and wall_time - c.last_wall_time >= self.cfg.close_quiet_s]
+        camera that dies mid-event does not leave it open forever, and of cameras whose end of stream
+        waited `eos_wait_s` in vain for its last verdict."""
+        out = []
+        for name, cam in self._cams.items():
+            if cam.eos_pts is not None and wall_time >= cam.eos_deadline:
+                log.info("%s: no verdict for the stream's last frame (pts %.3f) within %.1f s of its end; "
+                         "closing its events", name, cam.eos_pts, self.cfg.eos_wait_s)
+                out.extend(self.flush(name))
+            elif cam.event is not None and wall_time - cam.last_wall_time >= self.cfg.close_quiet_s:
+                out.append(self._close(cam, cam.last_pts))
+        return out

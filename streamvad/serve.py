@@ -88,7 +88,8 @@ class EventsProcess:
             with self._lock:
                 self.verdicts += 1
         elif msg.type == "eos":
-            self._emit(self.tracker.flush(msg.camera))
+            log.info("%s: end of stream after %s frames", msg.camera, msg.header.get("frames", "?"))
+            self._emit(self.tracker.end_of_stream(msg.camera, msg.last_key, time.time()))
 
     def tick(self) -> None:
         """Closes events of cameras that went silent (a reader that died mid-event)."""

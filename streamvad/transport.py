@@ -17,6 +17,7 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -56,6 +57,14 @@ class Message:
     @property
     def camera(self) -> str:
         return str(self.header["camera"])
+
+    @property
+    def last_key(self) -> FrameKey | None:
+        """For an EOS: the key of the last frame its reader queued (None if it queued none, or predates
+        the field); the events process waits for that frame's verdict before closing the camera's events."""
+        if self.type != "eos" or "index" not in self.header:
+            return None
+        return FrameKey(self.camera, self.header["index"], float(self.header["pts"]))
 
 
 # --------------------------------------------------------------------------- encoding
@@ -101,9 +110,26 @@ def encode_verdict(verdict: Verdict, frame_wall_time: float | None = None) -> li
     return _pack(header, np.asarray(verdict.patch_confidences, dtype="<f2").tobytes())
 
 
-def encode_eos(camera: str) -> list[bytes]:
-    """Explicit end of stream for one camera: the worker flushes its batch, the tracker closes events."""
-    return _pack({"type": "eos", "camera": camera})
+def encode_eos(camera: str, last: FrameKey | None = None, frames: int | None = None) -> list[bytes]:
+    """Explicit end of stream for one camera: the worker flushes its batch, the tracker closes events.
+
+    `last` (sent as `index`/`pts`) is the last frame the reader queued and `frames` how many it queued:
+    with several workers the EOS reaches one of them, so it must say which verdict ends the stream.
+    """
+    header: dict[str, Any] = {"type": "eos", "camera": camera}
+    if last is not None:
+        header.update(index=int(last.index), pts=float(last.pts))
+    if frames is not None:
+        header["frames"] = int(frames)
+    return _pack(header)
+
+
+def relay(msg: Message) -> list[bytes]:
+    """A header-only message (EOS, status) exactly as received, fields this build does not know included,
+    so a hop in between (the worker) never strips what the sender meant for the receiver."""
+    if msg.type in ("frame", "verdict"):
+        raise WireError(f"relay: a {msg.type} message has a payload; encode it instead")
+    return [json.dumps(msg.header, separators=(",", ":")).encode("utf-8"), b""]
 
 
 def encode_status(camera: str, state: str, **info: Any) -> list[bytes]:
@@ -201,6 +227,18 @@ def _verdict_from(header: dict[str, Any], payload: bytes) -> Verdict:
     )
 
 
+def _check_eos(header: dict[str, Any]) -> None:
+    """The last-frame fields are optional (older readers send none) but `index` and `pts` come together."""
+    given = [name for name in ("index", "pts") if name in header]
+    if len(given) == 1:
+        raise WireError(f"eos header: fields 'index' and 'pts' come together, got only {given[0]!r}")
+    if given:
+        _field(header, "index", (int,))
+        _field(header, "pts", _NUM)
+    if "frames" in header and _field(header, "frames", (int,)) < 0:
+        raise WireError(f"eos header: field 'frames' should be >= 0, got {header['frames']}")
+
+
 def decode(parts: Sequence[bytes]) -> Message:
     """Any message -> `Message`; raises `WireError` (one line) for anything malformed."""
     header, payload = _split(parts)
@@ -211,6 +249,8 @@ def decode(parts: Sequence[bytes]) -> Message:
         return Message("verdict", header, verdict=_verdict_from(header, payload))
     if kind == "status":
         _field(header, "state", (str,))
+    if kind == "eos":
+        _check_eos(header)
     return Message(kind, header)
 
 
@@ -310,6 +350,9 @@ class FramePusher:
         self.quality = quality
         self.sent = 0
         self.dropped = 0
+        # Per camera, since its last EOS: the last frame queued and how many were, which that EOS reports.
+        self._last: dict[str, FrameKey] = {}
+        self._queued: Counter[str] = Counter()
 
     @classmethod
     def from_config(cls, cfg: TransportConfig, bind: bool = False,
@@ -328,14 +371,17 @@ class FramePusher:
                 self.dropped += 1
                 return False
         self.sent += 1
+        self._last[frame.camera] = frame.key
+        self._queued[frame.camera] += 1
         return True
 
     def send_eos(self, camera: str, timeout_ms: int = 5000) -> bool:
-        """End of stream is never dropped for lack of room: it waits up to `timeout_ms` for it."""
+        """End of stream is never dropped for lack of room: it waits up to `timeout_ms` for it. It names the
+        camera's last queued frame, whose verdict the events process waits for (see `encode_eos`)."""
         if not self._sock.poll(timeout_ms, zmq.POLLOUT):
             log.warning("could not send end-of-stream for %s within %d ms (no worker?)", camera, timeout_ms)
             return False
-        self._sock.send_multipart(encode_eos(camera))
+        self._sock.send_multipart(encode_eos(camera, self._last.pop(camera, None), self._queued.pop(camera, 0)))
         return True
 
     def send_status(self, camera: str, state: str, **info: Any) -> bool:

@@ -30,7 +30,7 @@ from streamvad.engine import Engine, FrameScorer, load_engine
 from streamvad.errors import ConfigError
 from streamvad.health import BATCH_BUCKETS, LATENCY_BUCKETS, Buckets
 from streamvad.supervisor import StatusReporter, setup_child
-from streamvad.transport import FramePuller, encode_eos, encode_frame, encode_verdict
+from streamvad.transport import FramePuller, Message, encode_frame, encode_verdict, relay
 from streamvad.types import EmbeddingBatch, Frame, Verdict
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,10 @@ class VerdictSender:
             self._sock.send_multipart(encode_frame(frame, "jpeg", self.quality))
         self._sock.send_multipart(encode_verdict(verdict, frame.wall_time))
 
-    def send_eos(self, camera: str) -> None:
-        self._sock.send_multipart(encode_eos(camera))
+    def send_eos(self, eos: Message) -> None:
+        """Forwards the reader's EOS header unchanged: only the events process, which sees every worker's
+        verdicts, can tell when the camera's last frame has been scored."""
+        self._sock.send_multipart(relay(eos))
 
     def close(self) -> None:
         self._sock.close()
@@ -166,8 +168,8 @@ class Worker:
                 with self._lock:
                     self._malformed = puller.malformed
                 self._process(frames, sender)
-                for camera in eos:
-                    sender.send_eos(camera)
+                for msg in eos:
+                    sender.send_eos(msg)
                 if drain_until is not None and ((not frames and not eos) or time.monotonic() > drain_until):
                     break
         finally:
@@ -175,11 +177,11 @@ class Worker:
             sender.close()
         log.info("%s: stopped after %d frames", self.name, sum(self._out.values()))
 
-    def _collect(self, puller: FramePuller) -> tuple[list[Frame], list[str]]:
+    def _collect(self, puller: FramePuller) -> tuple[list[Frame], list[Message]]:
         """One batch: up to max_batch frames, closed max_wait_ms after its first frame or at an EOS
-        (so a camera's last verdicts go out before its EOS is forwarded)."""
+        (so the verdicts of this worker's share of a camera go out before its EOS is forwarded)."""
         frames: list[Frame] = []
-        eos: list[str] = []
+        eos: list[Message] = []
         deadline: float | None = None
         while len(frames) < self.cfg.max_batch:
             wait_ms = _IDLE_POLL_MS if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
@@ -197,7 +199,7 @@ class Worker:
                 if deadline is None:
                     deadline = time.monotonic() + self.cfg.max_wait_ms / 1000
             elif msg.type == "eos":
-                eos.append(msg.camera)
+                eos.append(msg)
                 break
             else:
                 log.debug("%s: ignoring %s message from %s on the frame queue", self.name, msg.type, msg.camera)

@@ -139,3 +139,48 @@ def test_expire_closes_events_of_silent_cameras_by_wall_time() -> None:
         tracker.update(verdict(i, True), wall_time=100.0 + i)
     assert tracker.expire(101.5) == []
     assert [u.kind for u in tracker.expire(102.0)] == ["closed"]
+
+
+EOS_CFG = EventsConfig(open_n=1, open_m=1, close_quiet_s=10.0, cooldown_s=0.0, eos_wait_s=3.0)
+
+
+def feed(tracker: EventTracker, indices: range, anomalous: bool = True) -> list[EventUpdate]:
+    return [u for i in indices for u in tracker.update(verdict(i, anomalous), wall_time=100.0 + i * STEP)]
+
+
+def test_eos_overtaking_the_last_verdicts_waits_for_them() -> None:
+    """Two workers: the EOS naming frame 3 arrives (through one worker) before verdicts 2 and 3 (the other)."""
+    tracker = EventTracker(EOS_CFG)
+    assert [u.kind for u in feed(tracker, range(2))] == ["opened"]
+    assert tracker.end_of_stream("cam", FrameKey("cam", 3, 3 * STEP), now=100.3) == []
+    assert tracker.expire(103.2) == [] and tracker.current_event("cam") is not None  # within eos_wait_s
+    assert feed(tracker, range(2, 3)) == []  # not the last frame yet
+    closed = feed(tracker, range(3, 4))
+    assert [(u.kind, u.event.end_pts, u.event.frame_count) for u in closed] == [("closed", 3 * STEP, 4)]
+    assert tracker.late["cam"] == 0 and tracker.expire(109.0) == []  # nothing is left waiting
+
+
+def test_event_opened_by_verdicts_the_eos_overtook_is_closed_by_it() -> None:
+    tracker = EventTracker(EOS_CFG)
+    feed(tracker, range(2), anomalous=False)
+    assert tracker.end_of_stream("cam", FrameKey("cam", 3, 3 * STEP), now=100.3) == []
+    assert [u.kind for u in feed(tracker, range(2, 4))] == ["opened", "closed"]
+    assert tracker.current_event("cam") is None
+
+
+def test_eos_closes_at_once_after_its_last_verdict_or_without_one() -> None:
+    tracker = EventTracker(EOS_CFG)
+    feed(tracker, range(4))
+    assert [u.kind for u in tracker.end_of_stream("cam", FrameKey("cam", 3, 3 * STEP), now=101.0)] == ["closed"]
+    feed(tracker, range(4, 6))  # a new event; an EOS from an older reader names no frame
+    assert [u.kind for u in tracker.end_of_stream("cam", None, now=101.5)] == ["closed"]
+
+
+def test_eos_stops_waiting_after_eos_wait_s_for_a_frame_never_scored() -> None:
+    tracker = EventTracker(EOS_CFG)
+    feed(tracker, range(2))
+    tracker.end_of_stream("cam", FrameKey("cam", 2, 2 * STEP), now=101.0)  # frame 2 was shed by its worker
+    assert tracker.expire(103.9) == []
+    closed = tracker.expire(104.0)
+    assert [(u.kind, u.event.end_pts) for u in closed] == [("closed", STEP)]
+    assert tracker.expire(200.0) == []

@@ -1,9 +1,13 @@
 """Scale-out: three reader processes fan frames out to two worker processes over tcp loopback, and
-every frame is scored exactly once (no frame lost, none scored twice)."""
+every frame is scored exactly once (no frame lost, none scored twice); a camera's end of stream, which
+reaches only one of the workers, still closes its events after its last verdict."""
 
 from __future__ import annotations
 
+import itertools
+import json
 import multiprocessing as mp
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -11,13 +15,22 @@ from pathlib import Path
 import pytest
 
 from streamvad.bench.throughput import PLACE, free_tcp_endpoint
-from streamvad.config import CameraConfig, StreamVADConfig, TransportConfig, WorkerConfig
+from streamvad.config import (
+    CameraConfig,
+    EventsConfig,
+    ScoringConfig,
+    SinksConfig,
+    StreamVADConfig,
+    TransportConfig,
+    WorkerConfig,
+)
 from streamvad.datasets.synthetic import make_scene
-from streamvad.reader import reader_main
+from streamvad.reader import reader_main, run_reader
+from streamvad.serve import EventsProcess
 from streamvad.sources import open_source
-from streamvad.transport import FramePuller, VerdictSubscriber
+from streamvad.transport import FramePuller, FramePusher, VerdictSubscriber
 from streamvad.worker import worker_endpoints, worker_main
-from tests.test_worker import tiny_model
+from tests.test_worker import make_frame, tiny_model
 
 __all__ = ["tiny_model"]
 
@@ -85,3 +98,75 @@ def test_two_workers_three_readers_score_every_frame_once(tiny_model: Path, tmp_
     per_worker = {name: sum(h["frames_out"].values()) for name, h in worker_in.items()}
     assert sum(per_worker.values()) == len(expected)
     assert all(n > 0 for n in per_worker.values()), per_worker  # both workers took a share
+
+
+@pytest.mark.slow
+def test_eos_reaching_either_worker_closes_events_after_the_last_verdict(tiny_model: Path, tmp_path: Path) -> None:
+    """Each reader's PUSH deals its frames and then its EOS round-robin to the two worker processes, so the
+    EOS goes to the idle worker, which forwards it at once, while the other one still holds the last frame
+    (its batch waits max_wait_ms). Frames 2 s apart keep the other verdicts in pts order even on a busy
+    machine. Every frame is anomalous (threshold below any score), so each camera has one event spanning
+    its stream, which only the EOS may close, at its last frame."""
+    base = int(free_tcp_endpoint().rsplit(":", 1)[1])
+    transport = TransportConfig(frames=f"tcp://127.0.0.1:{base}", verdicts=free_tcp_endpoint(),
+                                status=free_tcp_endpoint(), policy="block")
+    cfg = StreamVADConfig(
+        model_dir=tiny_model, transport=transport, worker=WorkerConfig(max_batch=4, max_wait_ms=300),
+        scoring=ScoringConfig(frame_threshold=-1.0),
+        events=EventsConfig(open_n=1, open_m=1, close_quiet_s=30.0, cooldown_s=0.0, eos_wait_s=20.0),
+        sinks=SinksConfig(jsonl=tmp_path / "events.jsonl", spool=tmp_path / "spool"))
+    endpoints = worker_endpoints(transport.frames, WORKERS)
+    cameras = [CameraConfig(id=f"cam{i}", url=str(make_scene(tmp_path, seconds=5, fps=10, size=(120, 160),
+                                                             seed=40 + i, place_seed=PLACE, name=f"e{i}").path),
+                            fps=0.5) for i in range(2)]  # realtime: 3 frames, 2 s apart
+    last_pts = {c.id: [f.pts for f in open_source(c.url, c.id, sample_fps=c.fps)][-1] for c in cameras}
+
+    events = EventsProcess(cfg)
+    stop = threading.Event()
+    events_thread = threading.Thread(target=events.run, args=(stop,), daemon=True)
+    events_thread.start()
+    ctx = mp.get_context("spawn")
+    workers = [ctx.Process(target=worker_main, args=(cfg, i, ep, LOG_LEVEL)) for i, ep in enumerate(endpoints)]
+    for w in workers:
+        w.start()
+    warmup = [FramePusher(ep, policy="drop") for ep in endpoints]  # a camera per worker, to know both are up
+
+    def pending() -> list[int]:
+        return [w for w in range(WORKERS) if f"warm{w}" not in events.stats()["events"]]
+
+    try:
+        deadline = time.monotonic() + 120
+        for i in itertools.count():  # resent every 2 s (dropped until the worker binds), never a backlog
+            if not pending():
+                break
+            assert time.monotonic() < deadline, "workers did not start"
+            for w in pending():
+                warmup[w].send(make_frame(f"warm{w}", i))
+            resend = time.monotonic() + 2.0
+            while pending() and time.monotonic() < resend:
+                time.sleep(0.05)
+        readers = [threading.Thread(target=run_reader, args=(c, transport), kwargs={"endpoints": endpoints})
+                   for c in cameras]
+        for r in readers:
+            r.start()
+        for r in readers:
+            r.join(30)
+        while time.monotonic() < deadline and any(
+                events.stats()["events"].get(c.id, {}).get("closed", 0) == 0 for c in cameras):
+            time.sleep(0.1)
+        time.sleep(1.0)  # a verdict the EOS overtook would open a new event now
+        stats = events.stats()
+    finally:
+        for pusher in warmup:
+            pusher.close(0)
+        for w in workers:
+            w.terminate()
+            w.join(30)
+        stop.set()
+        events_thread.join(30)
+    opened_closed = {c.id: (stats["events"][c.id]["opened"], stats["events"][c.id]["closed"]) for c in cameras}
+    assert opened_closed == {c.id: (1, 1) for c in cameras}
+    assert stats["late"] == 0
+    records = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    closed = {r["camera"]: r["end_pts"] for r in records if r["kind"] == "closed" and r["camera"] in last_pts}
+    assert closed == last_pts  # closed at the last frame, not at the one before the EOS

@@ -28,6 +28,7 @@ from streamvad.transport import (
     encode_frame,
     encode_status,
     encode_verdict,
+    relay,
 )
 from streamvad.types import Frame, FrameKey, Verdict
 
@@ -116,6 +117,18 @@ def test_eos_and_status_messages() -> None:
     assert status.type == "status" and status.header["state"] == "reconnecting" and status.header["attempt"] == 3
 
 
+def test_eos_names_the_last_frame_and_is_relayed_unchanged() -> None:
+    legacy = decode(encode_eos("cam9"))
+    assert legacy.last_key is None and set(legacy.header) == {"v", "type", "camera"}  # what older readers send
+    eos = decode(encode_eos("cam9", FrameKey("cam9", 41, 10.25), frames=42))
+    assert eos.last_key == FrameKey("cam9", 41, 10.25) and eos.header["frames"] == 42
+    header = json.loads(encode_eos("cam9", FrameKey("cam9", 41, 10.25), frames=42)[0]) | {"hop": "edge-3"}
+    relayed = decode(relay(decode([json.dumps(header).encode(), b""])))
+    assert relayed.header == header and relayed.last_key == eos.last_key  # fields it does not know survive too
+    with pytest.raises(WireError, match="verdict message has a payload"):
+        relay(decode(encode_verdict(make_verdict())))
+
+
 def _header(**changes: object) -> bytes:
     header = json.loads(encode_frame(make_frame(), "raw")[0])
     header.update(changes)
@@ -140,6 +153,10 @@ def _raw_payload() -> bytes:
     ([_header(encoding="jpeg"), b"\xff\xd8 definitely not a jpeg"], "not a decodable JPEG"),
     ([_header(encoding="png"), b""], "encoding must be 'jpeg' or 'raw'"),
     ([json.dumps({"v": 1, "type": "eos"}).encode(), b""], "missing field 'camera'"),
+    ([json.dumps({"v": 1, "type": "eos", "camera": "c", "index": 3}).encode(), b""], "come together, got only 'index'"),
+    ([json.dumps({"v": 1, "type": "eos", "camera": "c", "index": 3, "pts": "1"}).encode(), b""],
+     "field 'pts' should be int or float"),
+    ([json.dumps({"v": 1, "type": "eos", "camera": "c", "frames": -1}).encode(), b""], "'frames' should be >= 0"),
 ])
 def test_malformed_messages_raise_one_line_wire_error(parts: list[bytes], message: str) -> None:
     with pytest.raises(WireError, match=message) as info:
@@ -202,7 +219,8 @@ def test_fan_in_many_readers_to_one_worker_over_tcp() -> None:
         msgs = recv_all(worker, 33)
         frames = sorted((m.frame.camera, m.frame.index) for m in msgs if m.frame is not None)
         assert frames == [(f"cam{r}", i) for r in range(3) for i in range(10)]
-        assert sorted(m.camera for m in msgs if m.type == "eos") == ["cam0", "cam1", "cam2"]
+        eos = {m.camera: (m.last_key, m.header["frames"]) for m in msgs if m.type == "eos"}
+        assert eos == {f"cam{r}": (FrameKey(f"cam{r}", 9, 2.25), 10) for r in range(3)}
         for r in range(3):  # each reader's own order is kept
             got = [m.frame.index for m in msgs if m.frame is not None and m.frame.camera == f"cam{r}"]
             assert got == list(range(10))
@@ -259,6 +277,28 @@ def test_drop_policy_drops_and_counts_when_worker_does_not_read(tmp_path: Path) 
         got = recv_all(worker, 300, timeout_ms=300)
         assert 0 < len(got) <= reader.sent
         assert [m.frame.index for m in got if m.frame] == sorted(m.frame.index for m in got if m.frame)
+        last = max(i for i, queued in enumerate(results) if queued)
+        assert reader.send_eos("cam1")
+        eos = worker.recv(3000)  # names what was queued, not what the reader tried to send
+        assert eos is not None and eos.last_key == FrameKey("cam1", last, last * 0.25)
+        assert eos.header["frames"] == reader.sent
+    finally:
+        reader.close(0)
+        worker.close()
+
+
+def test_each_eos_reports_its_own_camera_since_its_last_eos() -> None:
+    worker = FramePuller(TCP)
+    reader = FramePusher(worker.endpoint, policy="block", encoding="raw")
+    try:
+        for i in range(3):
+            reader.send(make_frame("a", i, h=8, w=8))
+        reader.send(make_frame("b", 0, h=8, w=8))
+        for camera in ("a", "a", "b"):
+            assert reader.send_eos(camera)
+        eos = [m for m in recv_all(worker, 7) if m.type == "eos"]
+        assert [(m.camera, m.last_key, m.header["frames"]) for m in eos] == [
+            ("a", FrameKey("a", 2, 0.5), 3), ("a", None, 0), ("b", FrameKey("b", 0, 0.0), 1)]
     finally:
         reader.close(0)
         worker.close()
