@@ -109,6 +109,10 @@ class TransportConfig(_Section):
     hwm: int = Field(64, ge=1)
     policy: Literal["block", "drop"] = "drop"  # block for replay, drop (keep freshest) for live
     jpeg_quality: int = Field(90, ge=10, le=100)
+    # Readers shrink frames (aspect kept) so the longer side is at most this before queueing them: the
+    # worker decodes every frame of every camera on one thread, and a 1080p JPEG costs ~10x a 640 one.
+    # The network sees 224-ish pixels anyway; snapshots are drawn at this size. None: send as decoded.
+    frame_max_side: int | None = Field(640, ge=32)
     status: str = "ipc:///tmp/streamvad-status"  # readers, workers and the events process report here
     # Multi-host with a forwarder (`serve --role forwarder`): it binds `frames` (readers connect) and this
     # endpoint (workers connect), so any number of workers can join; None: each worker binds `frames` (+ i).

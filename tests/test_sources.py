@@ -245,3 +245,28 @@ def test_open_source_dispatch(image_folder: Path, clip25: Path) -> None:
 def test_open_source_rejects(url: str, message: str) -> None:
     with pytest.raises(InputError, match=message):
         open_source(url, "cam")
+
+
+def test_reader_shrinks_large_frames_before_queueing(tmp_path: Path) -> None:
+    """A 1280x720 camera reaches the worker at most 640 wide (aspect kept); small frames pass untouched."""
+    from streamvad.bench.throughput import free_tcp_endpoint
+    from streamvad.config import CameraConfig, TransportConfig
+    from streamvad.reader import limit_size, run_reader
+    from streamvad.transport import FramePuller
+    from streamvad.types import Frame
+
+    folder = tmp_path / "hd"
+    folder.mkdir()
+    for i in range(3):
+        _save(folder / f"{i:03d}.png", 40 * i, size=(1280, 720))
+    transport = TransportConfig(frames=free_tcp_endpoint(), policy="block", frame_max_side=640)
+    puller = FramePuller(transport.frames, bind=True)
+    try:
+        run_reader(CameraConfig(id="hd", url=str(folder), fps=30.0), transport)  # keep every image
+        shapes = [msg.frame.image.shape for _ in range(3) if (msg := puller.recv(5000)) and msg.frame is not None]
+    finally:
+        puller.close()
+    assert shapes == [(360, 640, 3)] * 3
+    small = Frame("c", 0, 0.0, 0.0, np.zeros((120, 160, 3), np.uint8))
+    assert limit_size(small, 640) is small and limit_size(small, None) is small
+    assert limit_size(small, 80).image.shape == (60, 80, 3)
