@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PED2 ?= ../shared/data/ucsd_ped2
 PED2_RULES := distance/topk,knnn/majority,knnn/topk,knnn/global,hdbscan/global
 
-.PHONY: setup demo test test-fast lint bench-scoring bench-throughput ped2 ped2-compare clean
+.PHONY: setup demo test test-fast lint bench-scoring bench-throughput bench-gpu ped2 ped2-compare clean
 
 $(STAMP): pyproject.toml tools/setup.sh
 	bash tools/setup.sh $(VENV)
@@ -33,6 +33,12 @@ bench-scoring: $(STAMP)
 
 bench-throughput: $(STAMP)
 	$(VENV)/bin/streamvad bench throughput --json bench-out/throughput.json
+
+# on a CUDA host: ViT-L-sized DINOv2 in bf16, all-patch scoring on the GPU, ~2,400 training frames
+bench-gpu: $(STAMP)
+	$(VENV)/bin/streamvad bench throughput --models vit-l --device cuda --dtype bfloat16 --max-batch 64 \
+		--capacity-readers 8 --train-seconds 600 --cameras 50 100 200 250 --seconds 30 \
+		--json bench-out/throughput-gpu.json
 
 # UCSD Ped2 through the product's own fit + eval path (see README, Benchmarks)
 ped2: $(STAMP)

@@ -138,7 +138,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         from streamvad.bench.throughput import run_throughput_bench
 
-        result = run_throughput_bench(cameras=args.cameras, seconds=args.seconds, models=args.models)
+        result = run_throughput_bench(cameras=args.cameras, seconds=args.seconds, models=args.models,
+                                      device=args.device, dtype=args.dtype, max_batch=args.max_batch,
+                                      capacity_readers=args.capacity_readers, train_seconds=args.train_seconds)
     write_json(result, args.json)
     print(json.dumps(result, indent=2))
     return 0
@@ -225,7 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--faithful-frames", type=int, default=1)
     p.add_argument("--cameras", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--seconds", type=float, default=20.0)
-    p.add_argument("--models", nargs="+", default=["efficientnet-lite0", "vit-s"])
+    p.add_argument("--models", nargs="+", default=["efficientnet-lite0", "vit-s"],
+                   help="throughput: efficientnet-lite0 (real weights), vit-s, vit-b, vit-l (DINOv2 shapes)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="throughput: backbone and scorer")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--max-batch", type=int, default=16, help="throughput: worker batch size")
+    p.add_argument("--capacity-readers", type=int, help="throughput: unpaced readers feeding the capacity run")
+    p.add_argument("--train-seconds", type=float, default=20.0,
+                   help="throughput: normal footage the model is fitted on (4 fps; 600 ~ 2,400 training frames)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("receive", help="a webhook receiver that checks signatures and prints deliveries")

@@ -118,6 +118,21 @@ def test_hf_is_deterministic_and_batch_invariant(hf_dirs: dict[str, Path]) -> No
     assert not np.allclose(a.global_[0], a.global_[1])
 
 
+def test_hf_bfloat16_path_matches_float32(hf_dirs: dict[str, Path]) -> None:
+    """The GPU configuration (dtype bfloat16) run on CPU: same shapes, float32 out, features within bf16
+    rounding of the float32 ones, so a model fitted in one precision serves in the other."""
+    images = _images(3, seed=2)
+    full = _hf("dinov2", hf_dirs).embed(images)
+    half_bb = _hf("dinov2", hf_dirs, dtype="bfloat16")
+    assert half_bb.dtype == torch.bfloat16
+    half = half_bb.embed(images)
+    assert half.patches.dtype == np.float32 and half.patches.shape == full.patches.shape
+    cos = (half.patches * full.patches).sum(-1) / (
+        np.linalg.norm(half.patches, axis=-1) * np.linalg.norm(full.patches, axis=-1))
+    assert cos.min() > 0.99
+    assert not np.array_equal(half.patches, full.patches)  # it really ran in bf16
+
+
 def test_hf_auto_detects_family_and_rejects_mismatch(hf_dirs: dict[str, Path]) -> None:
     auto = build_backbone(BackboneConfig(name="hf", model=str(hf_dirs["vit"]), image_size=SIZE, device="cpu"))
     assert auto.manifest()["kind"] == "vit"

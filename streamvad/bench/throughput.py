@@ -7,9 +7,13 @@ frame->verdict latency (reader wall time to verdict received) and frames dropped
 "drop" policy. The worker's capacity comes from an unpaced run (readers push as fast as they can,
 policy "block"); capacity / 4 fps is the number of cameras one worker sustains.
 
-"vit-s" is a DINOv2 ViT-S/14-sized network (hidden 384, 12 layers, 6 heads, 224x224 -> 16x16
-patches) with random weights, saved to a temp dir and loaded through the real Hugging Face
-backbone code: the compute is a real ViT-S's, only the weights (unreachable offline) differ.
+"vit-s", "vit-b" and "vit-l" are DINOv2 ViT/14-sized networks (hidden 384/768/1024, 12/12/24 layers,
+6/12/16 heads, 224x224 -> 16x16 patches) with random weights, saved to a temp dir and loaded through
+the real Hugging Face backbone code: the compute is the real network's, only the weights (unreachable
+offline) differ. On a GPU, `dtype` bfloat16 runs the backbone in bf16 and the scorer's all-patch
+nearest-neighbour matmuls run on the same device; `train_seconds` sets how much normal footage the
+model holds (600 s at 4 fps is about the study's 2,500 training frames, so the scoring cost is real).
+`make bench-gpu` is the GPU configuration: ViT-L, bf16, up to 250 cameras.
 """
 
 from __future__ import annotations
@@ -26,8 +30,16 @@ from typing import Any
 import numpy as np
 
 from streamvad.bench import environment
-from streamvad.config import BackboneConfig, CameraConfig, NormalityConfig, StreamVADConfig, TransportConfig
+from streamvad.config import (
+    BackboneConfig,
+    CameraConfig,
+    NormalityConfig,
+    StreamVADConfig,
+    TransportConfig,
+    WorkerConfig,
+)
 from streamvad.datasets.synthetic import make_scene
+from streamvad.errors import ConfigError
 from streamvad.transport import FramePuller, VerdictSubscriber
 
 log = logging.getLogger(__name__)
@@ -58,14 +70,21 @@ def save_random_dinov2(out: Path, *, hidden: int = 384, layers: int = 12, heads:
     return out
 
 
-def backbone_for(name: str, workdir: Path, device: str = "auto") -> BackboneConfig:
-    """The benchmark's backbones by name: "efficientnet-lite0" (real weights) or "vit-s" (random)."""
+VIT_SHAPES = {"vit-s": (384, 12, 6), "vit-b": (768, 12, 12), "vit-l": (1024, 24, 16)}  # hidden, layers, heads
+MODELS = ("efficientnet-lite0", *VIT_SHAPES)
+
+
+def backbone_for(name: str, workdir: Path, device: str = "auto", dtype: str = "auto",
+                 batch_size: int = 16) -> BackboneConfig:
+    """The benchmark's backbones by name: "efficientnet-lite0" (real weights) or a DINOv2 size (random)."""
+    common: dict[str, Any] = {"image_size": (224, 224), "device": device, "dtype": dtype, "batch_size": batch_size}
     if name == "efficientnet-lite0":
-        return BackboneConfig(name="efficientnet-lite0", image_size=(224, 224), device=device)
-    if name == "vit-s":
-        model = save_random_dinov2(workdir / "vit-s")
-        return BackboneConfig(name="dinov2", model=str(model), image_size=(224, 224), device=device)
-    raise ValueError(f"unknown benchmark model {name!r}; expected efficientnet-lite0 or vit-s")
+        return BackboneConfig(name="efficientnet-lite0", **common)
+    if name in VIT_SHAPES:
+        hidden, layers, heads = VIT_SHAPES[name]
+        model = save_random_dinov2(workdir / name, hidden=hidden, layers=layers, heads=heads)
+        return BackboneConfig(name="dinov2", model=str(model), **common)
+    raise ValueError(f"unknown benchmark model {name!r}; expected one of {', '.join(MODELS)}")
 
 
 def fit_small_model(backbone: BackboneConfig, workdir: Path, *, seconds: float = 20.0, seed: int = 1,
@@ -110,12 +129,13 @@ def _dropped(status: FramePuller) -> int:
 
 
 def measure(model_dir: Path, backbone: BackboneConfig, clip: Path, cameras: int, seconds: float, *,
-            paced: bool) -> dict[str, Any]:
+            paced: bool, max_batch: int = 16) -> dict[str, Any]:
     """One run: `cameras` reader processes over one worker process for `seconds` of verdicts."""
     ctx = mp.get_context("spawn")
     transport = TransportConfig(frames=free_tcp_endpoint(), verdicts=free_tcp_endpoint(),
                                 policy="drop" if paced else "block", hwm=8)
-    cfg = StreamVADConfig(model_dir=model_dir, backbone=backbone, transport=transport)
+    cfg = StreamVADConfig(model_dir=model_dir, backbone=backbone, transport=transport,
+                          worker=WorkerConfig(max_batch=max_batch))
     sub = VerdictSubscriber(transport.verdicts, hwm=100_000, bind=True)
     status = FramePuller(free_tcp_endpoint(), hwm=10_000, bind=True)
     stop, ready = ctx.Event(), ctx.Event()
@@ -156,20 +176,32 @@ def measure(model_dir: Path, backbone: BackboneConfig, clip: Path, cameras: int,
             "latency_p99_s": round(float(np.percentile(lat, 99)), 4)}
 
 
-def run_throughput_bench(cameras: list[int], seconds: float, models: list[str],
-                         device: str = "auto") -> dict[str, Any]:
-    """Figures per model: an unpaced capacity run, then one paced run per camera count."""
-    result: dict[str, Any] = {"environment": environment(), "camera_fps": CAMERA_FPS, "models": {}}
+def run_throughput_bench(cameras: list[int], seconds: float, models: list[str], *, device: str = "auto",
+                         dtype: str = "auto", max_batch: int = 16, capacity_readers: int | None = None,
+                         train_seconds: float = 20.0) -> dict[str, Any]:
+    """Figures per model: an unpaced capacity run, then one paced run per camera count.
+
+    The capacity run uses `capacity_readers` unpaced readers (default: the smallest camera count); on a
+    GPU one reader cannot feed the worker, so give several.
+    """
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise ConfigError(f"bench throughput --models: unknown {', '.join(unknown)}; expected {', '.join(MODELS)}")
+    settings = {"device": device, "dtype": dtype, "max_batch": max_batch, "train_seconds": train_seconds,
+                "capacity_readers": capacity_readers or max(1, min(cameras))}
+    result: dict[str, Any] = {"environment": environment(), "camera_fps": CAMERA_FPS, "settings": settings,
+                              "models": {}}
     with tempfile.TemporaryDirectory(prefix="streamvad-bench-") as tmp:
         work = Path(tmp)
         clip = make_scene(work / "clips", seconds=10, fps=_CLIP_FPS, size=_CLIP_SIZE, seed=7, place_seed=PLACE,
                           name="live").path
         for name in models:
-            backbone = backbone_for(name, work, device)
-            log.info("bench %s: fitting a small model", name)
-            model_dir = fit_small_model(backbone, work)
-            capacity = measure(model_dir, backbone, clip, max(1, min(cameras)), seconds, paced=False)
-            runs = [measure(model_dir, backbone, clip, k, seconds, paced=True) for k in cameras]
+            backbone = backbone_for(name, work, device, dtype, max_batch)
+            log.info("bench %s: fitting a model on %.0f s of normal footage", name, train_seconds)
+            model_dir = fit_small_model(backbone, work, seconds=train_seconds)
+            capacity = measure(model_dir, backbone, clip, settings["capacity_readers"], seconds, paced=False,
+                               max_batch=max_batch)
+            runs = [measure(model_dir, backbone, clip, k, seconds, paced=True, max_batch=max_batch) for k in cameras]
             result["models"][name] = {
                 "backbone": backbone.model_dump(mode="json"),
                 "capacity_frames_per_s": capacity["frames_per_s"],
