@@ -220,6 +220,29 @@ def expand_env(text: str, source: str = "<config>") -> str:
     return _ENV.sub(sub, text)
 
 
+def expand_env_values(data: Any, source: str = "<config>") -> Any:
+    """`expand_env` on the string values of parsed YAML, so comments (and keys) are never expanded.
+
+    A value that is one placeholder and nothing else (`frame_threshold: ${T:-null}`) becomes the YAML
+    scalar its text spells (null, false, 0.5), as if it had been written there; a placeholder inside a
+    longer string is plain text. An environment value that would parse as a mapping or list stays text.
+    """
+    if isinstance(data, dict):
+        return {key: expand_env_values(value, source) for key, value in data.items()}
+    if isinstance(data, list):
+        return [expand_env_values(value, source) for value in data]
+    if not isinstance(data, str):
+        return data
+    text = expand_env(data, source)
+    if text != data and _ENV.fullmatch(data.strip()):
+        try:
+            typed = yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text
+        return text if isinstance(typed, dict | list) else typed
+    return text
+
+
 def format_validation_error(err: ValidationError, source: str) -> str:
     """One line: the first failing field, what was expected, and how many more failed."""
     first = err.errors()[0]
@@ -248,7 +271,7 @@ def load_config(path: str | Path | None) -> StreamVADConfig:
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found")
     try:
-        data = yaml.safe_load(expand_env(p.read_text(encoding="utf-8"), str(p)))
+        data = expand_env_values(yaml.safe_load(p.read_text(encoding="utf-8")), str(p))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
