@@ -147,6 +147,11 @@ class EventsConfig(_Section):
     `eos_wait_s`: at a camera's end of stream its events close once the verdict of its last frame has
     arrived (another worker may still be scoring it), or after this many wall-clock seconds, since that
     frame may have been dropped or shed and never get a verdict.
+
+    `restart_after_s`: a verdict more than this many seconds of pts behind the camera's last one means
+    its reader restarted and numbers frames from pts 0 again: the camera's event is closed and the new
+    stream tracked from scratch. Reordering between workers is well under a second, a restarted stream
+    jumps back by its whole run time; smaller backward steps are late verdicts and ignored.
     """
 
     open_n: int = Field(2, ge=1)
@@ -154,6 +159,7 @@ class EventsConfig(_Section):
     close_quiet_s: float = Field(2.0, ge=0.0)
     cooldown_s: float = Field(10.0, ge=0.0)
     eos_wait_s: float = Field(5.0, ge=0.0)
+    restart_after_s: float = Field(10.0, ge=0.0)
 
     @model_validator(mode="after")
     def _window(self) -> EventsConfig:

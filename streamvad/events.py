@@ -10,6 +10,10 @@ End of stream closes a camera's events, but only once the verdict of the last fr
 has arrived: with several workers the EOS comes through whichever worker got it and can overtake
 verdicts other workers are still computing. The wait is bounded (`eos_wait_s`), since that frame may
 never be scored (dropped or shed as stale).
+
+A reader restarted by the supervisor numbers its frames from pts 0 again. A verdict more than
+`restart_after_s` behind the camera's last pts is therefore taken as a new stream, not as a late one:
+otherwise every verdict of the new stream would be ignored until its pts passed the old run's.
 """
 
 from __future__ import annotations
@@ -73,13 +77,15 @@ class _Camera:
 
 class EventTracker:
     """Per-camera hysteresis. Verdicts of one camera must arrive in pts order; a verdict older than
-    the last one seen (possible with several workers) is ignored and counted in `late`."""
+    the last one seen (possible with several workers) is ignored and counted in `late`, unless it is
+    more than `restart_after_s` older: then the camera's reader restarted (counted in `restarts`)."""
 
     def __init__(self, cfg: EventsConfig) -> None:
         self.cfg = cfg
         self._cams: dict[str, _Camera] = {}
         self.suppressed: Counter[str] = Counter()  # verdicts that would have opened an event in cooldown
         self.late: Counter[str] = Counter()
+        self.restarts: Counter[str] = Counter()
 
     def _cam(self, camera: str) -> _Camera:
         if camera not in self._cams:
@@ -93,12 +99,15 @@ class EventTracker:
     def update(self, verdict: Verdict, wall_time: float, frame: np.ndarray | None = None) -> list[EventUpdate]:
         camera, pts = verdict.key.camera, verdict.key.pts
         cam = self._cam(camera)
-        if pts < cam.last_pts:
+        out: list[EventUpdate] = []
+        if pts < cam.last_pts - self.cfg.restart_after_s:
+            out.extend(self._restart(camera, pts))
+            cam = self._cam(camera)
+        elif pts < cam.last_pts:
             self.late[camera] += 1
             log.debug("%s: ignoring verdict at pts %.3f older than %.3f", camera, pts, cam.last_pts)
             return []
         cam.last_pts, cam.last_wall_time = pts, wall_time
-        out: list[EventUpdate] = []
         if cam.event is not None and self._quiet_elapsed(cam, verdict):
             out.append(self._close(cam, closed_at=pts))
         cam.window.append(_Seen(verdict, wall_time, frame))
@@ -123,6 +132,17 @@ class EventTracker:
             return self.flush(camera)
         cam.eos_pts, cam.eos_deadline = last.pts, now + self.cfg.eos_wait_s
         return []
+
+    def _restart(self, camera: str, pts: float) -> list[EventUpdate]:
+        """The camera's stream began again at `pts`: close its event where the old stream ended and drop
+        all its state, since the old stream's pts (window, cooldown, an awaited EOS frame) mean nothing
+        on the new one."""
+        log.info("%s: stream restarted, pts jumped back from %.3f to %.3f; tracking it from scratch",
+                 camera, self._cams[camera].last_pts, pts)
+        self.restarts[camera] += 1
+        closed = self.flush(camera)
+        del self._cams[camera]
+        return closed
 
     def _quiet_elapsed(self, cam: _Camera, verdict: Verdict) -> bool:
         """A non-anomalous verdict closes once the quiet period is reached; an anomalous one only when

@@ -73,6 +73,7 @@ class EventsProcess:
         with self._lock:
             hooks = {s.cfg.url: s.stats() for s in self.sinks.sinks if isinstance(s, WebhookSink)}
             return {"state": "running", "verdicts": self.verdicts, "late": sum(self.tracker.late.values()),
+                    "restarts": sum(self.tracker.restarts.values()),
                     "events": {c: dict(k) for c, k in self.events.items()}, "webhooks": hooks,
                     "sink_errors": self.sinks.errors}
 

@@ -184,3 +184,39 @@ def test_eos_stops_waiting_after_eos_wait_s_for_a_frame_never_scored() -> None:
     closed = tracker.expire(104.0)
     assert [(u.kind, u.event.end_pts) for u in closed] == [("closed", STEP)]
     assert tracker.expire(200.0) == []
+
+
+def test_stream_restart_closes_the_open_event_and_tracks_the_new_stream() -> None:
+    """A restarted reader numbers frames from pts 0 again: its verdicts are a new stream, not late ones."""
+    tracker = EventTracker(CFG)  # cooldown 3 s, restart_after_s 10 s
+    old = [u for i in range(4) for u in tracker.update(verdict(i, True, pts=40.0 + i * STEP), wall_time=float(i))]
+    assert [u.kind for u in old] == ["opened"]
+    restart = tracker.update(verdict(0, True, pts=0.0), wall_time=5.0)
+    assert [(u.kind, u.event.id, u.event.end_pts) for u in restart] == [("closed", old[0].event.id, 40.75)]
+    new = tracker.update(verdict(1, True, pts=STEP), wall_time=5.25)
+    assert [(u.kind, u.event.start_pts, u.event.frame_count) for u in new] == [("opened", 0.0, 2)]
+    assert new[0].event.id != old[0].event.id
+    assert tracker.restarts["cam"] == 1 and tracker.late["cam"] == 0 and tracker.suppressed["cam"] == 0
+
+
+def test_backward_step_within_restart_tolerance_is_late() -> None:
+    tracker = EventTracker(CFG)
+    opened = [u for i in range(2) for u in tracker.update(verdict(i, True, pts=19.75 + i * STEP), wall_time=0.0)]
+    assert tracker.update(verdict(2, True, pts=10.0), wall_time=0.0) == []  # exactly restart_after_s back
+    assert tracker.late["cam"] == 1 and tracker.restarts["cam"] == 0
+    assert tracker.current_event("cam").id == opened[0].event.id
+    assert [u.kind for u in tracker.update(verdict(0, True, pts=9.75), wall_time=0.0)] == ["closed"]
+    assert tracker.restarts["cam"] == 1
+
+
+def test_stream_restart_clears_a_pending_eos_and_cooldown() -> None:
+    cfg = EventsConfig(open_n=1, open_m=1, close_quiet_s=10.0, cooldown_s=30.0, eos_wait_s=3.0)
+    tracker = EventTracker(cfg)
+    old = tracker.update(verdict(0, True, pts=50.0), wall_time=100.0)
+    old += tracker.update(verdict(1, False, pts=60.0), wall_time=101.0)  # closes: cooldown until pts 90
+    assert [u.kind for u in old] == ["opened", "closed"]
+    assert tracker.end_of_stream("cam", FrameKey("cam", 2, 61.0), now=110.0) == []  # frame 2 never scored
+    new = tracker.update(verdict(0, True, pts=0.0), wall_time=111.0)  # the supervisor restarted the reader
+    assert [(u.kind, u.event.start_pts) for u in new] == [("opened", 0.0)]  # no cooldown left over
+    assert tracker.expire(113.5) == []  # past the old EOS deadline: that wait was dropped with the old stream
+    assert tracker.current_event("cam") is not None and tracker.suppressed["cam"] == 0
