@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 PED2 ?= ../shared/data/ucsd_ped2
-PED2_RULES := distance/topk,knnn/majority,knnn/topk,knnn/global,hdbscan/global
+PED2_RULES := distance/topk,knnn/majority,knnn/topk,knnn/global,hdbscan/global,nnn/global,nnn/topk
 
 .PHONY: setup demo test test-fast lint bench-scoring bench-throughput bench-gpu ped2 ped2-compare clean
 

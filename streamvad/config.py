@@ -46,6 +46,11 @@ class NormalityConfig(_Section):
     hdbscan_min_cluster_size: int = Field(40, ge=2)
     hdbscan_min_samples: int = Field(40, ge=1)
     density_m: int = Field(5, ge=1)
+    # Original k-NNN (scoring.method nnn): nearest normal vectors per query, the neighbourhood size of each
+    # training vector and the feature block size (Nizan & Tal: 3, 25, 5)
+    nnn_k: int = Field(3, ge=1)
+    nnn_neighbours: int = Field(25, ge=2)
+    nnn_block: int = Field(5, ge=1)
     index: Literal["dense", "hnsw"] = "dense"
     chroma: bool = True  # write the ChromaDB system of record next to the serving index
     # A Chroma server (http://chroma:8000) instead of the embedded store in <model>/chroma: several hosts and
@@ -69,8 +74,9 @@ class ScoringConfig(_Section):
 
     # knnn: the study's d / local density of the nearest normal neighbour; distance: the nearest-neighbour
     # distance itself (better on video, whose near-duplicate training frames make local densities tiny);
-    # hdbscan: 1 - membership strength.
-    method: Literal["knnn", "distance", "hdbscan"] = "distance"
+    # hdbscan: 1 - membership strength; nnn: the original k-NNN (Nizan & Tal), the query's offset from its
+    # nearest normal vectors measured along their neighbourhoods' principal directions.
+    method: Literal["knnn", "distance", "hdbscan", "nnn"] = "distance"
     rule: Literal["majority", "topk", "global", "any_k"] = "topk"  # majority is the study's vote
     patch_threshold: float = Field(0.8, gt=0.0)
     topk_ratio: float = Field(0.05, gt=0.0, le=1.0)

@@ -9,6 +9,10 @@ Score scales: `score` is in [0, 1] (aggregated capped confidences); `raw_score` 
 uncapped ratios d / loc_dens instead and is what the decision threshold is compared with, so
 calibrated thresholds may exceed 1. Because capping is monotone, for thresholds below 1 the two
 give the same decision.
+
+Methods (ScoringConfig.method): "knnn" (the study's d / local density), "distance" (d on a calibrated
+scale), "hdbscan" (1 - membership strength) and "nnn" (the original k-NNN of Nizan & Tal, see
+normality/nnn.py; it needs the k nearest rows, not just the nearest, and is computed only when asked for).
 """
 
 from __future__ import annotations
@@ -27,13 +31,15 @@ from streamvad.errors import ConfigError, ModelMismatchError
 from streamvad.normality import hdbscan_, hnsw_index
 from streamvad.normality.knnn import density_floor, gather_dists, knnn_confidence
 from streamvad.normality.model import NormalityModel
+from streamvad.normality.nnn import NNNScorer
 from streamvad.normality.tokens import chunk_size
 from streamvad.types import EmbeddingBatch, Verdict
 
 log = logging.getLogger(__name__)
 
 RULES = ("majority", "topk", "global", "any_k")
-METHODS = ("knnn", "distance", "hdbscan")
+METHODS = ("knnn", "distance", "hdbscan", "nnn")
+SCALED = ("distance", "nnn")  # methods whose ratio is a raw score over a calibrated "<method>/scale"
 _VOTING = ("majority", "any_k")  # rules whose threshold is also the per-patch vote threshold
 
 
@@ -45,11 +51,22 @@ class TokenScores:
     ratio: np.ndarray
 
 
+@dataclass
+class Search:
+    """One batch's nearest-neighbour search, token-major: queries [T, B, D], distance to the nearest
+    training vector [T, B], rows of the k nearest [T, B, k] (nearest first)."""
+
+    q: torch.Tensor
+    d: torch.Tensor
+    rows: torch.Tensor
+
+
 class TokenScorer:
     """Nearest-neighbour state of a model, prepared once so each call is just the search.
 
     Training vectors, their squared norms and local densities live on `device` as tensors; with an
-    hnsw model a thread pool is kept for the per-token queries.
+    hnsw model a thread pool is kept for the per-token queries. The original k-NNN's state is set up
+    on first use only.
     """
 
     def __init__(self, model: NormalityModel, device: str = "cpu") -> None:
@@ -59,62 +76,65 @@ class TokenScorer:
         self._sq = (self._train * self._train).sum(-1, keepdim=True)  # [T, M, 1]
         self._loc = torch.from_numpy(model.loc_dens).to(self.device)
         self._floor = torch.from_numpy(density_floor(model.loc_dens)).to(self.device).unsqueeze(1)
-        self.distance_scale = distance_scale(model)
+        self.scales = {method: method_scale(model, method) for method in SCALED}
+        self._nnn: NNNScorer | None = None
         self._pool = ThreadPoolExecutor(torch.get_num_threads()) if model.indexes is not None else None
         self._step = chunk_size(4 * model.n_train * 64, 128 << 20)  # tokens per [t, M, B<=64] block
-        self._last: tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor, torch.Tensor] | None = None
+        self._last: tuple[np.ndarray, np.ndarray, np.ndarray, Search] | None = None
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown()
 
-    def _nearest(self, q: torch.Tensor) -> torch.Tensor:
-        """Row of the nearest training vector [T, B] for queries q [T, B, D]."""
+    def _nearest(self, q: torch.Tensor, k: int) -> torch.Tensor:
+        """Rows of the k nearest training vectors [T, B, k], nearest first, for queries q [T, B, D]."""
         if self.model.indexes is not None:
-            rows = hnsw_index.nearest(self.model.indexes, q.cpu().numpy(), self._pool)
+            rows = hnsw_index.nearest(self.model.indexes, q.cpu().numpy(), self._pool, k)
             return torch.from_numpy(rows).to(self.device)
         step = max(1, self._step * 64 // q.shape[1])
         out = []
         for lo in range(0, q.shape[0], step):
             hi = lo + step
-            # ||q||^2 is the same for every candidate, so argmin needs only ||t||^2 - 2 t.q
+            # ||q||^2 is the same for every candidate, so ranking needs only ||t||^2 - 2 t.q
             d = torch.baddbmm(self._sq[lo:hi], self._train[lo:hi], q[lo:hi].transpose(1, 2), alpha=-2.0)
-            out.append(d.argmin(1))
+            out.append(d.argmin(1).unsqueeze(-1) if k == 1 else d.topk(k, dim=1, largest=False).indices.transpose(1, 2))
         return torch.cat(out)
 
-    def _search(self, queries: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """(distance [T, B], row [T, B]) of the nearest training vector for frame-major queries [B, T, D]."""
+    def _search(self, queries: np.ndarray, k: int) -> Search:
+        """The k nearest training vectors of frame-major queries [B, T, D]."""
         q = torch.from_numpy(np.ascontiguousarray(queries.transpose(1, 0, 2), dtype=np.float32)).to(self.device)
-        rows = self._nearest(q)
-        return gather_dists(self._train, rows.unsqueeze(-1), q).squeeze(-1), rows
+        rows = self._nearest(q, min(k, self.model.n_train))
+        return Search(q, gather_dists(self._train, rows[..., :1], q).squeeze(-1), rows)
 
-    def _from_search(self, d: torch.Tensor, rows: torch.Tensor, method: str) -> TokenScores:
-        if method == "distance":
-            ratio = d / self.distance_scale
+    def _nnn_scorer(self) -> NNNScorer:
+        if self._nnn is None:
+            self._nnn = NNNScorer(self.model.nnn_state(), self._train, self.device)
+        return self._nnn
+
+    def _from_search(self, found: Search, method: str) -> TokenScores:
+        if method in SCALED:
+            raw = found.d if method == "distance" else self._nnn_scorer().scores(found.q, found.rows)
+            ratio = raw / self.scales[method]
             conf = ratio.clamp(max=1.0)
         else:
-            conf, ratio = knnn_confidence(d, self._loc.gather(1, rows), self._floor)
+            conf, ratio = knnn_confidence(found.d, self._loc.gather(1, found.rows[..., 0]), self._floor)
         return TokenScores(conf.T.cpu().numpy(), ratio.T.cpu().numpy())
 
-    def _search_frames(self, global_: np.ndarray, patches: np.ndarray
-                       ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-        """(queries, distance, row) for a batch, searching once per batch.
+    def _search_frames(self, global_: np.ndarray, patches: np.ndarray, k: int) -> tuple[np.ndarray, Search]:
+        """(queries, search) for a batch, searching once per batch.
 
         Scorers for several rules share this TokenScorer and score the same batch one after another
         (one embedding pass, several rules in `eval`): the last batch's search is kept and reused
-        when the very same arrays come back. Holding them keeps their identity unique.
+        when the very same arrays come back with no more neighbours wanted. Holding them keeps their
+        identity unique.
         """
         last = self._last
-        if last is not None and last[0] is global_ and last[1] is patches:
-            return last[2], last[3], last[4]
+        if last is not None and last[0] is global_ and last[1] is patches and last[3].rows.shape[-1] >= k:
+            return last[2], last[3]
         queries = self.model.token_queries(global_, patches)
-        d, rows = self._search(queries)
-        self._last = (global_, patches, queries, d, rows)
-        return queries, d, rows
-
-    def knnn(self, queries: np.ndarray) -> TokenScores:
-        """k-NNN confidences for token-major queries [B, T, D]."""
-        return self._from_search(*self._search(queries), "knnn")
+        found = self._search(queries, k)
+        self._last = (global_, patches, queries, found)
+        return queries, found
 
     def scores(self, global_: np.ndarray, patches: np.ndarray, method: str = "knnn") -> TokenScores:
         """Confidences of all tokens of B frames: global_ [B, D_global], patches [B, N, D]."""
@@ -133,8 +153,8 @@ class TokenScorer:
             raise ModelMismatchError(
                 f"embeddings have {n} patches of D {d} (global {global_.shape}) but model {m.path} was "
                 f"fitted on {m.n_patches} patches of D {m.dim} (global D {m.global_dim})")
-        queries, d, rows = self._search_frames(global_, patches)
-        out = {method: self._from_search(d, rows, method) for method in methods}
+        queries, found = self._search_frames(global_, patches, self.model.config.nnn_k if "nnn" in methods else 1)
+        out = {method: self._from_search(found, method) for method in methods}
         if "hdbscan" in out:
             for token, clusterer in self.model.hdbscan.items():
                 out["hdbscan"].conf[:, token] = out["hdbscan"].ratio[:, token] = hdbscan_.confidence(
@@ -142,20 +162,19 @@ class TokenScorer:
         return out
 
 
-DISTANCE_SCALE = "distance/scale"  # key in model.thresholds
+def method_scale(model: NormalityModel, method: str) -> float:
+    """The raw score that reads as confidence 1 for a SCALED method ("distance", "nnn").
 
-
-def distance_scale(model: NormalityModel) -> float:
-    """The distance that reads as confidence 1 for method "distance".
-
-    After calibration it is the calibration quantile of held-out normal patches' nearest-neighbour
-    distances, so a heatmap cell at 1 means "further from normal than 99% of normal patches". Before,
-    the mean local density stands in (training frames of a video are near-duplicates, so it is small).
+    After calibration it is the calibration quantile of held-out normal patches' raw scores (model
+    threshold "<method>/scale"), so a heatmap cell at 1 means "further from normal than 99% of normal
+    patches". Before, a stand-in: for "distance" the mean local density (training frames of a video are
+    near-duplicates, so it is small); for "nnn" 1, about one standard deviation per direction.
     """
-    if DISTANCE_SCALE in model.thresholds:
-        return float(model.thresholds[DISTANCE_SCALE])
+    key = f"{method}/scale"
+    if key in model.thresholds:
+        return float(model.thresholds[key])
     positive = model.loc_dens[model.loc_dens > 0]
-    return float(positive.mean()) if positive.size else 1.0
+    return float(positive.mean()) if method == "distance" and positive.size else 1.0
 
 
 def aggregate(ts: TokenScores, mask: np.ndarray, rule: str, cfg: ScoringConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -192,7 +211,7 @@ def _check_mask(mask: np.ndarray | None, n: int, cfg: ScoringConfig) -> np.ndarr
 
 
 def _available_rules(model: NormalityModel, method: str) -> tuple[str, ...]:
-    if method in ("knnn", "distance"):
+    if method in ("knnn", *SCALED):
         return RULES
     if not model.hdbscan:
         return ()
@@ -288,13 +307,13 @@ def calibrate(
     if len(global_) == 0:
         raise ConfigError("calibrate: the hold-out set is empty (normality.holdout_fraction is 0?)")
     raws: dict[str, list[np.ndarray]] = {}
-    patch_ratios: list[np.ndarray] = []
+    patch_ratios: dict[str, list[np.ndarray]] = {method: [] for method in SCALED}
     try:
         methods = [m for m in METHODS if _available_rules(tokens.model, m)]
         for lo in range(0, len(global_), chunk):
             by_method = tokens.scores_all(global_[lo : lo + chunk], patches[lo : lo + chunk], methods)
-            if "distance" in by_method:
-                patch_ratios.append(by_method["distance"].ratio[:, 1:][:, mask])
+            for method in SCALED:
+                patch_ratios[method].append(by_method[method].ratio[:, 1:][:, mask])
             for method, ts in by_method.items():
                 for rule in _available_rules(tokens.model, method):
                     if rule == "any_k" and cfg.any_k > int(mask.sum()):
@@ -304,11 +323,15 @@ def calibrate(
         if own:
             tokens.close()
     out = {key: float(np.quantile(np.concatenate(v), cfg.calibration_quantile)) for key, v in raws.items()}
-    if patch_ratios:  # re-express "distance" thresholds on the calibrated scale (aggregates are linear in it)
-        old_scale = tokens.distance_scale
-        new_scale = float(np.quantile(np.concatenate([r.ravel() for r in patch_ratios]), cfg.calibration_quantile))
+    for method, ratios in patch_ratios.items():  # thresholds on the calibrated scale (aggregates are linear in it)
+        old_scale = tokens.scales[method]
+        new_scale = float(np.quantile(np.concatenate([r.ravel() for r in ratios]), cfg.calibration_quantile))
         new_scale = new_scale * old_scale if new_scale > 0 else old_scale
-        for key in [k for k in out if k.startswith("distance/")]:
+        for key in [k for k in out if k.startswith(f"{method}/")]:
             out[key] *= old_scale / new_scale
-        out[DISTANCE_SCALE] = new_scale
+        out[f"{method}/scale"] = new_scale
+    for key in [k for k in out if k.startswith("hdbscan/") and out[k] >= 1.0]:
+        log.warning("calibration: %s threshold is 1.0, the most its confidence can be (over %.0f%% of held-out "
+                    "normal frames are HDBSCAN noise), so it can never flag a frame; lower "
+                    "scoring.calibration_quantile or use another method", key, 100 * (1 - cfg.calibration_quantile))
     return out

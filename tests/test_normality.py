@@ -116,8 +116,8 @@ def test_hnsw_and_dense_agree_on_nearest_neighbours() -> None:
     train = rng.normal(size=(3, 300, 8)).astype(np.float32)
     queries = rng.normal(size=(3, 10, 8)).astype(np.float32)
     indexes = hnsw_index.build_all(lambda a, b: train[a:b], 3)
-    got = hnsw_index.nearest(indexes, queries)
-    dense = np.linalg.norm(queries[:, :, None] - train[:, None], axis=-1).argmin(-1)
+    got = hnsw_index.nearest(indexes, queries, k=3)
+    dense = np.linalg.norm(queries[:, :, None] - train[:, None], axis=-1).argsort(-1)[..., :3]
     np.testing.assert_array_equal(got, dense)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -130,9 +131,10 @@ def test_calibrated_thresholds_come_from_normal_holdout(model: NormalityModel) -
     holdout = frames(spread=0.35, seed=3, b=40)
     thresholds = calibrate(model, holdout.global_, holdout.patches, cfg)
     rules = ("majority", "topk", "global", "any_k")
-    assert set(thresholds) == {f"{m}/{r}" for m in ("knnn", "distance") for r in rules} | {"distance/scale"}
+    methods = ("knnn", "distance", "nnn")
+    assert set(thresholds) == {f"{m}/{r}" for m in methods for r in rules} | {"distance/scale", "nnn/scale"}
     model.set_thresholds(thresholds, replace=True)
-    for method in ("knnn", "distance"):
+    for method in methods:
         for rule in ("majority", "topk", "global"):
             scorer = Scorer(model, study(method=method, rule=rule))
             verdicts = scorer.score(holdout)
@@ -148,7 +150,7 @@ def test_calibrated_thresholds_come_from_normal_holdout(model: NormalityModel) -
     model.set_thresholds({}, replace=True)
 
 
-def test_hdbscan_method_scores_global_token(tmp_path: Path) -> None:
+def test_hdbscan_method_scores_global_token(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     model = fit(NormalityConfig(k_min=3, k_max=3, hdbscan="global", hdbscan_min_cluster_size=5,
                                 hdbscan_min_samples=3, chroma=False))
     batch = frames()
@@ -160,6 +162,10 @@ def test_hdbscan_method_scores_global_token(tmp_path: Path) -> None:
                                                                                    "knnn/majority"}
     with pytest.raises(ConfigError, match="needs HDBSCAN on every token"):
         Scorer(model, study(method="hdbscan", rule="majority"))
+    batch.global_[:] += 50.0  # a hold-out that is all HDBSCAN noise: the threshold can never be exceeded
+    with caplog.at_level(logging.WARNING, logger="streamvad.scoring"):
+        assert calibrate(model, batch.global_, batch.patches, study())["hdbscan/global"] == 1.0
+    assert "hdbscan/global threshold is 1.0" in caplog.text and "can never flag a frame" in caplog.text
 
 
 def test_bad_settings_and_inputs_are_one_line_errors(model: NormalityModel) -> None:
@@ -203,7 +209,7 @@ def test_rules_sharing_a_token_scorer_search_each_batch_once(model: NormalityMod
     other = Scorer(model, study(rule="any_k"), tokens=base.tokens)
     searches = []
     real = base.tokens._search
-    monkeypatch.setattr(base.tokens, "_search", lambda q: searches.append(1) or real(q))
+    monkeypatch.setattr(base.tokens, "_search", lambda q, k: searches.append(k) or real(q, k))
     batch = frames(seed=21)
     shared = [v.score for v in base.score(batch)] + [v.score for v in other.score(batch)]
     assert len(searches) == 1

@@ -61,15 +61,16 @@ def load_all(directory: Path, n_tokens: int, dim: int, n_train: int) -> list[hns
     return indexes
 
 
-def nearest(indexes: list[hnswlib.Index], queries: np.ndarray, pool: Executor | None = None) -> np.ndarray:
-    """Row of the (approximate) nearest training vector [T, B] for queries [T, B, D].
+def nearest(indexes: list[hnswlib.Index], queries: np.ndarray, pool: Executor | None = None,
+            k: int = 1) -> np.ndarray:
+    """Rows of the (approximate) k nearest training vectors [T, B, k], nearest first, for queries [T, B, D].
 
     Tokens are spread over `pool` (the caller keeps one alive across calls), sequential without one.
     """
 
     def one(t: int) -> np.ndarray:
-        labels, _ = indexes[t].knn_query(queries[t], k=1, num_threads=1)
-        return labels[:, 0]
+        labels, _ = indexes[t].knn_query(queries[t], k=k, num_threads=1)
+        return labels
 
     rows = pool.map(one, range(len(indexes))) if pool is not None else map(one, range(len(indexes)))
     return np.stack(list(rows)).astype(np.int64)

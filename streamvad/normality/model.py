@@ -10,6 +10,8 @@ On disk (one directory):
   global width differs from its patch width (see `GlobalProjection`).
 - hnsw/<token>.bin: one hnswlib index per token when fitted with `index: hnsw`.
 - hdbscan.pkl: HDBSCAN clusterers (the project's only pickle; see hdbscan_.save).
+- nnn.npz: neighbours-of-neighbours table and feature blocks of the original k-NNN (see nnn.py); a
+  model without it (fitted by an older StreamVAD) builds it in memory the first time it is needed.
 - chroma/: the ChromaDB system of record; never read when serving, used by `from_chroma`. With
   `normality.chroma_url` the collections go to that Chroma server instead (prefixed per model, see
   chroma_store) and the manifest's `chroma_server` says where; the serving files stay here, so
@@ -35,6 +37,7 @@ from tqdm import tqdm
 from streamvad.config import NormalityConfig
 from streamvad.errors import InputError, ModelMismatchError
 from streamvad.normality import chroma_store, hdbscan_, hnsw_index, kmeans, knnn
+from streamvad.normality.nnn import NNN_FILE, NNNState
 from streamvad.normality.tokens import chunk_size, token_block
 
 log = logging.getLogger(__name__)
@@ -149,6 +152,7 @@ class NormalityModel:
     hdbscan: dict[int, Any] = field(default_factory=dict)  # token -> fitted hdbscan.HDBSCAN
     indexes: list[Any] | None = None  # hnswlib indexes per token when config.index == "hnsw"
     projection: GlobalProjection | None = None  # when the global width differs from the patch width
+    nnn: NNNState | None = None  # original k-NNN state; see `nnn_state`
     path: Path | None = None
     chroma_server: dict[str, str] | None = None  # {"url", "prefix"} when the collections live on a server
     created_at: str = ""
@@ -222,10 +226,20 @@ class NormalityModel:
         clusterers = hdbscan_.fit_tokens(block, tokens, cfg.hdbscan_min_cluster_size,
                                          cfg.hdbscan_min_samples) if tokens else {}
         indexes = hnsw_index.build_all(block, n_tokens, cfg.seed) if cfg.index == "hnsw" else None
+        state = NNNState.fit(train, cfg.nnn_neighbours, cfg.nnn_block, seed=cfg.seed, device=device)
         return cls(train=train, clusters=km.labels, loc_dens=loc, k=km.k, silhouette=km.silhouette,
                    grid=grid, backbone=dict(backbone), sources=list(sources), config=cfg,
-                   hdbscan=clusterers, indexes=indexes, projection=projection,
+                   hdbscan=clusterers, indexes=indexes, projection=projection, nnn=state,
                    created_at=datetime.now(UTC).isoformat())
+
+    def nnn_state(self) -> NNNState:
+        """The original k-NNN's neighbourhoods, built now (and kept) for a model fitted without them."""
+        if self.nnn is None:
+            log.info("model %s has no k-NNN neighbourhoods (fitted by an older StreamVAD); building them",
+                     self.path)
+            cfg = self.config
+            self.nnn = NNNState.fit(self.train, cfg.nnn_neighbours, cfg.nnn_block, seed=cfg.seed)
+        return self.nnn
 
     def save(self, directory: str | Path, *, write_chroma: bool = True, progress: bool | None = None) -> None:
         """Write the model to `directory`; Chroma too when config.chroma and `write_chroma`."""
@@ -241,6 +255,8 @@ class NormalityModel:
             hdbscan_.save(directory / "hdbscan.pkl", self.hdbscan)
         if self.projection is not None:
             self.projection.save(directory / PROJECTION)
+        if self.nnn is not None:
+            self.nnn.save(directory)
         if self.config.chroma and write_chroma:
             if self.config.chroma_url is not None:
                 prefix = self.config.chroma_prefix or chroma_store.default_prefix(directory)
@@ -328,6 +344,8 @@ class NormalityModel:
     ) -> NormalityModel:
         pkl = directory / "hdbscan.pkl"
         proj = directory / PROJECTION
+        nnn_file = directory / NNN_FILE
+        t, q, d = man["n_patches"] + 1, man["n_train"], man["dim"]
         try:
             config = NormalityConfig.model_validate(man["config"])
         except ValidationError as err:
@@ -340,6 +358,7 @@ class NormalityModel:
             thresholds={k: float(v) for k, v in man["thresholds"].items()},
             hdbscan=hdbscan_.load(pkl) if man["hdbscan_tokens"] else {}, indexes=indexes,
             projection=GlobalProjection.load(proj) if man.get("global_dim", man["dim"]) != man["dim"] else None,
+            nnn=NNNState.load(nnn_file, t, q, d) if nnn_file.is_file() else None,
             path=directory, chroma_server=man.get("chroma_server"), created_at=man["created_at"],
             versions=man["versions"],
         )
