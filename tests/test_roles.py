@@ -146,7 +146,10 @@ def test_compose_topology_as_processes_scores_on_every_worker_and_alerts(
         if topology == "forwarder":
             assert procs["forwarder"].health()[1]["forwarded"] > 0
         assert procs["reader"].health()[1]["cameras"]["cam1"]["online"]
-        assert procs["events"].metric('streamvad_events_total{camera="cam1",kind="opened"}') >= 1
+        # /metrics shows the events process's last status report (sent every second), which may predate
+        # an event whose webhook arrived within that second
+        wait_for("the opened event in /metrics", lambda: procs["events"].metric(
+            'streamvad_events_total{camera="cam1",kind="opened"}') >= 1, 10, logs)
     finally:
         codes = {name: proc.terminate() for name, proc in procs.items()}
     assert codes == dict.fromkeys(roles, 0), codes
