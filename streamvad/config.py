@@ -157,7 +157,7 @@ class EventsConfig(_Section):
     `restart_after_s`: a verdict more than this many seconds of pts behind the camera's last one means
     its reader restarted and numbers frames from pts 0 again: the camera's event is closed and the new
     stream tracked from scratch. Reordering between workers is well under a second, a restarted stream
-    jumps back by its whole run time; smaller backward steps are late verdicts and ignored.
+    jumps back by its whole run time; smaller backward steps are late verdicts (see `EventTracker`).
     """
 
     open_n: int = Field(2, ge=1)

@@ -6,6 +6,12 @@ anomalous, stay open while anomalies continue, close after `close_quiet_s` of pr
 without one, then stay quiet for `cooldown_s` (suppressed openings are counted, not reported).
 Time is the stream's pts, so a replay at any speed gives the same events as the live run did.
 
+With several workers a camera's verdicts can arrive slightly out of pts order (each worker batches at
+its own pace). A late verdict still newer than the oldest one in the hysteresis window is slotted into
+the window by pts and counts as if it had come in order; only one older than the whole window is too
+late to matter (a closed event's window is gone, an open one has moved past it) and is dropped.
+In-order verdicts are handled at once: nothing is held back to wait for stragglers.
+
 End of stream closes a camera's events, but only once the verdict of the last frame its reader queued
 has arrived: with several workers the EOS comes through whichever worker got it and can overtake
 verdicts other workers are still computing. The wait is bounded (`eos_wait_s`), since that frame may
@@ -21,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
+from bisect import bisect_right
 from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Literal
@@ -76,9 +83,10 @@ class _Camera:
 
 
 class EventTracker:
-    """Per-camera hysteresis. Verdicts of one camera must arrive in pts order; a verdict older than
-    the last one seen (possible with several workers) is ignored and counted in `late`, unless it is
-    more than `restart_after_s` older: then the camera's reader restarted (counted in `restarts`)."""
+    """Per-camera hysteresis over the `open_m` most recent verdicts by pts. A verdict older than the
+    last one seen (several workers) is inserted into the window if it is newer than the window's oldest
+    verdict, else ignored and counted in `late`; one more than `restart_after_s` older means the camera's
+    reader restarted (counted in `restarts`)."""
 
     def __init__(self, cfg: EventsConfig) -> None:
         self.cfg = cfg
@@ -104,9 +112,7 @@ class EventTracker:
             out.extend(self._restart(camera, pts))
             cam = self._cam(camera)
         elif pts < cam.last_pts:
-            self.late[camera] += 1
-            log.debug("%s: ignoring verdict at pts %.3f older than %.3f", camera, pts, cam.last_pts)
-            return []
+            return self._reordered(cam, _Seen(verdict, wall_time, frame))
         cam.last_pts, cam.last_wall_time = pts, wall_time
         if cam.event is not None and self._quiet_elapsed(cam, verdict):
             out.append(self._close(cam, closed_at=pts))
@@ -114,11 +120,8 @@ class EventTracker:
         if cam.event is not None:
             if verdict.anomalous:
                 out.extend(self._extend(cam, cam.window[-1]))
-        elif verdict.anomalous and sum(s.verdict.anomalous for s in cam.window) >= self.cfg.open_n:
-            if pts < cam.cooldown_until:
-                self.suppressed[camera] += 1
-            else:
-                out.append(self._open(cam))
+        elif verdict.anomalous:
+            out.extend(self._try_open(camera, cam))
         if cam.eos_pts is not None and pts >= cam.eos_pts:
             out.extend(self.flush(camera))
         return out
@@ -144,6 +147,33 @@ class EventTracker:
         del self._cams[camera]
         return closed
 
+    def _reordered(self, cam: _Camera, seen: _Seen) -> list[EventUpdate]:
+        """A verdict that another worker delivered after newer ones: put it where it belongs in the window
+        and apply the same rules as in order. Only the newest pts drives closing, and since a close clears
+        the window, a verdict from before the close finds no place and cannot revive that event."""
+        camera, pts = seen.verdict.key.camera, seen.verdict.key.pts
+        if not cam.window or pts <= cam.window[0].verdict.key.pts:
+            self.late[camera] += 1
+            log.debug("%s: ignoring verdict at pts %.3f older than the hysteresis window", camera, pts)
+            return []
+        if len(cam.window) == cam.window.maxlen:
+            cam.window.popleft()  # the oldest is no longer among the open_m most recent
+        cam.window.insert(bisect_right(cam.window, pts, key=lambda s: s.verdict.key.pts), seen)
+        if not seen.verdict.anomalous:
+            return []
+        return self._extend(cam, seen) if cam.event is not None else self._try_open(camera, cam)
+
+    def _try_open(self, camera: str, cam: _Camera) -> list[EventUpdate]:
+        """Open if enough of the window is anomalous. In cooldown the opening is suppressed unless the
+        newest anomaly is past it: in order, that verdict would have been the one to open the event."""
+        hits = [s for s in cam.window if s.verdict.anomalous]
+        if len(hits) < self.cfg.open_n:
+            return []
+        if hits[-1].verdict.key.pts < cam.cooldown_until:
+            self.suppressed[camera] += 1
+            return []
+        return [self._open(cam)]
+
     def _quiet_elapsed(self, cam: _Camera, verdict: Verdict) -> bool:
         """A non-anomalous verdict closes once the quiet period is reached; an anomalous one only when
         a gap in the stream (dropped frames, paused camera) already spans more than the quiet period."""
@@ -166,9 +196,14 @@ class EventTracker:
         return self._emit(cam, "opened")
 
     def _extend(self, cam: _Camera, seen: _Seen) -> list[EventUpdate]:
+        """Count an anomalous verdict toward the open event; `seen` may be a reordered one from before the
+        newest anomaly, or even from before the start (the opening would have counted it in order)."""
         assert cam.event is not None
+        pts = seen.verdict.key.pts
         cam.event.frame_count += 1
-        cam.last_anomalous_pts = seen.verdict.key.pts
+        cam.last_anomalous_pts = max(cam.last_anomalous_pts, pts)
+        if pts < cam.event.start_pts:
+            cam.event.start_pts, cam.event.start_wall_time = pts, seen.wall_time
         if seen.verdict.score <= cam.event.peak_score:
             return []
         cam.event.peak_score, cam.event.peak_key = seen.verdict.score, seen.verdict.key

@@ -220,3 +220,87 @@ def test_stream_restart_clears_a_pending_eos_and_cooldown() -> None:
     assert [(u.kind, u.event.start_pts) for u in new] == [("opened", 0.0)]  # no cooldown left over
     assert tracker.expire(113.5) == []  # past the old EOS deadline: that wait was dropped with the old stream
     assert tracker.current_event("cam") is not None and tracker.suppressed["cam"] == 0
+
+
+def deliver(tracker: EventTracker, order: list[int], script: str, scores: list[float] | None = None,
+            frames: list[np.ndarray] | None = None) -> list[EventUpdate]:
+    """Verdict i of `script` ('A'/'.') arrives in the given order, stamped with the wall time it was read at."""
+    return [u for i in order for u in tracker.update(
+        verdict(i, script[i] == "A", None if scores is None else scores[i]), wall_time=100.0 + i * STEP,
+        frame=None if frames is None else frames[i])]
+
+
+def event_fields(update: EventUpdate) -> tuple:
+    e = update.event
+    return update.kind, e.start_pts, e.start_wall_time, e.end_pts, e.frame_count, e.peak_score, e.peak_key
+
+
+def test_reordered_verdict_within_the_window_opens_as_in_order() -> None:
+    """pts 1.0 arrives before pts 0.75 (two workers): 2 of the last 4 are still anomalous, from 0.75 on."""
+    in_order = deliver(EventTracker(CFG), [0, 1, 2, 3, 4], "...AA")
+    tracker = EventTracker(CFG)
+    reordered = deliver(tracker, [0, 1, 2, 4, 3], "...AA")
+    assert [event_fields(u) for u in reordered] == [event_fields(u) for u in in_order]
+    assert reordered[0].kind == "opened" and reordered[0].event.start_pts == 0.75
+    assert tracker.late["cam"] == 0
+
+
+def test_verdict_older_than_the_whole_window_is_late_and_changes_nothing() -> None:
+    reference, tracker = EventTracker(CFG), EventTracker(CFG)
+    deliver(reference, [1, 2, 3, 4], "A...AA")
+    assert deliver(tracker, [1, 2, 3, 4, 0], "A...AA") == []  # the window holds pts 0.25-1.0: 0.0 is out
+    assert tracker.late["cam"] == 1
+    later = deliver(tracker, [5], "A...AA")
+    assert [event_fields(u) for u in later] == [event_fields(u) for u in deliver(reference, [5], "A...AA")]
+    assert later[0].event.start_pts == 1.0 and later[0].event.frame_count == 2  # 1.0 and 1.25 alone
+
+
+def test_late_anomaly_from_before_a_close_does_not_revive_the_event() -> None:
+    tracker = EventTracker(CFG)
+    closed = deliver(tracker, [0, 1, 2, 3, 5, 6], "AA..A..")  # quiet from pts 0.25 reaches 1 s at pts 1.25
+    assert [u.kind for u in closed] == ["opened", "closed"]
+    assert deliver(tracker, [4], "AA..A..") == []  # pts 1.0, before the close at 1.25
+    assert tracker.late["cam"] == 1 and tracker.current_event("cam") is None
+
+
+def test_reordered_anomaly_inside_an_open_event_counts_as_in_order() -> None:
+    scores = [0.85, 0.86, 0.9, 0.99, 0.87, 0.88, 0.89]
+    frames = [np.full((4, 6, 3), i, dtype=np.uint8) for i in range(7)]
+    trackers = EventTracker(CFG), EventTracker(CFG)
+    in_order = deliver(trackers[0], list(range(7)), "AAAAAAA", scores, frames) + trackers[0].flush()
+    # 3 (the peak) arrives after 4, and 5 after 6: both are inside the open event and the window
+    reordered = deliver(trackers[1], [0, 1, 2, 4, 3, 6, 5], "AAAAAAA", scores, frames) + trackers[1].flush()
+    kinds = [(u.kind, u.seq, u.event.peak_score, u.event.peak_key) for u in reordered]
+    assert kinds == [(u.kind, u.seq, u.event.peak_score, u.event.peak_key) for u in in_order]
+    assert [u.kind for u in reordered] == ["opened", "updated", "updated", "closed"]  # no update for 5
+    assert event_fields(reordered[-1]) == event_fields(in_order[-1])
+    assert reordered[-1].event.frame_count == 7 and reordered[-1].event.end_pts == 6 * STEP
+    assert reordered[-1].peak_frame is frames[3] and np.allclose(reordered[-1].peak_heatmap, 0.99)
+
+
+def test_reordered_anomaly_just_before_an_open_event_moves_its_start() -> None:
+    """In order, verdict 1 would have been among the hits that opened the event."""
+    trackers = EventTracker(CFG), EventTracker(CFG)
+    scores = [0.1, 0.85, 0.9, 0.95]
+    in_order = deliver(trackers[0], [0, 1, 2, 3], ".AAA", scores) + trackers[0].flush()
+    reordered = deliver(trackers[1], [0, 2, 3, 1], ".AAA", scores) + trackers[1].flush()
+    assert [u.kind for u in reordered] == ["opened", "closed"]
+    assert reordered[0].event.start_pts == 2 * STEP  # opened (on 2 and 3) before verdict 1 arrived
+    assert event_fields(reordered[-1]) == event_fields(in_order[-1])
+    assert (reordered[-1].event.start_pts, reordered[-1].event.frame_count) == (STEP, 3)
+
+
+def test_reordered_anomaly_in_cooldown_opens_only_where_in_order_arrival_would() -> None:
+    """Closes at index 5 (pts 1.25): cooldown until pts 4.25 (index 17). Whether a window completed by a
+    late verdict opens depends on its newest anomaly, as in order, not on the late verdict's own pts."""
+    cases = (("AA...." + "." * 9 + "AA.A", 15, 1, 15),  # 15 + 16 in cooldown: suppressed, 18 opens
+             ("AA...." + "." * 10 + "AA", 16, 0, 16))  # 16 in cooldown but 17 past it: opens
+    for script, late, suppressed, start in cases:
+        order = [*range(late), late + 1, late, *range(late + 2, len(script))]
+        trackers = EventTracker(CFG), EventTracker(CFG)
+        in_order = deliver(trackers[0], list(range(len(script))), script)
+        reordered = deliver(trackers[1], order, script)
+        assert [event_fields(u) for u in reordered] == [event_fields(u) for u in in_order]
+        assert [u.kind for u in reordered] == ["opened", "closed", "opened"]
+        assert reordered[-1].event.start_pts == start * STEP
+        assert trackers[1].suppressed["cam"] == trackers[0].suppressed["cam"] == suppressed
