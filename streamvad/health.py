@@ -199,15 +199,27 @@ class StatusCollector:
                    for k in WEBHOOK_COUNTERS}
         pending = GaugeMetricFamily("streamvad_webhook_pending", "Webhook deliveries waiting in the spool",
                                     labels=["url"])
+        per_camera = {
+            "late": CounterMetricFamily("streamvad_verdicts_late", "Verdicts too far out of order to count",
+                                        labels=["camera"]),
+            "restarts": CounterMetricFamily("streamvad_stream_restarts", "Camera streams that began again at pts 0",
+                                            labels=["camera"]),
+            "suppressed": CounterMetricFamily("streamvad_events_suppressed", "Event openings held back by cooldown",
+                                              labels=["camera"]),
+        }
         for h in reports.values():
             for cam, kinds in (h.get("events") or {}).items():
                 for kind, n in kinds.items():
                     events.add_metric([cam, kind], n)
+            for key, fam in per_camera.items():
+                for cam, n in (h.get(key) or {}).items():
+                    fam.add_metric([cam], n)
             for url, stats in (h.get("webhooks") or {}).items():
                 for k in WEBHOOK_COUNTERS:
                     webhook[k].add_metric([url], stats.get(k, 0))
                 pending.add_metric([url], stats.get("pending", 0))
         yield events
+        yield from per_camera.values()
         yield from webhook.values()
         yield pending
 

@@ -72,8 +72,8 @@ class EventsProcess:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             hooks = {s.cfg.url: s.stats() for s in self.sinks.sinks if isinstance(s, WebhookSink)}
-            return {"state": "running", "verdicts": self.verdicts, "late": sum(self.tracker.late.values()),
-                    "restarts": sum(self.tracker.restarts.values()),
+            return {"state": "running", "verdicts": self.verdicts, "late": dict(self.tracker.late),
+                    "restarts": dict(self.tracker.restarts), "suppressed": dict(self.tracker.suppressed),
                     "events": {c: dict(k) for c, k in self.events.items()}, "webhooks": hooks,
                     "sink_errors": self.sinks.errors}
 
