@@ -152,6 +152,20 @@ def cmd_receive(args: argparse.Namespace) -> int:
     return run_receiver(args.host, args.port, args.secret, args.tolerance)
 
 
+def cmd_requeue(args: argparse.Namespace) -> int:
+    from streamvad.sinks import requeue_dead, webhook_spool
+
+    cfg = _config(args)
+    hooks = [h for h in cfg.sinks.webhooks if args.url is None or h.url == args.url]
+    if not hooks:
+        raise ConfigError(f"{args.config or 'the default config'}: sinks.webhooks has no webhook"
+                          + (f" with url {args.url}" if args.url else ""))
+    for hook in hooks:
+        spool = webhook_spool(cfg.sinks, hook.url)
+        print(f"{hook.url}: {requeue_dead(spool)} dead-lettered deliveries back in {spool}")
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from streamvad.doctor import report
 
@@ -244,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=300.0,
                    help="seconds a signed timestamp may differ from this clock before a request is refused (401)")
     p.set_defaults(func=cmd_receive)
+
+    p = sub.add_parser("requeue", help="send dead-lettered webhook deliveries again (after fixing the receiver)")
+    _add_common(p)
+    p.add_argument("--url", help="only this webhook (default: every webhook of the config)")
+    p.set_defaults(func=cmd_requeue)
 
     p = sub.add_parser("doctor", help="versions, devices and optional tools this machine has")
     p.set_defaults(func=cmd_doctor)

@@ -346,3 +346,37 @@ def test_sixty_second_outage_loses_nothing(tmp_path: Path) -> None:
     ids = [r.json["id"] for r in got]
     assert sorted(set(ids)) == [f"event-{i:03d}" for i in range(n)] and ids == sorted(ids)
     assert sink.pending == 0 and sink.retries >= 5
+
+
+def test_requeue_sends_dead_letters_again_in_their_original_order(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A receiver that refused two deliveries (400) is fixed; `streamvad requeue` puts them back and the next
+    sink on that spool delivers them first, with fresh attempt counts."""
+    from streamvad.cli import main
+    from streamvad.sinks import webhook_spool
+
+    with WebhookReceiver(SECRET) as receiver:
+        receiver.script = [400, 400]
+        sinks_cfg = SinksConfig(spool=tmp_path / "spool", webhooks=[hook(receiver)])
+        spool = webhook_spool(sinks_cfg, receiver.url)
+        sink = WebhookSink(hook(receiver), spool)
+        sink.handle(make_update(1))
+        sink.handle(make_update(2))
+        assert wait_until(lambda: sink.dead == 2)
+        sink.close()
+        config = tmp_path / "live.yaml"
+        config.write_text(f"sinks:\n  spool: {tmp_path / 'spool'}\n  webhooks:\n    - url: {receiver.url}\n"
+                          f"      secret: {SECRET}\n", encoding="utf-8")
+        assert main(["requeue", "--config", str(config)]) == 0
+        assert f"{receiver.url}: 2 dead-lettered deliveries back in {spool}" in capsys.readouterr().out
+        assert not list((spool / "dead").glob("*.json"))
+        requeued = [json.loads(p.read_text()) for p in sorted(spool.glob("*.json"))]
+        assert [r["event_id"] for r in requeued] == ["event-001", "event-002"]
+        assert not any("attempts" in r or "dead_reason" in r for r in requeued)
+        sink = WebhookSink(hook(receiver), spool)
+        sink.handle(make_update(3))
+        delivered = receiver.wait_for(3)
+        sink.close()
+    assert [r.json["id"] for r in delivered] == ["event-001", "event-002", "event-003"]
+    assert main(["requeue", "--config", str(config), "--url", "http://elsewhere/hook"]) == 2
+    assert "sinks.webhooks has no webhook with url http://elsewhere/hook" in capsys.readouterr().err

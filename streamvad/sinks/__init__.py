@@ -9,31 +9,36 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from streamvad.config import SinksConfig
 from streamvad.events import EventUpdate
 from streamvad.sinks.base import Sink, update_record
 from streamvad.sinks.jsonl import JsonlSink
 from streamvad.sinks.snapshots import SnapshotSink
-from streamvad.sinks.webhook import WebhookSink, sign
+from streamvad.sinks.webhook import WebhookSink, requeue_dead, sign
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JsonlSink", "Sink", "SinkFanout", "SnapshotSink", "WebhookSink", "build_sinks", "sign",
-           "update_record"]
+__all__ = ["JsonlSink", "Sink", "SinkFanout", "SnapshotSink", "WebhookSink", "build_sinks", "requeue_dead", "sign",
+           "update_record", "webhook_spool"]
+
+
+def webhook_spool(cfg: SinksConfig, url: str) -> Path:
+    """The spool folder of the webhook at `url`, named after the URL, so the same URL finds its pending
+    deliveries again after a restart or a config reorder."""
+    return cfg.spool / f"webhook-{hashlib.sha256(url.encode('utf-8')).hexdigest()[:12]}"
 
 
 def build_sinks(cfg: SinksConfig) -> list[Sink]:
-    """Sinks in the order they must run. Each webhook gets its own spool folder named after its URL,
-    so the same URL finds its pending deliveries again after a restart or a config reorder."""
+    """Sinks in the order they must run; each webhook with its own spool folder (`webhook_spool`)."""
     sinks: list[Sink] = []
     if cfg.snapshots is not None:
         sinks.append(SnapshotSink(cfg.snapshots))
     if cfg.jsonl is not None:
         sinks.append(JsonlSink(cfg.jsonl))
     for hook in cfg.webhooks:
-        digest = hashlib.sha256(hook.url.encode("utf-8")).hexdigest()[:12]
-        sinks.append(WebhookSink(hook, cfg.spool / f"webhook-{digest}"))
+        sinks.append(WebhookSink(hook, webhook_spool(cfg, hook.url)))
     return sinks
 
 

@@ -81,6 +81,31 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
+_DELIVERY_STATE = ("attempts", "next_attempt_at", "dead_reason")
+
+
+def requeue_dead(spool_dir: str | Path) -> int:
+    """Move dead-lettered deliveries back into the spool with their attempt state cleared; returns how many.
+
+    For after the receiver (or the secret) is fixed. File names keep their enqueue time, so they go out
+    in their original order, ahead of newer deliveries. Safe while a sink runs on the spool: each file
+    appears there complete (written atomically) before the dead-letter copy is removed.
+    """
+    spool = Path(spool_dir)
+    moved = 0
+    for dead in sorted((spool / "dead").glob("*.json")):
+        try:
+            item = json.loads(dead.read_text(encoding="utf-8"))
+            record = {k: v for k, v in item.items() if k not in _DELIVERY_STATE}
+        except (OSError, ValueError, AttributeError) as err:
+            log.error("requeue: %s is unreadable (%s); left in %s", dead.name, err, dead.parent)
+            continue
+        _write_atomic(spool / dead.name, json.dumps(record).encode("utf-8"))
+        dead.unlink()
+        moved += 1
+    return moved
+
+
 class WebhookSink:
     """POSTs event updates to `cfg.url` through the disk spool in `spool_dir`.
 
