@@ -188,6 +188,7 @@ def test_scoring_bench_runs_and_paths_agree(tmp_path: Path) -> None:
     assert result["speedup"] > 1
     assert result["max_abs_conf_diff"] < 1e-4
     assert result["tokens_compared"] == 5 and result["n_patches"] == 4
+    assert result["nnn_ms_per_frame"] > 0
     assert (tmp_path / "manifest.json").is_file()
 
 
