@@ -22,6 +22,7 @@ from streamvad.backbones.registry import build_backbone
 from streamvad.compute import resolve_device
 from streamvad.config import BackboneConfig, ScoringConfig
 from streamvad.errors import InputError, ModelMismatchError
+from streamvad.sources.shrink import limit_size
 from streamvad.types import EmbeddingBatch, Frame, Verdict
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class ModelInfo:
     backbone: BackboneConfig
     scoring: ScoringConfig
     sample_fps: float | None
+    frame_max_side: int | None = None  # frames were shrunk to this at fit time (None: older models, not shrunk)
 
     def save(self, model_dir: Path) -> None:
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -74,6 +76,7 @@ class ModelInfo:
             "backbone": self.backbone.model_dump(mode="json"),
             "scoring": self.scoring.model_dump(mode="json"),
             "sample_fps": self.sample_fps,
+            "frame_max_side": self.frame_max_side,
         }
         (model_dir / MODEL_FILE).write_text(json.dumps(doc, indent=2), encoding="utf-8")
 
@@ -89,7 +92,8 @@ class ModelInfo:
                     f"{path}: model format {doc.get('format')!r}, this StreamVAD reads format {MODEL_FORMAT}"
                 )
             return cls(str(doc["kind"]), BackboneConfig.model_validate(doc["backbone"]),
-                       ScoringConfig.model_validate(doc["scoring"]), doc.get("sample_fps"))
+                       ScoringConfig.model_validate(doc["scoring"]), doc.get("sample_fps"),
+                       doc.get("frame_max_side"))
         except (json.JSONDecodeError, KeyError, ValueError) as err:
             raise InputError(f"{path}: unreadable model description ({str(err).splitlines()[0]})") from None
 
@@ -114,7 +118,8 @@ class Engine:
         self.timings = Timings()
 
     def embed(self, frames: Sequence[Frame]) -> EmbeddingBatch:
-        return embed_frames(self.backbone, frames, self.request)
+        """Embeddings of `frames`, shrunk first as at fit time (a no-op for frames a reader already shrank)."""
+        return embed_frames(self.backbone, [limit_size(f, self.info.frame_max_side) for f in frames], self.request)
 
     def process(self, frames: Sequence[Frame]) -> list[Verdict]:
         if not frames:

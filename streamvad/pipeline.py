@@ -27,6 +27,7 @@ from streamvad.engine import KNNN, Engine, FeatureRequest, FrameScorer, ModelInf
 from streamvad.errors import InputError
 from streamvad.overlay import overlay_heatmap, save_jpeg
 from streamvad.sources.images import list_images
+from streamvad.sources.shrink import limit_size
 from streamvad.types import EmbeddingBatch, Frame, Verdict
 
 log = logging.getLogger(__name__)
@@ -87,15 +88,18 @@ def embed_batches(
     sample_fps: float | None,
     *,
     request: FeatureRequest | None = None,
+    max_side: int | None = None,
     progress: bool = True,
     desc: str = "embedding",
 ) -> Iterator[tuple[int, list[Frame], EmbeddingBatch]]:
-    """(clip index, frames, embeddings) for every batch of sampled frames of `clips`."""
+    """(clip index, frames, embeddings) for every batch of sampled frames of `clips`, each frame shrunk
+    to `max_side` first as the live path does (see sources/shrink.py)."""
     request = request or FeatureRequest()
     bar = progress_bar(desc, progress)
     try:
         for ci, clip in enumerate(clips):
             for frames in batched(iter_clip(clip, sample_fps), backbone_batch(backbone)):
+                frames = [limit_size(f, max_side) for f in frames]
                 yield ci, frames, embed_frames(backbone, frames, request)
                 bar.update(len(frames))
     finally:
@@ -103,10 +107,10 @@ def embed_batches(
 
 
 def embed_clips(backbone: Backbone, clips: Sequence[Clip], sample_fps: float | None, *,
-                progress: bool = True) -> Embedded:
+                max_side: int | None = None, progress: bool = True) -> Embedded:
     """Global and patch embeddings of every sampled frame of `clips`, one row per frame."""
     globals_, patches, clip_ids, sources = [], [], [], []
-    for ci, frames, batch in embed_batches(backbone, clips, sample_fps, progress=progress):
+    for ci, frames, batch in embed_batches(backbone, clips, sample_fps, max_side=max_side, progress=progress):
         globals_.append(batch.global_)
         patches.append(batch.patches)
         clip_ids.extend([ci] * len(frames))
@@ -167,14 +171,15 @@ def fit(
     backbone = build_backbone(cfg.backbone)
     kind = detector or KNNN
     if kind == KNNN:
-        embedded = embed_clips(backbone, clips, sample_fps, progress=progress)
+        embedded = embed_clips(backbone, clips, sample_fps, max_side=cfg.transport.frame_max_side,
+                               progress=progress)
         hold = holdout_mask(embedded.clip_ids, len(clips), cfg.normality.holdout_fraction)
         train, held = embedded.rows(~hold), embedded.rows(hold)
         thresholds = _fit_knnn(cfg, backbone, train, held, out, progress)
         n_train, n_held = len(train.sources), len(held.sources)
     else:
         thresholds, n_train, n_held = _fit_detector(cfg, kind, backbone, clips, sample_fps, out, progress)
-    ModelInfo(kind, cfg.backbone, cfg.scoring, sample_fps).save(out)
+    ModelInfo(kind, cfg.backbone, cfg.scoring, sample_fps, cfg.transport.frame_max_side).save(out)
     return FitResult(out, kind, n_train, n_held, thresholds, time.perf_counter() - t0)
 
 
@@ -210,7 +215,8 @@ def _fit_detector(
                          backbone_manifest=backbone.manifest())
     req = det.requirements()
     request = FeatureRequest(req.layers, req.attention, req.attention_layer)
-    batches = [b for _, _, b in embed_batches(backbone, clips, sample_fps, request=request, progress=progress)]
+    batches = [b for _, _, b in embed_batches(backbone, clips, sample_fps, request=request,
+                                              max_side=cfg.transport.frame_max_side, progress=progress)]
     if not batches:
         raise _no_frames(clips)
     fraction = dcfg.holdout_fraction

@@ -4,40 +4,25 @@ The reader is the only part that knows the camera's protocol; everything downstr
 Under policy "drop" a frame the worker(s) cannot take right now is dropped and counted in the
 camera's status (live cameras: recent frames matter more than complete ones); under "block" the
 reader waits (replays: every frame is scored). A finite source ends with an explicit EOS. Frames
-larger than `transport.frame_max_side` are shrunk here, where the cost is spread over cameras, not in
-the worker that decodes all of them.
+larger than `transport.frame_max_side` are shrunk here (see sources/shrink.py), where the cost is spread
+over cameras, not in the worker that decodes all of them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
 from streamvad.config import CameraConfig, TransportConfig
 from streamvad.sources import SourceStatus, open_source
 from streamvad.sources.live import redact_url
+from streamvad.sources.shrink import limit_size
 from streamvad.supervisor import StatusReporter, Terminated, setup_child
 from streamvad.transport import FramePusher
-from streamvad.types import Frame
 
 log = logging.getLogger(__name__)
-
-
-def limit_size(frame: Frame, max_side: int | None) -> Frame:
-    """The frame with its longer side shrunk to `max_side` (aspect kept; PIL's antialiased bilinear)."""
-    h, w = frame.image.shape[:2]
-    if max_side is None or max(h, w) <= max_side:
-        return frame
-    scale = max_side / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    image = np.asarray(Image.fromarray(frame.image).resize(size, Image.Resampling.BILINEAR))
-    return dataclasses.replace(frame, image=image)
 
 
 def run_reader(camera: CameraConfig, transport: TransportConfig, *, endpoints: Sequence[str] | None = None,

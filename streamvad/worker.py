@@ -273,6 +273,11 @@ def build_worker(cfg: StreamVADConfig, index: int = 0, frames_endpoint: str | No
         raise ConfigError("model_dir: serve needs a fitted model directory (run `streamvad fit`)")
     scoring = cfg.scoring if "scoring" in cfg.model_fields_set else None  # else the rule the model was fitted with
     engine = load_engine(Path(cfg.model_dir), scoring=scoring, backbone=cfg.backbone)
+    live, fitted = cfg.transport.frame_max_side, engine.info.frame_max_side
+    if live is not None and (fitted is None or live < fitted):
+        log.warning("transport.frame_max_side: readers shrink frames to %d px but model %s was fitted on frames up "
+                    "to %s px; scores of larger cameras will drift from the calibration (set the same value, or "
+                    "refit)", live, cfg.model_dir, fitted or "full size")
     masks = {c.id: c.mask for c in cfg.cameras if c.mask}
     return Worker(engine, cfg.transport, cfg.worker, frames_endpoint=frames_endpoint, frames_bind=frames_bind,
                   masks=masks, name=f"worker-{index}", drain_timeout_s=cfg.serve.drain_timeout_s)

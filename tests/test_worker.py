@@ -172,3 +172,24 @@ def test_sigterm_drains_queued_frames(tiny_model: Path) -> None:
         sub.close()
     assert sorted(keys) == [("cam", i) for i in range(1, 13)]
     assert proc.exitcode == 0
+
+
+def test_engine_shrinks_frames_as_the_readers_and_the_fit_did(tiny_model: Path) -> None:
+    """Offline paths (fit, replay, eval) see the pixels the live path gives the model: the engine applies
+    the frame_max_side the model was fitted with, so a full-size frame and the reader-shrunk copy score
+    the same."""
+    import json
+
+    from streamvad.engine import ModelInfo
+    from streamvad.sources.shrink import limit_size
+
+    assert json.loads((tiny_model / "model.json").read_text())["frame_max_side"] == 640
+    engine = load_engine(tiny_model)
+    engine.info = ModelInfo(**{**engine.info.__dict__, "frame_max_side": 80})
+    full = [make_frame("cam", i) for i in range(3)]  # 120 x 160
+    shrunk = [limit_size(f, 80) for f in full]
+    assert shrunk[0].image.shape == (60, 80, 3)
+    a, b = engine.process(full), engine.process(shrunk)
+    assert [v.raw_score for v in a] == [v.raw_score for v in b]
+    engine.info = ModelInfo(**{**engine.info.__dict__, "frame_max_side": None})  # older models: as given
+    assert [v.raw_score for v in engine.process(full)] != [v.raw_score for v in b]
