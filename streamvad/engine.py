@@ -22,7 +22,6 @@ from streamvad.backbones.registry import build_backbone
 from streamvad.compute import resolve_device
 from streamvad.config import BackboneConfig, ScoringConfig
 from streamvad.errors import InputError, ModelMismatchError
-from streamvad.sources.shrink import limit_size
 from streamvad.types import EmbeddingBatch, Frame, Verdict
 
 log = logging.getLogger(__name__)
@@ -66,7 +65,10 @@ class ModelInfo:
     backbone: BackboneConfig
     scoring: ScoringConfig
     sample_fps: float | None
-    frame_max_side: int | None = None  # frames were shrunk to this at fit time (None: older models, not shrunk)
+    # What the fit saw of the wire (transport.frame_max_side, transport.jpeg_quality); replay and eval apply the
+    # same, see transport.as_transported. None: models fitted before this was recorded, frames used as read.
+    frame_max_side: int | None = None
+    jpeg_quality: int | None = None
 
     def save(self, model_dir: Path) -> None:
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -77,6 +79,7 @@ class ModelInfo:
             "scoring": self.scoring.model_dump(mode="json"),
             "sample_fps": self.sample_fps,
             "frame_max_side": self.frame_max_side,
+            "jpeg_quality": self.jpeg_quality,
         }
         (model_dir / MODEL_FILE).write_text(json.dumps(doc, indent=2), encoding="utf-8")
 
@@ -93,7 +96,7 @@ class ModelInfo:
                 )
             return cls(str(doc["kind"]), BackboneConfig.model_validate(doc["backbone"]),
                        ScoringConfig.model_validate(doc["scoring"]), doc.get("sample_fps"),
-                       doc.get("frame_max_side"))
+                       doc.get("frame_max_side"), doc.get("jpeg_quality"))
         except (json.JSONDecodeError, KeyError, ValueError) as err:
             raise InputError(f"{path}: unreadable model description ({str(err).splitlines()[0]})") from None
 
@@ -118,8 +121,7 @@ class Engine:
         self.timings = Timings()
 
     def embed(self, frames: Sequence[Frame]) -> EmbeddingBatch:
-        """Embeddings of `frames`, shrunk first as at fit time (a no-op for frames a reader already shrank)."""
-        return embed_frames(self.backbone, [limit_size(f, self.info.frame_max_side) for f in frames], self.request)
+        return embed_frames(self.backbone, frames, self.request)
 
     def process(self, frames: Sequence[Frame]) -> list[Verdict]:
         if not frames:

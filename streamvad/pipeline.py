@@ -21,13 +21,13 @@ from tqdm import tqdm
 from streamvad.backbones.base import Backbone
 from streamvad.backbones.registry import build_backbone
 from streamvad.compute import resolve_device
-from streamvad.config import ScoringConfig, StreamVADConfig
+from streamvad.config import ScoringConfig, StreamVADConfig, TransportConfig
 from streamvad.datasets.base import Clip, iter_clip
 from streamvad.engine import KNNN, Engine, FeatureRequest, FrameScorer, ModelInfo, embed_frames
 from streamvad.errors import InputError
 from streamvad.overlay import overlay_heatmap, save_jpeg
 from streamvad.sources.images import list_images
-from streamvad.sources.shrink import limit_size
+from streamvad.transport import as_transported
 from streamvad.types import EmbeddingBatch, Frame, Verdict
 
 log = logging.getLogger(__name__)
@@ -88,18 +88,19 @@ def embed_batches(
     sample_fps: float | None,
     *,
     request: FeatureRequest | None = None,
-    max_side: int | None = None,
+    transport: TransportConfig | None = None,
     progress: bool = True,
     desc: str = "embedding",
 ) -> Iterator[tuple[int, list[Frame], EmbeddingBatch]]:
-    """(clip index, frames, embeddings) for every batch of sampled frames of `clips`, each frame shrunk
-    to `max_side` first as the live path does (see sources/shrink.py)."""
+    """(clip index, frames, embeddings) for every batch of sampled frames of `clips`; with `transport`, each
+    frame as a worker would receive it from a reader (shrunk, through JPEG: `as_transported`)."""
     request = request or FeatureRequest()
     bar = progress_bar(desc, progress)
     try:
         for ci, clip in enumerate(clips):
-            for frames in batched(iter_clip(clip, sample_fps), backbone_batch(backbone)):
-                frames = [limit_size(f, max_side) for f in frames]
+            for batch in batched(iter_clip(clip, sample_fps), backbone_batch(backbone)):
+                frames = batch if transport is None else [
+                    as_transported(f, transport.frame_max_side, transport.jpeg_quality) for f in batch]
                 yield ci, frames, embed_frames(backbone, frames, request)
                 bar.update(len(frames))
     finally:
@@ -107,10 +108,10 @@ def embed_batches(
 
 
 def embed_clips(backbone: Backbone, clips: Sequence[Clip], sample_fps: float | None, *,
-                max_side: int | None = None, progress: bool = True) -> Embedded:
+                transport: TransportConfig | None = None, progress: bool = True) -> Embedded:
     """Global and patch embeddings of every sampled frame of `clips`, one row per frame."""
     globals_, patches, clip_ids, sources = [], [], [], []
-    for ci, frames, batch in embed_batches(backbone, clips, sample_fps, max_side=max_side, progress=progress):
+    for ci, frames, batch in embed_batches(backbone, clips, sample_fps, transport=transport, progress=progress):
         globals_.append(batch.global_)
         patches.append(batch.patches)
         clip_ids.extend([ci] * len(frames))
@@ -171,15 +172,15 @@ def fit(
     backbone = build_backbone(cfg.backbone)
     kind = detector or KNNN
     if kind == KNNN:
-        embedded = embed_clips(backbone, clips, sample_fps, max_side=cfg.transport.frame_max_side,
-                               progress=progress)
+        embedded = embed_clips(backbone, clips, sample_fps, transport=cfg.transport, progress=progress)
         hold = holdout_mask(embedded.clip_ids, len(clips), cfg.normality.holdout_fraction)
         train, held = embedded.rows(~hold), embedded.rows(hold)
         thresholds = _fit_knnn(cfg, backbone, train, held, out, progress)
         n_train, n_held = len(train.sources), len(held.sources)
     else:
         thresholds, n_train, n_held = _fit_detector(cfg, kind, backbone, clips, sample_fps, out, progress)
-    ModelInfo(kind, cfg.backbone, cfg.scoring, sample_fps, cfg.transport.frame_max_side).save(out)
+    ModelInfo(kind, cfg.backbone, cfg.scoring, sample_fps, cfg.transport.frame_max_side,
+              cfg.transport.jpeg_quality).save(out)
     return FitResult(out, kind, n_train, n_held, thresholds, time.perf_counter() - t0)
 
 
@@ -216,7 +217,7 @@ def _fit_detector(
     req = det.requirements()
     request = FeatureRequest(req.layers, req.attention, req.attention_layer)
     batches = [b for _, _, b in embed_batches(backbone, clips, sample_fps, request=request,
-                                              max_side=cfg.transport.frame_max_side, progress=progress)]
+                                              transport=cfg.transport, progress=progress)]
     if not batches:
         raise _no_frames(clips)
     fraction = dcfg.holdout_fraction
@@ -299,7 +300,9 @@ def replay(
     t0 = time.perf_counter()
     n = 0
     try:
-        for frames in batched(iter_frames(clips, sample_fps), backbone_batch(engine.backbone)):
+        wire = engine.info.frame_max_side, engine.info.jpeg_quality  # what the model was fitted on
+        for read in batched(iter_frames(clips, sample_fps), backbone_batch(engine.backbone)):
+            frames = [as_transported(f, *wire) for f in read]
             batch = engine.embed(frames)
             for name, scorer in scorers.items():
                 for frame, v in zip(frames, scorer.score(batch), strict=True):

@@ -12,6 +12,7 @@ reader waits, so every frame is scored). End of stream is an explicit message, n
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -28,6 +29,7 @@ from PIL import Image
 
 from streamvad.config import TransportConfig
 from streamvad.errors import StreamVADError
+from streamvad.sources.shrink import limit_size
 from streamvad.types import Frame, FrameKey, Verdict
 
 log = logging.getLogger(__name__)
@@ -267,6 +269,16 @@ def decode_frame(parts: Sequence[bytes]) -> Frame:
     return frame
 
 
+def as_transported(frame: Frame, max_side: int | None, quality: int | None) -> Frame:
+    """The frame a worker decodes when a reader sends `frame`: shrunk to `max_side`, then through JPEG at
+    `quality` (None: no JPEG round trip). Offline fit, replay and eval embed this, so a model sees the same
+    pixels whether footage reaches it live or from a recording."""
+    frame = limit_size(frame, max_side)
+    if quality is None:
+        return frame
+    return dataclasses.replace(frame, image=decode_frame(encode_frame(frame, "jpeg", quality)).image)
+
+
 def decode_verdict(parts: Sequence[bytes]) -> tuple[Verdict, dict[str, Any]]:
     """-> (verdict, header); the header carries `wall_time` of the source frame (or None)."""
     msg = _expect(parts, "verdict")
@@ -433,7 +445,9 @@ class VerdictPublisher:
 
 class VerdictSubscriber(_Receiver):
     """Receives every verdict (SUB, connects by default). Like any SUB, it misses what was published
-    before its subscription reached the publisher (ZeroMQ's "slow joiner")."""
+    before its subscription reached the publisher (ZeroMQ's "slow joiner"). A bound SUB passes its
+    subscription to a publisher that connects later only while its own thread is in `recv` (ZeroMQ
+    handles socket commands lazily), so keep polling it rather than leaving it idle."""
 
     def __init__(self, endpoint: str | Sequence[str], hwm: int = 1000, bind: bool = False) -> None:
         super().__init__(_socket(zmq.SUB, endpoint, bind, 0, {zmq.RCVHWM: hwm, zmq.SUBSCRIBE: b""}))

@@ -266,6 +266,11 @@ def worker_endpoints(frames: str, n: int) -> list[str]:
     raise ConfigError(f"transport.frames: {frames!r} must be tcp:// or ipc:// to run {n} workers")
 
 
+def _wire_form(max_side: int | None, quality: int | None) -> str:
+    size = "full-size frames" if max_side is None else f"frames of at most {max_side} px"
+    return f"{size}, {'as read' if quality is None else f'through JPEG q{quality}'}"
+
+
 def build_worker(cfg: StreamVADConfig, index: int = 0, frames_endpoint: str | None = None,
                  frames_bind: bool = True) -> Worker:
     """Load the model of `cfg.model_dir` (runtime backbone settings from `cfg.backbone`) into a Worker."""
@@ -273,11 +278,12 @@ def build_worker(cfg: StreamVADConfig, index: int = 0, frames_endpoint: str | No
         raise ConfigError("model_dir: serve needs a fitted model directory (run `streamvad fit`)")
     scoring = cfg.scoring if "scoring" in cfg.model_fields_set else None  # else the rule the model was fitted with
     engine = load_engine(Path(cfg.model_dir), scoring=scoring, backbone=cfg.backbone)
-    live, fitted = cfg.transport.frame_max_side, engine.info.frame_max_side
-    if live is not None and (fitted is None or live < fitted):
-        log.warning("transport.frame_max_side: readers shrink frames to %d px but model %s was fitted on frames up "
-                    "to %s px; scores of larger cameras will drift from the calibration (set the same value, or "
-                    "refit)", live, cfg.model_dir, fitted or "full size")
+    live = cfg.transport.frame_max_side, cfg.transport.jpeg_quality
+    fitted = engine.info.frame_max_side, engine.info.jpeg_quality
+    if live != fitted:
+        log.warning("transport: readers send %s but model %s was fitted on %s; its scores will drift from the "
+                    "calibration (set transport.frame_max_side and jpeg_quality as at fit time, or refit)",
+                    _wire_form(*live), cfg.model_dir, _wire_form(*fitted))
     masks = {c.id: c.mask for c in cfg.cameras if c.mask}
     return Worker(engine, cfg.transport, cfg.worker, frames_endpoint=frames_endpoint, frames_bind=frames_bind,
                   masks=masks, name=f"worker-{index}", drain_timeout_s=cfg.serve.drain_timeout_s)

@@ -57,7 +57,9 @@ def running_worker(engine: Engine, cfg: WorkerConfig, policy: str = "block"
     thread.start()
     assert worker.ready.wait(10)
     pusher = FramePusher(transport.frames, policy="block")
-    time.sleep(0.3)  # let the worker's PUB finish subscribing (ZeroMQ slow joiner)
+    # A bound SUB forwards its subscription to a connecting PUB only while its own thread calls into it
+    # (ZeroMQ processes socket commands lazily): poll it, or whatever the worker publishes first is dropped.
+    assert sub.recv(300) is None
     try:
         yield worker, pusher, sub
     finally:
@@ -174,22 +176,33 @@ def test_sigterm_drains_queued_frames(tiny_model: Path) -> None:
     assert proc.exitcode == 0
 
 
-def test_engine_shrinks_frames_as_the_readers_and_the_fit_did(tiny_model: Path) -> None:
-    """Offline paths (fit, replay, eval) see the pixels the live path gives the model: the engine applies
-    the frame_max_side the model was fitted with, so a full-size frame and the reader-shrunk copy score
-    the same."""
+def test_replay_scores_what_the_live_path_scores(tiny_model: Path, tmp_path: Path) -> None:
+    """Full-size recordings replayed offline get the scores a live worker gives the same frames sent by a
+    reader (shrunk to frame_max_side, JPEG on the wire): fit records both in model.json and replay applies them."""
     import json
 
-    from streamvad.engine import ModelInfo
-    from streamvad.sources.shrink import limit_size
+    from PIL import Image
 
-    assert json.loads((tiny_model / "model.json").read_text())["frame_max_side"] == 640
+    from streamvad.config import CameraConfig
+    from streamvad.engine import ModelInfo
+    from streamvad.pipeline import clips_from_paths, replay
+    from streamvad.reader import run_reader
+
+    fitted = json.loads((tiny_model / "model.json").read_text())
+    assert (fitted["frame_max_side"], fitted["jpeg_quality"]) == (640, 90)  # the config's transport at fit time
+    folder = tmp_path / "hd"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(make_frame("hd", i).image).resize((320, 240)).save(folder / f"{i:03d}.png")
     engine = load_engine(tiny_model)
-    engine.info = ModelInfo(**{**engine.info.__dict__, "frame_max_side": 80})
-    full = [make_frame("cam", i) for i in range(3)]  # 120 x 160
-    shrunk = [limit_size(f, 80) for f in full]
-    assert shrunk[0].image.shape == (60, 80, 3)
-    a, b = engine.process(full), engine.process(shrunk)
-    assert [v.raw_score for v in a] == [v.raw_score for v in b]
-    engine.info = ModelInfo(**{**engine.info.__dict__, "frame_max_side": None})  # older models: as given
-    assert [v.raw_score for v in engine.process(full)] != [v.raw_score for v in b]
+    engine.info = ModelInfo(**{**engine.info.__dict__, "frame_max_side": 160, "jpeg_quality": 90})
+    with running_worker(engine, WorkerConfig(max_batch=4, max_wait_ms=200)) as (worker, _pusher, sub):
+        transport = worker.transport.model_copy(update={"frame_max_side": 160, "jpeg_quality": 90})
+        run_reader(CameraConfig(id="hd", url=str(folder), fps=30.0), transport)
+        live = {}
+        while len(live) < 4 and (msg := sub.recv(10_000)) is not None:
+            if msg.type == "verdict" and msg.verdict is not None:
+                live[msg.verdict.key.index] = msg.verdict.raw_score
+    offline = replay(engine, clips_from_paths([folder]), sample_fps=None, progress=False).records["primary"]
+    assert sorted(live) == [r["frame"] for r in offline]
+    assert [r["raw_score"] for r in offline] == pytest.approx([live[r["frame"]] for r in offline], abs=1e-5)
