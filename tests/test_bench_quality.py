@@ -189,6 +189,8 @@ def test_tool_embeds_once_and_writes_results(tmp_path: Path, capsys: pytest.Capt
     assert first["frames"] == {"train": 16, "holdout": 8, "test": 12, "test_anomalous": 6, "cutpaste": 3}
     assert {r["base"] for r in first["methods"]} == {*KNNN_VARIANTS, *ENSEMBLES, "uniformaly", "generalad", "s2vad"}
     assert "embed_train_s" in first["timings"]
+    meta = json.loads((tmp_path / "cache" / "train" / "meta.json").read_text(encoding="utf-8"))
+    assert meta["wire"] == [640, 90]  # frames embedded as the live worker gets them, as in `make ped2`
     assert tool.main(args) == 0  # same settings: the cached embeddings are reused, not recomputed
     second = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))
     assert (tmp_path / "cache" / "train" / "patches.npy").stat().st_mtime_ns == cached

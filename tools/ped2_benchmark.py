@@ -116,12 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         backbone = build_backbone(cfg.backbone)
         layers = required_layers(settings, backbone.num_layers)
-        base = {"backbone": backbone.manifest(), "layers": list(layers), "root": str(args.root.resolve())}
+        base = {"backbone": backbone.manifest(), "layers": list(layers), "root": str(args.root.resolve()),
+                "wire": [cfg.transport.frame_max_side, cfg.transport.jpeg_quality]}  # as `make ped2` sees frames
         timings: dict[str, float] = {}
 
         def embed(clips: list[Clip], desc: str) -> Features:
             t = time.perf_counter()
-            feats = embed_clips(backbone, clips, layers, progress, desc)
+            feats = embed_clips(backbone, clips, layers, progress, desc, transport=cfg.transport)
             timings[f"embed_{desc}_s"] = time.perf_counter() - t
             timings[f"embed_{desc}_frames_per_s"] = len(feats) / timings[f"embed_{desc}_s"]
             return feats
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         cut_dir = args.cache / "cutpaste"
         cut_feats = Features.load(cut_dir, cut_meta)
         if cut_feats is None or not (cut_dir / "masks.npy").is_file():
-            cut = make_cutpaste(backbone, test_clips, rows, layers, args.seed)
+            cut = make_cutpaste(backbone, test_clips, rows, layers, args.seed, transport=cfg.transport)
             cut.features.save(cut_dir, cut_meta)
             np.save(cut_dir / "masks.npy", cut.masks)
         cut = CutPaste(Features.load(cut_dir, cut_meta), np.load(cut_dir / "masks.npy"), rows)  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ live system can compute) is evaluated as its own variant of every method, calibr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -31,7 +32,7 @@ from pydantic import BaseModel
 
 from streamvad.backbones.base import Backbone
 from streamvad.bench import environment
-from streamvad.config import NormalityConfig, ScoringConfig
+from streamvad.config import NormalityConfig, ScoringConfig, TransportConfig
 from streamvad.datasets.base import Clip, iter_clip
 from streamvad.detectors.base import BaseDetector, upsample_map
 from streamvad.detectors.config import DetectorConfig
@@ -40,6 +41,7 @@ from streamvad.engine import FeatureRequest
 from streamvad.errors import InputError
 from streamvad.evaluation import auroc, average_precision, binary_metrics, threshold_from_normal
 from streamvad.pipeline import embed_batches, holdout_mask
+from streamvad.transport import as_transported
 from streamvad.types import EmbeddingBatch, FrameKey
 
 log = logging.getLogger(__name__)
@@ -196,11 +198,14 @@ def ensemble(members: Sequence[Scored], quantile: float) -> Scored:
 
 def embed_clips(
     backbone: Backbone, clips: Sequence[Clip], layers: Sequence[int], progress: bool, desc: str = "embedding",
+    transport: TransportConfig | None = None,
 ) -> Features:
-    """Every frame of `clips` (sample_fps None: the datasets' protocol) with the extra `layers`."""
+    """Every frame of `clips` (sample_fps None: the datasets' protocol) with the extra `layers`; with
+    `transport`, as a live worker would receive it (`as_transported`), like `make ped2`."""
     parts, clip_ids, labels = [], [], []
     request = FeatureRequest(layers=tuple(layers))
-    for ci, frames, batch in embed_batches(backbone, clips, None, request=request, progress=progress, desc=desc):
+    for ci, frames, batch in embed_batches(backbone, clips, None, request=request, transport=transport,
+                                           progress=progress, desc=desc):
         parts.append(batch)
         clip_ids += [ci] * len(frames)
         labels += [int(f.label or 0) for f in frames]
@@ -217,15 +222,21 @@ def normal_rows(labels: np.ndarray, count: int) -> np.ndarray:
 
 def make_cutpaste(
     backbone: Backbone, clips: Sequence[Clip], rows: np.ndarray, layers: Sequence[int], seed: int,
+    transport: TransportConfig | None = None,
 ) -> CutPaste:
-    """Paste an APMask-style anomaly into each of the test frames `rows` and embed the results.
+    """Paste an APMask-style anomaly into each of the test frames `rows` and embed the results (with
+    `transport`, the pasted frame as a live worker would receive it).
 
     A CNN gives no CLS attention, so locations are uniform (what `attention_cutpaste` does for None).
     """
     wanted = set(int(r) for r in rows)
-    images = [f.image for i, f in enumerate(f for c in clips for f in iter_clip(c, None)) if i in wanted]
+    frames = [f for i, f in enumerate(f for c in clips for f in iter_clip(c, None)) if i in wanted]
     rng = np.random.default_rng(seed)
-    pasted = [attention_cutpaste(img, None, rng) for img in images]
+    pasted = [attention_cutpaste(f.image, None, rng) for f in frames]
+    if transport is not None:  # the anomaly is in the scene, so it travels through the wire like the rest
+        wire = transport.frame_max_side, transport.jpeg_quality
+        pasted = [(as_transported(dataclasses.replace(f, image=img), *wire).image, mask)
+                  for f, (img, mask) in zip(frames, pasted, strict=True)]
     parts = [backbone.embed([p[0] for p in pasted[lo:lo + 16]], layers=layers) for lo in range(0, len(pasted), 16)]
     feats = Features.concat(parts, np.arange(len(pasted)), np.ones(len(pasted), dtype=np.int64))
     return CutPaste(feats, np.stack([p[1] for p in pasted]), np.asarray(rows, dtype=np.int64))
