@@ -127,6 +127,9 @@ def test_knnn_rules_rank_anomalies_and_write_scores(tmp_path: Path) -> None:
     with np.load(tmp_path / "scores.npz") as z:
         assert z["knnn/global|test"].shape == (24,) and z["knnn/global|hold"].shape == (12,)
         np.testing.assert_array_equal(z["test_labels"], test.labels)
+        # each method is scored by its own token scores, not the k-NNN ratio under another name
+        for method in ("distance", "nnn"):
+            assert not np.allclose(z[f"{method}/topk@0.05|test"], z["knnn/topk@0.05|test"])
 
 
 def test_every_detector_gets_a_row_with_every_figure() -> None:

@@ -57,6 +57,8 @@ KNNN_VARIANTS: dict[str, dict[str, Any]] = {
     "knnn/any_k": {"method": "knnn", "rule": "any_k"},
     "distance/topk@0.05": {"method": "distance", "rule": "topk", "topk_ratio": 0.05},
     "distance/global": {"method": "distance", "rule": "global"},
+    "nnn/topk@0.05": {"method": "nnn", "rule": "topk", "topk_ratio": 0.05},
+    "nnn/global": {"method": "nnn", "rule": "global"},
     "hdbscan/global": {"method": "hdbscan", "rule": "global"},
 }
 # Fixed before looking at test results: scene context (global) with local evidence (top-k patches),
@@ -272,17 +274,24 @@ def score_knnn(
         np.asarray(train.global_), train.patches, settings.normality, sources=[str(c) for c in train.clip_ids],
         backbone={**backbone, "grid": list(train.grid)}, progress=progress))
     tokens = TokenScorer(model)
+    variants = {name: ScoringConfig.model_validate({**settings.scoring.model_dump(), **update, "frame_threshold": None})
+                for name, update in settings.knnn_variants.items()}
+    # hdbscan variants replace the global token of the k-NNN scores, so those are always computed
+    methods = sorted({cfg.method for cfg in variants.values()} - {"hdbscan"} | {"knnn"})
 
-    def token_scores(f: Features) -> tuple[TokenScores, np.ndarray | None]:
-        parts, gconf = [], []
+    def token_scores(f: Features) -> tuple[dict[str, TokenScores], np.ndarray | None]:
+        parts: dict[str, list[TokenScores]] = {m: [] for m in methods}
+        gconf = []
         for lo in range(0, len(f), 64):
             g, p = np.asarray(f.global_[lo:lo + 64]), np.asarray(f.patches[lo:lo + 64])
-            parts.append(tokens.scores(g, p, "knnn"))
+            for method, ts in tokens.scores_all(g, p, methods).items():
+                parts[method].append(ts)
             if 0 in model.hdbscan:
                 gq = g if model.projection is None else model.projection(g)
                 gconf.append(hdbscan_.confidence(model.hdbscan[0], gq))
-        ts = TokenScores(np.concatenate([t.conf for t in parts]), np.concatenate([t.ratio for t in parts]))
-        return ts, np.concatenate(gconf) if gconf else None
+        joined = {m: TokenScores(np.concatenate([t.conf for t in ts]), np.concatenate([t.ratio for t in ts]))
+                  for m, ts in parts.items()}
+        return joined, np.concatenate(gconf) if gconf else None
 
     try:
         (hold_ts, hold_h), _ = _timed(lambda: token_scores(hold))
@@ -293,22 +302,24 @@ def score_knnn(
     mask = np.ones(model.n_patches, dtype=bool)
     size = cutpaste.masks.shape[1:]
     sigma = KNNN_MAP_SIGMA * min(size) / KNNN_MAP_REFERENCE
-    maps = [upsample_map(r.reshape(train.grid), size, sigma) for r in cut_ts.ratio[:, 1:]]
+    maps = {m: [upsample_map(r.reshape(train.grid), size, sigma) for r in cut_ts[m].ratio[:, 1:]] for m in methods}
     out: dict[str, Scored] = {}
-    for name, update in settings.knnn_variants.items():
-        cfg = ScoringConfig.model_validate({**settings.scoring.model_dump(), **update, "frame_threshold": None})
+    for name, cfg in variants.items():
         if cfg.method == "hdbscan" and hold_h is None:
             log.warning("%s skipped: the normality config fits no HDBSCAN on the global token", name)
             continue
+        base = "knnn" if cfg.method == "hdbscan" else cfg.method
 
-        def raw(ts: TokenScores, h: np.ndarray | None, cfg: ScoringConfig = cfg) -> np.ndarray:
+        def raw(by_method: dict[str, TokenScores], h: np.ndarray | None, cfg: ScoringConfig = cfg,
+                base: str = base) -> np.ndarray:
+            ts = by_method[base]
             if cfg.method == "hdbscan":  # only the global token has a clusterer (normality.hdbscan: global)
                 ts = TokenScores(ts.conf.copy(), ts.ratio.copy())
                 ts.conf[:, 0] = ts.ratio[:, 0] = h
             return aggregate(ts, mask, cfg.rule, cfg)[1]
 
         out[name] = Scored(raw(hold_ts, hold_h), raw(test_ts, test_h), raw(cut_ts, cut_h),
-                           maps if cfg.rule != "global" else None, fit_s, score_s)
+                           maps[base] if cfg.rule != "global" else None, fit_s, score_s)
     return out
 
 
