@@ -78,6 +78,7 @@ class TokenScorer:
         self._floor = torch.from_numpy(density_floor(model.loc_dens)).to(self.device).unsqueeze(1)
         self.scales = {method: method_scale(model, method) for method in SCALED}
         self._nnn: NNNScorer | None = None
+        self._k = 1  # neighbours per search: the most any caller has asked for, so later batches search once
         self._pool = ThreadPoolExecutor(torch.get_num_threads()) if model.indexes is not None else None
         self._step = chunk_size(4 * model.n_train * 64, 128 << 20)  # tokens per [t, M, B<=64] block
         self._last: tuple[np.ndarray, np.ndarray, np.ndarray, Search] | None = None
@@ -103,7 +104,7 @@ class TokenScorer:
     def _search(self, queries: np.ndarray, k: int) -> Search:
         """The k nearest training vectors of frame-major queries [B, T, D]."""
         q = torch.from_numpy(np.ascontiguousarray(queries.transpose(1, 0, 2), dtype=np.float32)).to(self.device)
-        rows = self._nearest(q, min(k, self.model.n_train))
+        rows = self._nearest(q, k)
         return Search(q, gather_dists(self._train, rows[..., :1], q).squeeze(-1), rows)
 
     def _nnn_scorer(self) -> NNNScorer:
@@ -125,9 +126,11 @@ class TokenScorer:
 
         Scorers for several rules share this TokenScorer and score the same batch one after another
         (one embedding pass, several rules in `eval`): the last batch's search is kept and reused
-        when the very same arrays come back with no more neighbours wanted. Holding them keeps their
-        identity unique.
+        when the very same arrays come back with no more neighbours wanted. Once one caller asked for k
+        neighbours (the original k-NNN), every search gets k, so mixed rules still search once per batch.
+        Holding the arrays keeps their identity unique.
         """
+        k = self._k = max(self._k, min(k, self.model.n_train))
         last = self._last
         if last is not None and last[0] is global_ and last[1] is patches and last[3].rows.shape[-1] >= k:
             return last[2], last[3]

@@ -117,3 +117,10 @@ def test_nnn_asks_the_search_for_more_neighbours_only_when_scored(tmp_path: Path
     out = tokens.scores_all(g, p, ("distance", "nnn"))
     assert tokens._last[3].rows.shape[-1] == model.config.nnn_k
     assert (out["nnn"].ratio > 0).all()
+    searches = []
+    real = tokens._search
+    tokens._search = lambda q, k: searches.append(k) or real(q, k)  # type: ignore[method-assign]
+    g2, p2 = g + 0.1, p + 0.1  # a new batch: once nnn was asked for, distance-then-nnn searches once
+    tokens.scores(g2, p2, "distance")
+    tokens.scores(g2, p2, "nnn")
+    assert searches == [model.config.nnn_k]

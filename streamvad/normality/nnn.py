@@ -167,8 +167,9 @@ class NNNScorer:
             tok = torch.arange(lo, hi, device=self.device).view(-1, 1, 1).expand(-1, b, k)
             key = (tok * self.neighbours.shape[1] + rows[lo:hi]).reshape(-1)
             uniq, inverse = torch.unique(key, return_inverse=True)
-            sigma, vectors = self._eigen(uniq // self.neighbours.shape[1], uniq % self.neighbours.shape[1])
-            sigma = torch.maximum(sigma, self._floor[uniq // self.neighbours.shape[1]].view(-1, 1, 1))
+            tok_u, row_u = uniq // self.neighbours.shape[1], uniq % self.neighbours.shape[1]
+            sigma, vectors = self._eigen(tok_u, row_u)
+            sigma = torch.maximum(sigma, self._floor[tok_u].view(-1, 1, 1))
             near = self.train[tok.reshape(-1), rows[lo:hi].reshape(-1)]  # [t*b*k, D]
             diff = self._blocked(queries[lo:hi].unsqueeze(2).expand(-1, -1, k, -1).reshape(-1, d) - near)
             proj = torch.einsum("pgi,pgil->pgl", diff, vectors[inverse]).abs() / sigma[inverse]
