@@ -103,8 +103,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     split = load_dataset(args.dataset, args.root, **_dataset_options(args))
     engine = load_engine(args.model, backbone=cfg.backbone)
     rules = [r for r in (args.rules or "").split(",") if r]
+    normal = [c for c in split.train if c.name in engine.info.holdout]  # the fit's hold-out: never trained on
     reports = evaluate(engine, split.test, args.out, sample_fps=_sample_fps(args, split.sample_fps),
-                       rules=rules, oracle=args.oracle, progress=not args.no_progress)
+                       rules=rules, oracle=args.oracle, events=cfg.events, normal=normal,
+                       progress=not args.no_progress)
     print(summary_table([{"scorer": name, **rep} for name, rep in reports.items()]))
     print(f"report -> {args.out}")
     return 0
@@ -135,6 +137,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         result = run_scoring_bench(n_patches=args.patches, dim=args.dim, n_train=args.train, batch=args.batch,
                                    faithful_frames=args.faithful_frames)
+    elif args.what == "motion":
+        from streamvad.bench.motion import run_motion_bench
+
+        result = run_motion_bench(seconds=args.seconds, batch=args.batch)
     else:
         from streamvad.bench.throughput import run_throughput_bench
 
@@ -232,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", help="benchmarks; results as JSON")
-    p.add_argument("what", choices=["scoring", "throughput"])
+    p.add_argument("what", choices=["scoring", "throughput", "motion"])
     p.add_argument("--json", type=Path, help="write the result here as JSON")
     p.add_argument("--patches", type=int, default=256)
     p.add_argument("--dim", type=int, default=384)

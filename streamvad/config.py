@@ -34,6 +34,28 @@ class BackboneConfig(_Section):
     batch_size: int = Field(16, ge=1)
 
 
+class MotionConfig(_Section):
+    """Normal motion per place, fitted beside the appearance memory (see streamvad/motion/).
+
+    Appearance at a patch cannot tell a cyclist from a walker; how fast and which way things move
+    there can. Speeds are in frame heights per second of stream time, so shed frames, other sampling
+    rates and other resolutions do not change them.
+    """
+
+    enabled: bool = True
+    cell_px: int = Field(16, ge=4, le=64)  # flow runs on the backbone grid scaled to this many pixels per cell
+    diff_threshold: int = Field(12, ge=1, le=255)  # grey-level change (after a 5x5 blur) that marks a moving pixel
+    min_fraction: float = Field(0.3, gt=0.0, le=1.0)  # share of a cell's pixels that must move for it to count
+    memory_per_cell: int = Field(256, ge=1)  # greedy k-center cap on each cell's normal velocities
+    min_samples: int = Field(20, ge=1)  # normal velocities a cell needs for its own speed scale
+    # what a velocity seen one cell away costs, in units of the cell's normal speed: nearby motion is normal
+    # evidence, but two lanes side by side keep their own directions
+    neighbour_cost: float = Field(1.0, ge=0.0)
+    top_cells: int = Field(2, ge=1)  # frame motion score: mean of the most anomalous cells (crowds do not dilute it)
+    max_gap_s: float = Field(1.0, gt=0.0)  # a frame further than this from the previous one is scored on appearance
+    folds: int = Field(4, ge=2)  # clip folds for the out-of-fold normal scores that calibrate the motion scale
+
+
 class NormalityConfig(_Section):
     """How normal footage is clustered and indexed (see ARCHITECTURE.md, 'Fitting')."""
 
@@ -61,6 +83,7 @@ class NormalityConfig(_Section):
     chroma_prefix: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{1,62}$")
     holdout_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # normal frames kept aside for thresholds
     seed: int = 0
+    motion: MotionConfig = MotionConfig()
 
     @model_validator(mode="after")
     def _k_range(self) -> NormalityConfig:
@@ -83,6 +106,9 @@ class ScoringConfig(_Section):
     any_k: int = Field(1, ge=1)
     frame_threshold: float | None = None  # None: calibrated on held-out normal frames at fit time
     calibration_quantile: float = Field(0.99, gt=0.0, lt=1.0)
+    # fused: a frame is anomalous when its appearance OR its motion passes its calibrated threshold;
+    # appearance / motion: one of the two alone (motion needs a model fitted with normality.motion).
+    motion: Literal["fused", "appearance", "motion"] = "fused"
 
 
 class SamplingConfig(_Section):

@@ -21,7 +21,8 @@ from streamvad.backbones.base import Backbone
 from streamvad.backbones.registry import build_backbone
 from streamvad.compute import resolve_device
 from streamvad.config import BackboneConfig, ScoringConfig
-from streamvad.errors import InputError, ModelMismatchError
+from streamvad.errors import ConfigError, InputError, ModelMismatchError
+from streamvad.motion import FusedScorer, MotionModel, MotionTracker
 from streamvad.types import EmbeddingBatch, Frame, Verdict
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "model.json"
 MODEL_FORMAT = 1
 KNNN = "knnn"
+MOTION_DIR = "motion"
 
 
 class FrameScorer(Protocol):
@@ -69,6 +71,7 @@ class ModelInfo:
     # same, see transport.as_transported. None: models fitted before this was recorded, frames used as read.
     frame_max_side: int | None = None
     jpeg_quality: int | None = None
+    holdout: tuple[str, ...] = ()  # names of the clips kept aside to calibrate (never trained on)
 
     def save(self, model_dir: Path) -> None:
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -80,6 +83,7 @@ class ModelInfo:
             "sample_fps": self.sample_fps,
             "frame_max_side": self.frame_max_side,
             "jpeg_quality": self.jpeg_quality,
+            "holdout": list(self.holdout),
         }
         (model_dir / MODEL_FILE).write_text(json.dumps(doc, indent=2), encoding="utf-8")
 
@@ -96,7 +100,7 @@ class ModelInfo:
                 )
             return cls(str(doc["kind"]), BackboneConfig.model_validate(doc["backbone"]),
                        ScoringConfig.model_validate(doc["scoring"]), doc.get("sample_fps"),
-                       doc.get("frame_max_side"), doc.get("jpeg_quality"))
+                       doc.get("frame_max_side"), doc.get("jpeg_quality"), tuple(map(str, doc.get("holdout", ()))))
         except (json.JSONDecodeError, KeyError, ValueError) as err:
             raise InputError(f"{path}: unreadable model description ({str(err).splitlines()[0]})") from None
 
@@ -111,17 +115,26 @@ class Timings:
 
 
 class Engine:
-    """Backbone + scorer. `process` is the only method the rest of the system calls."""
+    """Backbone + scorer (+ the per-camera motion tracker when the model has a motion part).
 
-    def __init__(self, backbone: Backbone, scorer: FrameScorer, request: FeatureRequest, info: ModelInfo):
+    `process` is the only method the rest of the system calls. `embed` is stateful when there is a
+    tracker: each camera's frames must come in stream order, as they do in the worker and in replay.
+    """
+
+    def __init__(self, backbone: Backbone, scorer: FrameScorer, request: FeatureRequest, info: ModelInfo,
+                 tracker: MotionTracker | None = None):
         self.backbone = backbone
         self.scorer = scorer
         self.request = request
         self.info = info
+        self.tracker = tracker
         self.timings = Timings()
 
     def embed(self, frames: Sequence[Frame]) -> EmbeddingBatch:
-        return embed_frames(self.backbone, frames, self.request)
+        batch = embed_frames(self.backbone, frames, self.request)
+        if self.tracker is not None:
+            batch.motion = self.tracker.observe(frames)
+        return batch
 
     def process(self, frames: Sequence[Frame]) -> list[Verdict]:
         if not frames:
@@ -154,18 +167,42 @@ def load_engine(
         bb_cfg = BackboneConfig.model_validate({**bb_cfg.model_dump(), **backbone.model_dump(exclude_unset=True)})
     net = build_backbone(bb_cfg)
     device = str(resolve_device(bb_cfg.device))  # the scorer runs where the backbone does
+    tracker: MotionTracker | None = None
     if info.kind == KNNN:
         from streamvad.normality.model import NormalityModel
         from streamvad.scoring import Scorer
 
+        cfg = scoring or info.scoring
         model = NormalityModel.load(model_dir / "normality", backbone=net.manifest())
-        scorer: FrameScorer = Scorer(model, scoring or info.scoring, mask=mask, device=device)
+        scorer: FrameScorer = Scorer(model, cfg, mask=mask, device=device)
         request = FeatureRequest()
+        motion = _load_motion(model_dir, cfg, net.grid)
+        if motion is not None:
+            scorer = FusedScorer(scorer, motion, "motion" if cfg.motion == "motion" else "fused")
+            tracker = MotionTracker(net.grid, motion.cfg)
     else:
         from streamvad.detectors import load_detector
 
         detector = load_detector(model_dir / "detector", device=device, backbone_manifest=net.manifest())
         req = detector.requirements()
         scorer, request = detector, FeatureRequest(req.layers, req.attention, req.attention_layer)
-    log.info("serving %s model %s on backbone %s", info.kind, model_dir, bb_cfg.name)
-    return Engine(net, scorer, request, info)
+    log.info("serving %s model %s on backbone %s%s", info.kind, model_dir, bb_cfg.name,
+             "" if tracker is None else " with motion")
+    return Engine(net, scorer, request, info, tracker)
+
+
+def _load_motion(model_dir: Path, cfg: ScoringConfig, grid: tuple[int, int]) -> MotionModel | None:
+    """The model's motion part, unless scoring asks for appearance alone; a model fitted without one
+    serves appearance, unless motion alone was asked for."""
+    folder = model_dir / MOTION_DIR
+    if cfg.motion == "appearance":
+        return None
+    if not (folder / "motion.json").is_file():
+        if cfg.motion == "motion":
+            raise ConfigError(f"scoring.motion: 'motion' needs a model fitted with normality.motion, and {model_dir} "
+                              "has none; refit, or set scoring.motion to appearance")
+        return None
+    motion = MotionModel.load(folder)
+    if motion.grid != tuple(grid):
+        raise ModelMismatchError(f"{folder}: motion fitted on a {motion.grid} grid, the backbone gives {grid}")
+    return motion

@@ -346,6 +346,7 @@ def _cell(value: Any) -> str:
 
 
 SUMMARY_COLUMNS = ("scorer", "auroc", "balanced_accuracy", "f1", "precision", "recall", "fpr", "threshold",
+                   "segment_recall", "delay_median_s", "false_events_per_hour", "holdout_false_events_per_hour",
                    "n_normal", "n_anomalous")
 
 

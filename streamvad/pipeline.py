@@ -21,14 +21,17 @@ from tqdm import tqdm
 from streamvad.backbones.base import Backbone
 from streamvad.backbones.registry import build_backbone
 from streamvad.compute import resolve_device
-from streamvad.config import ScoringConfig, StreamVADConfig, TransportConfig
+from streamvad.config import EventsConfig, MotionConfig, ScoringConfig, StreamVADConfig, TransportConfig
 from streamvad.datasets.base import Clip, iter_clip
-from streamvad.engine import KNNN, Engine, FeatureRequest, FrameScorer, ModelInfo, embed_frames
-from streamvad.errors import InputError
+from streamvad.engine import KNNN, MOTION_DIR, Engine, FeatureRequest, FrameScorer, ModelInfo, embed_frames
+from streamvad.errors import ConfigError, InputError
+from streamvad.event_metrics import ClipVerdicts, event_metrics
+from streamvad.motion import FusedScorer, MotionModel, MotionTracker
+from streamvad.motion.model import calibrate_motion
 from streamvad.overlay import overlay_heatmap, save_jpeg
 from streamvad.sources.images import list_images
 from streamvad.transport import as_transported
-from streamvad.types import EmbeddingBatch, Frame, Verdict
+from streamvad.types import EmbeddingBatch, Frame, MotionField, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +73,18 @@ def progress_bar(desc: str, enabled: bool, total: int | None = None) -> tqdm:
 
 @dataclass
 class Embedded:
-    """Embeddings of many frames, kept in memory as float32 (one row per frame)."""
+    """Embeddings of many frames, kept in memory as float32 (one row per frame), with their motion."""
 
     global_: np.ndarray  # [Q, D]
     patches: np.ndarray  # [Q, N, D]
     clip_ids: np.ndarray  # [Q] index into the clip list
     sources: list[str]
+    motion: MotionField | None = None
 
     def rows(self, mask: np.ndarray) -> Embedded:
         idx = np.flatnonzero(mask)
-        return Embedded(self.global_[idx], self.patches[idx], self.clip_ids[idx], [self.sources[i] for i in idx])
+        return Embedded(self.global_[idx], self.patches[idx], self.clip_ids[idx], [self.sources[i] for i in idx],
+                        None if self.motion is None else self.motion.select(idx))
 
 
 def embed_batches(
@@ -108,17 +113,28 @@ def embed_batches(
 
 
 def embed_clips(backbone: Backbone, clips: Sequence[Clip], sample_fps: float | None, *,
-                transport: TransportConfig | None = None, progress: bool = True) -> Embedded:
-    """Global and patch embeddings of every sampled frame of `clips`, one row per frame."""
-    globals_, patches, clip_ids, sources = [], [], [], []
+                transport: TransportConfig | None = None, progress: bool = True,
+                motion: MotionConfig | None = None) -> Embedded:
+    """Global and patch embeddings of every sampled frame of `clips`, one row per frame; with `motion`,
+    each frame's motion since the previous frame of its clip, measured as the live worker measures it."""
+    globals_, patches, clip_ids, sources, fields = [], [], [], [], []
+    tracker = None if motion is None else MotionTracker(backbone.grid, motion)
+    last_clip = -1
     for ci, frames, batch in embed_batches(backbone, clips, sample_fps, transport=transport, progress=progress):
         globals_.append(batch.global_)
         patches.append(batch.patches)
         clip_ids.extend([ci] * len(frames))
         sources.extend(f.source or clips[ci].name for f in frames)
+        if tracker is not None:
+            if ci != last_clip:  # a new clip starts afresh, even on the same camera
+                tracker.forget(frames[0].camera)
+                last_clip = ci
+            fields.append(tracker.observe(frames))
     if not globals_:
         raise _no_frames(clips)
-    return Embedded(np.concatenate(globals_), np.concatenate(patches), np.asarray(clip_ids), sources)
+    joined = None if tracker is None else MotionField(*(np.concatenate([getattr(f, k) for f in fields])
+                                                         for k in ("fraction", "velocity", "valid")))
+    return Embedded(np.concatenate(globals_), np.concatenate(patches), np.asarray(clip_ids), sources, joined)
 
 
 def _no_frames(clips: Sequence[Clip]) -> InputError:
@@ -172,15 +188,18 @@ def fit(
     backbone = build_backbone(cfg.backbone)
     kind = detector or KNNN
     if kind == KNNN:
-        embedded = embed_clips(backbone, clips, sample_fps, transport=cfg.transport, progress=progress)
+        motion = cfg.normality.motion if cfg.normality.motion.enabled else None
+        embedded = embed_clips(backbone, clips, sample_fps, transport=cfg.transport, progress=progress, motion=motion)
         hold = holdout_mask(embedded.clip_ids, len(clips), cfg.normality.holdout_fraction)
         train, held = embedded.rows(~hold), embedded.rows(hold)
         thresholds = _fit_knnn(cfg, backbone, train, held, out, progress)
         n_train, n_held = len(train.sources), len(held.sources)
+        holdout = tuple(clips[i].name for i in np.unique(held.clip_ids)) if len(clips) > 1 else ()
     else:
         thresholds, n_train, n_held = _fit_detector(cfg, kind, backbone, clips, sample_fps, out, progress)
+        holdout = ()
     ModelInfo(kind, cfg.backbone, cfg.scoring, sample_fps, cfg.transport.frame_max_side,
-              cfg.transport.jpeg_quality).save(out)
+              cfg.transport.jpeg_quality, holdout).save(out)
     return FitResult(out, kind, n_train, n_held, thresholds, time.perf_counter() - t0)
 
 
@@ -196,7 +215,25 @@ def _fit_knnn(
     if len(held.sources):
         model.set_thresholds(calibrate(model, held.global_, held.patches, cfg.scoring))
     model.save(out / "normality")
-    return dict(model.thresholds)
+    thresholds = dict(model.thresholds)
+    if train.motion is not None:
+        thresholds["motion"] = _fit_motion(cfg, backbone.grid, train, held, out / MOTION_DIR)
+    return thresholds
+
+
+def _fit_motion(cfg: StreamVADConfig, grid: tuple[int, int], train: Embedded, held: Embedded, out: Path) -> float:
+    """Fit the motion part on the training frames and calibrate it on every normal frame it was not fitted on."""
+    t0 = time.perf_counter()
+    mcfg = cfg.normality.motion
+    assert train.motion is not None
+    model = MotionModel.fit(train.motion, grid, mcfg)
+    extra = [] if held.motion is None else [model.score(held.motion)[held.motion.valid]]
+    model.threshold, _ = calibrate_motion(train.motion, train.clip_ids, grid, mcfg,
+                                          cfg.scoring.calibration_quantile, extra)
+    model.save(out)
+    log.info("motion: threshold %.3f (quantile %.3f of out-of-fold and held-out normal frames), fitted in %.1f s",
+             model.threshold, cfg.scoring.calibration_quantile, time.perf_counter() - t0)
+    return model.threshold
 
 
 def _fit_detector(
@@ -231,23 +268,32 @@ def _fit_detector(
 def rule_variants(engine: Engine, names: Sequence[str]) -> dict[str, FrameScorer]:
     """Scorers for several decision rules sharing the engine's fitted model (k-NNN models only).
 
-    Names are "rule" or "method/rule" (e.g. "majority", "topk", "hdbscan/global"). Embedding once and
-    scoring several ways is how one evaluation compares global, local-vote and top-k scoring.
+    Names are "rule" or "method/rule" (e.g. "majority", "topk", "hdbscan/global") for appearance alone,
+    "method/rule+motion" fused with the model's motion part, and "motion" for motion alone. Embedding
+    once and scoring several ways is how one evaluation compares them.
     """
     if engine.info.kind != KNNN:
         return {engine.info.kind: engine.scorer}
     from streamvad.scoring import Scorer
 
-    base = engine.scorer
+    fused = engine.scorer if isinstance(engine.scorer, FusedScorer) else None
+    base = engine.scorer if fused is None else fused.appearance
     assert isinstance(base, Scorer)
     out: dict[str, FrameScorer] = {}
     for name in names:
-        method, _, rule = name.rpartition("/")
+        appearance, plus, _ = name.partition("+motion")
+        if (plus or name == "motion") and fused is None:
+            raise ConfigError(f"--rules: {name!r} needs a model fitted with motion (normality.motion)")
+        if name == "motion" and fused is not None:
+            out[name] = FusedScorer(base, fused.motion, "motion")
+            continue
+        method, _, rule = appearance.rpartition("/")
         update: dict[str, Any] = {"rule": rule, "frame_threshold": None}
         if method:
             update["method"] = method
         cfg = ScoringConfig.model_validate({**base.cfg.model_dump(), **update})
-        out[name] = Scorer(base.model, cfg, mask=base.mask, tokens=base.tokens)
+        scorer = Scorer(base.model, cfg, mask=base.mask, tokens=base.tokens)
+        out[name] = FusedScorer(scorer, fused.motion) if plus and fused is not None else scorer
     return out
 
 
@@ -265,6 +311,7 @@ def verdict_record(frame: Frame, v: Verdict) -> dict[str, Any]:
         "n_patches": v.n_patches,
         "threshold": round(float(v.threshold), 6),
         "decided_by": v.decided_by,
+        "motion_score": None if v.motion_score is None else round(float(v.motion_score), 6),
         "label": frame.label,
         "source": frame.source,
     }
@@ -343,31 +390,36 @@ def evaluate(
     sample_fps: float | None,
     rules: Sequence[str] = (),
     oracle: bool = False,
+    events: EventsConfig | None = None,
+    normal: Sequence[Clip] = (),
     progress: bool = True,
 ) -> dict[str, Any]:
     """Replay labelled test clips, then write metrics.json, plots and heatmap overlays to `out`.
 
     The decision threshold is the one the model calibrated on held-out normal footage; the study's
     recall-weighted threshold, which looks at test labels, is only reported when `oracle` is asked.
+    Event-level figures (segments detected, delays, false events per hour) use the `events` hysteresis;
+    `normal` clips (the fit's hold-out, never trained on) add false events per hour on more normal footage.
     """
     from streamvad.evaluation import write_report
 
+    events = events or EventsConfig()
     scorers = rule_variants(engine, rules) if rules else {engine.info.kind: engine.scorer}
     result = replay(
         engine, test, sample_fps=sample_fps, scorers=scorers, out_jsonl=out / "verdicts.jsonl",
         heatmaps=out / "heatmaps", heatmap_every=25, progress=progress,
     )
+    held = replay(engine, normal, sample_fps=sample_fps, scorers=scorers, progress=progress) if normal else None
     reports: dict[str, Any] = {}
     for i, (name, recs) in enumerate(result.records.items()):
         labelled = [r for r in recs if r["label"] is not None]
         if not labelled:
             raise InputError("evaluation needs labelled test frames; the dataset gave none")
-        per_clip: dict[str, dict[str, list[float]]] = {}
-        for r in labelled:
-            clip = per_clip.setdefault(r["camera"], {"labels": [], "scores": [], "pts": []})
-            clip["labels"].append(int(r["label"]))
-            clip["scores"].append(float(r["raw_score"]))
-            clip["pts"].append(float(r["pts"]))
+        per_clip = _by_clip(labelled)
+        extra: dict[str, Any] = {"scorer": name, "frames_per_second": result.frames / max(result.seconds, 1e-9)}
+        extra.update(_event_summary(event_metrics(_clip_verdicts(labelled), events), "events"))
+        if held is not None:
+            extra.update(_event_summary(event_metrics(_clip_verdicts(held.records[name]), events), "holdout_events"))
         reports[name] = write_report(
             out if i == 0 else out / "rules" / name.replace("/", "-"),
             labels=[int(r["label"]) for r in labelled],
@@ -375,8 +427,33 @@ def evaluate(
             threshold=float(labelled[0]["threshold"]),
             oracle=oracle,
             per_clip=per_clip,
-            extra={"scorer": name, "frames_per_second": result.frames / max(result.seconds, 1e-9)},
+            extra=extra,
         )
     if len(reports) > 1:
         (out / "by_rule.json").write_text(json.dumps(reports, indent=2), encoding="utf-8")
     return reports
+
+
+def _by_clip(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    per_clip: dict[str, dict[str, list[float]]] = {}
+    for r in records:
+        clip = per_clip.setdefault(r["camera"], {"labels": [], "scores": [], "pts": [], "anomalous": []})
+        clip["labels"].append(int(r["label"] or 0))
+        clip["scores"].append(float(r["raw_score"]))
+        clip["pts"].append(float(r["pts"]))
+        clip["anomalous"].append(bool(r["anomalous"]))
+    return per_clip
+
+
+def _clip_verdicts(records: Sequence[dict[str, Any]]) -> dict[str, ClipVerdicts]:
+    return {name: ClipVerdicts(np.asarray(c["pts"]), np.asarray(c["labels"], dtype=int),
+                               np.asarray(c["anomalous"], dtype=bool)) for name, c in _by_clip(records).items()}
+
+
+def _event_summary(metrics: dict[str, Any], key: str) -> dict[str, Any]:
+    """The event metrics under `key`, with the headline figures also at the top level for the summary table."""
+    prefix = "" if key == "events" else "holdout_"
+    out: dict[str, Any] = {key: metrics, f"{prefix}false_events_per_hour": metrics["false_events_per_hour"]}
+    if key == "events":
+        out.update(segment_recall=metrics["segment_recall"], delay_median_s=metrics["delay_median_s"])
+    return out

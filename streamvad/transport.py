@@ -108,6 +108,7 @@ def encode_verdict(verdict: Verdict, frame_wall_time: float | None = None) -> li
         "grid": [int(verdict.grid[0]), int(verdict.grid[1])], "unsafe_patches": int(verdict.unsafe_patches),
         "threshold": float(verdict.threshold), "decided_by": verdict.decided_by,
         "wall_time": None if frame_wall_time is None else float(frame_wall_time),
+        "motion_score": None if verdict.motion_score is None else float(verdict.motion_score),
     }
     return _pack(header, np.asarray(verdict.patch_confidences, dtype="<f2").tobytes())
 
@@ -226,7 +227,14 @@ def _verdict_from(header: dict[str, Any], payload: bytes) -> Verdict:
         patch_confidences=np.frombuffer(payload, dtype="<f2").astype(np.float32), grid=(h, w),
         unsafe_patches=_field(header, "unsafe_patches", (int,)),
         threshold=float(_field(header, "threshold", _NUM)), decided_by=_field(header, "decided_by", (str,)),
+        motion_score=_optional_number(header, "motion_score"),
     )
+
+
+def _optional_number(header: dict[str, Any], name: str) -> float | None:
+    """A number field that older senders leave out and others send as null."""
+    value = _field(header, name, _NUM, optional=True) if name in header else None
+    return None if value is None else float(value)
 
 
 def _check_eos(header: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ is passed between packages, which keeps sources ignorant of models and scorers i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,6 +46,24 @@ class Frame:
 
 
 @dataclass
+class MotionField:
+    """What moved in each frame of a batch since that camera's previous frame, on the patch grid.
+
+    `fraction` [B, N] is the share of each cell's pixels that changed; `velocity` [B, N, 2] the mean
+    optical flow (x, y) of those pixels in frame heights per second of stream time; `valid` [B] is
+    False for a camera's first frame and the first after a gap, which are scored on appearance alone.
+    """
+
+    fraction: np.ndarray
+    velocity: np.ndarray
+    valid: np.ndarray
+
+    def select(self, rows: Sequence[int]) -> MotionField:
+        idx = list(rows)
+        return MotionField(self.fraction[idx], self.velocity[idx], self.valid[idx])
+
+
+@dataclass
 class EmbeddingBatch:
     """What a backbone computes for a batch of frames, as float32 numpy arrays.
 
@@ -60,6 +79,7 @@ class EmbeddingBatch:
     grid: tuple[int, int]
     attention: np.ndarray | None = None  # [B, N]
     layers: dict[int, np.ndarray] = field(default_factory=dict)  # block -> [B, N, D_l]
+    motion: MotionField | None = None  # set by the engine when the model has a motion part
 
     def __post_init__(self) -> None:
         b, n, _ = self.patches.shape
@@ -72,6 +92,15 @@ class EmbeddingBatch:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def select(self, rows: Sequence[int]) -> EmbeddingBatch:
+        """The batch's rows `rows`, in that order, with every optional output sliced alike."""
+        idx = list(rows)
+        return EmbeddingBatch(
+            keys=[self.keys[i] for i in idx], global_=self.global_[idx], patches=self.patches[idx], grid=self.grid,
+            attention=None if self.attention is None else self.attention[idx],
+            layers={k: v[idx] for k, v in self.layers.items()},
+            motion=None if self.motion is None else self.motion.select(idx))
+
 
 @dataclass
 class Verdict:
@@ -80,7 +109,8 @@ class Verdict:
     `patch_confidences` are the per-patch confidences in [0, 1] (the heatmap, row-major on `grid`).
     `score` is the frame score the decision thresholds; `raw_score` is the same aggregate before
     any capping, kept because capped confidences tie at 1 and ranking metrics (AUROC) need the order.
-    `decided_by` names the model, rule and threshold, e.g. "knnn/majority@0.80".
+    `decided_by` names the model, rule and threshold, e.g. "knnn/majority@0.80", or
+    "distance/topk@0.41+motion@1.52" when appearance and motion are fused (threshold 1, see motion/fusion.py).
     """
 
     key: FrameKey
@@ -93,6 +123,7 @@ class Verdict:
     unsafe_patches: int
     threshold: float
     decided_by: str
+    motion_score: float | None = None  # the motion part on its calibrated scale (1 = its threshold), if any
 
     @property
     def n_patches(self) -> int:

@@ -31,7 +31,7 @@ from streamvad.errors import ConfigError
 from streamvad.health import BATCH_BUCKETS, LATENCY_BUCKETS, Buckets
 from streamvad.supervisor import StatusReporter, setup_child
 from streamvad.transport import FramePuller, Message, encode_frame, encode_verdict, relay
-from streamvad.types import EmbeddingBatch, Frame, Verdict
+from streamvad.types import Frame, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,11 @@ def camera_scorers(engine: Engine, masks: Mapping[str, Polygon]) -> dict[str, Fr
     """One scorer per masked camera, sharing the engine's fitted model; unmasked cameras use the engine's."""
     if not masks:
         return {}
+    from streamvad.motion import FusedScorer
     from streamvad.scoring import Scorer
 
     base = engine.scorer
-    if not isinstance(base, Scorer):
+    if not isinstance(base, Scorer | FusedScorer):
         raise ConfigError(f"cameras.mask: camera masks need a k-NNN model, but {engine.info.kind!r} "
                           "detector models score whole frames; remove the masks or serve a k-NNN model")
     out: dict[str, FrameScorer] = {}
@@ -73,13 +74,6 @@ def camera_scorers(engine: Engine, masks: Mapping[str, Polygon]) -> dict[str, Fr
                               f"{engine.backbone.grid[0]}x{engine.backbone.grid[1]} grid; nothing would be scored")
         out[camera] = base.with_mask(mask)
     return out
-
-
-def _subset(batch: EmbeddingBatch, rows: list[int]) -> EmbeddingBatch:
-    return EmbeddingBatch(
-        keys=[batch.keys[i] for i in rows], global_=batch.global_[rows], patches=batch.patches[rows],
-        grid=batch.grid, attention=None if batch.attention is None else batch.attention[rows],
-        layers={k: v[rows] for k, v in batch.layers.items()})
 
 
 class VerdictSender:
@@ -229,7 +223,7 @@ class Worker:
             groups.setdefault(id(scorer), (scorer, []))[1].append(i)
         out: list[Verdict | None] = [None] * len(frames)
         for scorer, rows in groups.values():
-            for i, v in zip(rows, scorer.score(_subset(batch, rows)), strict=True):
+            for i, v in zip(rows, scorer.score(batch.select(rows)), strict=True):
                 out[i] = v
         self.embed_s.observe(t1 - t0)
         self.score_s.observe(time.perf_counter() - t1)
@@ -284,9 +278,24 @@ def build_worker(cfg: StreamVADConfig, index: int = 0, frames_endpoint: str | No
         log.warning("transport: readers send %s but model %s was fitted on %s; its scores will drift from the "
                     "calibration (set transport.frame_max_side and jpeg_quality as at fit time, or refit)",
                     _wire_form(*live), cfg.model_dir, _wire_form(*fitted))
+    _check_motion_rate(cfg, engine)
     masks = {c.id: c.mask for c in cfg.cameras if c.mask}
     return Worker(engine, cfg.transport, cfg.worker, frames_endpoint=frames_endpoint, frames_bind=frames_bind,
                   masks=masks, name=f"worker-{index}", drain_timeout_s=cfg.serve.drain_timeout_s)
+
+
+def _check_motion_rate(cfg: StreamVADConfig, engine: Engine) -> None:
+    """Motion is measured between consecutive sampled frames: speeds are per second, but how far things
+    move between two frames (and so what frame differencing and flow see) depends on the rate. A camera
+    sampled at another rate than the model's footage is refused rather than scored on a drifted scale."""
+    fitted = engine.info.sample_fps
+    if engine.tracker is None or fitted is None:
+        return
+    for camera in cfg.cameras:
+        if abs(camera.fps - fitted) > 1e-6:
+            raise ConfigError(f"cameras.{camera.id}.fps: {camera.fps:g}, but model {cfg.model_dir} learnt motion "
+                              f"at {fitted:g} fps; sample the camera at {fitted:g} fps, refit at {camera.fps:g}, "
+                              "or set scoring.motion: appearance")
 
 
 def worker_main(cfg: StreamVADConfig, index: int, frames_endpoint: str, log_level: int,

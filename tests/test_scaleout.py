@@ -112,7 +112,7 @@ def test_eos_reaching_either_worker_closes_events_after_the_last_verdict(tiny_mo
                                 status=free_tcp_endpoint(), policy="block")
     cfg = StreamVADConfig(
         model_dir=tiny_model, transport=transport, worker=WorkerConfig(max_batch=4, max_wait_ms=300),
-        scoring=ScoringConfig(frame_threshold=-1.0),
+        scoring=ScoringConfig(frame_threshold=-1.0, motion="appearance"),  # 0.5 fps: not the rate motion was fitted at
         events=EventsConfig(open_n=1, open_m=1, close_quiet_s=30.0, cooldown_s=0.0, eos_wait_s=20.0),
         sinks=SinksConfig(jsonl=tmp_path / "events.jsonl", spool=tmp_path / "spool"))
     endpoints = worker_endpoints(transport.frames, WORKERS)

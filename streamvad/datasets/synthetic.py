@@ -1,10 +1,13 @@
 """A synthetic fixed camera for the demo and the tests: a walkway across a lawn, people walking.
 
-Normal: walkers of varied colours, speeds and directions stay on the grey walkway. Anomalous:
-a person crossing the lawn, or a red cart standing on the walkway. Both are at least the size of
-a walker, so they are visible yet not trivial: the lawn walker looks exactly like a normal one,
-only *where* it walks is wrong. Everything is drawn with numpy from a seed, so a clip is
-reproducible, needs no download, and its ground truth (labels and boxes) is exact.
+Normal: walkers of varied colours and speeds stay on the grey walkway and keep to their lane
+(the upper half of the walkway walks left, the lower half right). Anomalous: a person crossing the
+lawn, a red cart on the walkway, a cyclist (a walker's look at three times a walker's speed) and a
+walker going against the flow of its lane. All are at least the size of a walker, so they are
+visible yet not trivial: the lawn walker, the cyclist and the wrong-way walker look exactly like
+normal ones; only *where*, *how fast* or *which way* they go is wrong. Everything is drawn with
+numpy from a seed, so a clip is reproducible, needs no download, and its ground truth (labels and
+boxes) is exact.
 
 Randomness is split on purpose: the background comes from `place_seed` (one camera, one place),
 the walkers from `seed`, the sensor noise from (seed, frame number), and each anomaly from its own
@@ -28,12 +31,13 @@ from scipy.ndimage import uniform_filter
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive), pixels
 
-_WALKWAY = (0.38, 0.64)  # the walkway's top and bottom as fractions of the height
+_WALKWAY = (0.34, 0.68)  # the walkway's top and bottom as fractions of the height: two lanes of a walker's height
 _FIGURE_W, _FIGURE_H = 12, 30  # a walker's bounding box at the reference height of 240 px
 _CART_W, _CART_H = 34, 24
 _SHIRTS = ((40, 40, 60), (30, 60, 110), (70, 50, 30), (20, 20, 20), (90, 90, 100), (40, 80, 60), (110, 100, 40))
 _SKIN = (205, 170, 140)
 _RED = (200, 30, 25)
+_PACE = 16.0  # a walker's typical speed, px/s at the reference height (walkers draw 12-20, about 1.4 m/s)
 
 
 @dataclass(frozen=True)
@@ -42,10 +46,12 @@ class AnomalySpec:
 
     "lawn_walker": a person walking across the lawn, off the walkway.
     "object": a red cart standing (or, with `speed` > 0, rolling) on the walkway.
+    "cyclist": a walker entering its lane at three times a walker's typical speed, going the lane's way.
+    "wrong_way": a walker at a walker's pace going against its lane.
     `seed` varies its position, direction and colours.
     """
 
-    kind: Literal["lawn_walker", "object"]
+    kind: Literal["lawn_walker", "object", "cyclist", "wrong_way"]
     start_s: float
     end_s: float
     seed: int = 0
@@ -120,20 +126,30 @@ class Scene:
     def _walkers(self, rng: np.random.Generator, seconds: float) -> list[_Walker]:
         """Arrivals over the clip (a few already present at t=0), each crossing the frame once."""
         w = self.size[1]
-        top, bottom = self.walkway
-        fig_h = self._px(_FIGURE_H)
         walkers: list[_Walker] = []
         t = -float(rng.uniform(4.0, 8.0))  # start in the past so the first frame is not empty
         while t < seconds:
-            direction = 1 if rng.random() < 0.5 else -1
-            speed = float(rng.uniform(22.0, 40.0)) * self.scale
+            speed = float(rng.uniform(0.75, 1.25)) * _PACE * self.scale
+            y = self._lane_y(rng)
+            direction = self._lane_direction(y)
             x0 = -self._px(_FIGURE_W) if direction > 0 else float(w)
-            y = int(rng.integers(top + 3, max(top + 4, bottom - fig_h - 3)))
             shirt = _SHIRTS[int(rng.integers(len(_SHIRTS)))]
             trousers = _SHIRTS[int(rng.integers(len(_SHIRTS)))]
             walkers.append(_Walker(t, x0, direction, speed, y, shirt, trousers))
             t += float(rng.exponential(3.0)) + 0.8
         return walkers
+
+    def _lane_y(self, rng: np.random.Generator) -> int:
+        """The top of a figure that walks wholly inside one lane (upper or lower half of the walkway)."""
+        top, bottom = self.walkway
+        mid, fig_h = (top + bottom) // 2, self._px(_FIGURE_H)
+        lo, hi = (top + 2, mid - fig_h) if rng.random() < 0.5 else (mid, bottom - fig_h - 2)
+        return int(rng.integers(lo, max(lo + 1, hi + 1)))
+
+    def _lane_direction(self, y: int) -> int:
+        """+1 (right) for a figure whose middle is in the lower half of the walkway, -1 (left) above."""
+        top, bottom = self.walkway
+        return 1 if y + self._px(_FIGURE_H) / 2 >= (top + bottom) / 2 else -1
 
     # --- drawing ------------------------------------------------------------------------------------
     def _figure(self, img: np.ndarray, x: float, y: int, shirt: tuple[int, int, int],
@@ -176,18 +192,32 @@ class Scene:
             y = int(rng.integers(4, max(5, top - fig_h - 4))) if above \
                 else int(rng.integers(bottom + 4, max(bottom + 5, h - fig_h - 4)))
             span = max(1e-6, spec.end_s - spec.start_s)
-            speed = min(30.0 * self.scale, (w - fig_w - 8) / span)
+            speed = min(_PACE * self.scale, (w - fig_w - 8) / span)
             direction = 1 if rng.random() < 0.5 else -1
             start = 4 + float(rng.uniform(0, max(0.0, w - fig_w - 8 - speed * span)))
             x = start + speed * elapsed if direction > 0 else w - fig_w - start - speed * elapsed
             shirt = _SHIRTS[int(rng.integers(len(_SHIRTS)))]
             return self._figure(img, x, y, shirt, _SHIRTS[int(rng.integers(len(_SHIRTS)))])
+        if spec.kind in ("cyclist", "wrong_way"):
+            fig_w = self._px(_FIGURE_W)
+            y = self._lane_y(rng)
+            lane = self._lane_direction(y)
+            shirt = _SHIRTS[int(rng.integers(len(_SHIRTS)))]
+            trousers = _SHIRTS[int(rng.integers(len(_SHIRTS)))]
+            if spec.kind == "cyclist":  # enters at the lane's start edge
+                ride = 3 * _PACE * self.scale * elapsed
+                x = -fig_w + ride if lane > 0 else w - ride
+            else:  # starts inside the frame so it is seen for the whole window
+                start = float(rng.uniform(0.55, 0.8)) * w
+                step = _PACE * self.scale * elapsed
+                x = start - step if lane > 0 else w - start + step
+            return self._figure(img, x, y, shirt, trousers)
         if spec.kind == "object":
             ch = self._px(_CART_H)
             y = int(rng.integers(top + 2, max(top + 3, bottom - ch - 2)))
             x = float(rng.uniform(0.15, 0.7)) * w + spec.speed * self.scale * elapsed
             return self._cart(img, x, y)
-        raise ValueError(f"AnomalySpec.kind: expected 'lawn_walker' or 'object', got {spec.kind!r}")
+        raise ValueError(f"AnomalySpec.kind: expected lawn_walker, object, cyclist or wrong_way, got {spec.kind!r}")
 
     def render(self, i: int) -> tuple[np.ndarray, list[Box]]:
         """Native frame i as RGB uint8 [H, W, 3], and the boxes of the anomalies visible in it."""
@@ -271,17 +301,21 @@ def make_scene(out_dir: Path, *, seconds: float, fps: float = 10, size: tuple[in
     return SceneClip(path=path, labels=[int(bool(b)) for b in boxes], fps=float(fps), boxes=boxes)
 
 
+DEMO_KINDS: tuple[Literal["lawn_walker", "object", "cyclist", "wrong_way"], ...] = (
+    "lawn_walker", "object", "cyclist", "wrong_way")
+
+
 def demo_anomalies(seconds: float, clip: int) -> list[AnomalySpec]:
-    """One of each anomaly per test clip, in an order and at places that vary with the clip."""
-    kinds: list[Literal["lawn_walker", "object"]] = ["lawn_walker", "object"]
-    if clip % 2:
-        kinds.reverse()
-    return [AnomalySpec(kinds[0], 0.25 * seconds, 0.45 * seconds, seed=2 * clip),
-            AnomalySpec(kinds[1], 0.65 * seconds, 0.85 * seconds, seed=2 * clip + 1)]
+    """One of each anomaly per test clip, each 6% of the clip long and a quarter of the clip apart (so that
+    at the demo's 80 s the events' cooldown never hides one), in an order and at places that vary with the clip."""
+    kinds = DEMO_KINDS[clip % 4:] + DEMO_KINDS[:clip % 4]
+    return [AnomalySpec(kind, (0.1 + 0.25 * i) * seconds, (0.16 + 0.25 * i) * seconds, seed=4 * clip + i)
+            for i, kind in enumerate(kinds)]
 
 
-def make_demo_dataset(root: Path, *, train_clips: int = 4, test_clips: int = 2, seconds: float = 20.0,
-                      seed: int = 0, fps: float = 10, size: tuple[int, int] = (240, 360)) -> Path:
+def make_demo_dataset(root: Path, *, train_clips: int = 5, test_clips: int = 2, seconds: float = 30.0,
+                      test_seconds: float = 80.0, seed: int = 0, fps: float = 10,
+                      size: tuple[int, int] = (240, 360)) -> Path:
     """Writes the `folder` dataset layout the demo fits and replays.
 
     root/train/normal/clip_NN.mp4 (normal only); root/test/clip_NN.mp4 with clip_NN.labels.json
@@ -294,9 +328,11 @@ def make_demo_dataset(root: Path, *, train_clips: int = 4, test_clips: int = 2, 
         make_scene(train_dir, seconds=seconds, fps=fps, size=size, seed=_clip_seed(seed, k), place_seed=seed,
                    name=f"clip_{k:02d}")
     for k in range(test_clips):
-        clip = make_scene(test_dir, seconds=seconds, fps=fps, size=size, seed=_clip_seed(seed, 100 + k),
-                          place_seed=seed, anomalies=demo_anomalies(seconds, k), name=f"clip_{k:02d}")
+        clip = make_scene(test_dir, seconds=test_seconds, fps=fps, size=size, seed=_clip_seed(seed, 100 + k),
+                          place_seed=seed, anomalies=demo_anomalies(test_seconds, k), name=f"clip_{k:02d}")
         (test_dir / f"clip_{k:02d}.labels.json").write_text(json.dumps(clip.labels))
+        kinds = [{"kind": a.kind, "start_s": a.start_s, "end_s": a.end_s} for a in demo_anomalies(test_seconds, k)]
+        (test_dir / f"clip_{k:02d}.anomalies.json").write_text(json.dumps(kinds))
         (test_dir / f"clip_{k:02d}.boxes.json").write_text(json.dumps(clip.boxes))
     return root
 

@@ -64,18 +64,6 @@ def load_detector(directory: str | Path, *, device: str | torch.device = "auto",
     return DETECTORS[name].load(directory, device=device)
 
 
-def slice_batch(batch: EmbeddingBatch, rows: np.ndarray) -> EmbeddingBatch:
-    """The frames `rows` of a batch, with every per-frame array cut alike."""
-    return EmbeddingBatch(
-        keys=[batch.keys[i] for i in rows],
-        global_=batch.global_[rows],
-        patches=batch.patches[rows],
-        grid=batch.grid,
-        attention=None if batch.attention is None else batch.attention[rows],
-        layers={k: v[rows] for k, v in batch.layers.items()},
-    )
-
-
 def split_holdout(batches: Sequence[EmbeddingBatch], fraction: float) -> tuple[list[EmbeddingBatch],
                                                                               list[EmbeddingBatch]]:
     """Split frames into (train, held-out) with the *last* `fraction` of frames held out.
@@ -92,9 +80,9 @@ def split_holdout(batches: Sequence[EmbeddingBatch], fraction: float) -> tuple[l
         rows = np.arange(len(batch))
         head, tail = rows[rows + seen < cut], rows[rows + seen >= cut]
         if head.size:
-            train.append(batch if head.size == len(batch) else slice_batch(batch, head))
+            train.append(batch if head.size == len(batch) else batch.select(head))
         if tail.size:
-            held.append(batch if tail.size == len(batch) else slice_batch(batch, tail))
+            held.append(batch if tail.size == len(batch) else batch.select(tail))
         seen += len(batch)
     return train, held
 

@@ -1,0 +1,172 @@
+"""The normal velocities of every cell of one camera's view, and the distance of new motion to them.
+
+Fit: each cell remembers the velocities seen on normal footage in it (a sparsely visited cell also
+its 8 neighbours', so it has enough to go on; a busy one keeps its own, so two lanes side by side
+keep their own directions), cut to `memory_per_cell` by greedy k-center
+selection so the memory covers every normal velocity however rare. Score: a moving cell's distance to
+the nearest remembered velocity, divided by the cell's typical normal speed. That division is the
+perspective correction: a cyclist far away moves fewer pixels than a walker close by, but both move
+about three times as fast as *their* neighbours. A cell where nothing moved in the normal footage
+keeps the site-wide typical speed and one remembered velocity, standing still, so any motion there
+(someone crossing a lawn) scores by its speed.
+
+The frame's motion score is the mean of the `top_cells` highest cell scores: one fast object decides,
+and a crowd of normal walkers does not dilute it or add up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from streamvad.config import MotionConfig
+from streamvad.errors import InputError
+from streamvad.types import MotionField
+
+log = logging.getLogger(__name__)
+
+FILE = "motion.npz"
+META = "motion.json"
+_FLOOR = 0.25  # a cell's speed scale is at least this share of the site-wide typical speed
+
+
+def k_center(points: np.ndarray, budget: int) -> np.ndarray:
+    """Greedy k-center (PatchCore's coreset): `budget` rows of points [P, 2] that cover all of them,
+    starting from the one nearest the mean, so the choice is deterministic."""
+    if len(points) <= budget:
+        return points
+    chosen = [int(np.argmin(((points - points.mean(0)) ** 2).sum(1)))]
+    dist = ((points - points[chosen[0]]) ** 2).sum(1)
+    for _ in range(budget - 1):
+        nxt = int(np.argmax(dist))
+        chosen.append(nxt)
+        dist = np.minimum(dist, ((points - points[nxt]) ** 2).sum(1))
+    return points[chosen]
+
+
+def _steps(cell: int, around: list[int], grid: tuple[int, int]) -> np.ndarray:
+    """Distance in cells from `cell` to each of `around`."""
+    w = grid[1]
+    r, c = divmod(cell, w)
+    return np.array([math.hypot(a // w - r, a % w - c) for a in around], dtype=np.float32)
+
+
+def _neighbourhood(n_cell: int, grid: tuple[int, int]) -> list[int]:
+    h, w = grid
+    r, c = divmod(n_cell, w)
+    return [i * w + j for i in range(max(0, r - 1), min(h, r + 2)) for j in range(max(0, c - 1), min(w, c + 2))]
+
+
+class MotionModel:
+    """memory [N, M, 3]: normal velocities in units of the cell's scale [N] plus the cell offset they were
+    seen at (times `neighbour_cost`), rows padded with copies of the first; and the calibrated threshold."""
+
+    def __init__(self, memory: np.ndarray, scale: np.ndarray, grid: tuple[int, int], cfg: MotionConfig,
+                 threshold: float | None = None) -> None:
+        self.memory = memory
+        self.scale = scale
+        self.grid = grid
+        self.cfg = cfg
+        self.threshold = threshold
+
+    @classmethod
+    def fit(cls, motion: MotionField, grid: tuple[int, int], cfg: MotionConfig) -> MotionModel:
+        """From the motion of normal frames (invalid rows, which have none, are skipped)."""
+        active = (motion.fraction >= cfg.min_fraction) & motion.valid[:, None]  # [B, N]
+        n = grid[0] * grid[1]
+        speeds = np.linalg.norm(motion.velocity[active], axis=-1)
+        site = float(np.median(speeds)) if speeds.size else 1.0
+        site = site if site > 0 else 1.0
+        cells: list[np.ndarray] = []
+        scale = np.full(n, site, dtype=np.float32)
+        for cell in range(n):
+            around = _neighbourhood(cell, grid)
+            seen = motion.velocity[:, around][active[:, around]]
+            if len(seen) >= cfg.min_samples:
+                scale[cell] = max(float(np.median(np.linalg.norm(seen, axis=-1))), _FLOOR * site)
+                steps = _steps(cell, around, grid)[np.nonzero(active[:, around])[1]]
+                # the cell offset is a third coordinate, so a neighbour's velocity is a slightly worse match
+                points = np.c_[seen / scale[cell], cfg.neighbour_cost * steps]
+                cells.append(k_center(points.astype(np.float64), cfg.memory_per_cell).astype(np.float32))
+            else:
+                cells.append(np.zeros((1, 3), dtype=np.float32))
+        width = max(len(c) for c in cells)
+        memory = np.stack([np.concatenate([c, np.repeat(c[:1], width - len(c), 0)]) for c in cells])
+        log.info("motion: %d moving cells in %d normal frames; %d of %d cells have their own memory (<= %d "
+                 "velocities); site speed %.3f frame heights/s", int(active.sum()), int(motion.valid.sum()),
+                 sum(len(c) > 1 or c.any() for c in cells), n, width, site)
+        return cls(memory, scale, grid, cfg)
+
+    def cell_scores(self, motion: MotionField) -> np.ndarray:
+        """[B, N]: each moving cell's distance to the nearest normal velocity there, in units of the cell's
+        normal speed; 0 for still cells and for frames without motion."""
+        active = (motion.fraction >= self.cfg.min_fraction) & motion.valid[:, None]
+        out = np.zeros(active.shape, dtype=np.float32)
+        b, n = np.nonzero(active)
+        if b.size:
+            q = np.c_[motion.velocity[b, n] / self.scale[n][:, None], np.zeros(b.size, dtype=np.float32)]  # [P, 3]
+            out[b, n] = np.sqrt(((self.memory[n] - q[:, None, :]) ** 2).sum(-1).min(1))
+        return out
+
+    def frame_scores(self, cells: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """[B]: mean of the `top_cells` highest cell scores inside `mask`."""
+        if mask is not None:
+            cells = np.where(mask, cells, 0.0)
+        k = min(self.cfg.top_cells, cells.shape[1])
+        return -np.sort(-cells, axis=1)[:, :k].mean(1)
+
+    def score(self, motion: MotionField, mask: np.ndarray | None = None) -> np.ndarray:
+        return self.frame_scores(self.cell_scores(motion), mask)
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        np.savez(directory / FILE, memory=self.memory, scale=self.scale)
+        meta = {"grid": list(self.grid), "config": self.cfg.model_dump(mode="json"), "threshold": self.threshold}
+        (directory / META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: Path) -> MotionModel:
+        try:
+            meta = json.loads((directory / META).read_text(encoding="utf-8"))
+            grid = (int(meta["grid"][0]), int(meta["grid"][1]))
+            cfg = MotionConfig.model_validate(meta["config"])
+            threshold = None if meta.get("threshold") is None else float(meta["threshold"])
+            with np.load(directory / FILE, allow_pickle=False) as z:
+                memory, scale = z["memory"].astype(np.float32), z["scale"].astype(np.float32)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise InputError(f"{directory}: unreadable motion model ({str(err).splitlines()[0]})") from None
+        n = grid[0] * grid[1]
+        if memory.ndim != 3 or memory.shape[0] != n or memory.shape[2] != 3 or scale.shape != (n,):
+            raise InputError(f"{directory / FILE}: expected memory [{n}, M, 3] and scale [{n}] for grid {grid}, "
+                             f"got {memory.shape} and {scale.shape}")
+        if not (np.isfinite(memory).all() and np.isfinite(scale).all() and (scale > 0).all()):
+            raise InputError(f"{directory / FILE}: memory and scale must be finite with positive scales")
+        return cls(memory, scale, grid, cfg, threshold)
+
+
+def calibrate_motion(motion: MotionField, clip_ids: np.ndarray, grid: tuple[int, int], cfg: MotionConfig,
+                     quantile: float, extra: Sequence[np.ndarray] = ()) -> tuple[float, np.ndarray]:
+    """(threshold, out-of-fold scores) from normal footage only.
+
+    Motion is cheap to fit, so every training clip is scored by a model fitted without it (clips in
+    `cfg.folds` folds): thousands of normal frames estimate the score tail instead of a couple of
+    held-out clips. `extra` adds scores of frames that were never trained on (the hold-out).
+    """
+    clips = np.unique(clip_ids)
+    folds = min(cfg.folds, len(clips))
+    scores = np.zeros(len(clip_ids), dtype=np.float32)
+    scored = np.zeros(len(clip_ids), dtype=bool)
+    if folds >= 2:  # a single clip has no fold to leave out; its hold-out (`extra`) calibrates alone
+        for k in range(folds):
+            held = np.isin(clip_ids, clips[k::folds])
+            model = MotionModel.fit(motion.select(np.flatnonzero(~held)), grid, cfg)
+            scores[held] = model.score(motion.select(np.flatnonzero(held)))
+            scored |= held
+    pooled = np.concatenate([scores[scored & motion.valid], *extra])
+    threshold = float(np.quantile(pooled, quantile)) if pooled.size else 0.0
+    return (threshold if threshold > 0 else 1.0), scores

@@ -1,0 +1,54 @@
+"""Event-level evaluation through the live hysteresis: segments detected, delays, false events per hour."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamvad.config import EventsConfig
+from streamvad.event_metrics import ClipVerdicts, event_metrics, segments
+
+CFG = EventsConfig(open_n=2, open_m=4, close_quiet_s=2.0, cooldown_s=10.0)
+
+
+def _clip(n: int, anomalous_at: list[int], labelled: list[tuple[int, int]], step: float = 0.25) -> ClipVerdicts:
+    labels = np.zeros(n, dtype=int)
+    for a, b in labelled:
+        labels[a:b] = 1
+    flags = np.zeros(n, dtype=bool)
+    flags[anomalous_at] = True
+    return ClipVerdicts(np.arange(n) * step, labels, flags)
+
+
+def test_segments_are_runs_of_anomalous_frames() -> None:
+    pts = np.arange(10) * 0.5
+    assert segments(pts, np.array([1, 1, 0, 0, 1, 0, 0, 1, 1, 1])) == [(0.0, 0.5), (2.0, 2.0), (3.5, 4.5)]
+    assert segments(pts, np.zeros(10, dtype=int)) == []
+
+
+def test_detected_segment_delay_is_from_its_start_to_the_opening_verdict() -> None:
+    # segment frames 40-59; anomalous verdicts from frame 43 on: the event opens on the 2nd, frame 44
+    clip = _clip(200, list(range(43, 60)), [(40, 60)])
+    m = event_metrics({"a": clip}, CFG)
+    assert (m["segments"], m["segments_detected"], m["false_events"]) == (1, 1, 0)
+    assert m["delay_median_s"] == pytest.approx((44 - 40) * 0.25)
+    assert m["per_clip"]["a"]["delay_s"] == [pytest.approx(1.0)]
+
+
+def test_false_events_count_per_hour_of_normal_footage_and_missed_segments_have_no_delay() -> None:
+    # two separate false alarms (far apart, so cooldown does not merge them), one missed segment
+    clip = _clip(1000, [100, 101, 600, 601], [(300, 320)])
+    m = event_metrics({"a": clip}, CFG)
+    assert (m["segments"], m["segments_detected"], m["false_events"]) == (1, 0, 2)
+    normal_hours = 980 * 0.25 / 3600
+    assert m["normal_hours"] == pytest.approx(normal_hours)
+    assert m["false_events_per_hour"] == pytest.approx(2 / normal_hours)
+    assert m["per_clip"]["a"]["delay_s"] == [None] and np.isnan(m["delay_median_s"])
+
+
+def test_a_single_anomalous_frame_is_not_an_event_and_clips_pool() -> None:
+    quiet = _clip(100, [50], [])  # one frame never reaches open_n = 2
+    hit = _clip(100, [10, 11, 12], [(10, 13)])
+    m = event_metrics({"quiet": quiet, "hit": hit}, CFG)
+    assert (m["segments"], m["segments_detected"], m["false_events"]) == (1, 1, 0)
+    assert m["segment_recall"] == 1.0

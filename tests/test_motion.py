@@ -1,0 +1,189 @@
+"""Motion normality: measured per second of stream time, remembered per place, fused with appearance,
+and scored the same live (real reader, real ZeroMQ, worker) as in replay."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamvad.bench.throughput import fit_small_model
+from streamvad.config import BackboneConfig, CameraConfig, MotionConfig, StreamVADConfig, WorkerConfig
+from streamvad.datasets.synthetic import AnomalySpec, make_scene
+from streamvad.engine import load_engine
+from streamvad.errors import ConfigError, InputError
+from streamvad.motion import FusedScorer, MotionModel, MotionTracker
+from streamvad.motion.flow import cell_motion, grey
+from streamvad.motion.model import calibrate_motion, k_center
+from streamvad.types import Frame, MotionField
+from tests.test_worker import running_worker
+
+GRID = (6, 8)
+# Motion needs a walker to cover a good part of a cell: the worker tests' 96x128 input has 6x8 cells of a
+# 120x160 scene, where a walker fills at most a third of one; at 192x256 it covers several.
+MOTION_BACKBONE = BackboneConfig(name="efficientnet-lite0", image_size=(192, 256), device="cpu", batch_size=16)
+SCENE = (240, 320)
+
+
+@pytest.fixture(scope="module")
+def motion_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fit_small_model(MOTION_BACKBONE, tmp_path_factory.mktemp("motion"), seconds=24, size=SCENE, holdout=0.25)
+CFG = MotionConfig(min_fraction=0.1)
+
+
+def _textured(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(60, 120, (GRID[0] * 16, GRID[1] * 16, 3), dtype=np.uint8)
+
+
+def _with_square(background: np.ndarray, x: int, y: int = 40, side: int = 20) -> np.ndarray:
+    img = background.copy()
+    img[y:y + side, x:x + side] = 230
+    return img
+
+
+def _frame(image: np.ndarray, pts: float, camera: str = "cam", index: int = 0) -> Frame:
+    return Frame(camera, index, pts=pts, wall_time=0.0, image=image)
+
+
+def test_speed_is_per_second_of_stream_time_whatever_the_sampling_rate() -> None:
+    """A square moving 16 px/s, seen 0.25 s apart (4 px) and 0.5 s apart (8 px): the same velocity, to the right."""
+    bg = _textured()
+    speeds = []
+    for dt in (0.25, 0.5):
+        a, b = (grey(_with_square(bg, x), GRID, 16) for x in (30, 30 + round(16 * dt)))
+        fraction, velocity = cell_motion(a, b, dt, GRID, CFG)
+        moving = fraction >= CFG.min_fraction
+        assert moving.any() and not moving.all()
+        speeds.append(np.median(velocity[moving], axis=0))
+    expected = 16 / (GRID[0] * 16)  # frame heights per second
+    for vx, vy in speeds:
+        assert vx == pytest.approx(expected, rel=0.35) and abs(vy) < 0.3 * expected
+    assert speeds[0][0] == pytest.approx(speeds[1][0], rel=0.25)
+
+
+def test_first_frame_gaps_and_restarted_streams_have_no_motion() -> None:
+    bg = _textured()
+    tracker = MotionTracker(GRID, CFG.model_copy(update={"max_gap_s": 1.0}))
+    pts = [0.0, 0.25, 0.5, 3.0, 3.25, 0.0, 0.25]  # first frame; two steps; a 2.5 s gap; a step; restart; a step
+    frames = [_frame(_with_square(bg, 10 + 4 * i), t, index=i) for i, t in enumerate(pts)]
+    field = tracker.observe(frames)
+    assert field.valid.tolist() == [False, True, True, False, True, False, True]
+    assert (field.fraction[~field.valid] == 0).all()
+    other = tracker.observe([_frame(bg, 0.25, camera="other")])  # cameras never share state
+    assert not other.valid[0]
+
+
+def _lanes(n: int, rng: np.random.Generator) -> MotionField:
+    """Normal footage: in row 2 everything moves right at ~0.1 frame heights/s, in row 4 left; the rest is still."""
+    fraction = np.zeros((n, GRID[0] * GRID[1]), dtype=np.float32)
+    velocity = np.zeros((n, GRID[0] * GRID[1], 2), dtype=np.float32)
+    for row, direction in ((2, 1.0), (4, -1.0)):
+        cells = slice(row * GRID[1], (row + 1) * GRID[1])
+        fraction[:, cells] = 0.5
+        velocity[:, cells, 0] = direction * rng.uniform(0.08, 0.12, (n, GRID[1]))
+        velocity[:, cells, 1] = rng.normal(0, 0.01, (n, GRID[1]))
+    return MotionField(fraction, velocity, np.ones(n, dtype=bool))
+
+
+def _one_mover(cell: int, vx: float) -> MotionField:
+    fraction = np.zeros((1, GRID[0] * GRID[1]), dtype=np.float32)
+    velocity = np.zeros((1, GRID[0] * GRID[1], 2), dtype=np.float32)
+    fraction[0, cell], velocity[0, cell, 0] = 0.5, vx
+    return MotionField(fraction, velocity, np.ones(1, dtype=bool))
+
+
+def test_model_flags_a_fast_mover_a_wrong_way_walker_and_motion_off_the_path() -> None:
+    normal = _lanes(200, np.random.default_rng(0))
+    model = MotionModel.fit(normal, GRID, CFG)
+    right_lane = 2 * GRID[1] + 3
+    score = {name: float(model.score(_one_mover(cell, vx))[0] * 2) for name, cell, vx in [  # top-2 mean of one cell
+        ("walker", right_lane, 0.1), ("cyclist", right_lane, 0.3), ("wrong way", right_lane, -0.1),
+        ("lawn", 0 * GRID[1] + 3, 0.1)]}
+    assert score["walker"] < 0.05
+    for name in ("cyclist", "wrong way", "lawn"):  # the lawn walker scores its own speed in site-typical units: ~1
+        assert score[name] > 0.9 and score[name] > 20 * score["walker"], (name, score)
+    assert model.score(MotionField(normal.fraction[:1], normal.velocity[:1], np.zeros(1, dtype=bool)))[0] == 0
+
+
+def test_k_center_keeps_rare_velocities_within_the_budget() -> None:
+    rng = np.random.default_rng(1)
+    points = np.r_[rng.normal(0, 0.01, (5000, 2)), [[1.0, 1.0]]]  # one rare, far velocity
+    kept = k_center(points, 32)
+    assert len(kept) == 32 and np.isclose(kept, [1.0, 1.0]).all(1).any()
+
+
+def test_calibration_uses_out_of_fold_normal_scores() -> None:
+    normal = _lanes(400, np.random.default_rng(2))
+    clips = np.repeat(np.arange(8), 50)
+    threshold, oof = calibrate_motion(normal, clips, GRID, CFG, 0.99)
+    assert oof.shape == (400,) and (oof > 0).any()
+    assert threshold == pytest.approx(np.quantile(oof, 0.99))
+
+
+def test_saved_model_round_trips_and_bad_files_are_one_line_errors(tmp_path: Path) -> None:
+    model = MotionModel.fit(_lanes(50, np.random.default_rng(3)), GRID, CFG)
+    model.threshold = 0.7
+    model.save(tmp_path / "motion")
+    back = MotionModel.load(tmp_path / "motion")
+    probe = _one_mover(2 * GRID[1], 0.3)
+    assert back.threshold == 0.7 and back.score(probe) == pytest.approx(model.score(probe))
+    np.savez(tmp_path / "motion" / "motion.npz", memory=model.memory * np.nan, scale=model.scale)
+    with pytest.raises(InputError, match=r"motion\.npz: memory and scale must be finite"):
+        MotionModel.load(tmp_path / "motion")
+    (tmp_path / "motion" / "motion.npz").write_bytes(b"truncated")
+    with pytest.raises(InputError, match="unreadable motion model") as err:
+        MotionModel.load(tmp_path / "motion")
+    assert "\n" not in str(err.value)
+
+
+def _scene(root: Path, name: str, anomalies: list[AnomalySpec], seed: int) -> Path:
+    return make_scene(root, seconds=8, fps=10, size=SCENE, seed=seed, place_seed=0, fmt="frames",
+                      name=name, anomalies=anomalies).path
+
+
+def test_fused_score_is_the_larger_of_appearance_and_motion_on_their_scales(motion_model: Path, tmp_path: Path) -> None:
+    from streamvad.pipeline import clips_from_paths, replay, rule_variants
+
+    engine = load_engine(motion_model)
+    assert isinstance(engine.scorer, FusedScorer) and engine.tracker is not None
+    scorers = rule_variants(engine, ["distance/topk+motion", "distance/topk", "motion"])
+    clip = _scene(tmp_path, "cyclist", [AnomalySpec("cyclist", 2.0, 8.0, seed=1)], seed=21)
+    recs = replay(engine, clips_from_paths([clip]), sample_fps=4.0, scorers=scorers, progress=False).records
+    fused, app, motion = (recs[k] for k in ("distance/topk+motion", "distance/topk", "motion"))
+    assert fused[0]["motion_score"] == 0.0  # the first frame has nothing to compare with
+    for f, a, m in zip(fused, app, motion, strict=True):
+        assert f["raw_score"] == pytest.approx(max(a["raw_score"] / a["threshold"], m["raw_score"]), abs=1e-5)
+        assert f["threshold"] == 1.0 and f["anomalous"] == (f["raw_score"] > 1.0)
+    assert max(m["raw_score"] for m in motion) > 1.0
+
+
+def test_live_worker_scores_motion_as_replay_does(motion_model: Path, tmp_path: Path) -> None:
+    """Frames sent by a real reader over ZeroMQ to a worker get the fused scores replay gives the same clip."""
+    from streamvad.pipeline import clips_from_paths, replay
+    from streamvad.reader import run_reader
+
+    clip = _scene(tmp_path, "walkway", [AnomalySpec("cyclist", 3.0, 8.0, seed=2)], seed=22)
+    engine = load_engine(motion_model)
+    with running_worker(engine, WorkerConfig(max_batch=4, max_wait_ms=200)) as (worker, _pusher, sub):
+        run_reader(CameraConfig(id="walkway", url=str(clip), fps=4.0, realtime=False), worker.transport)
+        live = {}
+        while len(live) < 32 and (msg := sub.recv(10_000)) is not None:
+            if msg.type == "verdict" and msg.verdict is not None:
+                live[msg.verdict.key.index] = (msg.verdict.raw_score, msg.verdict.motion_score)
+    offline = replay(load_engine(motion_model), clips_from_paths([clip]), sample_fps=4.0,
+                     progress=False).records["primary"]
+    assert sorted(live) == [r["frame"] for r in offline] and len(offline) == 32
+    assert [r["raw_score"] for r in offline] == pytest.approx([live[r["frame"]][0] for r in offline], abs=1e-5)
+    assert [r["motion_score"] for r in offline] == pytest.approx([live[r["frame"]][1] for r in offline], abs=1e-5)
+    assert sum(r["motion_score"] > 0 for r in offline) > 16  # motion took part, not just appearance
+
+
+def test_a_camera_sampled_at_another_rate_than_the_motion_model_is_refused(motion_model: Path) -> None:
+    from streamvad.worker import build_worker
+
+    cfg = StreamVADConfig(model_dir=motion_model, cameras=[CameraConfig(id="gate", url="x.mp4", fps=10.0)])
+    with pytest.raises(ConfigError, match=r"cameras\.gate\.fps: 10, but model .* learnt motion at 4 fps"):
+        build_worker(cfg)
+    appearance = cfg.model_copy(update={"scoring": cfg.scoring.model_copy(update={"motion": "appearance"})})
+    assert build_worker(appearance).engine.tracker is None
