@@ -85,7 +85,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     clips = clips_from_paths(args.sources)
     engine = load_engine(args.model, backbone=cfg.backbone)
     res = replay(engine, clips, sample_fps=_sample_fps(args, engine.info.sample_fps or cfg.sampling.fps),
-                 out_jsonl=args.out, heatmaps=args.heatmaps, progress=not args.no_progress)
+                 out_jsonl=args.out, heatmaps=args.heatmaps, tamper=cfg.tamper, progress=not args.no_progress)
     recs = next(iter(res.records.values()))
     flagged = sum(r["anomalous"] for r in recs)
     print(f"scored {res.frames} frames in {res.seconds:.1f} s ({res.frames / max(res.seconds, 1e-9):.1f} frames/s); "

@@ -159,6 +159,18 @@ class WorkerConfig(_Section):
     max_age_s: float | None = Field(2.0, gt=0.0)
 
 
+class TamperConfig(_Section):
+    """Camera faults raised as their own event types (see streamvad/tamper.py)."""
+
+    enabled: bool = True
+    dark_level: float = Field(16.0, ge=0.0, le=255.0)  # mean grey level below which the camera is covered/black
+    flat_std: float = Field(4.0, ge=0.0)  # grey standard deviation below which the picture is featureless
+    moved_fraction: float = Field(0.6, gt=0.0, le=1.0)  # share of patches beyond normal at once: camera moved
+    hold_s: float = Field(2.0, ge=0.0)  # stream seconds a condition must last before frames are marked
+    # identical frames for this long: some encoders repeat a static scene's frames exactly for a while
+    frozen_s: float = Field(10.0, ge=0.0)
+
+
 class ServeConfig(_Section):
     """The `serve` process: health/metrics HTTP, how many workers, how crashed children come back."""
 
@@ -227,6 +239,7 @@ class StreamVADConfig(_Section):
     cameras: list[CameraConfig] = Field(default_factory=list)
     transport: TransportConfig = TransportConfig()
     worker: WorkerConfig = WorkerConfig()
+    tamper: TamperConfig = TamperConfig()
     events: EventsConfig = EventsConfig()
     sinks: SinksConfig = SinksConfig()
     serve: ServeConfig = ServeConfig()

@@ -88,8 +88,9 @@ class EventTracker:
     verdict, else ignored and counted in `late`; one more than `restart_after_s` older means the camera's
     reader restarted (counted in `restarts`)."""
 
-    def __init__(self, cfg: EventsConfig) -> None:
+    def __init__(self, cfg: EventsConfig, event_type: str = "anomaly") -> None:
         self.cfg = cfg
+        self.event_type = event_type  # what this tracker's events are (Event.type): anomalies or a camera fault
         self._cams: dict[str, _Camera] = {}
         self.suppressed: Counter[str] = Counter()  # verdicts that would have opened an event in cooldown
         self.late: Counter[str] = Counter()
@@ -186,13 +187,13 @@ class EventTracker:
         cam.event = Event(
             id=uuid.uuid4().hex, camera=first.verdict.key.camera, start_pts=first.verdict.key.pts,
             end_pts=None, start_wall_time=first.wall_time, peak_score=peak.verdict.score,
-            peak_key=peak.verdict.key, frame_count=len(hits),
+            peak_key=peak.verdict.key, frame_count=len(hits), type=self.event_type,
         )
         cam.peak_frame, cam.peak_heatmap = peak.frame, peak.verdict.heatmap.copy()
         cam.last_anomalous_pts = hits[-1].verdict.key.pts
         cam.seq = 0
-        log.info("event %s opened on %s at pts %.2f (peak %.3f)", cam.event.id, cam.event.camera,
-                 cam.event.start_pts, cam.event.peak_score)
+        log.info("%s event %s opened on %s at pts %.2f (peak %.3f)", self.event_type, cam.event.id,
+                 cam.event.camera, cam.event.start_pts, cam.event.peak_score)
         return self._emit(cam, "opened")
 
     def _extend(self, cam: _Camera, seen: _Seen) -> list[EventUpdate]:

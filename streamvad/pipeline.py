@@ -21,7 +21,14 @@ from tqdm import tqdm
 from streamvad.backbones.base import Backbone
 from streamvad.backbones.registry import build_backbone
 from streamvad.compute import resolve_device
-from streamvad.config import EventsConfig, MotionConfig, ScoringConfig, StreamVADConfig, TransportConfig
+from streamvad.config import (
+    EventsConfig,
+    MotionConfig,
+    ScoringConfig,
+    StreamVADConfig,
+    TamperConfig,
+    TransportConfig,
+)
 from streamvad.datasets.base import Clip, iter_clip
 from streamvad.engine import KNNN, MOTION_DIR, Engine, FeatureRequest, FrameScorer, ModelInfo, embed_frames
 from streamvad.errors import ConfigError, InputError
@@ -30,6 +37,7 @@ from streamvad.motion import FusedScorer, MotionModel, MotionTracker
 from streamvad.motion.model import calibrate_motion
 from streamvad.overlay import overlay_heatmap, save_jpeg
 from streamvad.sources.images import list_images
+from streamvad.tamper import TamperMonitor
 from streamvad.transport import as_transported
 from streamvad.types import EmbeddingBatch, Frame, MotionField, Verdict
 
@@ -312,6 +320,7 @@ def verdict_record(frame: Frame, v: Verdict) -> dict[str, Any]:
         "threshold": round(float(v.threshold), 6),
         "decided_by": v.decided_by,
         "motion_score": None if v.motion_score is None else round(float(v.motion_score), 6),
+        "tamper": v.tamper,
         "label": frame.label,
         "source": frame.source,
     }
@@ -335,10 +344,12 @@ def replay(
     out_jsonl: Path | None = None,
     heatmaps: Path | None = None,
     heatmap_every: int = 1,
+    tamper: TamperConfig | None = None,
     progress: bool = True,
 ) -> ReplayResult:
     """Score every sampled frame; write JSON lines and heatmap overlays (every
-    `heatmap_every`-th frame of each camera) for the primary scorer."""
+    `heatmap_every`-th frame of each camera) for the primary scorer, whose verdicts are also checked for
+    camera faults as the live worker checks them (`tamper`)."""
     scorers = scorers or {"primary": engine.scorer}
     primary = next(iter(scorers))
     records: dict[str, list[dict[str, Any]]] = {name: [] for name in scorers}
@@ -346,13 +357,16 @@ def replay(
     bar = progress_bar("scoring", progress)
     t0 = time.perf_counter()
     n = 0
+    monitor = TamperMonitor(tamper or TamperConfig())
     try:
         wire = engine.info.frame_max_side, engine.info.jpeg_quality  # what the model was fitted on
         for read in batched(iter_frames(clips, sample_fps), backbone_batch(engine.backbone)):
             frames = [as_transported(f, *wire) for f in read]
             batch = engine.embed(frames)
             for name, scorer in scorers.items():
-                for frame, v in zip(frames, scorer.score(batch), strict=True):
+                verdicts = scorer.score(batch)
+                for frame, v in zip(frames, monitor.annotate(frames, verdicts) if name == primary else verdicts,
+                                    strict=True):
                     rec = verdict_record(frame, v)
                     records[name].append(rec)
                     if name == primary:

@@ -22,6 +22,7 @@ file, with host names in the endpoints, serves every host.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
@@ -43,7 +44,7 @@ from streamvad.reader import reader_main
 from streamvad.sinks import SinkFanout, WebhookSink, build_sinks
 from streamvad.supervisor import ChildSpec, StatusReporter, Supervisor, setup_child
 from streamvad.transport import FrameForwarder, FramePuller, Message, VerdictSubscriber
-from streamvad.types import FrameKey
+from streamvad.types import TAMPER_TYPES, FrameKey
 from streamvad.worker import worker_endpoints, worker_main
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class EventsProcess:
     def __init__(self, cfg: StreamVADConfig) -> None:
         self.cfg = cfg
         self.tracker = EventTracker(cfg.events)
+        # camera faults (verdict.tamper) are events of their own type, with their own hysteresis per camera
+        self.faults = {kind: EventTracker(cfg.events, kind) for kind in TAMPER_TYPES}
         self.sinks = SinkFanout(build_sinks(cfg.sinks))
         self.verdicts = 0
         self.events: defaultdict[str, Counter[str]] = defaultdict(Counter)
@@ -85,21 +88,32 @@ class EventsProcess:
         elif msg.type == "verdict" and msg.verdict is not None:
             image = self._frames.pop(msg.verdict.key, None)
             wall = msg.header.get("wall_time") or time.time()
-            self._emit(self.tracker.update(msg.verdict, wall, image))
+            verdict = msg.verdict
+            for kind, tracker in self.faults.items():
+                self._emit(tracker.update(dataclasses.replace(verdict, anomalous=verdict.tamper == kind), wall, image))
+            if verdict.tamper is not None:  # a covered or moved camera is a fault, not a scene anomaly
+                verdict = dataclasses.replace(verdict, anomalous=False)
+            self._emit(self.tracker.update(verdict, wall, image))
             with self._lock:
                 self.verdicts += 1
         elif msg.type == "eos":
             log.info("%s: end of stream after %s frames", msg.camera, msg.header.get("frames", "?"))
-            self._emit(self.tracker.end_of_stream(msg.camera, msg.last_key, time.time()))
+            for tracker in self._trackers():
+                self._emit(tracker.end_of_stream(msg.camera, msg.last_key, time.time()))
 
     def tick(self) -> None:
         """Closes events of cameras that went silent (a reader that died mid-event)."""
-        self._emit(self.tracker.expire(time.time()))
+        for tracker in self._trackers():
+            self._emit(tracker.expire(time.time()))
+
+    def _trackers(self) -> list[EventTracker]:
+        return [self.tracker, *self.faults.values()]
 
     def _emit(self, updates: list[EventUpdate]) -> None:
         for update in updates:
             with self._lock:
-                self.events[update.event.camera][update.kind] += 1
+                kind = update.kind if update.event.type == "anomaly" else f"{update.event.type}_{update.kind}"
+                self.events[update.event.camera][kind] += 1
             self.sinks.handle(update)
 
     def run(self, stop: threading.Event) -> None:
@@ -113,7 +127,8 @@ class EventsProcess:
                 self.tick()
             while (msg := sub.recv(_POLL_MS)) is not None:  # what the stopped workers sent last
                 self.handle(msg)
-            self._emit(self.tracker.flush())
+            for tracker in self._trackers():
+                self._emit(tracker.flush())
         finally:
             sub.close()
             self.sinks.close()

@@ -30,7 +30,7 @@ from PIL import Image
 from streamvad.config import TransportConfig
 from streamvad.errors import StreamVADError
 from streamvad.sources.shrink import limit_size
-from streamvad.types import Frame, FrameKey, Verdict
+from streamvad.types import TAMPER_TYPES, Frame, FrameKey, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,7 @@ def encode_verdict(verdict: Verdict, frame_wall_time: float | None = None) -> li
         "threshold": float(verdict.threshold), "decided_by": verdict.decided_by,
         "wall_time": None if frame_wall_time is None else float(frame_wall_time),
         "motion_score": None if verdict.motion_score is None else float(verdict.motion_score),
+        "tamper": verdict.tamper,
     }
     return _pack(header, np.asarray(verdict.patch_confidences, dtype="<f2").tobytes())
 
@@ -228,7 +229,16 @@ def _verdict_from(header: dict[str, Any], payload: bytes) -> Verdict:
         unsafe_patches=_field(header, "unsafe_patches", (int,)),
         threshold=float(_field(header, "threshold", _NUM)), decided_by=_field(header, "decided_by", (str,)),
         motion_score=_optional_number(header, "motion_score"),
+        tamper=_tamper(header),
     )
+
+
+def _tamper(header: dict[str, Any]) -> str | None:
+    value = _field(header, "tamper", (str,), optional=True) if "tamper" in header else None
+    if value is not None and value not in TAMPER_TYPES:
+        raise WireError(f"verdict header: field 'tamper' should be one of {', '.join(TAMPER_TYPES)} or null, "
+                        f"got {value[:40]!r}")
+    return value
 
 
 def _optional_number(header: dict[str, Any], name: str) -> float | None:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+TAMPER_TYPES = ("covered", "frozen", "moved")  # camera faults, each its own event type (see tamper.py)
+
 
 @dataclass(frozen=True, order=True)
 class FrameKey:
@@ -124,6 +126,7 @@ class Verdict:
     threshold: float
     decided_by: str
     motion_score: float | None = None  # the motion part on its calibrated scale (1 = its threshold), if any
+    tamper: str | None = None  # "covered" | "frozen" | "moved" when the camera itself is at fault (tamper.py)
 
     @property
     def n_patches(self) -> int:
@@ -154,3 +157,4 @@ class Event:
     frame_count: int
     snapshot_paths: list[str] = field(default_factory=list)
     state: str = "open"  # "open" | "closed"
+    type: str = "anomaly"  # "anomaly", or the camera fault: "covered" | "frozen" | "moved"

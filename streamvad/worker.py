@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 import zmq
 
-from streamvad.config import StreamVADConfig, TransportConfig, WorkerConfig
+from streamvad.config import StreamVADConfig, TamperConfig, TransportConfig, WorkerConfig
 from streamvad.engine import Engine, FrameScorer, load_engine
 from streamvad.errors import ConfigError
 from streamvad.health import BATCH_BUCKETS, LATENCY_BUCKETS, Buckets
 from streamvad.supervisor import StatusReporter, setup_child
+from streamvad.tamper import TamperMonitor
 from streamvad.transport import FramePuller, Message, encode_frame, encode_verdict, relay
 from streamvad.types import Frame, Verdict
 
@@ -110,7 +111,7 @@ class Worker:
     def __init__(self, engine: Engine, transport: TransportConfig, cfg: WorkerConfig, *,
                  frames_endpoint: str | None = None, frames_bind: bool = True,
                  masks: Mapping[str, Polygon] | None = None, name: str = "worker-0",
-                 drain_timeout_s: float = 10.0) -> None:
+                 drain_timeout_s: float = 10.0, tamper: TamperConfig | None = None) -> None:
         self.engine = engine
         self.transport = transport
         self.cfg = cfg
@@ -119,6 +120,7 @@ class Worker:
         self.name = name
         self.drain_timeout_s = drain_timeout_s
         self.scorers = camera_scorers(engine, masks or {})
+        self.tamper = TamperMonitor(tamper or TamperConfig())
         self.ready = threading.Event()
         self._lock = threading.Lock()
         self._in: Counter[str] = Counter()
@@ -232,7 +234,7 @@ class Worker:
     def _process(self, frames: list[Frame], sender: VerdictSender) -> None:
         if not frames:
             return
-        verdicts = self.score(frames)
+        verdicts = self.tamper.annotate(frames, self.score(frames))
         for frame, verdict in zip(frames, verdicts, strict=True):
             sender.send(verdict, frame)
             latency = time.time() - frame.wall_time
@@ -281,7 +283,7 @@ def build_worker(cfg: StreamVADConfig, index: int = 0, frames_endpoint: str | No
     _check_motion_rate(cfg, engine)
     masks = {c.id: c.mask for c in cfg.cameras if c.mask}
     return Worker(engine, cfg.transport, cfg.worker, frames_endpoint=frames_endpoint, frames_bind=frames_bind,
-                  masks=masks, name=f"worker-{index}", drain_timeout_s=cfg.serve.drain_timeout_s)
+                  masks=masks, name=f"worker-{index}", drain_timeout_s=cfg.serve.drain_timeout_s, tamper=cfg.tamper)
 
 
 def _check_motion_rate(cfg: StreamVADConfig, engine: Engine) -> None:
