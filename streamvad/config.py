@@ -54,6 +54,9 @@ class MotionConfig(_Section):
     top_cells: int = Field(2, ge=1)  # frame motion score: mean of the most anomalous cells (crowds do not dilute it)
     max_gap_s: float = Field(1.0, gt=0.0)  # a frame further than this from the previous one is scored on appearance
     folds: int = Field(4, ge=2)  # clip folds for the out-of-fold normal scores that calibrate the motion scale
+    # the least a motion threshold can be: within half a cell's normal speed of a normal velocity is never
+    # anomalous, even where normal footage moved so little that the calibration quantile is ~0
+    min_threshold: float = Field(0.5, gt=0.0)
 
 
 class NormalityConfig(_Section):
@@ -165,7 +168,7 @@ class TamperConfig(_Section):
     enabled: bool = True
     dark_level: float = Field(16.0, ge=0.0, le=255.0)  # mean grey level below which the camera is covered/black
     flat_std: float = Field(4.0, ge=0.0)  # grey standard deviation below which the picture is featureless
-    moved_fraction: float = Field(0.6, gt=0.0, le=1.0)  # share of patches beyond normal at once: camera moved
+    moved_fraction: float = Field(0.5, gt=0.0, le=1.0)  # share of the picture changing at once: camera moved
     hold_s: float = Field(2.0, ge=0.0)  # stream seconds a condition must last before frames are marked
     # identical frames for this long: some encoders repeat a static scene's frames exactly for a while
     frozen_s: float = Field(10.0, ge=0.0)

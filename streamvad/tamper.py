@@ -7,8 +7,9 @@ camera's frames are checked, from what the worker already has (the frame and its
   deviation below `flat_std`: a hand, tape, a lens cap, fog);
 - frozen: the frame is identical to the previous one (real sensors never repeat a frame exactly), or
   its pts did not advance;
-- moved: most patches are beyond normal at once (`moved_fraction` of the heatmap at confidence 1),
-  which a person or a vehicle never covers but a turned, shifted or refocused camera does.
+- moved: most of the picture changes at once (`moved_fraction` of a grey thumbnail), which a person or a
+  vehicle never does but a turned, shifted or refocused camera does, and the frames stay anomalous
+  after it (the new view is not the normal one).
 A condition must hold for `hold_s` of stream time (`frozen_s` for frozen: a static scene's encoder may
 repeat frames exactly for a while) before the frame is marked, so a passing truck raises nothing; the
 marked verdicts then open and close their own events (`Event.type`) with the usual hysteresis.
@@ -26,6 +27,7 @@ from streamvad.config import TamperConfig
 from streamvad.types import Frame, Verdict
 
 _THUMB = (64, 48)  # width, height of the grey thumbnail a frame is compared by
+_CHANGED = 25  # grey-level change of a thumbnail pixel that counts as the picture changing there
 
 
 @dataclass
@@ -38,9 +40,12 @@ class _State:
 def _condition(cfg: TamperConfig, thumb: np.ndarray, last: _State | None, pts: float, verdict: Verdict) -> str | None:
     if thumb.mean() < cfg.dark_level or thumb.std() < cfg.flat_std:
         return "covered"
-    if last is not None and (pts <= last.pts or not np.any(thumb != last.thumb)):
+    if last is None:
+        return None
+    if pts <= last.pts or not np.any(thumb != last.thumb):
         return "frozen"
-    if float((verdict.patch_confidences >= 1.0).mean()) >= cfg.moved_fraction:
+    changed = float((cv2.absdiff(thumb, last.thumb) > _CHANGED).mean()) >= cfg.moved_fraction
+    if changed or ("moved" in last.since and verdict.anomalous):
         return "moved"
     return None
 

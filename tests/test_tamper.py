@@ -59,12 +59,20 @@ def test_a_frozen_feed_is_marked_after_frozen_s_of_identical_frames() -> None:
     assert set(marks[:28]) == {None} and set(marks[28:]) == {"frozen"}  # 3 s after frame 16 repeats frame 15
 
 
-def test_a_moved_camera_is_marked_when_most_patches_stay_beyond_normal() -> None:
+def test_a_moved_camera_is_marked_when_the_whole_view_changes_and_stays_abnormal() -> None:
     images = _scene(12)
-    heats = [0.2] * 16 + [1.0] * 32  # from 4 s every patch is beyond normal (a walker covers a few)
-    heats[8:10] = [1.0, 1.0]  # a passing truck: half a second
+    for i in range(16, 48):  # from 4 s the camera points elsewhere: the picture shifts by a third of its height
+        images[i] = np.roll(images[i], 40, axis=0)
+    heats = [0.2] * 16 + [1.0] * 32  # and the new view is not the normal one
+    heats[8:10] = [1.0, 1.0]  # an anomaly without a change of view is no fault
     marks = _marks(images, heats)
     assert set(marks[:24]) == {None} and set(marks[24:]) == {"moved"}
+
+
+def test_a_sudden_change_that_looks_normal_again_is_no_fault() -> None:
+    images = _scene(12)
+    images[16] = np.roll(images[16], 40, axis=0)  # one shaken frame, then back
+    assert set(_marks(images, [0.2] * 16 + [1.0] + [0.2] * 31)) == {None}
 
 
 def test_fault_verdicts_open_their_own_event_type_and_no_anomaly_event(tmp_path: Path) -> None:

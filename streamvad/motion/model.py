@@ -169,4 +169,7 @@ def calibrate_motion(motion: MotionField, clip_ids: np.ndarray, grid: tuple[int,
             scored |= held
     pooled = np.concatenate([scores[scored & motion.valid], *extra])
     threshold = float(np.quantile(pooled, quantile)) if pooled.size else 0.0
-    return (threshold if threshold > 0 else 1.0), scores
+    if threshold < cfg.min_threshold:
+        log.info("motion: calibrated threshold %.3f is below normality.motion.min_threshold; using %.3f (the "
+                 "normal footage barely moved)", threshold, cfg.min_threshold)
+    return max(threshold, cfg.min_threshold), scores
