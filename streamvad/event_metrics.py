@@ -70,6 +70,11 @@ def _collect(update: EventUpdate, at: float, opened: dict[str, float], out: list
         out.append(RaisedEvent(opened.pop(update.event.id, update.event.start_pts), update.event.start_pts, end))
 
 
+def _overlaps(event: RaisedEvent, first: float, last: float, step: float) -> bool:
+    """Whether the event overlaps the segment of frames first..last (each frame spans half a step either side)."""
+    return event.start <= last + step / 2 and event.end >= first - step / 2
+
+
 def event_metrics(clips: Mapping[str, ClipVerdicts], cfg: EventsConfig) -> dict[str, object]:
     """Segments detected, detection delays and false events per hour of normal footage, pooled and per clip."""
     per_clip: dict[str, dict[str, object]] = {}
@@ -84,9 +89,9 @@ def event_metrics(clips: Mapping[str, ClipVerdicts], cfg: EventsConfig) -> dict[
         segs = segments(data.pts, data.labels)
         clip_delays: list[float | None] = []
         for s0, s1 in segs:
-            hit = [e for e in events if e.start <= s1 + step / 2 and e.end >= s0 - step / 2]
+            hit = [e for e in events if _overlaps(e, s0, s1, step)]
             clip_delays.append(None if not hit else max(0.0, min(e.opened_at for e in hit) - s0))
-        false = [e for e in events if not any(e.start <= s1 + step / 2 and e.end >= s0 - step / 2 for s0, s1 in segs)]
+        false = [e for e in events if not any(_overlaps(e, s0, s1, step) for s0, s1 in segs)]
         found = [d for d in clip_delays if d is not None]
         delays += found
         n_segments += len(segs)

@@ -140,8 +140,7 @@ def embed_clips(backbone: Backbone, clips: Sequence[Clip], sample_fps: float | N
             fields.append(tracker.observe(frames))
     if not globals_:
         raise _no_frames(clips)
-    joined = None if tracker is None else MotionField(*(np.concatenate([getattr(f, k) for f in fields])
-                                                         for k in ("fraction", "velocity", "valid")))
+    joined = None if tracker is None else MotionField.concat(fields)
     return Embedded(np.concatenate(globals_), np.concatenate(patches), np.asarray(clip_ids), sources, joined)
 
 

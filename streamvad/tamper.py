@@ -34,7 +34,8 @@ _CHANGED = 25  # grey-level change of a thumbnail pixel that counts as the pictu
 class _State:
     thumb: np.ndarray
     pts: float
-    since: dict[str, float]
+    fault: str | None  # the condition the last frame showed...
+    since: float  # ...and since which pts it has held
 
 
 def _condition(cfg: TamperConfig, thumb: np.ndarray, last: _State | None, pts: float, verdict: Verdict) -> str | None:
@@ -45,7 +46,7 @@ def _condition(cfg: TamperConfig, thumb: np.ndarray, last: _State | None, pts: f
     if pts <= last.pts or not np.any(thumb != last.thumb):
         return "frozen"
     changed = float((cv2.absdiff(thumb, last.thumb) > _CHANGED).mean()) >= cfg.moved_fraction
-    if changed or ("moved" in last.since and verdict.anomalous):
+    if changed or (last.fault == "moved" and verdict.anomalous):
         return "moved"
     return None
 
@@ -69,11 +70,9 @@ class TamperMonitor:
         if last is not None and frame.pts < last.pts - self.cfg.hold_s:  # a restarted stream starts afresh
             last = None
         found = _condition(self.cfg, thumb, last, frame.pts, verdict)
-        since = {} if last is None else {k: t for k, t in last.since.items() if k == found}
-        if found is not None:
-            since.setdefault(found, frame.pts)
-        self._cams[frame.camera] = _State(thumb, max(frame.pts, last.pts) if last else frame.pts, since)
+        since = last.since if last is not None and last.fault == found else frame.pts
+        self._cams[frame.camera] = _State(thumb, max(frame.pts, last.pts) if last else frame.pts, found, since)
         hold = self.cfg.frozen_s if found == "frozen" else self.cfg.hold_s
-        if found is None or frame.pts - since[found] < hold:
+        if found is None or frame.pts - since < hold:
             return verdict
         return replace(verdict, tamper=found)

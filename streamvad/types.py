@@ -64,6 +64,11 @@ class MotionField:
         idx = list(rows)
         return MotionField(self.fraction[idx], self.velocity[idx], self.valid[idx])
 
+    @classmethod
+    def concat(cls, fields: Sequence[MotionField]) -> MotionField:
+        """The rows of several fields (batches of one stream, clips of one fit) as one."""
+        return cls(*(np.concatenate([getattr(f, k) for f in fields]) for k in ("fraction", "velocity", "valid")))
+
 
 @dataclass
 class EmbeddingBatch:

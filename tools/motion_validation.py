@@ -69,10 +69,6 @@ def motion_of(name: str, frames: np.ndarray, step: int, cfg: MotionConfig) -> Mo
                             for i, g in enumerate(frames)])
 
 
-def concat(fields: list[MotionField]) -> MotionField:
-    return MotionField(*(np.concatenate([getattr(f, k) for f in fields]) for k in ("fraction", "velocity", "valid")))
-
-
 def validate(root: Path, step: int, cfg: MotionConfig, folds: int = 4) -> dict[str, float]:
     clips = sorted((root / "training" / "frames").iterdir())
     frames = {c.name: load_clip(c, step) for c in clips}
@@ -85,7 +81,7 @@ def validate(root: Path, step: int, cfg: MotionConfig, folds: int = 4) -> dict[s
     oof, syn = [], []
     for k in range(folds):
         held = names[k::folds]
-        model = MotionModel.fit(concat([normal[n] for n in names if n not in held]), GRID, cfg)
+        model = MotionModel.fit(MotionField.concat([normal[n] for n in names if n not in held]), GRID, cfg)
         for n in held:
             oof.append(model.score(normal[n])[normal[n].valid])
             field, labels = synthetic[n]

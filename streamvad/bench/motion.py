@@ -42,7 +42,7 @@ def run_motion_bench(*, seconds: float = 60.0, fps: float = 4.0, grid: tuple[int
     train, test = _frames(seconds, fps, seed=1), _frames(seconds, fps, seed=2)
     tracker = MotionTracker(grid, cfg)
     fields = [tracker.observe(train[i:i + batch]) for i in range(0, len(train), batch)]
-    field = MotionField(*(np.concatenate([getattr(f, k) for f in fields]) for k in ("fraction", "velocity", "valid")))
+    field = MotionField.concat(fields)
     clips = np.arange(len(train)) * 8 // len(train)  # eight pseudo-clips for the out-of-fold calibration
     model, fit_wall, fit_cpu = _timed(lambda: MotionModel.fit(field, grid, cfg))
     (threshold, _), cal_wall, cal_cpu = _timed(lambda: calibrate_motion(field, clips, grid, cfg, 0.99))

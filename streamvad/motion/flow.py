@@ -54,9 +54,10 @@ def cell_motion(prev: np.ndarray, cur: np.ndarray, dt: float, grid: tuple[int, i
 class MotionTracker:
     """Each camera's previous sampled frame, so every new frame's motion can be measured against it.
 
-    Frames must arrive in stream order per camera (the worker's do: each camera belongs to one worker,
-    and replay reads clips in order). A camera's first frame, a frame more than `max_gap_s` after the
-    previous one, or one whose pts went backwards (a restarted stream) has no motion (`valid` False).
+    Frames must arrive in stream order per camera: replay reads clips in order, and a worker gets them
+    in order when it is the camera's only worker (with several, cameras must be pinned to one). A
+    camera's first frame, a frame more than `max_gap_s` after the previous one, or one whose pts went
+    backwards (a restarted stream) has no motion (`valid` False).
     """
 
     def __init__(self, grid: tuple[int, int], cfg: MotionConfig) -> None:

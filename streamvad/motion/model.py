@@ -1,14 +1,14 @@
 """The normal velocities of every cell of one camera's view, and the distance of new motion to them.
 
-Fit: each cell remembers the velocities seen on normal footage in it (a sparsely visited cell also
-its 8 neighbours', so it has enough to go on; a busy one keeps its own, so two lanes side by side
-keep their own directions), cut to `memory_per_cell` by greedy k-center
-selection so the memory covers every normal velocity however rare. Score: a moving cell's distance to
-the nearest remembered velocity, divided by the cell's typical normal speed. That division is the
-perspective correction: a cyclist far away moves fewer pixels than a walker close by, but both move
-about three times as fast as *their* neighbours. A cell where nothing moved in the normal footage
-keeps the site-wide typical speed and one remembered velocity, standing still, so any motion there
-(someone crossing a lawn) scores by its speed.
+Fit: each cell remembers the velocities seen on normal footage in it and in its 8 neighbours, the
+neighbours' at a cost (`neighbour_cost` per cell of distance, a third coordinate), so a sparsely
+visited cell has enough to go on while two lanes side by side keep their own directions; cut to
+`memory_per_cell` by greedy k-center selection so the memory covers every normal velocity however
+rare. Score: a moving cell's distance to the nearest remembered velocity, divided by the cell's
+typical normal speed. That division is the perspective correction: a cyclist far away moves fewer
+pixels than a walker close by, but both move about three times as fast as *their* neighbours. A cell
+where nothing moved in the normal footage keeps the site-wide typical speed and one remembered
+velocity, standing still, so any motion there (someone crossing a lawn) scores by its speed.
 
 The frame's motion score is the mean of the `top_cells` highest cell scores: one fast object decides,
 and a crowd of normal walkers does not dilute it or add up.
@@ -36,7 +36,7 @@ _FLOOR = 0.25  # a cell's speed scale is at least this share of the site-wide ty
 
 
 def k_center(points: np.ndarray, budget: int) -> np.ndarray:
-    """Greedy k-center (PatchCore's coreset): `budget` rows of points [P, 2] that cover all of them,
+    """Greedy k-center (PatchCore's coreset): `budget` rows of points [P, d] that cover all of them,
     starting from the one nearest the mean, so the choice is deterministic."""
     if len(points) <= budget:
         return points
@@ -54,6 +54,11 @@ def _steps(cell: int, around: list[int], grid: tuple[int, int]) -> np.ndarray:
     w = grid[1]
     r, c = divmod(cell, w)
     return np.array([math.hypot(a // w - r, a % w - c) for a in around], dtype=np.float32)
+
+
+def _active(motion: MotionField, cfg: MotionConfig) -> np.ndarray:
+    """[B, N]: the cells whose velocity counts (enough of them moved, in a frame that has motion)."""
+    return (motion.fraction >= cfg.min_fraction) & motion.valid[:, None]
 
 
 def _neighbourhood(n_cell: int, grid: tuple[int, int]) -> list[int]:
@@ -77,7 +82,7 @@ class MotionModel:
     @classmethod
     def fit(cls, motion: MotionField, grid: tuple[int, int], cfg: MotionConfig) -> MotionModel:
         """From the motion of normal frames (invalid rows, which have none, are skipped)."""
-        active = (motion.fraction >= cfg.min_fraction) & motion.valid[:, None]  # [B, N]
+        active = _active(motion, cfg)
         n = grid[0] * grid[1]
         speeds = np.linalg.norm(motion.velocity[active], axis=-1)
         site = float(np.median(speeds)) if speeds.size else 1.0
@@ -105,7 +110,7 @@ class MotionModel:
     def cell_scores(self, motion: MotionField) -> np.ndarray:
         """[B, N]: each moving cell's distance to the nearest normal velocity there, in units of the cell's
         normal speed; 0 for still cells and for frames without motion."""
-        active = (motion.fraction >= self.cfg.min_fraction) & motion.valid[:, None]
+        active = _active(motion, self.cfg)
         out = np.zeros(active.shape, dtype=np.float32)
         b, n = np.nonzero(active)
         if b.size:
