@@ -73,7 +73,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
               progress=not args.no_progress)
     thresholds = ", ".join(f"{k}={v:.3f}" for k, v in res.thresholds.items()) or "none (no held-out frames)"
     print(f"fitted {res.kind} model on {res.n_train} frames ({res.n_holdout} held out) in {res.seconds:.0f} s "
-          f"-> {res.model_dir}\nthresholds from held-out normal frames: {thresholds}")
+          f"-> {res.model_dir}\nthresholds from normal frames it was not fitted on: {thresholds}")
     return 0
 
 
@@ -141,6 +141,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from streamvad.bench.motion import run_motion_bench
 
         result = run_motion_bench(seconds=args.seconds, batch=args.batch)
+    elif args.fleet:
+        from streamvad.bench.fleet import run_fleet_bench
+
+        result = run_fleet_bench(args.fleet, args.seconds, train_vectors=args.train_vectors,
+                                 max_batch=args.max_batch, device=args.device)
     else:
         from streamvad.bench.throughput import run_throughput_bench
 
@@ -229,11 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run readers, worker and sinks from a config")
     _add_common(p)
-    p.add_argument("--role", default="all", choices=["all", "reader", "worker", "events", "forwarder"],
+    p.add_argument("--role", default="all", choices=["all", "reader", "worker", "events"],
                    help="run one part per host/container (see docker/README.md); all = everything here")
     p.add_argument("--camera", help="reader role: only this camera id (default: every camera)")
     p.add_argument("--worker-index", type=int, default=0,
-                   help="worker role without a forwarder: bind the frame endpoint of worker I (port + I)")
+                   help="worker role: be worker I of serve.workers (its cameras, its frame endpoint)")
     p.add_argument("--http-port", type=int, help="override serve.http_port (/healthz and /metrics)")
     p.set_defaults(func=cmd_serve)
 
@@ -255,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--capacity-readers", type=int, help="throughput: unpaced readers feeding the capacity run")
     p.add_argument("--train-seconds", type=float, default=20.0,
                    help="throughput: normal footage the model is fitted on (4 fps; 600 ~ 2,400 training frames)")
+    p.add_argument("--fleet", type=int, metavar="N",
+                   help="throughput: N cameras on N models against N cameras on one model (Ped2-sized models)")
+    p.add_argument("--train-vectors", type=int, default=2000, help="throughput --fleet: memory rows per token")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("receive", help="a webhook receiver that checks signatures and prints deliveries")

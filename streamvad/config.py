@@ -53,7 +53,6 @@ class MotionConfig(_Section):
     neighbour_cost: float = Field(1.0, ge=0.0)
     top_cells: int = Field(2, ge=1)  # frame motion score: mean of the most anomalous cells (crowds do not dilute it)
     max_gap_s: float = Field(1.0, gt=0.0)  # a frame further than this from the previous one is scored on appearance
-    folds: int = Field(4, ge=2)  # clip folds for the out-of-fold normal scores that calibrate the motion scale
     # the least a motion threshold can be: within half a cell's normal speed of a normal velocity is never
     # anomalous, even where normal footage moved so little that the calibration quantile is ~0
     min_threshold: float = Field(0.5, gt=0.0)
@@ -85,8 +84,21 @@ class NormalityConfig(_Section):
     # model directory's name (the `fit --out` directory), so give each model its own name or prefix.
     chroma_prefix: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{1,62}$")
     holdout_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # normal frames kept aside for thresholds
+    # Clip folds for calibration: every training clip is also scored by the memory without its fold, so
+    # thresholds see thousands of normal frames as new footage, not only the held-out clips
+    folds: int = Field(4, ge=2)
     seed: int = 0
     motion: MotionConfig = MotionConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_folds(cls, data: Any) -> Any:
+        """`motion.folds` (older configs and models) is now `folds`, shared by appearance and motion."""
+        motion = data.get("motion") if isinstance(data, dict) else None
+        if isinstance(motion, dict) and "folds" in motion:
+            data = {**data, "motion": {k: v for k, v in motion.items() if k != "folds"}}
+            data.setdefault("folds", motion["folds"])
+        return data
 
     @model_validator(mode="after")
     def _k_range(self) -> NormalityConfig:
@@ -127,6 +139,11 @@ class CameraConfig(_Section):
     loop: bool = False  # loop a video file (demo and soak runs)
     realtime: bool = True  # pace files at their own frame rate, like a camera
     mask: list[tuple[float, float]] | None = None  # polygon in [0,1] image coords; patches outside ignored
+    # This camera's normality model directory (default: the top-level model_dir). An empty directory is a
+    # model store with no version yet: the camera is `learning` (not scored, no alerts) until one is fitted.
+    model: Path | None = None
+    # The worker that scores this camera (0 .. serve.workers - 1); None: a stable hash of the id picks it
+    worker: int | None = Field(None, ge=0)
 
     @field_validator("mask")
     @classmethod
@@ -149,9 +166,6 @@ class TransportConfig(_Section):
     # The network sees 224-ish pixels anyway; snapshots are drawn at this size. None: send as decoded.
     frame_max_side: int | None = Field(640, ge=32)
     status: str = "ipc:///tmp/streamvad-status"  # readers, workers and the events process report here
-    # Multi-host with a forwarder (`serve --role forwarder`): it binds `frames` (readers connect) and this
-    # endpoint (workers connect), so any number of workers can join; None: each worker binds `frames` (+ i).
-    frames_backend: str | None = None
 
 
 class WorkerConfig(_Section):
@@ -179,7 +193,9 @@ class ServeConfig(_Section):
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(9108, ge=0, le=65535)  # /healthz and /metrics; 0 picks a free port (logged)
-    workers: int = Field(1, ge=1)  # >1: worker i binds transport.frames with port + i (tcp) or suffix -i (ipc)
+    # >1: worker i binds transport.frames with port + i (tcp), suffix -i (ipc) or {worker} replaced by i, and
+    # scores only its own cameras (cameras[].worker, or a stable hash of the camera id)
+    workers: int = Field(1, ge=1)
     status_interval_s: float = Field(1.0, gt=0.0)
     stale_after_s: float = Field(5.0, gt=0.0)  # a child silent this long counts as down in /healthz
     restart_backoff_s: float = Field(1.0, gt=0.0)
@@ -254,6 +270,10 @@ class StreamVADConfig(_Section):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"camera ids must be unique, repeated: {', '.join(dupes)}")
+        for camera in self.cameras:
+            if camera.worker is not None and camera.worker >= self.serve.workers:
+                raise ValueError(f"cameras.{camera.id}.worker: {camera.worker}, but serve.workers is "
+                                 f"{self.serve.workers} (workers are numbered from 0)")
         return self
 
 

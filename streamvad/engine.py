@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from streamvad.compute import resolve_device
 from streamvad.config import BackboneConfig, ScoringConfig
 from streamvad.errors import ConfigError, InputError, ModelMismatchError
 from streamvad.motion import FusedScorer, MotionModel, MotionTracker
-from streamvad.types import EmbeddingBatch, Frame, Verdict
+from streamvad.types import EmbeddingBatch, FeatureRequest, Frame, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -39,24 +39,9 @@ class FrameScorer(Protocol):
     def score(self, batch: EmbeddingBatch) -> list[Verdict]: ...
 
 
-@dataclass(frozen=True)
-class FeatureRequest:
-    """Extra backbone outputs a scorer needs beyond global + last-layer patches."""
-
-    layers: tuple[int, ...] = ()
-    attention: bool = False
-    attention_layer: int | None = None
-
-
 def embed_frames(backbone: Backbone, frames: Sequence[Frame], request: FeatureRequest) -> EmbeddingBatch:
     """The backbone's outputs for `frames`, with what `request` adds (layers, attention)."""
-    return backbone.embed(
-        [f.image for f in frames],
-        [f.key for f in frames],
-        layers=request.layers,
-        attention=request.attention,
-        attention_layer=request.attention_layer,
-    )
+    return backbone.embed([f.image for f in frames], [f.key for f in frames], **request.embed_kwargs())
 
 
 @dataclass
@@ -96,8 +81,8 @@ class ModelInfo:
             doc = json.loads(path.read_text(encoding="utf-8"))
             if doc.get("format") != MODEL_FORMAT:
                 raise ModelMismatchError(
-                    f"{path}: model format {doc.get('format')!r}, this StreamVAD reads format {MODEL_FORMAT}"
-                )
+                    f"{path}: model format {doc.get('format')!r}, this StreamVAD reads format {MODEL_FORMAT}; refit "
+                    f"it with `streamvad fit --out {model_dir} ...` on the camera's normal footage")
             return cls(str(doc["kind"]), BackboneConfig.model_validate(doc["backbone"]),
                        ScoringConfig.model_validate(doc["scoring"]), doc.get("sample_fps"),
                        doc.get("frame_max_side"), doc.get("jpeg_quality"), tuple(map(str, doc.get("holdout", ()))))
@@ -136,6 +121,18 @@ class Engine:
             batch.motion = self.tracker.observe(frames)
         return batch
 
+    def nbytes(self) -> int:
+        """Bytes of the fitted state in memory: what one camera's model costs the worker that serves it."""
+        scorer: Any = self.scorer
+        total = 0
+        if isinstance(scorer, FusedScorer):
+            total += scorer.motion.memory.nbytes + scorer.motion.scale.nbytes
+            scorer = scorer.appearance
+        model = getattr(scorer, "model", None)
+        if model is not None:  # the k-NN memory
+            return total + model.train.nbytes + model.loc_dens.nbytes + model.clusters.nbytes
+        return total + int(scorer.nbytes())  # a detector
+
     def process(self, frames: Sequence[Frame]) -> list[Verdict]:
         if not frames:
             return []
@@ -153,19 +150,21 @@ def load_engine(
     scoring: ScoringConfig | None = None,
     backbone: BackboneConfig | None = None,
     mask: np.ndarray | None = None,
+    net: Backbone | None = None,
 ) -> Engine:
     """Rebuild the serving stack of a fitted model directory.
 
     `scoring` overrides the rule/threshold the model was fitted with (e.g. to compare rules on one
     model). The fields a user explicitly set in `backbone` override the fitted model's backbone
     (device, dtype and batch size are harmless; a different network or image size is then refused
-    by the manifest check rather than silently scoring garbage).
+    by the manifest check rather than silently scoring garbage). `net` is a backbone already loaded
+    for another model (a worker's cameras share one forward pass); the model is checked against it.
     """
     info = ModelInfo.load(model_dir)
     bb_cfg = info.backbone
     if backbone is not None:
         bb_cfg = BackboneConfig.model_validate({**bb_cfg.model_dump(), **backbone.model_dump(exclude_unset=True)})
-    net = build_backbone(bb_cfg)
+    net = net or build_backbone(bb_cfg)
     device = str(resolve_device(bb_cfg.device))  # the scorer runs where the backbone does
     tracker: MotionTracker | None = None
     if info.kind == KNNN:
@@ -184,11 +183,23 @@ def load_engine(
         from streamvad.detectors import load_detector
 
         detector = load_detector(model_dir / "detector", device=device, backbone_manifest=net.manifest())
-        req = detector.requirements()
-        scorer, request = detector, FeatureRequest(req.layers, req.attention, req.attention_layer)
+        scorer, request = detector, detector.requirements()
     log.info("serving %s model %s on backbone %s%s", info.kind, model_dir, bb_cfg.name,
              "" if tracker is None else " with motion")
     return Engine(net, scorer, request, info, tracker)
+
+
+def fitted_backbone(model_dir: Path) -> dict[str, Any]:
+    """The identity of the backbone a model was fitted on (its scorer's manifest), without loading either:
+    what `serve` compares across cameras before it starts anything."""
+    info = ModelInfo.load(model_dir)
+    if info.kind == KNNN:
+        from streamvad.normality.model import read_manifest
+
+        return dict(read_manifest(model_dir / "normality")["backbone"])
+    from streamvad.detectors.base import read_manifest as read_detector
+
+    return dict(read_detector(model_dir / "detector").get("backbone") or {})
 
 
 def _load_motion(model_dir: Path, cfg: ScoringConfig, grid: tuple[int, int]) -> MotionModel | None:

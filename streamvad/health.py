@@ -113,6 +113,9 @@ class ServeState:
             cameras[name] = {k: h.get(k) for k in ("online", "url", "fps_in", "frames_in", "frames_emitted",
                                                    "frames_dropped", "reconnects", "last_error", "state")}
             cameras[name]["restarts"] = procs.get(f"reader-{name}", {}).get("restarts", 0)
+        for h in workers.values():  # scoring, or learning (no model yet): from the worker that owns the camera
+            for name, model_state in (h.get("cameras") or {}).items():
+                cameras.setdefault(name, {"online": False})["model"] = model_state
         ok = bool(workers) and any(c["online"] for c in cameras.values())
         body = {"status": "ok" if ok else "unavailable", "workers": sorted(workers), "cameras": cameras,
                 "events_reporting": bool(self.reports("events")), "processes": procs}
@@ -169,16 +172,27 @@ class StatusCollector:
                                     labels=["worker", "camera"])
         malformed = CounterMetricFamily("streamvad_malformed_messages", "Malformed messages dropped",
                                         labels=["worker"])
+        learning = CounterMetricFamily("streamvad_worker_learning_frames",
+                                       "Frames of cameras with no model yet (not scored)", labels=["worker", "camera"])
+        foreign = CounterMetricFamily("streamvad_worker_foreign_frames",
+                                      "Frames of cameras another worker owns, dropped", labels=["worker", "camera"])
         depth = GaugeMetricFamily("streamvad_worker_queue_depth", "Frames received but not yet scored",
                                   labels=["worker"])
+        models = GaugeMetricFamily("streamvad_worker_models", "Normality models loaded by a worker", labels=["worker"])
+        model_bytes = GaugeMetricFamily("streamvad_worker_model_bytes", "Memory of a loaded model's fitted state",
+                                        labels=["worker", "model"])
         for worker, h in reports.items():
             for fam, key in ((frames_in, "frames_in"), (frames_out, "frames_out"), (anomalous, "anomalous"),
-                             (stale, "stale")):
+                             (stale, "stale"), (learning, "learning"), (foreign, "foreign")):
                 for cam, n in (h.get(key) or {}).items():
                     fam.add_metric([worker, cam], n)
             malformed.add_metric([worker], h.get("malformed", 0))
             depth.add_metric([worker], h.get("pending", 0))
-        yield from (frames_in, frames_out, anomalous, stale, malformed, depth)
+            loaded = h.get("models") or {}
+            models.add_metric([worker], len(loaded))
+            for path, n in loaded.items():
+                model_bytes.add_metric([worker, path], n)
+        yield from (frames_in, frames_out, anomalous, stale, learning, foreign, malformed, depth, models, model_bytes)
         histograms = {
             "batch_size": ("streamvad_batch_size", "Frames per scored batch"),
             "embed_s": ("streamvad_embed_seconds", "Backbone time per batch"),

@@ -30,16 +30,17 @@ from streamvad.config import (
     TransportConfig,
 )
 from streamvad.datasets.base import Clip, iter_clip
-from streamvad.engine import KNNN, MOTION_DIR, Engine, FeatureRequest, FrameScorer, ModelInfo, embed_frames
+from streamvad.engine import KNNN, MOTION_DIR, Engine, FrameScorer, ModelInfo, embed_frames
 from streamvad.errors import ConfigError, InputError
 from streamvad.event_metrics import ClipVerdicts, event_metrics
+from streamvad.folds import clip_folds
 from streamvad.motion import FusedScorer, MotionModel, MotionTracker
 from streamvad.motion.model import calibrate_motion
 from streamvad.overlay import overlay_heatmap, save_jpeg
 from streamvad.sources.images import list_images
 from streamvad.tamper import TamperMonitor
 from streamvad.transport import as_transported
-from streamvad.types import EmbeddingBatch, Frame, MotionField, Verdict
+from streamvad.types import EmbeddingBatch, FeatureRequest, Frame, MotionField, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +220,9 @@ def _fit_knnn(
     model = NormalityModel.fit(
         train.global_, train.patches, cfg.normality, sources=train.sources, backbone=backbone.manifest()
     )
-    if len(held.sources):
-        model.set_thresholds(calibrate(model, held.global_, held.patches, cfg.scoring))
+    folds = [np.flatnonzero(f) for f in clip_folds(train.clip_ids, cfg.normality.folds)]
+    if len(held.sources) or folds:
+        model.set_thresholds(calibrate(model, held.global_, held.patches, cfg.scoring, folds=folds))
     model.save(out / "normality")
     thresholds = dict(model.thresholds)
     if train.motion is not None:
@@ -236,7 +238,7 @@ def _fit_motion(cfg: StreamVADConfig, grid: tuple[int, int], train: Embedded, he
     model = MotionModel.fit(train.motion, grid, mcfg)
     extra = [] if held.motion is None else [model.score(held.motion)[held.motion.valid]]
     model.threshold, _ = calibrate_motion(train.motion, train.clip_ids, grid, mcfg,
-                                          cfg.scoring.calibration_quantile, extra)
+                                          cfg.scoring.calibration_quantile, cfg.normality.folds, extra)
     model.save(out)
     log.info("motion: threshold %.3f (quantile %.3f of out-of-fold and held-out normal frames), fitted in %.1f s",
              model.threshold, cfg.scoring.calibration_quantile, time.perf_counter() - t0)
@@ -258,9 +260,7 @@ def _fit_detector(
     dcfg = cfg.detector or DetectorConfig(name=name)
     det = build_detector(name, dcfg, num_layers=backbone.num_layers, device=resolve_device(cfg.backbone.device),
                          backbone_manifest=backbone.manifest())
-    req = det.requirements()
-    request = FeatureRequest(req.layers, req.attention, req.attention_layer)
-    batches = [b for _, _, b in embed_batches(backbone, clips, sample_fps, request=request,
+    batches = [b for _, _, b in embed_batches(backbone, clips, sample_fps, request=det.requirements(),
                                               transport=cfg.transport, progress=progress)]
     if not batches:
         raise _no_frames(clips)

@@ -3,9 +3,9 @@
 Operators run it (`streamvad receive`) to try an alert integration before pointing webhooks at the
 real incident system, and the compose stack uses it as its receiver; `check_signature` is the reference
 for writing that verification elsewhere. With a secret, a request whose signature does not match or
-whose timestamp is outside the tolerance is answered 401 with the reason as a text body. Tests use the
-same class in a thread: it records every request, answers with a scripted status (and headers), and
-can be stopped and started again on the same port to simulate an outage.
+whose timestamp is outside the tolerance is answered 401 with the reason as a text body; an authentic
+one gets `answer()` (200). It runs in a thread (`start`/`stop`, on the same port again after a stop), so
+the tests build their scripted receiver (outages, Retry-After) on it in tests/receiver.py.
 """
 
 from __future__ import annotations
@@ -63,11 +63,6 @@ class WebhookReceiver:
         self.host = host
         self.on_request = on_request
         self.tolerance_s = tolerance_s
-        self.requests: list[Received] = []
-        self.status = 200  # answer for every authentic request unless `script` has entries
-        # answers consumed in order before falling back to `status`: a status, or (status, extra headers)
-        self.script: list[int | tuple[int, dict[str, str]]] = []
-        self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -92,16 +87,12 @@ class WebhookReceiver:
                                           self.headers.get("X-StreamVAD-Signature"))
                 extra: dict[str, str] = {}
                 text = b""
-                with receiver._lock:
-                    if reason is not None and receiver.secret is not None:  # rejected before the script
-                        status, text = 401, reason.encode("utf-8") + b"\n"
-                    else:
-                        answer = receiver.script.pop(0) if receiver.script else receiver.status
-                        status, extra = answer if isinstance(answer, tuple) else (answer, {})
-                    received = Received(self.path, dict(self.headers), body, reason is None, status, reason)
-                    receiver.requests.append(received)
-                if receiver.on_request is not None:
-                    receiver.on_request(received)
+                if reason is not None and receiver.secret is not None:  # refused whatever answer() would say
+                    status, text = 401, reason.encode("utf-8") + b"\n"
+                else:
+                    status, extra = receiver.answer()
+                received = Received(self.path, dict(self.headers), body, reason is None, status, reason)
+                receiver.record(received)
                 self.send_response(status)
                 for name, value in extra.items():
                     self.send_header(name, value)
@@ -129,17 +120,14 @@ class WebhookReceiver:
             self._server.server_close()
             self._server = None
 
-    def accepted(self) -> list[Received]:
-        """Requests answered 2xx, in arrival order."""
-        with self._lock:
-            return [r for r in self.requests if 200 <= r.status < 300]
+    def answer(self) -> tuple[int, dict[str, str]]:
+        """Status and extra headers for an authentic request."""
+        return 200, {}
 
-    def wait_for(self, n: int, timeout: float = 10.0) -> list[Received]:
-        """Block until `n` requests were accepted (or timeout), then return the accepted ones."""
-        deadline = time.monotonic() + timeout
-        while len(self.accepted()) < n and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return self.accepted()
+    def record(self, received: Received) -> None:
+        """Called once per request, after its answer is decided."""
+        if self.on_request is not None:
+            self.on_request(received)
 
     def __enter__(self) -> WebhookReceiver:
         return self.start()

@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 RULES = ("majority", "topk", "global", "any_k")
 METHODS = ("knnn", "distance", "hdbscan", "nnn")
 SCALED = ("distance", "nnn")  # methods whose ratio is a raw score over a calibrated "<method>/scale"
+# methods that depend only on the nearest training vector, so leaving a fold out of the search scores it as
+# new footage; HDBSCAN's clusterer and the original k-NNN's neighbour tables were fitted on the fold itself
+CROSS_FIT = ("knnn", "distance")
 _VOTING = ("majority", "any_k")  # rules whose threshold is also the per-patch vote threshold
 
 
@@ -87,25 +90,43 @@ class TokenScorer:
         if self._pool is not None:
             self._pool.shutdown()
 
-    def _nearest(self, q: torch.Tensor, k: int) -> torch.Tensor:
-        """Rows of the k nearest training vectors [T, B, k], nearest first, for queries q [T, B, D]."""
-        if self.model.indexes is not None:
+    def _nearest(self, q: torch.Tensor, k: int, sq: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows of the k nearest training vectors [T, B, k], nearest first, for queries q [T, B, D].
+
+        `sq` replaces the training vectors' squared norms for a dense search; rows set to +inf there are
+        never picked (the out-of-fold search of calibration).
+        """
+        if self.model.indexes is not None and sq is None:
             rows = hnsw_index.nearest(self.model.indexes, q.cpu().numpy(), self._pool, k)
             return torch.from_numpy(rows).to(self.device)
+        sq = self._sq if sq is None else sq
         step = max(1, self._step * 64 // q.shape[1])
         out = []
         for lo in range(0, q.shape[0], step):
             hi = lo + step
             # ||q||^2 is the same for every candidate, so ranking needs only ||t||^2 - 2 t.q
-            d = torch.baddbmm(self._sq[lo:hi], self._train[lo:hi], q[lo:hi].transpose(1, 2), alpha=-2.0)
+            d = torch.baddbmm(sq[lo:hi], self._train[lo:hi], q[lo:hi].transpose(1, 2), alpha=-2.0)
             out.append(d.argmin(1).unsqueeze(-1) if k == 1 else d.topk(k, dim=1, largest=False).indices.transpose(1, 2))
         return torch.cat(out)
 
-    def _search(self, queries: np.ndarray, k: int) -> Search:
+    def _search(self, queries: np.ndarray, k: int, sq: torch.Tensor | None = None) -> Search:
         """The k nearest training vectors of frame-major queries [B, T, D]."""
         q = torch.from_numpy(np.ascontiguousarray(queries.transpose(1, 0, 2), dtype=np.float32)).to(self.device)
-        rows = self._nearest(q, k)
+        rows = self._nearest(q, k, sq)
         return Search(q, gather_dists(self._train, rows[..., :1], q).squeeze(-1), rows)
+
+    def out_of_fold(self, rows: np.ndarray, exclude: np.ndarray) -> dict[str, TokenScores]:
+        """Scores of the training frames `rows` against the memory without the rows `exclude` (their
+        fold), by each CROSS_FIT method.
+
+        A training frame's nearest normal vector is itself, so its own score says nothing about new
+        footage; with its whole fold (a group of clips) left out of the search it is scored as a new
+        clip would be by the served model (same memory, same local densities).
+        """
+        sq = self._sq.clone()
+        sq[:, torch.from_numpy(exclude).to(self.device)] = math.inf
+        found = self._search(self.model.train[:, rows].transpose(1, 0, 2), 1, sq)
+        return {method: self._from_search(found, method) for method in CROSS_FIT}
 
     def _nnn_scorer(self) -> NNNScorer:
         if self._nnn is None:
@@ -294,39 +315,50 @@ def calibrate(
     patches: np.ndarray,
     cfg: ScoringConfig,
     *,
+    folds: Sequence[np.ndarray] = (),
     chunk: int = 64,
 ) -> dict[str, float]:
-    """Thresholds for every method/rule the model supports, from held-out NORMAL frames only.
+    """Thresholds for every method/rule the model supports, from NORMAL frames it was not fitted on.
 
     Each is the cfg.calibration_quantile quantile of the frames' raw_score (see module docstring),
     so about (1 - quantile) of normal frames would be flagged and anomalies are never looked at.
     `global_` [B, D] and `patches` [B, N, D] are the hold-out embeddings; a Scorer's mask is used.
+    `folds` (training rows per fold of whole clips) adds every training frame, scored out of fold, to
+    the CROSS_FIT methods: a couple of held-out clips underestimate the tail of new footage's scores.
     """
     if isinstance(scorer_or_model, Scorer):
         tokens, mask, own = scorer_or_model.tokens, scorer_or_model.mask, False
     else:
         tokens, own = TokenScorer(scorer_or_model), True
         mask = np.ones(scorer_or_model.n_patches, dtype=bool)
-    if len(global_) == 0:
+    if len(global_) == 0 and not folds:
         raise ConfigError("calibrate: the hold-out set is empty (normality.holdout_fraction is 0?)")
     raws: dict[str, list[np.ndarray]] = {}
     patch_ratios: dict[str, list[np.ndarray]] = {method: [] for method in SCALED}
+
+    def add(by_method: dict[str, TokenScores]) -> None:
+        for method, ts in by_method.items():
+            if method in SCALED:
+                patch_ratios[method].append(ts.ratio[:, 1:][:, mask])
+            for rule in _available_rules(tokens.model, method):
+                if rule == "any_k" and cfg.any_k > int(mask.sum()):
+                    continue
+                raws.setdefault(f"{method}/{rule}", []).append(aggregate(ts, mask, rule, cfg)[1])
+
     try:
         methods = [m for m in METHODS if _available_rules(tokens.model, m)]
         for lo in range(0, len(global_), chunk):
-            by_method = tokens.scores_all(global_[lo : lo + chunk], patches[lo : lo + chunk], methods)
-            for method in SCALED:
-                patch_ratios[method].append(by_method[method].ratio[:, 1:][:, mask])
-            for method, ts in by_method.items():
-                for rule in _available_rules(tokens.model, method):
-                    if rule == "any_k" and cfg.any_k > int(mask.sum()):
-                        continue
-                    raws.setdefault(f"{method}/{rule}", []).append(aggregate(ts, mask, rule, cfg)[1])
+            add(tokens.scores_all(global_[lo : lo + chunk], patches[lo : lo + chunk], methods))
+        for rows in folds:
+            for lo in range(0, len(rows), chunk):
+                add(tokens.out_of_fold(rows[lo : lo + chunk], exclude=rows))
     finally:
         if own:
             tokens.close()
     out = {key: float(np.quantile(np.concatenate(v), cfg.calibration_quantile)) for key, v in raws.items()}
     for method, ratios in patch_ratios.items():  # thresholds on the calibrated scale (aggregates are linear in it)
+        if not ratios:
+            continue
         old_scale = tokens.scales[method]
         new_scale = float(np.quantile(np.concatenate([r.ravel() for r in ratios]), cfg.calibration_quantile))
         new_scale = new_scale * old_scale if new_scale > 0 else old_scale

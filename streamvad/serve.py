@@ -1,23 +1,24 @@
 """`streamvad serve`: readers -> ZeroMQ -> worker(s) -> events process -> sinks, with /healthz and /metrics.
 
 Process layout (all spawned by the supervisor in this process):
-  reader-<camera>  one per camera; connects PUSH to every worker's frame endpoint
-  worker-<i>       binds its frame endpoint, connects PUB to the events process
+  reader-<camera>  one per camera; connects PUSH to the frame endpoint of the worker that owns the camera
+  worker-<i>       binds its frame endpoint, loads only its own cameras' models (streamvad/fleet.py),
+                   connects PUB to the events process
   events           binds the verdict endpoint (SUB): one event tracker for all workers, so a camera's
-                   events stay consistent however its frames were spread, then snapshot/JSONL/webhooks
+                   events stay consistent whichever worker scored them, then snapshot/JSONL/webhooks
 This process binds the status endpoint every child reports to, runs the HTTP health thread and
 the watchdog, and on SIGINT/SIGTERM stops readers, then workers (they drain), then events (it
 flushes open events and closes the sinks, which drain their webhook spool).
 
-Roles (`serve --role`, one per host or container; see docker/README.md): the same supervisor runs
-only part of the pipeline. `reader` runs the readers (one `--camera`, or all), `worker` one worker,
-`events` the events process, `forwarder` a frame hub (no child). Each role process keeps the
-watchdog for its own children and serves its own /healthz and /metrics on serve.http_port about
-them alone (healthy: reader = a camera online, worker = its worker ready, events = reporting);
+Roles (`serve --role`, one per host, container or pod; see docker/README.md and deploy/): the same
+supervisor runs only part of the pipeline. `reader` runs the readers (one `--camera`, or all),
+`worker` worker `--worker-index` (its own cameras), `events` the events process. Each role process
+keeps the watchdog for its own children and serves its own /healthz and /metrics on serve.http_port
+about them alone (healthy: reader = a camera online, worker = its worker ready, events = reporting);
 its children report to it on a private loopback status socket, so `transport.status` is only used
-by `--role all`. Every endpoint is bound by the role that owns it (events: verdicts; worker:
-frames, or forwarder: frames + frames_backend) and connected to by the others, so one config
-file, with host names in the endpoints, serves every host.
+by `--role all`. Every endpoint is bound by the role that owns it (events: verdicts; worker i: its
+frame endpoint) and connected to by the others, so one config file, with host names in the
+endpoints, serves every host.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import signal
 import threading
 import time
 from collections import Counter, OrderedDict, defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -39,13 +39,14 @@ from streamvad.config import CameraConfig, StreamVADConfig
 from streamvad.engine import ModelInfo
 from streamvad.errors import ConfigError
 from streamvad.events import EventTracker, EventUpdate
+from streamvad.fleet import bind_endpoint, camera_endpoint, check_models, owned, worker_endpoints
 from streamvad.health import HealthServer, ServeState
 from streamvad.reader import reader_main
 from streamvad.sinks import SinkFanout, WebhookSink, build_sinks
 from streamvad.supervisor import ChildSpec, StatusReporter, Supervisor, setup_child
-from streamvad.transport import FrameForwarder, FramePuller, Message, VerdictSubscriber
+from streamvad.transport import FramePuller, Message, VerdictSubscriber
 from streamvad.types import TAMPER_TYPES, FrameKey
-from streamvad.worker import worker_endpoints, worker_main
+from streamvad.worker import worker_main
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,8 @@ _POLL_MS = 200
 _DROP_LOG_EVERY_S = 10.0
 _LOCAL_STATUS = "tcp://127.0.0.1:*"  # a role's children report to it here (the port is picked at bind)
 
-RoleName = Literal["all", "reader", "worker", "events", "forwarder"]
-ROLES: tuple[RoleName, ...] = ("all", "reader", "worker", "events", "forwarder")
+RoleName = Literal["all", "reader", "worker", "events"]
+ROLES: tuple[RoleName, ...] = ("all", "reader", "worker", "events")
 
 
 class EventsProcess:
@@ -175,7 +176,7 @@ class Role:
 
     name: RoleName = "all"
     camera: str | None = None  # reader role: only this camera (None: every configured camera)
-    worker_index: int = 0  # worker role: which of serve.workers' frame endpoints to bind (no forwarder)
+    worker_index: int = 0  # worker role: which of serve.workers this process is (its cameras and endpoint)
 
     def runs(self, part: str) -> bool:
         return self.name in ("all", part)
@@ -186,11 +187,12 @@ def _check(cfg: StreamVADConfig, role: Role) -> None:
     if role.runs("reader") and not cfg.cameras:
         raise ConfigError("cameras: serve needs at least one camera")
     if role.runs("worker"):
-        if cfg.model_dir is None:
+        if not cfg.cameras and cfg.model_dir is None:
             raise ConfigError("model_dir: serve needs a fitted model directory (run `streamvad fit`)")
-        ModelInfo.load(Path(cfg.model_dir))
-    if role.name == "forwarder" and cfg.transport.frames_backend is None:
-        raise ConfigError("transport.frames_backend: the forwarder role needs the endpoint workers connect to")
+        if not cfg.cameras:
+            ModelInfo.load(Path(cfg.model_dir))
+        shards = range(cfg.serve.workers) if role.name == "all" else [role.worker_index]
+        check_models(cfg, [c for i in shards for c in owned(cfg, i)])
 
 
 def _cameras(cfg: StreamVADConfig, role: Role) -> list[CameraConfig]:
@@ -205,21 +207,12 @@ def _cameras(cfg: StreamVADConfig, role: Role) -> list[CameraConfig]:
     return chosen
 
 
-def _reader_endpoints(cfg: StreamVADConfig, role: Role) -> list[str]:
-    """Through a forwarder (roles only; `all` knows its workers): its frontend; else every worker's endpoint."""
-    if role.name != "all" and cfg.transport.frames_backend is not None:
-        return [cfg.transport.frames]
-    return worker_endpoints(cfg.transport.frames, cfg.serve.workers)
-
-
-def _worker_endpoints(cfg: StreamVADConfig, role: Role) -> dict[int, tuple[str, bool]]:
-    """Worker index -> (frame endpoint, bind?). Behind a forwarder a worker connects to its backend, so any
-    number of workers share it; otherwise each worker binds its own endpoint and readers connect to all."""
+def _worker_endpoints(cfg: StreamVADConfig, role: Role) -> dict[int, str]:
+    """Worker index -> the frame endpoint it binds: all of them for `all`, the role's own for `worker`."""
     if not role.runs("worker"):
         return {}
-    if role.name != "all" and cfg.transport.frames_backend is not None:
-        return {role.worker_index: (cfg.transport.frames_backend, False)}
-    endpoints = {i: (ep, True) for i, ep in enumerate(worker_endpoints(cfg.transport.frames, cfg.serve.workers))}
+    frames = cfg.transport.frames
+    endpoints = {i: bind_endpoint(frames, ep) for i, ep in enumerate(worker_endpoints(frames, cfg.serve.workers))}
     if role.name == "all":
         return endpoints
     if role.worker_index not in endpoints:
@@ -230,10 +223,9 @@ def _worker_endpoints(cfg: StreamVADConfig, role: Role) -> dict[int, tuple[str, 
 class _RoleState(ServeState):
     """Health of one role's process: only its own children count (the parent's rule needs all of them)."""
 
-    def __init__(self, stale_after_s: float, role: str, extra: Callable[[], dict[str, Any]] | None = None) -> None:
+    def __init__(self, stale_after_s: float, role: str) -> None:
         super().__init__(stale_after_s)
         self.role = role
-        self.extra = extra
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         _ok, body = super().health()
@@ -243,7 +235,7 @@ class _RoleState(ServeState):
             "worker": alive and any(h.get("state") == "ready" for h in self.reports("worker").values()),
             "events": alive and body["events_reporting"],
         }.get(self.role, True)
-        body.update(status="ok" if ok else "unavailable", role=self.role, **(self.extra() if self.extra else {}))
+        body.update(status="ok" if ok else "unavailable", role=self.role)
         return ok, body
 
 
@@ -254,16 +246,12 @@ class _Serve:
         self.level = logging.getLogger().getEffectiveLevel()
         self.cameras = _cameras(cfg, role)
         self.workers = _worker_endpoints(cfg, role)
-        self.forwarder: FrameForwarder | None = None
         self.state = ServeState(cfg.serve.stale_after_s) if role.name == "all" else _RoleState(
-            cfg.serve.stale_after_s, role.name, self._forwarded if role.name == "forwarder" else None)
+            cfg.serve.stale_after_s, role.name)
         self.sup = Supervisor(self.state, cfg.serve.restart_backoff_s, cfg.serve.restart_backoff_max_s)
         self.stop = threading.Event()
         self.status_log = _StatusLog()
         self.ready: set[str] = set()
-
-    def _forwarded(self) -> dict[str, Any]:
-        return {"forwarded": self.forwarder.forwarded if self.forwarder is not None else 0}
 
     def _receive(self, status: FramePuller) -> None:
         msg = status.recv(_POLL_MS)
@@ -290,16 +278,12 @@ class _Serve:
                 return False
         return not self.stop.is_set()
 
-    def _start_network(self, status_endpoint: str) -> StreamVADConfig:
-        """The role's own socket (forwarder) and the config its children get (status to this process)."""
-        cfg, transport = self.cfg, self.cfg.transport
+    def _child_config(self, status_endpoint: str) -> StreamVADConfig:
+        """The config this role's children get: a role's children report to this process, not `transport.status`."""
         if self.role.name == "all":
-            return cfg
-        if self.role.name == "forwarder" and transport.frames_backend is not None:
-            self.forwarder = FrameForwarder(transport.frames, transport.frames_backend, transport.hwm)
-            log.info("forwarding frames from readers on %s to workers on %s", self.forwarder.frontend,
-                     self.forwarder.backend)
-        return cfg.model_copy(update={"transport": transport.model_copy(update={"status": status_endpoint})})
+            return self.cfg
+        return self.cfg.model_copy(update={"transport": self.cfg.transport.model_copy(
+            update={"status": status_endpoint})})
 
     def run(self) -> int:
         status = FramePuller(self.cfg.transport.status if self.role.name == "all" else _LOCAL_STATUS,
@@ -307,20 +291,18 @@ class _Serve:
         health = HealthServer(self.state, self.cfg.serve.http_host, self.cfg.serve.http_port).start()
         code = 0
         try:
-            cfg = self._start_network(status.endpoint)
+            cfg = self._child_config(status.endpoint)
             if self.role.runs("events"):
                 self.sup.start(ChildSpec("events", "events", events_main, (cfg, self.level)))
-            for i, (endpoint, bind) in self.workers.items():
-                self.sup.start(ChildSpec(f"worker-{i}", "worker", worker_main,
-                                         (cfg, i, endpoint, self.level, bind)))
+            for i, endpoint in self.workers.items():
+                self.sup.start(ChildSpec(f"worker-{i}", "worker", worker_main, (cfg, i, endpoint, self.level)))
             if self.workers and not self._wait_workers(status):
                 code = 0 if self.stop.is_set() else 1
             else:
-                endpoints = _reader_endpoints(cfg, self.role)
                 for cam in self.cameras:
                     self.sup.start(ChildSpec(f"reader-{cam.id}", "reader", reader_main, (
-                        cam, cfg.transport, endpoints, cfg.transport.status, cfg.serve.status_interval_s,
-                        self.level)))
+                        cam, cfg.transport, [camera_endpoint(cfg, cam)], cfg.transport.status,
+                        cfg.serve.status_interval_s, self.level)))
                 log.info("serving (role %s): %d camera(s), %d worker(s)", self.role.name, len(self.cameras),
                          len(self.workers))
                 while not self.stop.is_set() and not self.sup.all_finished("reader"):
@@ -339,8 +321,6 @@ class _Serve:
         self.sup.stop("reader", timeout_s=10.0)
         self.sup.stop("worker", timeout_s=self.cfg.serve.drain_timeout_s + 5.0)
         self.sup.stop("events", timeout_s=15.0)
-        if self.forwarder is not None:
-            self.forwarder.close()
 
 
 def serve(cfg: StreamVADConfig, role: Role | None = None) -> int:

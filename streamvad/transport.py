@@ -16,7 +16,6 @@ import dataclasses
 import io
 import json
 import logging
-import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -469,38 +468,3 @@ class VerdictSubscriber(_Receiver):
 
     def __init__(self, endpoint: str | Sequence[str], hwm: int = 1000, bind: bool = False) -> None:
         super().__init__(_socket(zmq.SUB, endpoint, bind, 0, {zmq.RCVHWM: hwm, zmq.SUBSCRIBE: b""}))
-
-
-class FrameForwarder:
-    """Many readers -> many workers: binds `frontend` (readers connect) and `backend` (workers connect)
-    and moves frames across in a background thread, so neither side needs to know the other's count.
-
-    Messages are forwarded without decoding; the forwarder blocks when no worker has room, which
-    pushes back to the readers, where each reader's own policy (drop or block) applies.
-    """
-
-    def __init__(self, frontend: str, backend: str, hwm: int = 64) -> None:
-        self._front, self.frontend = _socket(zmq.PULL, frontend, True, 0, {zmq.RCVHWM: hwm})
-        self._back, self.backend = _socket(zmq.PUSH, backend, True, _DEFAULT_LINGER_MS, {zmq.SNDHWM: hwm})
-        self._stop = threading.Event()
-        self.forwarded = 0
-        self._thread = threading.Thread(target=self._run, name="streamvad-forwarder", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        # Sockets are used only from this thread after construction (ZeroMQ sockets are not thread-safe).
-        while not self._stop.is_set():
-            if not self._front.poll(100, zmq.POLLIN):
-                continue
-            parts = self._front.recv_multipart()
-            while not self._stop.is_set():
-                if self._back.poll(100, zmq.POLLOUT):
-                    self._back.send_multipart(parts)
-                    self.forwarded += 1
-                    break
-        self._front.close()
-        self._back.close()
-
-    def close(self, timeout_s: float = 2.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout_s)

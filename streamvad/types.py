@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -68,6 +69,27 @@ class MotionField:
     def concat(cls, fields: Sequence[MotionField]) -> MotionField:
         """The rows of several fields (batches of one stream, clips of one fit) as one."""
         return cls(*(np.concatenate([getattr(f, k) for f in fields]) for k in ("fraction", "velocity", "valid")))
+
+
+@dataclass(frozen=True)
+class FeatureRequest:
+    """What a scorer needs from the backbone beyond the global embedding and last-layer patches."""
+
+    layers: tuple[int, ...] = ()  # 1-based hidden_states indices
+    attention: bool = False
+    attention_layer: int | None = None  # 1-based block; None: the last one
+
+    def embed_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `Backbone.embed`, so callers need not spell them out."""
+        return {"layers": self.layers, "attention": self.attention, "attention_layer": self.attention_layer}
+
+    def union(self, other: FeatureRequest) -> FeatureRequest:
+        """One request that serves both (one forward pass for models of several cameras); attention from
+        two different blocks cannot be one output, so that is refused."""
+        if self.attention and other.attention and self.attention_layer != other.attention_layer:
+            raise ValueError(f"attention from block {self.attention_layer} and block {other.attention_layer}")
+        return FeatureRequest(tuple(sorted({*self.layers, *other.layers})), self.attention or other.attention,
+                              self.attention_layer if self.attention else other.attention_layer)
 
 
 @dataclass

@@ -19,15 +19,15 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zmq
 
-from streamvad.config import StreamVADConfig, TamperConfig, TransportConfig, WorkerConfig
-from streamvad.engine import Engine, FrameScorer, load_engine
+from streamvad.config import CameraConfig, StreamVADConfig, TamperConfig, TransportConfig, WorkerConfig
+from streamvad.engine import Engine, FrameScorer
 from streamvad.errors import ConfigError
+from streamvad.fleet import Fleet, load_fleet, owned
 from streamvad.health import BATCH_BUCKETS, LATENCY_BUCKETS, Buckets
 from streamvad.supervisor import StatusReporter, setup_child
 from streamvad.tamper import TamperMonitor
@@ -56,24 +56,24 @@ def patch_mask(polygon: Polygon, grid: tuple[int, int]) -> np.ndarray:
     return inside
 
 
-def camera_scorers(engine: Engine, masks: Mapping[str, Polygon]) -> dict[str, FrameScorer]:
-    """One scorer per masked camera, sharing the engine's fitted model; unmasked cameras use the engine's."""
-    if not masks:
-        return {}
+def camera_scorers(fleet: Fleet, masks: Mapping[str, Polygon]) -> dict[str, FrameScorer]:
+    """One scorer per masked camera, sharing its model with the camera's unmasked scorer."""
     from streamvad.motion import FusedScorer
     from streamvad.scoring import Scorer
 
-    base = engine.scorer
-    if not isinstance(base, Scorer | FusedScorer):
-        raise ConfigError(f"cameras.mask: camera masks need a k-NNN model, but {engine.info.kind!r} "
-                          "detector models score whole frames; remove the masks or serve a k-NNN model")
     out: dict[str, FrameScorer] = {}
     for camera, polygon in masks.items():
+        engine = fleet.engine(camera)
+        if engine is None:  # learning: nothing to mask yet
+            continue
+        if not isinstance(engine.scorer, Scorer | FusedScorer):
+            raise ConfigError(f"cameras.{camera}.mask: camera masks need a k-NNN model, but {engine.info.kind!r} "
+                              "detector models score whole frames; remove the mask or give the camera a k-NNN model")
         mask = patch_mask(polygon, engine.backbone.grid)
         if not mask.any():
             raise ConfigError(f"cameras.{camera}.mask: the polygon covers no patch centre of the "
                               f"{engine.backbone.grid[0]}x{engine.backbone.grid[1]} grid; nothing would be scored")
-        out[camera] = base.with_mask(mask)
+        out[camera] = engine.scorer.with_mask(mask)
     return out
 
 
@@ -108,18 +108,17 @@ class Worker:
     thread (the status reporter's).
     """
 
-    def __init__(self, engine: Engine, transport: TransportConfig, cfg: WorkerConfig, *,
-                 frames_endpoint: str | None = None, frames_bind: bool = True,
+    def __init__(self, fleet: Fleet | Engine, transport: TransportConfig, cfg: WorkerConfig, *,
+                 frames_endpoint: str | None = None,
                  masks: Mapping[str, Polygon] | None = None, name: str = "worker-0",
                  drain_timeout_s: float = 10.0, tamper: TamperConfig | None = None) -> None:
-        self.engine = engine
+        self.fleet = fleet if isinstance(fleet, Fleet) else Fleet.single(fleet)
         self.transport = transport
         self.cfg = cfg
         self.frames_endpoint = frames_endpoint or transport.frames
-        self.frames_bind = frames_bind  # False: connect to a forwarder's backend shared with other workers
         self.name = name
         self.drain_timeout_s = drain_timeout_s
-        self.scorers = camera_scorers(engine, masks or {})
+        self.fleet.scorers = camera_scorers(self.fleet, masks or {})
         self.tamper = TamperMonitor(tamper or TamperConfig())
         self.ready = threading.Event()
         self._lock = threading.Lock()
@@ -127,6 +126,9 @@ class Worker:
         self._out: Counter[str] = Counter()
         self._anomalous: Counter[str] = Counter()
         self._stale: Counter[str] = Counter()
+        self._learning: Counter[str] = Counter()  # frames of cameras with no model yet (not scored)
+        self._foreign: Counter[str] = Counter()  # frames of cameras another worker owns (misrouted; dropped)
+        self._model_bytes = self.fleet.model_bytes()
         self._max_age_s = cfg.max_age_s if transport.policy == "drop" else None  # replay never sheds
         self._pending = 0
         self._malformed = 0
@@ -141,7 +143,8 @@ class Worker:
             return {
                 "state": "ready" if self.ready.is_set() else "loading",
                 "frames_in": dict(self._in), "frames_out": dict(self._out), "anomalous": dict(self._anomalous),
-                "stale": dict(self._stale),
+                "stale": dict(self._stale), "learning": dict(self._learning), "foreign": dict(self._foreign),
+                "cameras": {c: self.fleet.state(c) for c in self.fleet.cameras}, "models": self._model_bytes,
                 "pending": self._pending, "malformed": self._malformed,
                 "batch_size": self.batch_sizes.as_dict(), "embed_s": self.embed_s.as_dict(),
                 "score_s": self.score_s.as_dict(), "latency_s": self.latency_s.as_dict(),
@@ -149,7 +152,7 @@ class Worker:
 
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set, then drain what is queued (bounded by `drain_timeout_s`)."""
-        puller = FramePuller(self.frames_endpoint, hwm=self.transport.hwm, bind=self.frames_bind)
+        puller = FramePuller(self.frames_endpoint, hwm=self.transport.hwm, bind=True)
         sender = VerdictSender(self.transport.verdicts, self.transport.jpeg_quality)
         self.ready.set()
         log.info("%s: pulling frames on %s, verdicts to %s (batch <= %d, wait <= %.0f ms)", self.name,
@@ -187,6 +190,9 @@ class Worker:
             if msg.type == "frame" and msg.frame is not None:
                 with self._lock:
                     self._in[msg.frame.camera] += 1
+                    if not self.fleet.serves(msg.frame.camera):
+                        self._misrouted(msg.frame.camera)
+                        continue
                     if self._is_stale(msg.frame):
                         self._stale[msg.frame.camera] += 1
                         continue
@@ -201,6 +207,12 @@ class Worker:
                 log.debug("%s: ignoring %s message from %s on the frame queue", self.name, msg.type, msg.camera)
         return frames, eos
 
+    def _misrouted(self, camera: str) -> None:
+        if not self._foreign[camera]:
+            log.warning("%s: frames of camera %s, which this worker does not serve, arrive; dropping them (a reader "
+                        "with another config's worker list?)", self.name, camera)
+        self._foreign[camera] += 1
+
     def _is_stale(self, frame: Frame) -> bool:
         if self._max_age_s is None or time.time() - frame.wall_time <= self._max_age_s:
             return False
@@ -209,57 +221,35 @@ class Worker:
                         self.name, frame.camera, self._max_age_s)
         return True
 
-    def score(self, frames: Sequence[Frame]) -> list[Verdict]:
-        """Embed the batch once, then score each camera's frames with its own (masked) scorer."""
-        if not self.scorers:
-            verdicts = self.engine.process(frames)
-            self.embed_s.observe(self.engine.timings.embed_s)
-            self.score_s.observe(self.engine.timings.score_s)
-            return verdicts
-        t0 = time.perf_counter()
-        batch = self.engine.embed(frames)
-        t1 = time.perf_counter()
-        groups: dict[int, tuple[FrameScorer, list[int]]] = {}
-        for i, f in enumerate(frames):
-            scorer = self.scorers.get(f.camera, self.engine.scorer)
-            groups.setdefault(id(scorer), (scorer, []))[1].append(i)
-        out: list[Verdict | None] = [None] * len(frames)
-        for scorer, rows in groups.values():
-            for i, v in zip(rows, scorer.score(batch.select(rows)), strict=True):
-                out[i] = v
-        self.embed_s.observe(t1 - t0)
-        self.score_s.observe(time.perf_counter() - t1)
-        return [v for v in out if v is not None]
+    def score(self, frames: Sequence[Frame]) -> list[Verdict | None]:
+        """One forward pass for the batch, each camera's frames scored against its own model (None: the
+        camera is learning)."""
+        verdicts = self.fleet.score(frames)
+        if any(v is not None for v in verdicts):
+            self.embed_s.observe(self.fleet.timings.embed_s)
+            self.score_s.observe(self.fleet.timings.score_s)
+        return verdicts
 
     def _process(self, frames: list[Frame], sender: VerdictSender) -> None:
         if not frames:
             return
-        verdicts = self.tamper.annotate(frames, self.score(frames))
-        for frame, verdict in zip(frames, verdicts, strict=True):
-            sender.send(verdict, frame)
-            latency = time.time() - frame.wall_time
-            with self._lock:
+        verdicts = self.score(frames)
+        scored = [i for i, v in enumerate(verdicts) if v is not None]
+        annotated = self.tamper.annotate([frames[i] for i in scored], [verdicts[i] for i in scored])
+        for i, verdict in zip(scored, annotated, strict=True):
+            sender.send(verdict, frames[i])
+        now = time.time()
+        with self._lock:
+            for frame, verdict in zip(frames, verdicts, strict=True):
+                self._pending -= 1
+                if verdict is None:
+                    self._learning[frame.camera] += 1
+                    continue
                 self._out[frame.camera] += 1
                 self._anomalous[frame.camera] += int(verdict.anomalous)
-                self._pending -= 1
-                self.latency_s.observe(latency)
-        with self._lock:
+                self.latency_s.observe(now - frame.wall_time)
             self.batch_sizes.observe(len(frames))
             self.batches = [*self.batches[-99:], [f.camera for f in frames]]
-
-
-def worker_endpoints(frames: str, n: int) -> list[str]:
-    """The frame endpoint of each of `n` workers: tcp port + i, or ipc path + "-i"; one worker uses `frames`."""
-    if n == 1:
-        return [frames]
-    if frames.startswith("tcp://"):
-        host, _, port = frames[len("tcp://"):].rpartition(":")
-        if not port.isdigit():
-            raise ConfigError(f"transport.frames: {frames!r} needs an explicit port for {n} workers")
-        return [f"tcp://{host}:{int(port) + i}" for i in range(n)]
-    if frames.startswith("ipc://"):
-        return [f"{frames}-{i}" for i in range(n)]
-    raise ConfigError(f"transport.frames: {frames!r} must be tcp:// or ipc:// to run {n} workers")
 
 
 def _wire_form(max_side: int | None, quality: int | None) -> str:
@@ -267,41 +257,44 @@ def _wire_form(max_side: int | None, quality: int | None) -> str:
     return f"{size}, {'as read' if quality is None else f'through JPEG q{quality}'}"
 
 
-def build_worker(cfg: StreamVADConfig, index: int = 0, frames_endpoint: str | None = None,
-                 frames_bind: bool = True) -> Worker:
-    """Load the model of `cfg.model_dir` (runtime backbone settings from `cfg.backbone`) into a Worker."""
-    if cfg.model_dir is None:
+def build_worker(cfg: StreamVADConfig, index: int = 0, frames_endpoint: str | None = None) -> Worker:
+    """Load the models of worker `index`'s cameras (runtime backbone settings from `cfg.backbone`)."""
+    cameras = owned(cfg, index)
+    if not cfg.cameras and cfg.model_dir is None:
         raise ConfigError("model_dir: serve needs a fitted model directory (run `streamvad fit`)")
     scoring = cfg.scoring if "scoring" in cfg.model_fields_set else None  # else the rule the model was fitted with
-    engine = load_engine(Path(cfg.model_dir), scoring=scoring, backbone=cfg.backbone)
+    fleet = load_fleet(cfg, cameras, scoring)
     live = cfg.transport.frame_max_side, cfg.transport.jpeg_quality
-    fitted = engine.info.frame_max_side, engine.info.jpeg_quality
-    if live != fitted:
-        log.warning("transport: readers send %s but model %s was fitted on %s; its scores will drift from the "
-                    "calibration (set transport.frame_max_side and jpeg_quality as at fit time, or refit)",
-                    _wire_form(*live), cfg.model_dir, _wire_form(*fitted))
-    _check_motion_rate(cfg, engine)
-    masks = {c.id: c.mask for c in cfg.cameras if c.mask}
-    return Worker(engine, cfg.transport, cfg.worker, frames_endpoint=frames_endpoint, frames_bind=frames_bind,
+    for path, engine in fleet.engines.items():
+        fitted = engine.info.frame_max_side, engine.info.jpeg_quality
+        if live != fitted:
+            log.warning("transport: readers send %s but model %s was fitted on %s; its scores will drift from the "
+                        "calibration (set transport.frame_max_side and jpeg_quality as at fit time, or refit)",
+                        _wire_form(*live), path, _wire_form(*fitted))
+    _check_motion_rate(cameras, fleet)
+    log.info("worker-%d: %d camera(s), %d model(s) loaded (%.0f MB)", index, len(cameras), len(fleet.engines),
+             sum(fleet.model_bytes().values()) / 2**20)
+    masks = {c.id: c.mask for c in cameras if c.mask}
+    return Worker(fleet, cfg.transport, cfg.worker, frames_endpoint=frames_endpoint,
                   masks=masks, name=f"worker-{index}", drain_timeout_s=cfg.serve.drain_timeout_s, tamper=cfg.tamper)
 
 
-def _check_motion_rate(cfg: StreamVADConfig, engine: Engine) -> None:
+def _check_motion_rate(cameras: Sequence[CameraConfig], fleet: Fleet) -> None:
     """Motion is measured between consecutive sampled frames: speeds are per second, but how far things
     move between two frames (and so what frame differencing and flow see) depends on the rate. A camera
-    sampled at another rate than the model's footage is refused rather than scored on a drifted scale."""
-    fitted = engine.info.sample_fps
-    if engine.tracker is None or fitted is None:
-        return
-    for camera in cfg.cameras:
+    sampled at another rate than its model's footage is refused rather than scored on a drifted scale."""
+    for camera in cameras:
+        engine = fleet.engine(camera.id)
+        if engine is None or engine.tracker is None or engine.info.sample_fps is None:
+            continue
+        fitted = engine.info.sample_fps
         if abs(camera.fps - fitted) > 1e-6:
-            raise ConfigError(f"cameras.{camera.id}.fps: {camera.fps:g}, but model {cfg.model_dir} learnt motion "
-                              f"at {fitted:g} fps; sample the camera at {fitted:g} fps, refit at {camera.fps:g}, "
-                              "or set scoring.motion: appearance")
+            raise ConfigError(f"cameras.{camera.id}.fps: {camera.fps:g}, but model {fleet.cameras[camera.id]} learnt "
+                              f"motion at {fitted:g} fps; sample the camera at {fitted:g} fps, refit at "
+                              f"{camera.fps:g}, or set scoring.motion: appearance")
 
 
-def worker_main(cfg: StreamVADConfig, index: int, frames_endpoint: str, log_level: int,
-                frames_bind: bool = True) -> None:
+def worker_main(cfg: StreamVADConfig, index: int, frames_endpoint: str, log_level: int) -> None:
     """Process entry point: load the model, serve until SIGTERM, drain, exit 0."""
     stop = threading.Event()
     setup_child(stop, log_level)
@@ -313,7 +306,7 @@ def worker_main(cfg: StreamVADConfig, index: int, frames_endpoint: str, log_leve
 
     reporter = StatusReporter(cfg.transport.status, name, "worker", snapshot, cfg.serve.status_interval_s).start()
     try:
-        holder["w"] = build_worker(cfg, index, frames_endpoint, frames_bind)
+        holder["w"] = build_worker(cfg, index, frames_endpoint)
         holder["w"].run(stop)
     finally:
         reporter.close()

@@ -1,5 +1,45 @@
-"""Tests use the product's own webhook receiver (streamvad/receiver.py)."""
+"""The tests' webhook receiver: the product's (streamvad/receiver.py), recording every request and answering
+from a script, so tests can stage outages, Retry-After answers and restarts on the same port."""
 
-from streamvad.receiver import Received, WebhookReceiver
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from streamvad import receiver
+from streamvad.receiver import Received
 
 __all__ = ["Received", "WebhookReceiver"]
+
+
+class WebhookReceiver(receiver.WebhookReceiver):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.requests: list[Received] = []
+        self.status = 200  # answer for every authentic request unless `script` has entries
+        # answers consumed in order before falling back to `status`: a status, or (status, extra headers)
+        self.script: list[int | tuple[int, dict[str, str]]] = []
+        self._lock = threading.Lock()
+
+    def answer(self) -> tuple[int, dict[str, str]]:
+        with self._lock:
+            answer = self.script.pop(0) if self.script else self.status
+        return answer if isinstance(answer, tuple) else (answer, {})
+
+    def record(self, received: Received) -> None:
+        with self._lock:
+            self.requests.append(received)
+        super().record(received)
+
+    def accepted(self) -> list[Received]:
+        """Requests answered 2xx, in arrival order."""
+        with self._lock:
+            return [r for r in self.requests if 200 <= r.status < 300]
+
+    def wait_for(self, n: int, timeout: float = 10.0) -> list[Received]:
+        """Block until `n` requests were accepted (or timeout), then return the accepted ones."""
+        deadline = time.monotonic() + timeout
+        while len(self.accepted()) < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.accepted()

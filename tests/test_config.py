@@ -28,7 +28,7 @@ def test_placeholders_expand_in_values_not_comments(tmp_path: Path, monkeypatch:
         "scoring:\n"
         "  frame_threshold: ${THRESHOLD:-null}   # a lone placeholder is typed like YAML\n"
         "transport:\n"
-        "  frames: tcp://${HOST:-forwarder}:${PORT}\n"
+        "  frames: tcp://${HOST:-events}:${PORT}\n"
         "  hwm: ${HWM}\n",
         encoding="utf-8",
     )
@@ -37,7 +37,7 @@ def test_placeholders_expand_in_values_not_comments(tmp_path: Path, monkeypatch:
     cfg = load_config(path)
     assert str(cfg.model_dir) == "/data/model"
     assert cfg.scoring.frame_threshold is None
-    assert cfg.transport.frames == "tcp://forwarder:5555" and cfg.transport.hwm == 32
+    assert cfg.transport.frames == "tcp://events:5555" and cfg.transport.hwm == 32
     monkeypatch.setenv("THRESHOLD", "0.7")
     monkeypatch.setenv("HOST", "a: b")  # never turns into YAML structure
     cfg = load_config(path)

@@ -117,11 +117,11 @@ def test_calibration_uses_out_of_fold_normal_scores() -> None:
     normal = _lanes(400, np.random.default_rng(2))
     clips = np.repeat(np.arange(8), 50)
     cfg = CFG.model_copy(update={"min_threshold": 1e-6})
-    threshold, oof = calibrate_motion(normal, clips, GRID, cfg, 0.99)
+    threshold, oof = calibrate_motion(normal, clips, GRID, cfg, 0.99, 4)
     assert oof.shape == (400,) and (oof > 0).any()
     assert threshold == pytest.approx(np.quantile(oof, 0.99))
     # where normal footage barely moves the quantile is ~0, and the floor keeps near-normal motion quiet
-    assert calibrate_motion(normal, clips, GRID, CFG, 0.99)[0] == max(CFG.min_threshold, threshold)
+    assert calibrate_motion(normal, clips, GRID, CFG, 0.99, 4)[0] == max(CFG.min_threshold, threshold)
 
 
 def test_saved_model_round_trips_and_bad_files_are_one_line_errors(tmp_path: Path) -> None:
@@ -189,4 +189,4 @@ def test_a_camera_sampled_at_another_rate_than_the_motion_model_is_refused(motio
     with pytest.raises(ConfigError, match=r"cameras\.gate\.fps: 10, but model .* learnt motion at 4 fps"):
         build_worker(cfg)
     appearance = cfg.model_copy(update={"scoring": cfg.scoring.model_copy(update={"motion": "appearance"})})
-    assert build_worker(appearance).engine.tracker is None
+    assert build_worker(appearance).fleet.engine("gate").tracker is None

@@ -22,6 +22,7 @@ from streamvad.bench.throughput import PLACE, free_tcp_endpoint
 from streamvad.config import CameraConfig, StreamVADConfig, TransportConfig, load_config
 from streamvad.datasets.synthetic import AnomalySpec, make_scene
 from streamvad.errors import ConfigError
+from streamvad.fleet import owned, owner
 from streamvad.serve import Role, serve
 from tests.receiver import WebhookReceiver
 from tests.test_worker import tiny_model
@@ -93,66 +94,60 @@ def receiver() -> Iterator[WebhookReceiver]:
 
 @pytest.fixture
 def compose_env(tmp_path: Path, tiny_model: Path, receiver: WebhookReceiver) -> dict[str, str]:
-    """configs/compose.yaml's variables for loopback: a looped clip with a walker stands in for the camera."""
-    clip = make_scene(tmp_path, seconds=8, fps=10, size=(120, 160), seed=12, place_seed=PLACE,
-                      anomalies=[AnomalySpec("lawn_walker", 2.0, 6.0, seed=3)], name="cam1").path
-    return {**os.environ, "STREAMVAD_MODEL": str(tiny_model), "STREAMVAD_DEVICE": "cpu", "CAM1_URL": str(clip),
-           "CAM1_LOOP": "true", "SCORING_METHOD": "knnn", "FRAME_THRESHOLD": "3.0", "FORWARDER_HOST": "127.0.0.1",
-           "EVENTS_HOST": "127.0.0.1", "FRAMES_PORT": str(free_port()), "FRAMES_BACKEND": free_tcp_endpoint(),
-           "VERDICTS_PORT": str(free_port()), "STREAMVAD_OUT": str(tmp_path / "out"), "WEBHOOK_URL": receiver.url,
-           "WEBHOOK_SECRET": SECRET, "HTTP_HOST": "127.0.0.1"}
+    """configs/compose.yaml's variables for loopback: looped clips with a walker stand in for the two cameras,
+    and worker i listens on 127.0.i.1 (all of 127/8 is loopback), as if each were its own host."""
+    clips = [make_scene(tmp_path, seconds=8, fps=10, size=(120, 160), seed=12, place_seed=PLACE,
+                        anomalies=[AnomalySpec("lawn_walker", 2.0, 6.0, seed=3 + i)], name=f"cam{i + 1}").path
+             for i in range(2)]
+    return {**os.environ, "STREAMVAD_DEVICE": "cpu", "SCORING_METHOD": "knnn", "FRAME_THRESHOLD": "3.0",
+            **{f"CAM{i + 1}_{k}": v for i, clip in enumerate(clips)
+               for k, v in (("URL", str(clip)), ("LOOP", "true"), ("MODEL", str(tiny_model)))},
+            "WORKER_HOST_PREFIX": "127.0.", "WORKER_HOST_SUFFIX": ".1", "FRAMES_PORT": str(free_port()),
+            "EVENTS_HOST": "127.0.0.1", "VERDICTS_PORT": str(free_port()), "STREAMVAD_OUT": str(tmp_path / "out"),
+            "WEBHOOK_URL": receiver.url, "WEBHOOK_SECRET": SECRET, "HTTP_HOST": "127.0.0.1"}
 
 
-TOPOLOGIES = {
-    # the compose layout: readers -> forwarder <- any number of workers
-    "forwarder": {"events": ["--role", "events"], "forwarder": ["--role", "forwarder"],
-                  "worker-a": ["--role", "worker"], "worker-b": ["--role", "worker"],
-                  "reader": ["--role", "reader", "--camera", "cam1"]},
-    # no forwarder (frames_backend null): the worker binds transport.frames, the reader connects to it
-    "direct": {"events": ["--role", "events"], "worker": ["--role", "worker", "--worker-index", "0"],
-               "reader": ["--role", "reader"]},
-}
+# the compose layout: each camera's reader -> the camera's own worker; both workers -> events
+ROLES = {"events": ["--role", "events"], "worker-0": ["--role", "worker", "--worker-index", "0"],
+         "worker-1": ["--role", "worker", "--worker-index", "1"], "reader": ["--role", "reader"]}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("topology", list(TOPOLOGIES))
-def test_compose_topology_as_processes_scores_on_every_worker_and_alerts(
-        topology: str, compose_env: dict[str, str], receiver: WebhookReceiver, tmp_path: Path) -> None:
-    """Each role its own `serve --role` process over tcp, from configs/compose.yaml: frames reach every worker,
-    the walker raises an event (JSONL line and a signed webhook), every role reports its own health, and all
-    of them exit 0 on SIGTERM."""
-    roles = TOPOLOGIES[topology]
-    if topology == "direct":
-        compose_env["FRAMES_BACKEND"] = "null"
+def test_compose_topology_as_processes_scores_each_camera_on_its_worker_and_alerts(
+        compose_env: dict[str, str], receiver: WebhookReceiver, tmp_path: Path) -> None:
+    """Each role its own `serve --role` process over tcp, from configs/compose.yaml: each camera's frames reach
+    its own worker only, the walkers raise events (JSONL lines and a signed webhook), every role reports its
+    own health, and all of them exit 0 on SIGTERM."""
     procs: dict[str, RoleProcess] = {}
     try:
-        for name, args in roles.items():
+        for name, args in ROLES.items():
             procs[name] = RoleProcess(args, compose_env, tmp_path / f"{name}.log")
         logs = [p.log for p in procs.values()]
-        workers = [p for name, p in procs.items() if name.startswith("worker")]
-        wait_for("both workers scoring", lambda: all(
-            w.metric('streamvad_worker_frames_out_total{camera="cam1"') > 0 for w in workers), 180, logs)
+        for index, (mine, other) in enumerate((("cam1", "cam2"), ("cam2", "cam1"))):  # cameras[].worker in the file
+            worker = procs[f"worker-{index}"]
+            wait_for(f"worker-{index} scoring {mine}", lambda w=worker, c=mine: w.metric(
+                f'streamvad_worker_frames_out_total{{camera="{c}"') > 0, 180, logs)
+            assert worker.metric(f'streamvad_worker_frames_in_total{{camera="{other}"') == 0
+            assert worker.metric("streamvad_worker_models{") == 1
         jsonl = tmp_path / "out" / "events.jsonl"
-        wait_for("an event in the JSONL sink", lambda: jsonl.is_file() and '"kind":"opened"' in jsonl.read_text(),
-                 60, logs)
-        opened = [json.loads(ln) for ln in jsonl.read_text().splitlines() if '"kind":"opened"' in ln]
-        assert opened[0]["camera"] == "cam1"
+        wait_for("events of both cameras in the JSONL sink", lambda: jsonl.is_file() and {
+            json.loads(ln)["camera"] for ln in jsonl.read_text().splitlines() if '"kind":"opened"' in ln} == {
+            "cam1", "cam2"}, 90, logs)
         hooks = receiver.wait_for(1, timeout=30)
-        assert hooks and hooks[0].signature_ok and hooks[0].json["camera"] == "cam1"
+        assert hooks and hooks[0].signature_ok and hooks[0].json["camera"] in ("cam1", "cam2")
         for name, proc in procs.items():
-            code, body = proc.health()
-            assert code == 200, (name, body)
-            assert body["role"] == name.split("-")[0]
-        if topology == "forwarder":
-            assert procs["forwarder"].health()[1]["forwarded"] > 0
-        assert procs["reader"].health()[1]["cameras"]["cam1"]["online"]
+            wait_for(f"{name} healthy", lambda p=proc: p.health()[0] == 200, 15, logs)
+            assert proc.health()[1]["role"] == name.split("-")[0]
+        cameras = procs["reader"].health()[1]["cameras"]
+        assert cameras["cam1"]["online"] and cameras["cam2"]["online"]
+        assert procs["worker-1"].health()[1]["cameras"]["cam2"]["model"] == "scoring"
         # /metrics shows the events process's last status report (sent every second), which may predate
         # an event whose webhook arrived within that second
-        wait_for("the opened event in /metrics", lambda: procs["events"].metric(
+        wait_for("the opened events in /metrics", lambda: procs["events"].metric(
             'streamvad_events_total{camera="cam1",kind="opened"}') >= 1, 10, logs)
     finally:
         codes = {name: proc.terminate() for name, proc in procs.items()}
-    assert codes == dict.fromkeys(roles, 0), codes
+    assert codes == dict.fromkeys(ROLES, 0), codes
     assert not any("Traceback" in p.log.read_text() for p in procs.values())
 
 
@@ -160,16 +155,13 @@ def test_compose_file_services_commands_and_configs(monkeypatch: pytest.MonkeyPa
     """docker/compose.yaml: the services, their images/builds, and every `serve --role` command's config."""
     doc = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
     services = doc["services"]
-    assert set(services) >= {"rtsp", "synth", "camera", "chroma", "fit", "forwarder", "worker", "reader-cam1",
-                             "events", "receiver", "worker-gpu"}
+    assert set(services) >= {"rtsp", "synth", "camera", "chroma", "fit", "worker-0", "worker-1", "reader-cam1",
+                             "reader-cam2", "events", "receiver"}
     for name, svc in services.items():
         assert "image" in svc or "build" in svc, name
         build = svc.get("build")
         if build is not None:
             assert (COMPOSE.parent / build["context"] / build["dockerfile"]).is_file(), name
-    gpu = services["worker-gpu"]
-    assert gpu["build"]["dockerfile"].endswith("Dockerfile.cuda")
-    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
 
     roles = {}
     monkeypatch.setenv("WEBHOOK_SECRET", "from-env")
@@ -181,15 +173,23 @@ def test_compose_file_services_commands_and_configs(monkeypatch: pytest.MonkeyPa
         assert config.startswith("/app/configs/")
         cfg = load_config(ROOT / "configs" / Path(config).name)
         roles[name] = command[command.index("--role") + 1]
-        assert cfg.transport.frames_backend == "tcp://forwarder:5556" and cfg.transport.frames.startswith("tcp://forwarder:")
+        assert cfg.transport.frames == "tcp://worker-{worker}:5555" and cfg.serve.workers == 2
         assert cfg.transport.verdicts.startswith("tcp://events:")
         assert cfg.sinks.webhooks[0].secret == "from-env" and cfg.normality.chroma_url == "http://chroma:8000"
         assert "healthcheck" in svc and "9108/healthz" in " ".join(svc["healthcheck"]["test"])
-    assert roles == {"forwarder": "forwarder", "worker": "worker", "worker-gpu": "worker", "reader-cam1": "reader",
+        if roles[name] == "worker":  # the service name is the host name its cameras' readers send to
+            index = int(command[command.index("--worker-index") + 1])
+            assert name == f"worker-{index}" and services[f"worker-{index}"]["depends_on"]["fit"]["condition"] == (
+                "service_completed_successfully")
+            assert [c.id for c in owned(cfg, index)] == [f"cam{index + 1}"]
+            assert {str(c.model) for c in owned(cfg, index)} == {f"/data/models/cam{index + 1}"}
+        if roles[name] == "reader":  # a reader starts after the worker its camera belongs to
+            camera = command[command.index("--camera") + 1]
+            owner_ = next(owner(c, cfg.serve.workers) for c in cfg.cameras if c.id == camera)
+            assert f"worker-{owner_}" in svc["depends_on"]
+    assert roles == {"worker-0": "worker", "worker-1": "worker", "reader-cam1": "reader", "reader-cam2": "reader",
                      "events": "events"}
     assert services["fit"]["depends_on"]["chroma"]["condition"] == "service_healthy"
-    assert services["worker"]["depends_on"]["fit"]["condition"] == "service_completed_successfully"
-    assert "container_name" not in services["worker"] and "ports" not in services["worker"]  # --scale worker=N
     volumes = {v.split(":")[0] for svc in services.values() for v in svc.get("volumes", [])}
     assert volumes <= set(doc["volumes"]) | {"../configs"}
     assert re.search(r"\$\{WEBHOOK_SECRET", " ".join(services["receiver"]["command"]))
@@ -202,7 +202,6 @@ def test_role_misuse_fails_with_one_line(tiny_model: Path) -> None:
         serve(cfg, Role("reader", camera="cam9"))
     with pytest.raises(ConfigError, match=r"^--worker-index: 2 is not below serve.workers \(1\)$"):
         serve(cfg, Role("worker", worker_index=2))
-    with pytest.raises(ConfigError, match=r"^transport\.frames_backend: the forwarder role needs"):
-        serve(cfg, Role("forwarder"))
+    # (cameras without a model are `learning`, see test_fleet; a worker with neither cameras nor model is not)
     with pytest.raises(ConfigError, match=r"^model_dir: serve needs a fitted model directory"):
-        serve(cfg.model_copy(update={"model_dir": None}), Role("worker"))
+        serve(cfg.model_copy(update={"model_dir": None, "cameras": []}), Role("worker"))

@@ -1,16 +1,19 @@
-"""Scale-out: three reader processes fan frames out to two worker processes over tcp loopback, and
-every frame is scored exactly once (no frame lost, none scored twice); a camera's end of stream, which
-reaches only one of the workers, still closes its events after its last verdict."""
+"""Scale-out: four cameras with four models sharded over two worker processes on tcp loopback. Each worker
+loads exactly its own cameras' models and every frame is scored exactly once, by the camera's owner; and
+where frames are dealt round-robin (a reader given every worker, as tools may do), a camera's end
+of stream, which reaches only one of the workers, still closes its events after its last verdict."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import multiprocessing as mp
+import shutil
 import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,11 +28,12 @@ from streamvad.config import (
     WorkerConfig,
 )
 from streamvad.datasets.synthetic import make_scene
+from streamvad.fleet import camera_endpoint, owner, worker_endpoints
 from streamvad.reader import reader_main, run_reader
 from streamvad.serve import EventsProcess
 from streamvad.sources import open_source
 from streamvad.transport import FramePuller, FramePusher, VerdictSubscriber
-from streamvad.worker import worker_endpoints, worker_main
+from streamvad.worker import worker_main
 from tests.test_worker import make_frame, tiny_model
 
 __all__ = ["tiny_model"]
@@ -39,26 +43,34 @@ LOG_LEVEL = 30
 
 
 @pytest.mark.slow
-def test_two_workers_three_readers_score_every_frame_once(tiny_model: Path, tmp_path: Path) -> None:
+def test_two_workers_four_cameras_four_models_each_scored_once_by_its_owner(tiny_model: Path,
+                                                                             tmp_path: Path) -> None:
     base = int(free_tcp_endpoint().rsplit(":", 1)[1])
     transport = TransportConfig(frames=f"tcp://127.0.0.1:{base}", verdicts=free_tcp_endpoint(),
                                 status=free_tcp_endpoint(), policy="block", hwm=4)
-    cfg = StreamVADConfig(model_dir=tiny_model, transport=transport, worker=WorkerConfig(max_batch=4, max_wait_ms=20))
-    endpoints = worker_endpoints(transport.frames, WORKERS)
-    cameras = [CameraConfig(id=f"cam{i}", url=str(make_scene(tmp_path, seconds=4 + i, fps=10, size=(120, 160),
-                                                             seed=20 + i, place_seed=PLACE, name=f"c{i}").path),
-                            realtime=False) for i in range(3)]
+    models = [tmp_path / f"model-{i}" for i in range(4)]
+    for model in models:  # four model directories: four models to load, whichever worker asks
+        shutil.copytree(tiny_model, model)
+    ids = ["gate", "yard", "dock", "lot"]
+    cameras = [CameraConfig(id=cam, model=model, realtime=False, url=str(make_scene(
+        tmp_path, seconds=4 + i, fps=10, size=(120, 160), seed=20 + i, place_seed=PLACE, name=f"c{i}").path))
+        for i, (cam, model) in enumerate(zip(ids, models, strict=True))]
+    cfg = StreamVADConfig(cameras=cameras, transport=transport, backbone={"device": "cpu"},
+                          serve={"workers": WORKERS}, worker=WorkerConfig(max_batch=4, max_wait_ms=20))
+    shard = {c.id: owner(c, WORKERS) for c in cameras}
+    assert sorted(Counter(shard.values()).values()) == [2, 2]  # the hash splits these ids 2 + 2
     expected = {(c.id, f.index) for c in cameras for f in open_source(c.url, c.id, sample_fps=c.fps)}
 
     verdicts = VerdictSubscriber(transport.verdicts, hwm=100_000, bind=True)
     status = FramePuller(transport.status, hwm=10_000, bind=True)
     ctx = mp.get_context("spawn")
+    endpoints = worker_endpoints(transport.frames, WORKERS)
     workers = [ctx.Process(target=worker_main, args=(cfg, i, ep, LOG_LEVEL)) for i, ep in enumerate(endpoints)]
     for w in workers:
         w.start()
     readers: list[mp.process.BaseProcess] = []
     seen: Counter[tuple[str, int]] = Counter()
-    worker_in: dict[str, dict[str, int]] = {}
+    worker_in: dict[str, dict[str, Any]] = {}
     try:
         deadline = time.monotonic() + 120
         while len(worker_in) < WORKERS or any(h.get("state") != "ready" for h in worker_in.values()):
@@ -66,8 +78,8 @@ def test_two_workers_three_readers_score_every_frame_once(tiny_model: Path, tmp_
             msg = status.recv(200)
             if msg is not None and msg.header.get("role") == "worker":
                 worker_in[msg.camera] = msg.header
-        readers = [ctx.Process(target=reader_main, args=(c, transport, endpoints, transport.status, 0.5, LOG_LEVEL))
-                   for c in cameras]
+        readers = [ctx.Process(target=reader_main, args=(c, transport, [camera_endpoint(cfg, c)], transport.status,
+                                                         0.5, LOG_LEVEL)) for c in cameras]
         for r in readers:
             r.start()
         while len(seen) < len(expected) and time.monotonic() < deadline:
@@ -95,9 +107,13 @@ def test_two_workers_three_readers_score_every_frame_once(tiny_model: Path, tmp_
     assert set(seen) == expected  # no frame lost
     assert max(seen.values()) == 1  # none scored twice
     assert all(r.exitcode == 0 for r in readers)
-    per_worker = {name: sum(h["frames_out"].values()) for name, h in worker_in.items()}
-    assert sum(per_worker.values()) == len(expected)
-    assert all(n > 0 for n in per_worker.values()), per_worker  # both workers took a share
+    for i in range(WORKERS):
+        report = worker_in[f"worker-{i}"]
+        mine = sorted(c.id for c in cameras if shard[c.id] == i)
+        assert sorted(report["models"]) == sorted(str(c.model) for c in cameras if shard[c.id] == i)
+        assert sorted(report["cameras"]) == mine and sorted(report["frames_out"]) == mine  # only its own
+        assert sum(report["frames_out"].values()) == sum(1 for cam, _ in expected if cam in mine)
+        assert not report["foreign"]
 
 
 @pytest.mark.slow

@@ -150,6 +150,37 @@ def test_calibrated_thresholds_come_from_normal_holdout(model: NormalityModel) -
     model.set_thresholds({}, replace=True)
 
 
+def test_out_of_fold_calibration_scores_training_clips_as_new_footage(model: NormalityModel) -> None:
+    """A training frame scored against the memory without its fold gets exactly the distance a model
+    fitted without that fold gives it, so the folds' thresholds are those of new footage."""
+    from streamvad.folds import clip_folds
+    from streamvad.scoring import TokenScorer
+
+    clip_ids = np.arange(Q) // 20  # four "clips" of 20 frames
+    folds = [np.flatnonzero(f) for f in clip_folds(clip_ids, 2)]
+    assert [sorted(set(clip_ids[f])) for f in folds] == [[0, 2], [1, 3]]
+    tokens = TokenScorer(model)
+    oof_top = []
+    for rows in folds:
+        rest = np.setdiff1d(np.arange(Q), rows)
+        oof = tokens.out_of_fold(rows, exclude=rows)["distance"].ratio * tokens.scales["distance"]
+        expected = np.stack([np.linalg.norm(model.train[:, rest] - model.train[:, [r]], axis=-1).min(-1) for r in rows])
+        np.testing.assert_allclose(oof, expected, rtol=1e-4, atol=1e-4)
+        oof_top.append(expected[:, 1:].max(1))  # topk of 5% of 16 patches is the largest one
+    cfg = study(method="distance", rule="topk", calibration_quantile=0.9)
+    holdout = frames(spread=0.35, seed=3, b=8)
+    held = tokens.scores(holdout.global_, holdout.patches, "distance").ratio * tokens.scales["distance"]
+    crossed = calibrate(model, holdout.global_, holdout.patches, cfg, folds=folds)
+    # the threshold is cut from the pooled hold-out and out-of-fold scores, in raw distance units
+    pooled = np.concatenate([held[:, 1:].max(1), *oof_top])
+    assert crossed["distance/topk"] * crossed["distance/scale"] == pytest.approx(np.quantile(pooled, 0.9), rel=1e-4)
+    # nnn and hdbscan keep their hold-out thresholds: their fitted state has seen the folds
+    assert crossed["nnn/topk"] == calibrate(model, holdout.global_, holdout.patches, cfg)["nnn/topk"]
+    with pytest.raises(ConfigError, match="hold-out set is empty"):
+        calibrate(model, holdout.global_[:0], holdout.patches[:0], cfg)
+    assert "distance/topk" in calibrate(model, holdout.global_[:0], holdout.patches[:0], cfg, folds=folds)
+
+
 def test_hdbscan_method_scores_global_token(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     model = fit(NormalityConfig(k_min=3, k_max=3, hdbscan="global", hdbscan_min_cluster_size=5,
                                 hdbscan_min_samples=3, chroma=False))

@@ -14,7 +14,6 @@ import zmq
 
 from streamvad.config import TransportConfig
 from streamvad.transport import (
-    FrameForwarder,
     FramePuller,
     FramePusher,
     Message,
@@ -246,24 +245,6 @@ def test_fan_out_one_reader_bind_to_many_workers_over_ipc(tmp_path: Path) -> Non
         for w in workers:
             w.close()
 
-
-def test_forwarder_joins_many_readers_and_many_workers(tmp_path: Path) -> None:
-    fwd = FrameForwarder(ipc(tmp_path, "in"), ipc(tmp_path, "out"))
-    workers = [FramePuller(fwd.backend, bind=False) for _ in range(2)]
-    readers = [FramePusher(fwd.frontend, policy="block", encoding="raw") for _ in range(2)]
-    try:
-        time.sleep(0.5)
-        for r, reader in enumerate(readers):
-            for i in range(8):
-                reader.send(make_frame(f"cam{r}", i, h=8, w=8))
-        got = drain(workers, 16)
-        keys = sorted((m.frame.camera, m.frame.index) for g in got for m in g if m.frame is not None)
-        assert keys == [(f"cam{r}", i) for r in range(2) for i in range(8)]
-        assert all(len(g) > 0 for g in got) and fwd.forwarded == 16
-    finally:
-        for s in [*readers, *workers]:
-            s.close()
-        fwd.close()
 
 
 def test_drop_policy_drops_and_counts_when_worker_does_not_read(tmp_path: Path) -> None:

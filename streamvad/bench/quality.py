@@ -37,12 +37,11 @@ from streamvad.datasets.base import Clip, iter_clip
 from streamvad.detectors.base import BaseDetector, upsample_map
 from streamvad.detectors.config import DetectorConfig
 from streamvad.detectors.cutpaste import attention_cutpaste
-from streamvad.engine import FeatureRequest
 from streamvad.errors import InputError
 from streamvad.evaluation import auroc, average_precision, binary_metrics, threshold_from_normal
 from streamvad.pipeline import embed_batches, holdout_mask
 from streamvad.transport import as_transported
-from streamvad.types import EmbeddingBatch, FrameKey
+from streamvad.types import EmbeddingBatch, FeatureRequest, FrameKey
 
 log = logging.getLogger(__name__)
 

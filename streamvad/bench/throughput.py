@@ -24,6 +24,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,12 +89,13 @@ def backbone_for(name: str, workdir: Path, device: str = "auto", dtype: str = "a
 
 
 def fit_small_model(backbone: BackboneConfig, workdir: Path, *, seconds: float = 20.0, seed: int = 1,
-                    size: tuple[int, int] = _CLIP_SIZE, holdout: float = 0.25) -> Path:
-    """A model fitted on one synthetic normal clip (its tail calibrates thresholds), small k range, no HDBSCAN."""
+                    size: tuple[int, int] = _CLIP_SIZE, holdout: float = 0.25, place_seed: int = PLACE) -> Path:
+    """A model fitted on one synthetic normal clip of the scene laid out by `place_seed` (the clip's tail
+    calibrates thresholds), small k range, no HDBSCAN."""
     from streamvad.pipeline import clips_from_paths, fit
 
-    clip = make_scene(workdir / "normal", seconds=seconds, fps=_CLIP_FPS, size=size, seed=seed, place_seed=PLACE,
-                      name="normal")
+    clip = make_scene(workdir / "normal", seconds=seconds, fps=_CLIP_FPS, size=size, seed=seed,
+                      place_seed=place_seed, name="normal")
     cfg = StreamVADConfig(backbone=backbone, normality=NormalityConfig(
         k_min=2, k_max=4, k_candidates=2, silhouette_sample=100, hdbscan="none", chroma=False,
         holdout_fraction=holdout))
@@ -128,13 +130,16 @@ def _dropped(status: FramePuller) -> int:
     return sum(last.values())
 
 
-def measure(model_dir: Path, backbone: BackboneConfig, clip: Path, cameras: int, seconds: float, *,
+def measure(models: Sequence[Path], backbone: BackboneConfig, clip: Path, cameras: int, seconds: float, *,
             paced: bool, max_batch: int = 16) -> dict[str, Any]:
-    """One run: `cameras` reader processes over one worker process for `seconds` of verdicts."""
+    """One run: `cameras` reader processes over one worker process for `seconds` of verdicts; camera i is
+    served against models[i % len(models)] (one model: every camera shares it)."""
     ctx = mp.get_context("spawn")
     transport = TransportConfig(frames=free_tcp_endpoint(), verdicts=free_tcp_endpoint(),
                                 policy="drop" if paced else "block", hwm=8)
-    cfg = StreamVADConfig(model_dir=model_dir, backbone=backbone, transport=transport,
+    cams = [CameraConfig(id=f"cam{i}", url=str(clip), fps=CAMERA_FPS, loop=True, realtime=paced,
+                         model=models[i % len(models)]) for i in range(cameras)]
+    cfg = StreamVADConfig(cameras=cams, backbone=backbone, transport=transport,
                           worker=WorkerConfig(max_batch=max_batch))
     sub = VerdictSubscriber(transport.verdicts, hwm=100_000, bind=True)
     status = FramePuller(free_tcp_endpoint(), hwm=10_000, bind=True)
@@ -143,8 +148,6 @@ def measure(model_dir: Path, backbone: BackboneConfig, clip: Path, cameras: int,
     worker.start()
     if not ready.wait(600):
         raise RuntimeError("benchmark worker did not start")
-    cams = [CameraConfig(id=f"cam{i}", url=str(clip), fps=CAMERA_FPS, loop=True, realtime=paced)
-            for i in range(cameras)]
     readers = [ctx.Process(target=_run_reader, args=(c, transport, status.endpoint, stop), daemon=True) for c in cams]
     for r in readers:
         r.start()
@@ -199,9 +202,10 @@ def run_throughput_bench(cameras: list[int], seconds: float, models: list[str], 
             backbone = backbone_for(name, work, device, dtype, max_batch)
             log.info("bench %s: fitting a model on %.0f s of normal footage", name, train_seconds)
             model_dir = fit_small_model(backbone, work, seconds=train_seconds)
-            capacity = measure(model_dir, backbone, clip, settings["capacity_readers"], seconds, paced=False,
+            capacity = measure([model_dir], backbone, clip, settings["capacity_readers"], seconds, paced=False,
                                max_batch=max_batch)
-            runs = [measure(model_dir, backbone, clip, k, seconds, paced=True, max_batch=max_batch) for k in cameras]
+            runs = [measure([model_dir], backbone, clip, k, seconds, paced=True, max_batch=max_batch)
+                    for k in cameras]
             result["models"][name] = {
                 "backbone": backbone.model_dump(mode="json"),
                 "capacity_frames_per_s": capacity["frames_per_s"],

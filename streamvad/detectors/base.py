@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -30,26 +29,13 @@ from scipy import ndimage
 
 from streamvad.compute import resolve_device
 from streamvad.errors import ModelMismatchError, StreamVADError
-from streamvad.types import EmbeddingBatch, Verdict
+from streamvad.types import EmbeddingBatch, FeatureRequest, Verdict
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 STATE = "state.safetensors"
 FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class FeatureRequest:
-    """What a detector needs from the backbone beyond the last-layer patches."""
-
-    layers: tuple[int, ...] = ()  # 1-based hidden_states indices
-    attention: bool = False
-    attention_layer: int | None = None  # 1-based block; None: the last one
-
-    def embed_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `Backbone.embed`, so callers need not spell them out."""
-        return {"layers": self.layers, "attention": self.attention, "attention_layer": self.attention_layer}
 
 
 @runtime_checkable
@@ -210,6 +196,11 @@ class BaseDetector:
         """Blur width scales with the output size: `map_sigma` pixels at `map_reference` pixels."""
         sigma = self.cfg.map_sigma * min(size) / self.cfg.map_reference  # type: ignore[attr-defined]
         return upsample_map(np.asarray(patch_map).reshape(grid), size, sigma)
+
+    def nbytes(self) -> int:
+        """Bytes of the fitted tensors (what serving this detector costs in memory)."""
+        self._require_fitted()
+        return sum(t.numel() * t.element_size() for t in self._state().values())
 
     def save(self, directory: str | Path) -> Path:
         """Write `manifest.json` (JSON only) and `state.safetensors` (tensors only): no pickle."""

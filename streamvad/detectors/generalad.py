@@ -27,13 +27,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from streamvad.detectors.base import BaseDetector, FeatureRequest, check_batches
+from streamvad.detectors.base import BaseDetector, check_batches
 from streamvad.detectors.config import GeneralADConfig
 from streamvad.detectors.cutpaste import EmbedFn, cutpaste_batches, mask_to_grid
 from streamvad.detectors.features import as_tensor, check_grid, top_mean
 from streamvad.detectors.training import seeded, warmup_cosine
 from streamvad.errors import ConfigError, ModelMismatchError
-from streamvad.types import EmbeddingBatch
+from streamvad.types import EmbeddingBatch, FeatureRequest
 
 log = logging.getLogger(__name__)
 

@@ -27,12 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from streamvad.detectors.base import BaseDetector, FeatureRequest, check_batches
+from streamvad.detectors.base import BaseDetector, check_batches
 from streamvad.detectors.config import S2VADConfig, scale_layers
 from streamvad.detectors.features import check_grid, ratio_count, stacked_layers, top_mean
 from streamvad.detectors.training import seeded, warmup_cosine
 from streamvad.errors import ModelMismatchError
-from streamvad.types import EmbeddingBatch
+from streamvad.types import EmbeddingBatch, FeatureRequest
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from streamvad.detectors.base import BaseDetector, FeatureRequest
+from streamvad.detectors.base import BaseDetector
 from streamvad.detectors.config import UniformalyConfig, scale_layers
 from streamvad.detectors.features import as_tensor, check_grid, ratio_count, stacked_layers, top_mean
 from streamvad.detectors.memory_bank import greedy_coreset, nearest_sqdist
 from streamvad.detectors.training import seeded
 from streamvad.errors import StreamVADError
-from streamvad.types import EmbeddingBatch
+from streamvad.types import EmbeddingBatch, FeatureRequest
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from streamvad.config import MotionConfig
 from streamvad.errors import InputError
+from streamvad.folds import clip_folds
 from streamvad.types import MotionField
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ class MotionModel:
         try:
             meta = json.loads((directory / META).read_text(encoding="utf-8"))
             grid = (int(meta["grid"][0]), int(meta["grid"][1]))
-            cfg = MotionConfig.model_validate(meta["config"])
+            cfg = MotionConfig.model_validate({k: v for k, v in meta["config"].items() if k != "folds"})  # moved up
             threshold = None if meta.get("threshold") is None else float(meta["threshold"])
             with np.load(directory / FILE, allow_pickle=False) as z:
                 memory, scale = z["memory"].astype(np.float32), z["scale"].astype(np.float32)
@@ -155,23 +156,19 @@ class MotionModel:
 
 
 def calibrate_motion(motion: MotionField, clip_ids: np.ndarray, grid: tuple[int, int], cfg: MotionConfig,
-                     quantile: float, extra: Sequence[np.ndarray] = ()) -> tuple[float, np.ndarray]:
+                     quantile: float, folds: int, extra: Sequence[np.ndarray] = ()) -> tuple[float, np.ndarray]:
     """(threshold, out-of-fold scores) from normal footage only.
 
     Motion is cheap to fit, so every training clip is scored by a model fitted without it (clips in
-    `cfg.folds` folds): thousands of normal frames estimate the score tail instead of a couple of
+    `folds` folds, see clip_folds): thousands of normal frames estimate the score tail instead of a couple of
     held-out clips. `extra` adds scores of frames that were never trained on (the hold-out).
     """
-    clips = np.unique(clip_ids)
-    folds = min(cfg.folds, len(clips))
     scores = np.zeros(len(clip_ids), dtype=np.float32)
     scored = np.zeros(len(clip_ids), dtype=bool)
-    if folds >= 2:  # a single clip has no fold to leave out; its hold-out (`extra`) calibrates alone
-        for k in range(folds):
-            held = np.isin(clip_ids, clips[k::folds])
-            model = MotionModel.fit(motion.select(np.flatnonzero(~held)), grid, cfg)
-            scores[held] = model.score(motion.select(np.flatnonzero(held)))
-            scored |= held
+    for held in clip_folds(clip_ids, folds):  # a single clip has no fold to leave out; its hold-out calibrates alone
+        model = MotionModel.fit(motion.select(np.flatnonzero(~held)), grid, cfg)
+        scores[held] = model.score(motion.select(np.flatnonzero(held)))
+        scored |= held
     pooled = np.concatenate([scores[scored & motion.valid], *extra])
     threshold = float(np.quantile(pooled, quantile)) if pooled.size else 0.0
     if threshold < cfg.min_threshold:

@@ -1,0 +1,83 @@
+"""Fleet mode of `bench throughput`: N cameras on N models against N cameras on one model, in one run.
+
+What per-camera models cost a worker: every batch still has one backbone forward pass, but its rows are
+scored in one search per model instead of one search for all, and each model's memory is its own (no
+cache shared between cameras). Both runs use EfficientNet-Lite0 (real weights, multi-scale features as in
+configs/ped2.yaml) at Ped2's 240x352 input (15x22 = 330 patches, D 432) and models of Ped2's size
+(`train_vectors` per token, ~2,000 in `make ped2`).
+
+Fitting N models of that size on CPU would take hours, so one model is fitted on synthetic normal footage
+and grown to `train_vectors` rows per token by resampling its rows with a little noise; each of the N
+copies gets its own noise, so the worker holds N distinct memories of the real size. Search cost depends
+on the sizes, not on what the rows mean; the motion part comes from the fit unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamvad.bench import environment
+from streamvad.bench.throughput import _CLIP_FPS, _CLIP_SIZE, CAMERA_FPS, PLACE, fit_small_model, measure
+from streamvad.config import BackboneConfig
+from streamvad.datasets.synthetic import make_scene
+from streamvad.engine import MODEL_FILE, MOTION_DIR
+from streamvad.normality.model import NormalityModel
+
+log = logging.getLogger(__name__)
+
+PED2_INPUT = (240, 352)
+
+
+def grow_model(source: Path, out: Path, train_vectors: int, seed: int) -> Path:
+    """A copy of the model in `source` whose memory holds `train_vectors` rows per token: rows resampled
+    from the fitted ones plus Gaussian noise (1% of the features' spread), their densities and clusters
+    carried along."""
+    model = NormalityModel.load(source / "normality")
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, model.n_train, train_vectors)
+    spread = float(model.train.std())
+    train = model.train[:, rows] + rng.normal(0.0, 0.01 * spread, (model.n_tokens, train_vectors, model.dim))
+    model.train = train.astype(np.float32)
+    model.clusters, model.loc_dens = model.clusters[:, rows], model.loc_dens[:, rows]
+    model.sources = [model.sources[r] for r in rows]
+    model.nnn = None  # the original k-NNN's tables would be the copied rows'; built on first use if asked for
+    out.mkdir(parents=True)
+    model.save(out / "normality", write_chroma=False)
+    shutil.copy(source / MODEL_FILE, out / MODEL_FILE)
+    if (source / MOTION_DIR).is_dir():
+        shutil.copytree(source / MOTION_DIR, out / MOTION_DIR)
+    return out
+
+
+def run_fleet_bench(cameras: int = 8, seconds: float = 20.0, *, train_vectors: int = 2000, max_batch: int = 16,
+                    device: str = "auto") -> dict[str, Any]:
+    """Capacity (unpaced readers, policy block) of one worker with `cameras` cameras sharing one model and
+    with one model per camera, and the relative cost of the second."""
+    backbone = BackboneConfig(name="efficientnet-lite0-ms", image_size=PED2_INPUT, device=device, batch_size=max_batch)
+    with tempfile.TemporaryDirectory(prefix="streamvad-fleet-") as tmp:
+        work = Path(tmp)
+        clip = make_scene(work / "clips", seconds=10, fps=_CLIP_FPS, size=_CLIP_SIZE, seed=7, place_seed=PLACE,
+                          name="live").path
+        log.info("bench fleet: fitting a model, then growing %d copies to %d vectors per token", cameras,
+                 train_vectors)
+        fitted = fit_small_model(backbone, work / "fit", seconds=20.0)
+        models = [grow_model(fitted, work / f"model-{i}", train_vectors, seed=i) for i in range(cameras)]
+        model_bytes = int(sum(f.stat().st_size for f in (models[0] / "normality").glob("*.npy")))
+        shared = measure(models[:1], backbone, clip, cameras, seconds, paced=False, max_batch=max_batch)
+        own = measure(models, backbone, clip, cameras, seconds, paced=False, max_batch=max_batch)
+    ratio = own["frames_per_s"] / shared["frames_per_s"] if shared["frames_per_s"] else float("nan")
+    return {
+        "environment": environment(), "camera_fps": CAMERA_FPS,
+        "settings": {"cameras": cameras, "seconds": seconds, "train_vectors": train_vectors, "max_batch": max_batch,
+                     "backbone": backbone.model_dump(mode="json"), "model_bytes_on_disk": model_bytes},
+        "shared_model": {"capacity_frames_per_s": shared["frames_per_s"], "run": shared},
+        "model_per_camera": {"capacity_frames_per_s": own["frames_per_s"], "run": own},
+        "capacity_ratio": round(ratio, 3),
+        "cost_of_per_camera_models": round(1.0 - ratio, 3),
+    }

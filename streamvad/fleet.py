@@ -1,0 +1,251 @@
+"""A site of cameras: which worker scores each camera, and each camera against its own model.
+
+Every fixed camera sees its own scene, and a normality model remembers what is normal at each patch
+position of one scene, so every camera has its own model (`cameras[].model`, default `model_dir`).
+One worker serves many cameras on ONE backbone forward pass per batch: the batch's rows are then
+grouped by model and each group is scored in one vectorised call against that model.
+
+With several workers each camera belongs to exactly one of them (`cameras[].worker`, or a stable hash
+of its id), its reader sends to that worker only, and a worker loads only its own cameras' models: a
+worker's memory grows with its cameras, not with the site. Pinning is also what keeps a camera's
+frames in order on one worker, which motion needs (it compares consecutive frames).
+
+A camera whose model directory is empty (a model store with no version yet) or that has no model at
+all is `learning`: its frames are not scored and it raises no alerts until a model is fitted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streamvad.backbones.base import Backbone
+from streamvad.config import CameraConfig, ScoringConfig, StreamVADConfig
+from streamvad.engine import MODEL_FILE, Engine, FrameScorer, embed_frames, fitted_backbone, load_engine
+from streamvad.errors import ConfigError, StreamVADError
+from streamvad.normality.model import BACKBONE_KEYS
+from streamvad.types import FeatureRequest, Frame, Verdict
+
+log = logging.getLogger(__name__)
+
+LEARNING, SCORING = "learning", "scoring"
+
+
+def owner(camera: CameraConfig, workers: int) -> int:
+    """The worker that scores `camera`: as configured, or a hash of its id that every process (and every
+    restart, on any host) computes alike; Python's own hash() is salted per process, so not that."""
+    if camera.worker is not None:
+        return camera.worker
+    return int.from_bytes(hashlib.sha256(camera.id.encode()).digest()[:8], "big") % workers
+
+
+def owned(cfg: StreamVADConfig, index: int) -> list[CameraConfig]:
+    """The cameras worker `index` of `serve.workers` scores."""
+    return [c for c in cfg.cameras if owner(c, cfg.serve.workers) == index]
+
+
+def worker_endpoints(frames: str, n: int) -> list[str]:
+    """The frame endpoint readers connect to for each of `n` workers: `{worker}` in `frames` replaced by the
+    index (one host name per worker, e.g. tcp://streamvad-worker-{worker}.streamvad-worker:5555 in
+    Kubernetes), else tcp port + i or ipc path + "-i"; one worker uses `frames` as it is."""
+    if "{worker}" in frames:
+        if not frames.startswith("tcp://") or not frames.rpartition(":")[2].isdigit():
+            raise ConfigError(f"transport.frames: {frames!r} with {{worker}} must be tcp://HOST:PORT")
+        return [frames.replace("{worker}", str(i)) for i in range(n)]
+    if n == 1:
+        return [frames]
+    if frames.startswith("tcp://"):
+        host, _, port = frames[len("tcp://"):].rpartition(":")
+        if not port.isdigit():
+            raise ConfigError(f"transport.frames: {frames!r} needs an explicit port for {n} workers")
+        return [f"tcp://{host}:{int(port) + i}" for i in range(n)]
+    if frames.startswith("ipc://"):
+        return [f"{frames}-{i}" for i in range(n)]
+    raise ConfigError(f"transport.frames: {frames!r} must be tcp:// or ipc:// to run {n} workers")
+
+
+def bind_endpoint(frames: str, endpoint: str) -> str:
+    """What a worker binds for its `endpoint`: with a per-worker host ({worker}) that is a name, the port on
+    every interface, since ZeroMQ binds interfaces, not names; an address (127.0.{worker}.1) or an endpoint
+    without {worker} is bound as it is."""
+    if "{worker}" not in frames:
+        return endpoint
+    host, _, port = endpoint[len("tcp://"):].rpartition(":")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return f"tcp://*:{port}"
+    return endpoint
+
+
+def camera_endpoint(cfg: StreamVADConfig, camera: CameraConfig) -> str:
+    """The frame endpoint the camera's reader sends to: its owner's, and no other worker's."""
+    return worker_endpoints(cfg.transport.frames, cfg.serve.workers)[owner(camera, cfg.serve.workers)]
+
+
+def model_path(cfg: StreamVADConfig, camera: CameraConfig) -> Path | None:
+    """The camera's model directory, or None while it is learning (no model, or an empty model store).
+
+    A path that does not exist, or a non-empty directory that is not a model, is a ConfigError naming the
+    camera: a typo must not silently leave a camera unwatched.
+    """
+    path = camera.model or cfg.model_dir
+    field = f"cameras.{camera.id}.model" if camera.model else "model_dir"
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigError(f"{field}: {path} does not exist (camera {camera.id}); fit a model there with "
+                          "`streamvad fit --out`, or create an empty directory to let the camera learn")
+    if not (path / MODEL_FILE).is_file():
+        if any(path.iterdir()):
+            raise ConfigError(f"{field}: {path} is not a StreamVAD model directory (no {MODEL_FILE}) and not "
+                              f"empty (camera {camera.id})")
+        return None
+    return path
+
+
+def _describe(identity: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={identity[k]}" for k in BACKBONE_KEYS if k in identity)
+
+
+def check_models(cfg: StreamVADConfig, cameras: Sequence[CameraConfig]) -> dict[str, Path | None]:
+    """Camera id -> model path (None: learning), after checking every model can be served by one worker.
+
+    Reads manifests only (no backbone, no arrays), so `serve` refuses a bad site before it starts any
+    process: a missing or corrupt model, or models from different backbones, each one line naming the
+    camera, its path and (for a mismatch) both backbones.
+    """
+    paths: dict[str, Path | None] = {}
+    first: tuple[str, Path, dict[str, Any]] | None = None
+    for camera in cameras:
+        path = paths[camera.id] = model_path(cfg, camera)
+        if path is None:
+            continue
+        try:
+            identity = fitted_backbone(path)
+        except StreamVADError as err:
+            raise type(err)(f"cameras.{camera.id}.model: {err}") from None
+        if first is None:
+            first = camera.id, path, identity
+            continue
+        differ = [k for k in BACKBONE_KEYS if k in identity and k in first[2] and identity[k] != first[2][k]]
+        if differ:
+            raise ConfigError(
+                f"cameras.{camera.id}.model: {path} was fitted on backbone {_describe(identity)}, but camera "
+                f"{first[0]}'s model {first[1]} on {_describe(first[2])}; one worker runs one backbone, so refit "
+                "one of them (or serve them from separate configs)")
+    return paths
+
+
+@dataclass
+class FleetTimings:
+    embed_s: float = 0.0
+    score_s: float = 0.0
+
+
+class Fleet:
+    """The models of one worker's cameras on one shared backbone.
+
+    `engines` maps model directory -> Engine (all built on `backbone`); `cameras` maps camera id -> its
+    model directory or None (learning). A camera that is not listed uses `default` (the single-model
+    layout of replay and tests); a mask turns a camera's scorer into a masked copy sharing the model.
+    """
+
+    def __init__(self, backbone: Backbone | None, engines: Mapping[Path, Engine],
+                 cameras: Mapping[str, Path | None], scorers: Mapping[str, FrameScorer] | None = None,
+                 default: Path | None = None) -> None:
+        self.backbone = backbone
+        self.engines = dict(engines)
+        self.cameras = dict(cameras)
+        self.scorers = dict(scorers or {})
+        self.default = default
+        self.request = FeatureRequest()
+        for path, engine in self.engines.items():
+            try:
+                self.request = self.request.union(engine.request)
+            except ValueError as err:
+                raise ConfigError(f"{path}: its detector needs {err}, which another camera's model also asks "
+                                  "for; one forward pass cannot give both") from None
+        self.timings = FleetTimings()
+
+    @classmethod
+    def single(cls, engine: Engine, scorers: Mapping[str, FrameScorer] | None = None) -> Fleet:
+        """Every camera on one engine (replay, benchmarks, the tests' single-model worker)."""
+        path = Path(f"<{engine.info.kind}>")
+        return cls(engine.backbone, {path: engine}, {}, scorers, default=path)
+
+    def serves(self, camera: str) -> bool:
+        """Whether frames of `camera` belong here (a sharded worker drops other workers' cameras)."""
+        return camera in self.cameras or self.default is not None
+
+    def engine(self, camera: str) -> Engine | None:
+        path = self.cameras.get(camera, self.default)
+        return None if path is None else self.engines[path]
+
+    def state(self, camera: str) -> str:
+        return LEARNING if self.engine(camera) is None else SCORING
+
+    def score(self, frames: Sequence[Frame]) -> list[Verdict | None]:
+        """Verdicts in frame order (None for a learning camera's frame): one forward pass for every scored
+        frame, then one scoring call per (model, mask) group of the batch's rows."""
+        out: list[Verdict | None] = [None] * len(frames)
+        groups: dict[int, tuple[Engine, FrameScorer, list[int]]] = {}
+        rows = []
+        for i, frame in enumerate(frames):
+            engine = self.engine(frame.camera)
+            if engine is None:
+                continue
+            scorer = self.scorers.get(frame.camera, engine.scorer)
+            groups.setdefault(id(scorer), (engine, scorer, []))[2].append(len(rows))
+            rows.append(i)
+        if not rows:
+            self.timings = FleetTimings()
+            return out
+        assert self.backbone is not None  # a fleet with an engine has its backbone
+        t0 = time.perf_counter()
+        batch = embed_frames(self.backbone, [frames[i] for i in rows], self.request)
+        t1 = time.perf_counter()
+        for engine, scorer, members in groups.values():
+            sub = batch.select(members)
+            if engine.tracker is not None:
+                sub.motion = engine.tracker.observe([frames[rows[j]] for j in members])
+            for j, verdict in zip(members, scorer.score(sub), strict=True):
+                out[rows[j]] = verdict
+        self.timings = FleetTimings(t1 - t0, time.perf_counter() - t1)
+        return out
+
+    def model_bytes(self) -> dict[str, int]:
+        """Bytes of each loaded model's serving arrays, for /metrics."""
+        return {str(path): engine.nbytes() for path, engine in self.engines.items()}
+
+
+def load_fleet(cfg: StreamVADConfig, cameras: Sequence[CameraConfig],
+               scoring: ScoringConfig | None = None) -> Fleet:
+    """Load the models of `cameras` once each (cameras may share one), all on the first model's backbone.
+
+    A config that lists no cameras (a worker fed by tools or tests) serves `model_dir` to any camera.
+    """
+    paths = check_models(cfg, cameras)
+    default = Path(cfg.model_dir) if not cfg.cameras and cfg.model_dir is not None else None
+    wanted = [(f"cameras.{c.id}.model", paths[c.id]) for c in cameras] + [("model_dir", default)]
+    engines: dict[Path, Engine] = {}
+    net: Backbone | None = None
+    for field, path in wanted:
+        if path is None or path in engines:
+            continue
+        try:
+            engines[path] = load_engine(path, scoring=scoring, backbone=cfg.backbone, net=net)
+        except StreamVADError as err:
+            raise type(err)(f"{field}: {err}") from None
+        net = engines[path].backbone
+    learning = sorted(c for c, p in paths.items() if p is None)
+    if learning:
+        log.info("learning (not scored until a model is fitted): %s", ", ".join(learning))
+    return Fleet(net, engines, paths, default=default)
