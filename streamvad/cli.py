@@ -57,7 +57,7 @@ def _sample_fps(args: argparse.Namespace, default: float | None) -> float | None
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from streamvad.datasets.base import load_dataset
-    from streamvad.pipeline import clips_from_paths, fit
+    from streamvad.offline.pipeline import clips_from_paths, fit
 
     cfg = _config(args)
     if args.dataset:
@@ -78,8 +78,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from streamvad.engine import load_engine
-    from streamvad.pipeline import clips_from_paths, replay
+    from streamvad.offline.pipeline import clips_from_paths, replay
+    from streamvad.scoring.engine import load_engine
 
     cfg = _config(args)
     clips = clips_from_paths(args.sources)
@@ -95,9 +95,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from streamvad.datasets.base import load_dataset
-    from streamvad.engine import load_engine
-    from streamvad.evaluation import summary_table
-    from streamvad.pipeline import evaluate
+    from streamvad.offline.evaluation import summary_table
+    from streamvad.offline.pipeline import evaluate
+    from streamvad.scoring.engine import load_engine
 
     cfg = _config(args)
     split = load_dataset(args.dataset, args.root, **_dataset_options(args))
@@ -113,13 +113,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from streamvad.demo import run_demo
+    from streamvad.offline.demo import run_demo
 
     return run_demo(args.out, progress=not args.no_progress, config=args.config)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from streamvad.serve import Role, serve
+    from streamvad.live.serve import Role, serve
 
     cfg = _config(args)
     if args.http_port is not None:
@@ -158,7 +158,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_receive(args: argparse.Namespace) -> int:
-    from streamvad.receiver import run_receiver
+    from streamvad.sinks.receiver import run_receiver
 
     return run_receiver(args.host, args.port, args.secret, args.tolerance)
 

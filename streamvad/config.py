@@ -177,7 +177,7 @@ class WorkerConfig(_Section):
 
 
 class TamperConfig(_Section):
-    """Camera faults raised as their own event types (see streamvad/tamper.py)."""
+    """Camera faults raised as their own event types (see streamvad/live/tamper.py)."""
 
     enabled: bool = True
     dark_level: float = Field(16.0, ge=0.0, le=255.0)  # mean grey level below which the camera is covered/black

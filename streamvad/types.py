@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-TAMPER_TYPES = ("covered", "frozen", "moved")  # camera faults, each its own event type (see tamper.py)
+TAMPER_TYPES = ("covered", "frozen", "moved")  # camera faults, each its own event type (see live/tamper.py)
 
 
 @dataclass(frozen=True, order=True)
@@ -153,7 +153,7 @@ class Verdict:
     threshold: float
     decided_by: str
     motion_score: float | None = None  # the motion part on its calibrated scale (1 = its threshold), if any
-    tamper: str | None = None  # "covered" | "frozen" | "moved" when the camera itself is at fault (tamper.py)
+    tamper: str | None = None  # "covered" | "frozen" | "moved" when the camera itself is at fault (live/tamper.py)
 
     @property
     def n_patches(self) -> int:

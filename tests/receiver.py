@@ -1,4 +1,4 @@
-"""The tests' webhook receiver: the product's (streamvad/receiver.py), recording every request and answering
+"""The tests' webhook receiver: the product's (streamvad/sinks/receiver.py), recording every request and answering
 from a script, so tests can stage outages, Retry-After answers and restarts on the same port."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import threading
 import time
 from typing import Any
 
-from streamvad import receiver
-from streamvad.receiver import Received
+from streamvad.sinks import receiver
+from streamvad.sinks.receiver import Received
 
 __all__ = ["Received", "WebhookReceiver"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streamvad.demo import run_demo
+from streamvad.offline.demo import run_demo
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from streamvad.config import StreamVADConfig, load_config
-from streamvad.fleet import bind_endpoint, camera_endpoint, owned, owner, worker_endpoints
+from streamvad.live.fleet import bind_endpoint, camera_endpoint, owned, owner, worker_endpoints
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
 K8S_VERSION = "1.32.0"  # pod-index label on StatefulSet pods is GA from 1.32

@@ -12,7 +12,7 @@ from sklearn.metrics import average_precision_score, fbeta_score, roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
 from streamvad.errors import InputError
-from streamvad.evaluation import (
+from streamvad.offline.evaluation import (
     ORACLE_NOTE,
     auroc,
     average_precision,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from streamvad.config import EventsConfig
-from streamvad.event_metrics import ClipVerdicts, event_metrics, segments
+from streamvad.offline.event_metrics import ClipVerdicts, event_metrics, segments
 
 CFG = EventsConfig(open_n=2, open_m=4, close_quiet_s=2.0, cooldown_s=10.0)
 

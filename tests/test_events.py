@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from streamvad.config import EventsConfig
-from streamvad.events import EventTracker, EventUpdate
+from streamvad.live.events import EventTracker, EventUpdate
 from streamvad.types import FrameKey, Verdict
 
 CFG = EventsConfig(open_n=2, open_m=4, close_quiet_s=1.0, cooldown_s=3.0)

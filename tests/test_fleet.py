@@ -19,11 +19,11 @@ import yaml
 from streamvad.bench.throughput import free_tcp_endpoint
 from streamvad.config import CameraConfig, ServeConfig, StreamVADConfig, TransportConfig, WorkerConfig
 from streamvad.datasets.synthetic import AnomalySpec, make_scene
-from streamvad.engine import load_engine
 from streamvad.errors import ConfigError
-from streamvad.fleet import LEARNING, SCORING, check_models, load_fleet, owned, owner
-from streamvad.health import ServeState
-from streamvad.worker import Worker
+from streamvad.live.fleet import LEARNING, SCORING, check_models, load_fleet, owned, owner
+from streamvad.live.health import ServeState
+from streamvad.live.worker import Worker
+from streamvad.scoring.engine import load_engine
 from tests.test_worker import TEST_BACKBONE, make_frame, tiny_model
 
 __all__ = ["tiny_model"]

@@ -11,11 +11,11 @@ import pytest
 from streamvad.bench.throughput import fit_small_model
 from streamvad.config import BackboneConfig, CameraConfig, MotionConfig, StreamVADConfig, WorkerConfig
 from streamvad.datasets.synthetic import AnomalySpec, make_scene
-from streamvad.engine import load_engine
 from streamvad.errors import ConfigError, InputError
 from streamvad.motion import FusedScorer, MotionModel, MotionTracker
 from streamvad.motion.flow import cell_motion, grey
 from streamvad.motion.model import calibrate_motion, k_center
+from streamvad.scoring.engine import load_engine
 from streamvad.types import Frame, MotionField
 from tests.test_worker import running_worker
 
@@ -146,7 +146,7 @@ def _scene(root: Path, name: str, anomalies: list[AnomalySpec], seed: int) -> Pa
 
 
 def test_fused_score_is_the_larger_of_appearance_and_motion_on_their_scales(motion_model: Path, tmp_path: Path) -> None:
-    from streamvad.pipeline import clips_from_paths, replay, rule_variants
+    from streamvad.offline.pipeline import clips_from_paths, replay, rule_variants
 
     engine = load_engine(motion_model)
     assert isinstance(engine.scorer, FusedScorer) and engine.tracker is not None
@@ -163,8 +163,8 @@ def test_fused_score_is_the_larger_of_appearance_and_motion_on_their_scales(moti
 
 def test_live_worker_scores_motion_as_replay_does(motion_model: Path, tmp_path: Path) -> None:
     """Frames sent by a real reader over ZeroMQ to a worker get the fused scores replay gives the same clip."""
-    from streamvad.pipeline import clips_from_paths, replay
-    from streamvad.reader import run_reader
+    from streamvad.live.reader import run_reader
+    from streamvad.offline.pipeline import clips_from_paths, replay
 
     clip = _scene(tmp_path, "walkway", [AnomalySpec("cyclist", 3.0, 8.0, seed=2)], seed=22)
     engine = load_engine(motion_model)
@@ -183,7 +183,7 @@ def test_live_worker_scores_motion_as_replay_does(motion_model: Path, tmp_path: 
 
 
 def test_a_camera_sampled_at_another_rate_than_the_motion_model_is_refused(motion_model: Path) -> None:
-    from streamvad.worker import build_worker
+    from streamvad.live.worker import build_worker
 
     cfg = StreamVADConfig(model_dir=motion_model, cameras=[CameraConfig(id="gate", url="x.mp4", fps=10.0)])
     with pytest.raises(ConfigError, match=r"cameras\.gate\.fps: 10, but model .* learnt motion at 4 fps"):

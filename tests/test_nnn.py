@@ -11,7 +11,7 @@ import torch
 from streamvad.config import NormalityConfig, ScoringConfig
 from streamvad.normality import nnn
 from streamvad.normality.model import NormalityModel
-from streamvad.scoring import Scorer, TokenScorer
+from streamvad.scoring.knn import Scorer, TokenScorer
 from streamvad.types import EmbeddingBatch, FrameKey
 
 

@@ -22,8 +22,8 @@ from streamvad.bench.throughput import PLACE, free_tcp_endpoint
 from streamvad.config import CameraConfig, StreamVADConfig, TransportConfig, load_config
 from streamvad.datasets.synthetic import AnomalySpec, make_scene
 from streamvad.errors import ConfigError
-from streamvad.fleet import owned, owner
-from streamvad.serve import Role, serve
+from streamvad.live.fleet import owned, owner
+from streamvad.live.serve import Role, serve
 from tests.receiver import WebhookReceiver
 from tests.test_worker import tiny_model
 

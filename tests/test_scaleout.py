@@ -28,12 +28,12 @@ from streamvad.config import (
     WorkerConfig,
 )
 from streamvad.datasets.synthetic import make_scene
-from streamvad.fleet import camera_endpoint, owner, worker_endpoints
-from streamvad.reader import reader_main, run_reader
-from streamvad.serve import EventsProcess
+from streamvad.live.fleet import camera_endpoint, owner, worker_endpoints
+from streamvad.live.reader import reader_main, run_reader
+from streamvad.live.serve import EventsProcess
+from streamvad.live.worker import worker_main
 from streamvad.sources import open_source
 from streamvad.transport import FramePuller, FramePusher, VerdictSubscriber
-from streamvad.worker import worker_main
 from tests.test_worker import make_frame, tiny_model
 
 __all__ = ["tiny_model"]

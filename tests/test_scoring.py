@@ -13,7 +13,7 @@ from streamvad.bench.scoring import clustered_embeddings, run_scoring_bench
 from streamvad.config import NormalityConfig, ScoringConfig
 from streamvad.errors import ConfigError, ModelMismatchError
 from streamvad.normality.model import NormalityModel
-from streamvad.scoring import Scorer, calibrate
+from streamvad.scoring.knn import Scorer, calibrate
 from streamvad.types import EmbeddingBatch, FrameKey, Verdict
 
 N, D, Q, B = 16, 8, 80, 6
@@ -153,8 +153,8 @@ def test_calibrated_thresholds_come_from_normal_holdout(model: NormalityModel) -
 def test_out_of_fold_calibration_scores_training_clips_as_new_footage(model: NormalityModel) -> None:
     """A training frame scored against the memory without its fold gets exactly the distance a model
     fitted without that fold gives it, so the folds' thresholds are those of new footage."""
-    from streamvad.folds import clip_folds
-    from streamvad.scoring import TokenScorer
+    from streamvad.scoring.folds import clip_folds
+    from streamvad.scoring.knn import TokenScorer
 
     clip_ids = np.arange(Q) // 20  # four "clips" of 20 frames
     folds = [np.flatnonzero(f) for f in clip_folds(clip_ids, 2)]
@@ -194,7 +194,7 @@ def test_hdbscan_method_scores_global_token(tmp_path: Path, caplog: pytest.LogCa
     with pytest.raises(ConfigError, match="needs HDBSCAN on every token"):
         Scorer(model, study(method="hdbscan", rule="majority"))
     batch.global_[:] += 50.0  # a hold-out that is all HDBSCAN noise: the threshold can never be exceeded
-    with caplog.at_level(logging.WARNING, logger="streamvad.scoring"):
+    with caplog.at_level(logging.WARNING, logger="streamvad.scoring.knn"):
         assert calibrate(model, batch.global_, batch.patches, study())["hdbscan/global"] == 1.0
     assert "hdbscan/global threshold is 1.0" in caplog.text and "can never flag a frame" in caplog.text
 

@@ -22,7 +22,7 @@ import yaml
 
 from streamvad.bench.throughput import PLACE, free_tcp_endpoint
 from streamvad.datasets.synthetic import AnomalySpec, make_scene
-from streamvad.health import Buckets, HealthServer, ServeState
+from streamvad.live.health import Buckets, HealthServer, ServeState
 from tests.receiver import WebhookReceiver
 from tests.rtsp_server import RTSPTestServer, free_port, gstreamer_missing
 from tests.test_worker import tiny_model

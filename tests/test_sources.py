@@ -251,7 +251,7 @@ def test_reader_shrinks_large_frames_before_queueing(tmp_path: Path) -> None:
     """A 1280x720 camera reaches the worker at most 640 wide (aspect kept); small frames pass untouched."""
     from streamvad.bench.throughput import free_tcp_endpoint
     from streamvad.config import CameraConfig, TransportConfig
-    from streamvad.reader import run_reader
+    from streamvad.live.reader import run_reader
     from streamvad.sources.shrink import limit_size
     from streamvad.transport import FramePuller
     from streamvad.types import Frame

@@ -10,8 +10,8 @@ import pytest
 
 from streamvad.config import EventsConfig, SinksConfig, StreamVADConfig, TamperConfig
 from streamvad.datasets.synthetic import Scene
-from streamvad.serve import EventsProcess
-from streamvad.tamper import TamperMonitor
+from streamvad.live.serve import EventsProcess
+from streamvad.live.tamper import TamperMonitor
 from streamvad.transport import decode, encode_verdict
 from streamvad.types import Frame, FrameKey, Verdict
 

@@ -15,10 +15,10 @@ import zmq
 
 from streamvad.bench.throughput import fit_small_model, free_tcp_endpoint
 from streamvad.config import BackboneConfig, ServeConfig, StreamVADConfig, TransportConfig, WorkerConfig
-from streamvad.engine import Engine, load_engine
+from streamvad.live.worker import Worker, patch_mask, worker_main
+from streamvad.scoring.engine import Engine, load_engine
 from streamvad.transport import FramePusher, VerdictSubscriber
 from streamvad.types import Frame
-from streamvad.worker import Worker, patch_mask, worker_main
 
 IMAGE_SIZE = (96, 128)  # 6 x 8 patches on the stride-16 grid
 TEST_BACKBONE = BackboneConfig(name="efficientnet-lite0", image_size=IMAGE_SIZE, device="cpu", batch_size=16)
@@ -184,9 +184,9 @@ def test_replay_scores_what_the_live_path_scores(tiny_model: Path, tmp_path: Pat
     from PIL import Image
 
     from streamvad.config import CameraConfig
-    from streamvad.engine import ModelInfo
-    from streamvad.pipeline import clips_from_paths, replay
-    from streamvad.reader import run_reader
+    from streamvad.live.reader import run_reader
+    from streamvad.offline.pipeline import clips_from_paths, replay
+    from streamvad.scoring.engine import ModelInfo
 
     fitted = json.loads((tiny_model / "model.json").read_text())
     assert (fitted["frame_max_side"], fitted["jpeg_quality"]) == (640, 90)  # the config's transport at fit time

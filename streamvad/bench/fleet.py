@@ -26,8 +26,8 @@ from streamvad.bench import environment
 from streamvad.bench.throughput import _CLIP_FPS, _CLIP_SIZE, CAMERA_FPS, PLACE, fit_small_model, measure
 from streamvad.config import BackboneConfig
 from streamvad.datasets.synthetic import make_scene
-from streamvad.engine import MODEL_FILE, MOTION_DIR
 from streamvad.normality.model import NormalityModel
+from streamvad.scoring.engine import MODEL_FILE, MOTION_DIR
 
 log = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ from streamvad.detectors.base import BaseDetector, upsample_map
 from streamvad.detectors.config import DetectorConfig
 from streamvad.detectors.cutpaste import attention_cutpaste
 from streamvad.errors import InputError
-from streamvad.evaluation import auroc, average_precision, binary_metrics, threshold_from_normal
-from streamvad.pipeline import embed_batches, holdout_mask
+from streamvad.offline.evaluation import auroc, average_precision, binary_metrics, threshold_from_normal
+from streamvad.offline.pipeline import embed_batches, holdout_mask
 from streamvad.transport import as_transported
 from streamvad.types import EmbeddingBatch, FeatureRequest, FrameKey
 
@@ -267,7 +267,7 @@ def score_knnn(
     """Fit the product's normality model once, search every token once, then aggregate by every rule."""
     from streamvad.normality import hdbscan_
     from streamvad.normality.model import NormalityModel
-    from streamvad.scoring import TokenScorer, TokenScores, aggregate
+    from streamvad.scoring.knn import TokenScorer, TokenScores, aggregate
 
     model, fit_s = _timed(lambda: NormalityModel.fit(
         np.asarray(train.global_), train.patches, settings.normality, sources=[str(c) for c in train.clip_ids],
@@ -438,7 +438,7 @@ def run_benchmark(
             "knnn_variants": settings.knnn_variants,
             "smoothing_windows": list(settings.smoothing),
             "ensembles": {k: list(v) for k, v in settings.ensembles.items()},
-            "threshold": f"{q} quantile of held-out normal training clips (streamvad.pipeline.holdout_mask)",
+            "threshold": f"{q} quantile of held-out normal training clips (streamvad.offline.pipeline.holdout_mask)",
         },
         "methods": rows,
         "best_by_test_auroc": best,

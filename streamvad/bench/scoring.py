@@ -21,7 +21,7 @@ from streamvad.bench import environment
 from streamvad.config import NormalityConfig, ScoringConfig
 from streamvad.normality import chroma_store, hnsw_index
 from streamvad.normality.model import NormalityModel
-from streamvad.scoring import Scorer
+from streamvad.scoring.knn import Scorer
 from streamvad.types import EmbeddingBatch, FrameKey
 
 log = logging.getLogger(__name__)

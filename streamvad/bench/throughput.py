@@ -92,7 +92,7 @@ def fit_small_model(backbone: BackboneConfig, workdir: Path, *, seconds: float =
                     size: tuple[int, int] = _CLIP_SIZE, holdout: float = 0.25, place_seed: int = PLACE) -> Path:
     """A model fitted on one synthetic normal clip of the scene laid out by `place_seed` (the clip's tail
     calibrates thresholds), small k range, no HDBSCAN."""
-    from streamvad.pipeline import clips_from_paths, fit
+    from streamvad.offline.pipeline import clips_from_paths, fit
 
     clip = make_scene(workdir / "normal", seconds=seconds, fps=_CLIP_FPS, size=size, seed=seed,
                       place_seed=place_seed, name="normal")
@@ -105,7 +105,7 @@ def fit_small_model(backbone: BackboneConfig, workdir: Path, *, seconds: float =
 
 
 def _run_worker(cfg: StreamVADConfig, endpoint: str, stop: Any, ready: Any) -> None:
-    from streamvad.worker import build_worker
+    from streamvad.live.worker import build_worker
 
     worker = build_worker(cfg, 0, endpoint)
     stop_flag = threading.Event()
@@ -115,7 +115,7 @@ def _run_worker(cfg: StreamVADConfig, endpoint: str, stop: Any, ready: Any) -> N
 
 
 def _run_reader(camera: CameraConfig, transport: TransportConfig, status: str, stop: Any) -> None:
-    from streamvad.reader import run_reader
+    from streamvad.live.reader import run_reader
 
     stop_flag = threading.Event()
     threading.Thread(target=lambda: (stop.wait(), stop_flag.set()), daemon=True).start()

@@ -26,7 +26,7 @@ import numpy as np
 
 from streamvad.config import MotionConfig
 from streamvad.errors import InputError
-from streamvad.folds import clip_folds
+from streamvad.scoring.folds import clip_folds
 from streamvad.types import MotionField
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from streamvad.config import SinksConfig
-from streamvad.events import EventUpdate
+from streamvad.live.events import EventUpdate
 from streamvad.sinks.base import Sink, update_record
 from streamvad.sinks.jsonl import JsonlSink
 from streamvad.sinks.snapshots import SnapshotSink

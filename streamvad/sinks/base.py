@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Protocol, runtime_checkable
 
-from streamvad.events import EventUpdate
+from streamvad.live.events import EventUpdate
 
 
 @runtime_checkable

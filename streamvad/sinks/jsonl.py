@@ -6,7 +6,7 @@ import json
 import threading
 from pathlib import Path
 
-from streamvad.events import EventUpdate
+from streamvad.live.events import EventUpdate
 from streamvad.sinks.base import update_record
 
 

@@ -6,7 +6,7 @@ import logging
 import re
 from pathlib import Path
 
-from streamvad.events import EventUpdate
+from streamvad.live.events import EventUpdate
 from streamvad.overlay import overlay_heatmap, save_jpeg
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 
 from streamvad.config import WebhookConfig
-from streamvad.events import EventUpdate
+from streamvad.live.events import EventUpdate
 from streamvad.sinks.base import update_record
 
 log = logging.getLogger(__name__)

@@ -169,7 +169,7 @@ def load_engine(
     tracker: MotionTracker | None = None
     if info.kind == KNNN:
         from streamvad.normality.model import NormalityModel
-        from streamvad.scoring import Scorer
+        from streamvad.scoring.knn import Scorer
 
         cfg = scoring or info.scoring
         model = NormalityModel.load(model_dir / "normality", backbone=net.manifest())

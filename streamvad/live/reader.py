@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from streamvad.config import CameraConfig, TransportConfig
+from streamvad.live.supervisor import StatusReporter, Terminated, setup_child
 from streamvad.sources import SourceStatus, open_source
 from streamvad.sources.live import redact_url
 from streamvad.sources.shrink import limit_size
-from streamvad.supervisor import StatusReporter, Terminated, setup_child
 from streamvad.transport import FramePusher
 
 log = logging.getLogger(__name__)

@@ -19,9 +19,9 @@ from typing import Any
 from streamvad.config import load_config, parse_config
 from streamvad.datasets.base import Clip, load_dataset
 from streamvad.datasets.synthetic import DEMO_KINDS, make_demo_dataset, make_scene
-from streamvad.engine import load_engine
-from streamvad.evaluation import summary_table
-from streamvad.pipeline import clips_from_paths, evaluate, fit
+from streamvad.offline.evaluation import summary_table
+from streamvad.offline.pipeline import clips_from_paths, evaluate, fit
+from streamvad.scoring.engine import load_engine
 
 log = logging.getLogger(__name__)
 

@@ -25,12 +25,12 @@ import numpy as np
 import zmq
 
 from streamvad.config import CameraConfig, StreamVADConfig, TamperConfig, TransportConfig, WorkerConfig
-from streamvad.engine import Engine, FrameScorer
 from streamvad.errors import ConfigError
-from streamvad.fleet import Fleet, load_fleet, owned
-from streamvad.health import BATCH_BUCKETS, LATENCY_BUCKETS, Buckets
-from streamvad.supervisor import StatusReporter, setup_child
-from streamvad.tamper import TamperMonitor
+from streamvad.live.fleet import Fleet, load_fleet, owned
+from streamvad.live.health import BATCH_BUCKETS, LATENCY_BUCKETS, Buckets
+from streamvad.live.supervisor import StatusReporter, setup_child
+from streamvad.live.tamper import TamperMonitor
+from streamvad.scoring.engine import Engine, FrameScorer
 from streamvad.transport import FramePuller, Message, encode_frame, encode_verdict, relay
 from streamvad.types import Frame, Verdict
 
@@ -59,7 +59,7 @@ def patch_mask(polygon: Polygon, grid: tuple[int, int]) -> np.ndarray:
 def camera_scorers(fleet: Fleet, masks: Mapping[str, Polygon]) -> dict[str, FrameScorer]:
     """One scorer per masked camera, sharing its model with the camera's unmasked scorer."""
     from streamvad.motion import FusedScorer
-    from streamvad.scoring import Scorer
+    from streamvad.scoring.knn import Scorer
 
     out: dict[str, FrameScorer] = {}
     for camera, polygon in masks.items():

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from streamvad.health import ServeState
+from streamvad.live.health import ServeState
 from streamvad.transport import FramePusher
 
 log = logging.getLogger(__name__)

@@ -27,9 +27,9 @@ from typing import Any
 
 from streamvad.backbones.base import Backbone
 from streamvad.config import CameraConfig, ScoringConfig, StreamVADConfig
-from streamvad.engine import MODEL_FILE, Engine, FrameScorer, embed_frames, fitted_backbone, load_engine
 from streamvad.errors import ConfigError, StreamVADError
 from streamvad.normality.model import BACKBONE_KEYS
+from streamvad.scoring.engine import MODEL_FILE, Engine, FrameScorer, embed_frames, fitted_backbone, load_engine
 from streamvad.types import FeatureRequest, Frame, Verdict
 
 log = logging.getLogger(__name__)

@@ -30,15 +30,15 @@ from streamvad.config import (
     TransportConfig,
 )
 from streamvad.datasets.base import Clip, iter_clip
-from streamvad.engine import KNNN, MOTION_DIR, Engine, FrameScorer, ModelInfo, embed_frames
 from streamvad.errors import ConfigError, InputError
-from streamvad.event_metrics import ClipVerdicts, event_metrics
-from streamvad.folds import clip_folds
+from streamvad.live.tamper import TamperMonitor
 from streamvad.motion import FusedScorer, MotionModel, MotionTracker
 from streamvad.motion.model import calibrate_motion
+from streamvad.offline.event_metrics import ClipVerdicts, event_metrics
 from streamvad.overlay import overlay_heatmap, save_jpeg
+from streamvad.scoring.engine import KNNN, MOTION_DIR, Engine, FrameScorer, ModelInfo, embed_frames
+from streamvad.scoring.folds import clip_folds
 from streamvad.sources.images import list_images
-from streamvad.tamper import TamperMonitor
 from streamvad.transport import as_transported
 from streamvad.types import EmbeddingBatch, FeatureRequest, Frame, MotionField, Verdict
 
@@ -215,7 +215,7 @@ def _fit_knnn(
     cfg: StreamVADConfig, backbone: Backbone, train: Embedded, held: Embedded, out: Path, progress: bool
 ) -> dict[str, float]:
     from streamvad.normality.model import NormalityModel
-    from streamvad.scoring import calibrate
+    from streamvad.scoring.knn import calibrate
 
     model = NormalityModel.fit(
         train.global_, train.patches, cfg.normality, sources=train.sources, backbone=backbone.manifest()
@@ -281,7 +281,7 @@ def rule_variants(engine: Engine, names: Sequence[str]) -> dict[str, FrameScorer
     """
     if engine.info.kind != KNNN:
         return {engine.info.kind: engine.scorer}
-    from streamvad.scoring import Scorer
+    from streamvad.scoring.knn import Scorer
 
     fused = engine.scorer if isinstance(engine.scorer, FusedScorer) else None
     base = engine.scorer if fused is None else fused.appearance
@@ -414,7 +414,7 @@ def evaluate(
     Event-level figures (segments detected, delays, false events per hour) use the `events` hysteresis;
     `normal` clips (the fit's hold-out, never trained on) add false events per hour on more normal footage.
     """
-    from streamvad.evaluation import write_report
+    from streamvad.offline.evaluation import write_report
 
     events = events or EventsConfig()
     scorers = rule_variants(engine, rules) if rules else {engine.info.kind: engine.scorer}

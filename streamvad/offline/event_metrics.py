@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from streamvad.config import EventsConfig
-from streamvad.events import EventTracker, EventUpdate
+from streamvad.live.events import EventTracker, EventUpdate
 from streamvad.types import FrameKey, Verdict
 
 _CELL = np.zeros(1, dtype=np.float32)

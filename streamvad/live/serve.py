@@ -2,7 +2,7 @@
 
 Process layout (all spawned by the supervisor in this process):
   reader-<camera>  one per camera; connects PUSH to the frame endpoint of the worker that owns the camera
-  worker-<i>       binds its frame endpoint, loads only its own cameras' models (streamvad/fleet.py),
+  worker-<i>       binds its frame endpoint, loads only its own cameras' models (streamvad/live/fleet.py),
                    connects PUB to the events process
   events           binds the verdict endpoint (SUB): one event tracker for all workers, so a camera's
                    events stay consistent whichever worker scored them, then snapshot/JSONL/webhooks
@@ -36,17 +36,17 @@ from typing import Any, Literal
 import numpy as np
 
 from streamvad.config import CameraConfig, StreamVADConfig
-from streamvad.engine import ModelInfo
 from streamvad.errors import ConfigError
-from streamvad.events import EventTracker, EventUpdate
-from streamvad.fleet import bind_endpoint, camera_endpoint, check_models, owned, worker_endpoints
-from streamvad.health import HealthServer, ServeState
-from streamvad.reader import reader_main
+from streamvad.live.events import EventTracker, EventUpdate
+from streamvad.live.fleet import bind_endpoint, camera_endpoint, check_models, owned, worker_endpoints
+from streamvad.live.health import HealthServer, ServeState
+from streamvad.live.reader import reader_main
+from streamvad.live.supervisor import ChildSpec, StatusReporter, Supervisor, setup_child
+from streamvad.live.worker import worker_main
+from streamvad.scoring.engine import ModelInfo
 from streamvad.sinks import SinkFanout, WebhookSink, build_sinks
-from streamvad.supervisor import ChildSpec, StatusReporter, Supervisor, setup_child
 from streamvad.transport import FramePuller, Message, VerdictSubscriber
 from streamvad.types import TAMPER_TYPES, FrameKey
-from streamvad.worker import worker_main
 
 log = logging.getLogger(__name__)
 
