@@ -121,6 +121,18 @@ class EmbeddingBatch:
     def __len__(self) -> int:
         return len(self.keys)
 
+    @classmethod
+    def concat(cls, parts: Sequence[EmbeddingBatch]) -> EmbeddingBatch:
+        """The rows of several batches (of one backbone) as one, every optional output joined alike."""
+        first = parts[0]
+        motion = [p.motion for p in parts]
+        return cls(
+            keys=[k for p in parts for k in p.keys], global_=np.concatenate([p.global_ for p in parts]),
+            patches=np.concatenate([p.patches for p in parts]), grid=first.grid,
+            attention=None if first.attention is None else np.concatenate([p.attention for p in parts]),
+            layers={k: np.concatenate([p.layers[k] for p in parts]) for k in first.layers},
+            motion=None if any(m is None for m in motion) else MotionField.concat(motion))
+
     def select(self, rows: Sequence[int]) -> EmbeddingBatch:
         """The batch's rows `rows`, in that order, with every optional output sliced alike."""
         idx = list(rows)

@@ -40,7 +40,7 @@ from streamvad.scoring.engine import KNNN, MOTION_DIR, Engine, FrameScorer, Mode
 from streamvad.scoring.folds import clip_folds
 from streamvad.sources.images import list_images
 from streamvad.transport import as_transported
-from streamvad.types import EmbeddingBatch, FeatureRequest, Frame, MotionField, Verdict
+from streamvad.types import EmbeddingBatch, FeatureRequest, Frame, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -82,18 +82,15 @@ def progress_bar(desc: str, enabled: bool, total: int | None = None) -> tqdm:
 
 @dataclass
 class Embedded:
-    """Embeddings of many frames, kept in memory as float32 (one row per frame), with their motion."""
+    """Embeddings of many frames, one batch row per frame (with their motion), and the clip and source of each."""
 
-    global_: np.ndarray  # [Q, D]
-    patches: np.ndarray  # [Q, N, D]
+    batch: EmbeddingBatch
     clip_ids: np.ndarray  # [Q] index into the clip list
     sources: list[str]
-    motion: MotionField | None = None
 
     def rows(self, mask: np.ndarray) -> Embedded:
         idx = np.flatnonzero(mask)
-        return Embedded(self.global_[idx], self.patches[idx], self.clip_ids[idx], [self.sources[i] for i in idx],
-                        None if self.motion is None else self.motion.select(idx))
+        return Embedded(self.batch.select(idx), self.clip_ids[idx], [self.sources[i] for i in idx])
 
 
 def embed_batches(
@@ -126,23 +123,23 @@ def embed_clips(backbone: Backbone, clips: Sequence[Clip], sample_fps: float | N
                 motion: MotionConfig | None = None) -> Embedded:
     """Global and patch embeddings of every sampled frame of `clips`, one row per frame; with `motion`,
     each frame's motion since the previous frame of its clip, measured as the live worker measures it."""
-    globals_, patches, clip_ids, sources, fields = [], [], [], [], []
+    batches: list[EmbeddingBatch] = []
+    clip_ids: list[int] = []
+    sources: list[str] = []
     tracker = None if motion is None else MotionTracker(backbone.grid, motion)
     last_clip = -1
     for ci, frames, batch in embed_batches(backbone, clips, sample_fps, transport=transport, progress=progress):
-        globals_.append(batch.global_)
-        patches.append(batch.patches)
         clip_ids.extend([ci] * len(frames))
         sources.extend(f.source or clips[ci].name for f in frames)
         if tracker is not None:
             if ci != last_clip:  # a new clip starts afresh, even on the same camera
                 tracker.forget(frames[0].camera)
                 last_clip = ci
-            fields.append(tracker.observe(frames))
-    if not globals_:
+            batch.motion = tracker.observe(frames)
+        batches.append(batch)
+    if not batches:
         raise _no_frames(clips)
-    joined = None if tracker is None else MotionField.concat(fields)
-    return Embedded(np.concatenate(globals_), np.concatenate(patches), np.asarray(clip_ids), sources, joined)
+    return Embedded(EmbeddingBatch.concat(batches), np.asarray(clip_ids), sources)
 
 
 def _no_frames(clips: Sequence[Clip]) -> InputError:
@@ -218,14 +215,14 @@ def _fit_knnn(
     from streamvad.scoring.knn import calibrate
 
     model = NormalityModel.fit(
-        train.global_, train.patches, cfg.normality, sources=train.sources, backbone=backbone.manifest()
+        train.batch.global_, train.batch.patches, cfg.normality, sources=train.sources, backbone=backbone.manifest()
     )
     folds = [np.flatnonzero(f) for f in clip_folds(train.clip_ids, cfg.normality.folds)]
     if len(held.sources) or folds:
-        model.set_thresholds(calibrate(model, held.global_, held.patches, cfg.scoring, folds=folds))
+        model.set_thresholds(calibrate(model, held.batch.global_, held.batch.patches, cfg.scoring, folds=folds))
     model.save(out / "normality")
     thresholds = dict(model.thresholds)
-    if train.motion is not None:
+    if train.batch.motion is not None:
         thresholds["motion"] = _fit_motion(cfg, backbone.grid, train, held, out / MOTION_DIR)
     return thresholds
 
@@ -234,10 +231,11 @@ def _fit_motion(cfg: StreamVADConfig, grid: tuple[int, int], train: Embedded, he
     """Fit the motion part on the training frames and calibrate it on every normal frame it was not fitted on."""
     t0 = time.perf_counter()
     mcfg = cfg.normality.motion
-    assert train.motion is not None
-    model = MotionModel.fit(train.motion, grid, mcfg)
-    extra = [] if held.motion is None else [model.score(held.motion)[held.motion.valid]]
-    model.threshold, _ = calibrate_motion(train.motion, train.clip_ids, grid, mcfg,
+    motion, held_motion = train.batch.motion, held.batch.motion
+    assert motion is not None
+    model = MotionModel.fit(motion, grid, mcfg)
+    extra = [] if held_motion is None else [model.score(held_motion)[held_motion.valid]]
+    model.threshold, _ = calibrate_motion(motion, train.clip_ids, grid, mcfg,
                                           cfg.scoring.calibration_quantile, cfg.normality.folds, extra)
     model.save(out)
     log.info("motion: threshold %.3f (quantile %.3f of out-of-fold and held-out normal frames), fitted in %.1f s",
