@@ -211,6 +211,22 @@ def test_calibration_uses_only_held_out_normal_frames() -> None:
     assert all(v.anomalous for v in shifted)
 
 
+def test_hold_out_is_whole_clips_as_for_the_knn_model() -> None:
+    """One hold-out policy for every model: with several clips, whole clips are held out (the same ones the
+    k-NN fit would hold out), and the batches keep their size."""
+    from streamvad.scoring.folds import holdout_mask
+
+    data = batches(64, 0)  # 4 batches of 16
+    clip_ids = np.repeat(np.arange(4), 16)
+    train, held = split_holdout(data, 0.25, clip_ids)
+    held_rows = [k.index for b in held for k in b.keys]
+    assert held_rows == list(np.flatnonzero(holdout_mask(clip_ids, 4, 0.25))) == list(range(48, 64))
+    assert [len(b) for b in train] == [16, 16, 16] and [len(b) for b in held] == [16]
+    shuffled = np.array([0, 1, 2, 3] * 16)  # clip 3's frames spread over every batch: all of them still go
+    _, held = split_holdout(data, 0.25, shuffled)
+    assert sorted(k.index for b in held for k in b.keys) == list(range(3, 64, 4))
+
+
 def test_verdict_confidences_use_the_calibrated_scale() -> None:
     det = tiny("uniformaly")
     data = batches(48, 0)

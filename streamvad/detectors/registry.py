@@ -16,6 +16,7 @@ from streamvad.detectors.generalad import GeneralAD
 from streamvad.detectors.s2vad import S2VAD
 from streamvad.detectors.uniformaly import Uniformaly
 from streamvad.errors import ConfigError, ModelMismatchError
+from streamvad.scoring.folds import holdout_mask
 from streamvad.types import EmbeddingBatch
 
 log = logging.getLogger(__name__)
@@ -64,39 +65,37 @@ def load_detector(directory: str | Path, *, device: str | torch.device = "auto",
     return DETECTORS[name].load(directory, device=device)
 
 
-def split_holdout(batches: Sequence[EmbeddingBatch], fraction: float) -> tuple[list[EmbeddingBatch],
-                                                                              list[EmbeddingBatch]]:
-    """Split frames into (train, held-out) with the *last* `fraction` of frames held out.
+def split_holdout(batches: Sequence[EmbeddingBatch], fraction: float, clip_ids: np.ndarray | None = None,
+                  ) -> tuple[list[EmbeddingBatch], list[EmbeddingBatch]]:
+    """(train, held-out) batches by the one hold-out policy of every model (scoring.folds.holdout_mask):
+    whole clips when `clip_ids` names several, else the *last* `fraction` of the frames (neighbouring
+    frames are near-duplicates, so random ones would calibrate on frames the model has all but seen).
+    Both keep the batches' size, which detectors train on."""
+    rows = np.concatenate([np.arange(len(b)) for b in batches]) if batches else np.zeros(0, dtype=int)
+    ids = np.zeros(len(rows), dtype=int) if clip_ids is None else np.asarray(clip_ids)
+    held = holdout_mask(ids, len(np.unique(ids)), fraction)
+    if held.all():
+        raise ConfigError(f"detector.holdout_fraction: {fraction} leaves no training frames of {len(held)}")
+    joined, size = EmbeddingBatch.concat(batches), len(batches[0])
 
-    A temporal split, not a random one: neighbouring video frames are near duplicates, and holding
-    out random frames would calibrate the threshold on frames the model has all but seen.
-    """
-    total = sum(len(b) for b in batches)
-    cut = total - max(1, round(fraction * total))
-    if cut < 1:
-        raise ConfigError(f"detector.holdout_fraction: {fraction} leaves no training frames of {total}")
-    train, held, seen = [], [], 0
-    for batch in batches:
-        rows = np.arange(len(batch))
-        head, tail = rows[rows + seen < cut], rows[rows + seen >= cut]
-        if head.size:
-            train.append(batch if head.size == len(batch) else batch.select(head))
-        if tail.size:
-            held.append(batch if tail.size == len(batch) else batch.select(tail))
-        seen += len(batch)
-    return train, held
+    def chunks(mask: np.ndarray) -> list[EmbeddingBatch]:
+        idx = np.flatnonzero(mask)
+        return [joined.select(idx[lo:lo + size]) for lo in range(0, len(idx), size)]
+
+    return chunks(~held), chunks(held)
 
 
 def fit_and_calibrate(
     detector: BaseDetector,
     batches: Sequence[EmbeddingBatch],
     *,
+    clip_ids: np.ndarray | None = None,
     holdout_fraction: float = 0.1,
     quantile: float = 0.99,
     progress: bool = True,
 ) -> float:
-    """Fit on the earlier normal frames, calibrate the threshold on the later ones; returns it."""
-    train, held = split_holdout(batches, holdout_fraction)
+    """Fit on normal frames and calibrate the threshold on the held-out ones (see split_holdout); returns it."""
+    train, held = split_holdout(batches, holdout_fraction, clip_ids)
     detector.fit(train, progress=progress)
     threshold = detector.calibrate(held, quantile)
     log.info("%s: fitted on %d frames, threshold %.4g from %d held-out frames", detector.name,

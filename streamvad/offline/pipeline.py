@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from streamvad.motion.model import calibrate_motion
 from streamvad.offline.event_metrics import ClipVerdicts, event_metrics
 from streamvad.overlay import overlay_heatmap, save_jpeg
 from streamvad.scoring.engine import KNNN, MOTION_DIR, Engine, FrameScorer, ModelInfo, embed_frames
-from streamvad.scoring.folds import clip_folds
+from streamvad.scoring.folds import clip_folds, holdout_mask
 from streamvad.sources.images import list_images
 from streamvad.transport import as_transported
 from streamvad.types import EmbeddingBatch, FeatureRequest, Frame, Verdict
@@ -150,25 +149,6 @@ def backbone_batch(backbone: Backbone) -> int:
     return int(getattr(backbone, "batch_size", 16))
 
 
-def holdout_mask(clip_ids: np.ndarray, n_clips: int, fraction: float) -> np.ndarray:
-    """Rows kept aside to calibrate thresholds on normal data.
-
-    Whole clips are held out when there are several, because neighbouring frames of one clip are
-    near-duplicates and would make the held-out scores look more normal than new footage is. With a
-    single clip, its last `fraction` of frames is held out instead.
-    """
-    if fraction <= 0:
-        return np.zeros(len(clip_ids), dtype=bool)
-    if n_clips >= 2:
-        n_hold = max(1, round(n_clips * fraction))
-        held = np.linspace(n_clips - 1, 0, n_hold, endpoint=False).round().astype(int)
-        return np.isin(clip_ids, held)
-    cut = len(clip_ids) - max(1, math.ceil(len(clip_ids) * fraction))
-    mask = np.zeros(len(clip_ids), dtype=bool)
-    mask[cut:] = True
-    return mask
-
-
 @dataclass
 class FitResult:
     model_dir: Path
@@ -201,8 +181,7 @@ def fit(
         n_train, n_held = len(train.sources), len(held.sources)
         holdout = tuple(clips[i].name for i in np.unique(held.clip_ids)) if len(clips) > 1 else ()
     else:
-        thresholds, n_train, n_held = _fit_detector(cfg, kind, backbone, clips, sample_fps, out, progress)
-        holdout = ()
+        thresholds, n_train, n_held, holdout = _fit_detector(cfg, kind, backbone, clips, sample_fps, out, progress)
     ModelInfo(kind, cfg.backbone, cfg.scoring, sample_fps, cfg.transport.frame_max_side,
               cfg.transport.jpeg_quality, holdout).save(out)
     return FitResult(out, kind, n_train, n_held, thresholds, time.perf_counter() - t0)
@@ -251,23 +230,27 @@ def _fit_detector(
     sample_fps: float | None,
     out: Path,
     progress: bool,
-) -> tuple[dict[str, float], int, int]:
-    from streamvad.detectors import build_detector, fit_and_calibrate, split_holdout
+) -> tuple[dict[str, float], int, int, tuple[str, ...]]:
+    from streamvad.detectors import build_detector, fit_and_calibrate
     from streamvad.detectors.config import DetectorConfig
 
     dcfg = cfg.detector or DetectorConfig(name=name)
     det = build_detector(name, dcfg, num_layers=backbone.num_layers, device=resolve_device(cfg.backbone.device),
                          backbone_manifest=backbone.manifest())
-    batches = [b for _, _, b in embed_batches(backbone, clips, sample_fps, request=det.requirements(),
-                                              transport=cfg.transport, progress=progress)]
+    batches, clip_ids = [], []
+    for ci, _, batch in embed_batches(backbone, clips, sample_fps, request=det.requirements(),
+                                      transport=cfg.transport, progress=progress):
+        batches.append(batch)
+        clip_ids.extend([ci] * len(batch))
     if not batches:
         raise _no_frames(clips)
-    fraction = dcfg.holdout_fraction
-    threshold = fit_and_calibrate(det, batches, holdout_fraction=fraction,
+    ids = np.asarray(clip_ids)
+    threshold = fit_and_calibrate(det, batches, clip_ids=ids, holdout_fraction=dcfg.holdout_fraction,
                                   quantile=dcfg.calibration_quantile, progress=progress)
     det.save(out / "detector")
-    train, held = split_holdout(batches, fraction)
-    return {"threshold": float(threshold)}, sum(map(len, train)), sum(map(len, held))
+    hold = holdout_mask(ids, len(clips), dcfg.holdout_fraction)
+    holdout = tuple(clips[i].name for i in np.unique(ids[hold])) if len(clips) > 1 else ()
+    return {"threshold": float(threshold)}, int((~hold).sum()), int(hold.sum()), holdout
 
 
 def rule_variants(engine: Engine, names: Sequence[str]) -> dict[str, FrameScorer]:
