@@ -66,11 +66,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
         split = load_dataset(args.dataset, args.root, **_dataset_options(args))
         clips, default_fps = split.train, split.sample_fps
     elif args.sources:
-        clips, default_fps = clips_from_paths(args.sources), cfg.sampling.fps
+        split, clips, default_fps = None, clips_from_paths(args.sources), cfg.sampling.fps
     else:
         raise ConfigError("fit: nothing to fit on; give --dataset KIND --root PATH or SOURCE paths")
     res = fit(cfg, clips, args.out, sample_fps=_sample_fps(args, default_fps), detector=args.detector,
               progress=not args.no_progress)
+    if split is not None and (cameras := split.write_cameras(res.model_dir)):
+        print(f"cameras the dataset loader inferred -> {cameras} (check it; pass it back as cameras_file=)")
     thresholds = ", ".join(f"{k}={v:.3f}" for k, v in res.thresholds.items()) or "none (no held-out frames)"
     print(f"fitted {res.kind} model on {res.n_train} frames ({res.n_holdout} held out) in {res.seconds:.0f} s "
           f"-> {res.model_dir}\nthresholds from normal frames it was not fitted on: {thresholds}")
@@ -108,6 +110,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                        rules=rules, oracle=args.oracle, events=cfg.events, normal=normal,
                        progress=not args.no_progress)
     print(summary_table([{"scorer": name, **rep} for name, rep in reports.items()]))
+    if cameras := split.write_cameras(args.out):
+        print(f"cameras the dataset loader inferred -> {cameras} (check it; pass it back as cameras_file=)")
     print(f"report -> {args.out}")
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ from PIL import Image
 
 from streamvad.datasets import iter_clip, load_dataset
 from streamvad.datasets.safe_unsafe import FRAME_INTERVAL_S
+from streamvad.datasets.synthetic import make_scene
 from streamvad.datasets.ucsd import parse_gt_ranges
 from streamvad.errors import ConfigError, InputError
 
@@ -134,9 +136,99 @@ def test_ucsd_shared_copy_matches_its_readme() -> None:
 # ---------------------------------------------------------------- Safe/Unsafe
 
 
-def _safe_unsafe_tree(root: Path, video: Path) -> Path:
-    """Published layout, with the camera written into the file names (cam1 / cam2)."""
-    base = root / "Safe and Unsafe Behaviours Dataset"
+RELEASE = Path("Video Dataset for Safe and Unsafe Behaviours") / "Safe and Unsafe Behaviours Dataset"
+CLASSES = ["0_safe_walkway_violation", "1_unauthorized_intervention", "2_opened_panel cover",
+           "3_carrying_overload_with_forklift", "4_safe_walkway", "5_authorized_intervention", "6_closed_panel_cover",
+           "7_safe_carrying"]
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
+    """Three renders (other walkers) each of two synthetic scenes (two place seeds): the walkway camera and the
+    forklift way. 4 s each, so that walkers move on and a clip's median background is its scene."""
+    out = tmp_path_factory.mktemp("scenes")
+    return {cam: [make_scene(out, seconds=4.0, fps=10, size=(72, 128), seed=seed, place_seed=place,
+                             name=f"{cam}-{seed}").path for seed in (1, 2, 3)]
+            for cam, place in (("1", 3), ("2", 11))}
+
+
+def _release_tree(root: Path, scenes: dict[str, list[Path]], *, one_scene: bool = False) -> Path:
+    """The release's real names and folders (spaces included): per class, train clips <k>_tr1, <k>_tr2 and a test
+    clip <k>_te1; classes 3 and 7 from the second camera, as the study says; and a macOS `._` companion."""
+    for k, folder in enumerate(CLASSES):
+        camera = "2" if k in (3, 7) and not one_scene else "1"
+        for part, names in (("train", [f"{k}_tr1", f"{k}_tr2"]), ("test", [f"{k}_te1"])):
+            for i, name in enumerate(names):
+                _place(scenes[camera][(k + i) % 3], root / RELEASE / part / folder / f"{name}.mp4")
+    (root / RELEASE / "train" / CLASSES[4] / "._4_tr1.mp4").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    return root
+
+
+def test_safe_unsafe_real_layout_recovers_cameras_by_scene(tmp_path: Path, scenes: dict[str, list[Path]],
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    root = _release_tree(tmp_path, scenes)
+    with caplog.at_level(logging.WARNING, logger="streamvad.datasets.safe_unsafe"):
+        split = load_dataset("safe-unsafe", root)  # the unzipped folder, no options
+    expected = {f"{k}_{n}": "2" if k in (3, 7) else "1" for k in range(8) for n in ("tr1", "tr2", "te1")}
+    assert split.cameras == expected  # `._4_tr1` is not a clip
+    assert "do not fall clearly" not in caplog.text
+    assert "has no clip of class(es) 3_carrying_overload_with_forklift, 7_safe_carrying" in caplog.text
+    # the study: camera 1's 9 safe clips split 70/30 by video (6.3 -> 6), all its 9 unsafe clips in test
+    train, test = {c.name for c in split.train}, {c.name for c in split.test}
+    assert len(train) == 6 and all(c.label == 0 and c.name[0] in "456" for c in split.train)
+    assert len(test) == 12 and not train & test and sum(c.label for c in split.test) == 9
+    assert split.sample_fps == pytest.approx(1 / FRAME_INTERVAL_S)
+    cameras = [c.camera for c in split.train + split.test]
+    assert len(set(cameras)) == len(cameras) and all(CAMERA_ID.match(c) and "cam1" in c for c in cameras)
+    assert load_dataset("safe-unsafe", root).train == split.train  # deterministic
+    other_seeds = [{c.name for c in load_dataset("safe-unsafe", root, seed=s).train} for s in range(1, 6)]
+    assert any(names != train for names in other_seeds)
+    # the assignment goes beside the report, and reads back as cameras_file
+    csv_path = split.write_cameras(tmp_path / "report")
+    assert csv_path is not None and csv_path.read_text().splitlines()[:2] == ["video,camera", "0_te1,1"]
+    again = load_dataset("safe-unsafe", root, cameras_file=csv_path)
+    assert again.train == split.train and again.test == split.test
+
+
+def test_safe_unsafe_published_split_keeps_the_release_folders(tmp_path: Path, scenes: dict[str, list[Path]]) -> None:
+    split = load_dataset("safe-unsafe", _release_tree(tmp_path, scenes), split="published")
+    assert [c.name for c in split.train] == ["4_tr1", "4_tr2", "5_tr1", "5_tr2", "6_tr1", "6_tr2"]
+    assert [c.name for c in split.test] == ["0_te1", "1_te1", "2_te1", "4_te1", "5_te1", "6_te1"]
+    everything = load_dataset("safe-unsafe", tmp_path, split="published", camera=None)
+    assert len(everything.train) == 8 and len(everything.test) == 8  # safe train clips of 4 classes; all tests
+
+
+def test_safe_unsafe_scenes_that_cannot_be_told_apart_are_warned_about(
+        tmp_path: Path, scenes: dict[str, list[Path]], caplog: pytest.LogCaptureFixture) -> None:
+    root = _release_tree(tmp_path, scenes, one_scene=True)
+    with caplog.at_level(logging.WARNING, logger="streamvad.datasets.safe_unsafe"):
+        load_dataset("safe-unsafe", root, camera=None)
+    assert "do not fall clearly into two scenes" in caplog.text and "cameras_file=" in caplog.text
+
+
+def test_safe_unsafe_study_split_rounds_half_up(tmp_path: Path, tiny_video: Path) -> None:
+    """70% of 175 safe clips is 122.5: the study's rounding gives 123 training clips (binary floats gave 122)."""
+    folder = tmp_path / "train" / "4_safe_walkway"
+    _place(tiny_video, *(folder / f"4_tr{i}_cam1.mp4" for i in range(175)))
+    assert len(load_dataset("safe-unsafe", tmp_path).train) == 123
+
+
+def test_safe_unsafe_bad_roots_and_camera_files_fail_with_one_line(tmp_path: Path, scenes: dict[str, list[Path]]
+                                                                    ) -> None:
+    (tmp_path / "empty" / "notes").mkdir(parents=True)
+    (tmp_path / "empty" / "notes" / "._0_tr1.mp4").write_bytes(b"\x00")
+    with pytest.raises(InputError, match=r"empty: no Safe/Unsafe class folder with videos under it"):
+        load_dataset("safe-unsafe", tmp_path / "empty")
+    root = _release_tree(tmp_path / "release", scenes)
+    cams = tmp_path / "cams.csv"
+    cams.write_text("video,camera\n0_tr1.mp4,1\n9_tr99,2\nghost,1\n")
+    with pytest.raises(InputError, match=r"cams\.csv: 2 video\(s\) not found under .*: 9_tr99, ghost$"):
+        load_dataset("safe-unsafe", root, cameras_file=cams)
+
+
+def _named_tree(root: Path, video: Path) -> Path:
+    """Clips whose file names carry their camera (cam1 / cam2), as a re-encoded copy might."""
+    base = root / RELEASE
     dests = [base / "train" / "4_safe_walkway" / f"4_tr{i}_cam1.mp4" for i in range(6)]
     dests += [base / "test" / "7_safe_carrying" / f"7_te{i}_cam1.mp4" for i in range(4)]
     dests += [base / "train" / "4_safe_walkway" / f"4_tr{i}_cam2.mp4" for i in (10, 11)]
@@ -147,25 +239,8 @@ def _safe_unsafe_tree(root: Path, video: Path) -> Path:
     return base
 
 
-def test_safe_unsafe_study_split(tmp_path: Path, tiny_video: Path) -> None:
-    root = _safe_unsafe_tree(tmp_path, tiny_video)
-    split = load_dataset("safe-unsafe", root)
-    assert split.sample_fps == pytest.approx(1 / FRAME_INTERVAL_S)
-    train, test = {c.name for c in split.train}, {c.name for c in split.test}
-    assert len(train) == 7 and not train & test  # 70 % of the 10 camera-1 safe videos
-    assert all(c.label == 0 and c.name[0] in "47" for c in split.train)
-    unsafe = {c.name for c in split.test if c.label == 1}
-    assert unsafe == {"0_te0_cam1", "0_te1_cam1", "2_tr1_cam1"}  # every camera-1 unsafe video, none in train
-    assert len(test) == 6 and not any("cam2" in n for n in train | test)
-    cameras = [c.camera for c in split.train + split.test]
-    assert len(set(cameras)) == len(cameras) and all(CAMERA_ID.match(c) for c in cameras)
-    assert load_dataset("safe-unsafe", root).train == split.train  # deterministic
-    other_seeds = [{c.name for c in load_dataset("safe-unsafe", root, seed=s).train} for s in range(1, 6)]
-    assert any(names != train for names in other_seeds)
-
-
 def test_safe_unsafe_frames_every_023_s_with_clip_label(tmp_path: Path, tiny_video: Path) -> None:
-    split = load_dataset("safe-unsafe", _safe_unsafe_tree(tmp_path, tiny_video))
+    split = load_dataset("safe-unsafe", _named_tree(tmp_path, tiny_video))
     clip = next(c for c in split.test if c.label == 1)
     frames = list(iter_clip(clip, split.sample_fps))
     assert [f.pts for f in frames] == pytest.approx([0.0, 0.3, 0.5, 0.7])  # 10 fps sampled every 0.23 s
@@ -173,8 +248,11 @@ def test_safe_unsafe_frames_every_023_s_with_clip_label(tmp_path: Path, tiny_vid
     assert [f.index for f in frames] == [0, 1, 2, 3] and frames[0].camera == clip.camera
 
 
-def test_safe_unsafe_camera_options(tmp_path: Path, tiny_video: Path) -> None:
-    root = _safe_unsafe_tree(tmp_path, tiny_video)
+def test_safe_unsafe_camera_ids_from_file_names_and_options(tmp_path: Path, tiny_video: Path) -> None:
+    root = _named_tree(tmp_path, tiny_video)
+    split = load_dataset("safe-unsafe", root)
+    assert len(split.train) == 7 and {c.name for c in split.test if c.label} == {"0_te0_cam1", "0_te1_cam1",
+                                                                                  "2_tr1_cam1"}
     everything = load_dataset("safe-unsafe", root, camera=None)
     assert len(everything.train) + len(everything.test) == 16
     camera2 = load_dataset("safe-unsafe", root, camera="02")  # ids compare as numbers: "02" is camera 2
@@ -183,15 +261,6 @@ def test_safe_unsafe_camera_options(tmp_path: Path, tiny_video: Path) -> None:
     cams.write_text("video,camera\n4_tr0_cam1.mp4,9\n4_tr1_cam1,9\n0_te0_cam1,9\n")
     split = load_dataset("safe-unsafe", root, camera="9", cameras_file=cams)
     assert {c.name for c in split.train + split.test} == {"4_tr0_cam1", "4_tr1_cam1", "0_te0_cam1"}
-
-
-def test_safe_unsafe_without_camera_ids_says_how_to_fix(tmp_path: Path, tiny_video: Path) -> None:
-    _place(tiny_video, tmp_path / "train" / "4_safe_walkway" / "4_tr1.mp4",
-           tmp_path / "test" / "0_safe_walkway_violation" / "0_te1.mp4")
-    with pytest.raises(InputError, match=r"no camera id found .*cameras_file="):
-        load_dataset("safe-unsafe", tmp_path)
-    split = load_dataset("safe-unsafe", tmp_path, camera=None, train_fraction=0.5)
-    assert [c.name for c in split.train] == ["4_tr1"] and [c.label for c in split.test] == [1]
 
 
 def test_safe_unsafe_unknown_class_folder(tmp_path: Path, tiny_video: Path) -> None:
@@ -204,7 +273,7 @@ def test_safe_unsafe_unknown_class_folder(tmp_path: Path, tiny_video: Path) -> N
 
 
 def test_safe_unsafe_trim_list(tmp_path: Path, tiny_video: Path) -> None:
-    root = _safe_unsafe_tree(tmp_path, tiny_video)
+    root = _named_tree(tmp_path, tiny_video)
     trim = tmp_path / "trim.csv"
     trim.write_text("# seconds kept per video\nvideo,start_s,end_s\n0_te0_cam1.mp4,0.25,-0.15\n0_te1_cam1,,0.35\n")
     split = load_dataset("safe-unsafe", root, trim_file=trim)

@@ -16,7 +16,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,6 +68,17 @@ class DatasetSplit:
     train: list[Clip]
     test: list[Clip]
     sample_fps: float | None
+    cameras: dict[str, str] = field(default_factory=dict)  # video -> camera id, where the loader inferred them
+
+    def write_cameras(self, directory: Path) -> Path | None:
+        """cameras.csv (`video,camera`, the loaders' `cameras_file` format) in `directory`, to check and reuse."""
+        if not self.cameras:
+            return None
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "cameras.csv"
+        rows = "".join(f"{video},{camera}\n" for video, camera in sorted(self.cameras.items()))
+        path.write_text("video,camera\n" + rows, encoding="utf-8")
+        return path
 
 
 def stream_id(*parts: str) -> str:

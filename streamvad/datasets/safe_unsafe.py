@@ -1,39 +1,52 @@
 """Safe/Unsafe workplace behaviours (Önal & Dandıl, Data in Brief 2024; Mendeley xjmtb22pff), as
-the reproduced study used it.
+the reproduced study used it, read from the release exactly as unzipped.
 
-Published layout: `Safe and Unsafe Behaviours Dataset/{train,test}/<k>_<class>/<k>_<tr|te><n>.mp4`
-with eight class folders, 0-3 unsafe (0_safe_walkway_violation, 1_unauthorized_intervention,
-2_opened_panel cover, 3_carrying_overload_with_forklift) and 4-7 their safe counterparts
-(4_safe_walkway, 5_authorized_intervention, 6_closed_panel_cover, 7_safe_carrying). A video's class
-is its parent folder: a leading 0-3 means unsafe, 4-7 safe; folders named `safe`/`unsafe` are
-also understood, and `unsafe_classes` overrides both. The dataset's own train/test folders are
-pooled and re-split as the study did:
+Release layout (found at any depth under `root`): `Video Dataset for Safe and Unsafe Behaviours/Safe and
+Unsafe Behaviours Dataset/{train,test}/<class>/<k>_<tr|te><n>.mp4` with eight class folders, 0-3 unsafe
+(0_safe_walkway_violation, 1_unauthorized_intervention, 2_opened_panel cover,
+3_carrying_overload_with_forklift) and 4-7 their safe counterparts (4_safe_walkway,
+5_authorized_intervention, 6_closed_panel_cover, 7_safe_carrying); 691 clips, 1920x1080, ~25 fps. A
+video's class is its parent folder: a leading 0-3 means unsafe, 4-7 safe; folders named `safe`/`unsafe`
+are also understood, and `unsafe_classes` overrides both. Hidden and system files (`._*` left by macOS
+on exFAT drives, dotfiles, `Thumbs.db`) are skipped.
 
-- only camera `camera` (default "1"); None keeps every camera;
-- frames every `frame_interval_s` = 0.23 s;
-- SAFE videos split 70/30 by video into train/test, deterministically (sorted names shuffled with
-  `seed`); every UNSAFE video goes to test. Labels are clip-level (1 = unsafe).
+Cameras. The release names no camera anywhere, although its clips come from two fixed cameras (the
+walkway and the forklift way) and the study keeps camera 1 only. A video's camera comes from
+`cameras_file` (CSV `video,camera`), else from `camera_pattern` when every file name carries one
+(`cam1`, `camera_01`, ...), else from the scene itself: each clip's background (the median of a few grey
+thumbnails, so people walking through do not count) is clustered into two groups. The study says only
+the forklift classes (3 and 7) were shot by the second camera, so the group that holds most of them is
+camera "2" and the other camera "1" (the walkway). The assignment is kept in `DatasetSplit.cameras`
+(written as cameras.csv beside fit's model and eval's report, to check and pass back as `cameras_file`);
+a split that is not clear-cut, and a camera filter that removes every clip of a class, are warned about.
 
-Assumptions where the release is silent:
-- The published file names carry no camera id. A video's camera comes from `cameras_file`, a CSV
-  with header `video,camera` (video = file name with or without extension), or else from
-  `camera_pattern` matched against its path relative to the root (default: `cam1`, `camera_01`,
-  `Camera-1`, ...). With a camera filter and no camera id anywhere, loading fails and says so.
-- The study's trimming list is not published. `trim_file` is a CSV with header
-  `video,start_s,end_s`: keep seconds [start_s, end_s) of that video; empty start_s = 0, empty
-  end_s = to the end, negative end_s = that many seconds before the end (cut the tail).
-  Lines starting with `#` are comments. Trim rows for videos that are not loaded are logged.
+Protocols (`split`):
+- "study" (default): only camera `camera` ("1"; None keeps every camera); frames every
+  `frame_interval_s` = 0.23 s; SAFE videos split `train_fraction` 70/30 by video (sorted names shuffled
+  with `seed`, half rounds up: 123 of 175); every UNSAFE video goes to test. Labels are clip-level.
+- "published": the release's own folders: the safe videos under train/ are the training set, every
+  video under test/ the test set (unsafe videos under train/ are not used).
+
+The study's trimming list is not published. `trim_file` is a CSV with header `video,start_s,end_s`:
+keep seconds [start_s, end_s) of that video; empty start_s = 0, empty end_s = to the end, negative
+end_s = that many seconds before the end. Lines starting with `#` are comments.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-import math
 import random
 import re
 from collections.abc import Sequence
+from decimal import Decimal
 from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.metrics import silhouette_score
 
 from streamvad.datasets.base import Clip, DatasetSplit, clip_from_path, is_video, stream_id
 from streamvad.errors import InputError
@@ -42,6 +55,12 @@ logger = logging.getLogger(__name__)
 
 FRAME_INTERVAL_S = 0.23
 DEFAULT_CAMERA_PATTERN = r"cam(?:era)?[ _-]?0*(\d+)"
+_SYSTEM_FILES = {"thumbs.db", "desktop.ini"}
+_FORKLIFT_CLASSES = (3, 7)  # the study: only these were shot by the second camera
+_SIGNATURE_SIZE = (32, 18)  # thumbnail (w, h) of a clip's scene: 16:9 like the release
+_SIGNATURE_FRAMES = 5
+_CLEAR_SILHOUETTE = 0.5  # below either of these, two cameras are not clearly told apart
+_CLEAR_GAP = 0.2  # two unrelated normalised images differ by ~1.4 RMS, one scene's clips by ~0.1
 
 
 def _read_csv(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
@@ -104,17 +123,16 @@ def _same_camera(a: str, b: str) -> bool:
     return int(a) == int(b) if a.isdigit() and b.isdigit() else a == b
 
 
-def _camera_of(video: Path, root: Path, cameras: dict[str, str] | None, pattern: re.Pattern[str]) -> str | None:
-    if cameras is not None:
-        return cameras.get(video.stem)
-    match = pattern.search(video.relative_to(root).as_posix())
-    return match.group(1) if match else None
+def _hidden(path: Path, root: Path) -> bool:
+    """macOS `._*` companions, dotfiles and folders, Windows' Thumbs.db: never clips."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts) or path.name.lower() in _SYSTEM_FILES
 
 
 def _find_videos(root: Path) -> list[Path]:
-    videos = sorted(p for p in root.rglob("*") if is_video(p))
+    videos = sorted(p for p in root.rglob("*") if is_video(p) and not _hidden(p, root))
     if not videos:
-        raise InputError(f"{root}: no videos found under the Safe/Unsafe root")
+        raise InputError(f"{root}: no Safe/Unsafe class folder with videos under it (expected the release's "
+                         "layout, e.g. .../train/4_safe_walkway/4_tr1.mp4)")
     seen: dict[str, Path] = {}
     for v in videos:
         if v.stem in seen:
@@ -123,42 +141,116 @@ def _find_videos(root: Path) -> list[Path]:
     return videos
 
 
-def _filter_camera(videos: list[Path], root: Path, camera: str | None, cameras_file: Path | None,
-                   camera_pattern: str) -> list[tuple[Path, str | None]]:
-    cameras = read_cameras_file(Path(cameras_file)) if cameras_file is not None else None
+def _class_number(folder: str) -> int | None:
+    match = re.match(r"(\d+)[ _]", folder)
+    return int(match.group(1)) if match else None
+
+
+def scene_signature(video: Path) -> np.ndarray:
+    """What a fixed camera's clips share: the median of a few evenly spaced grey thumbnails (people who
+    walk through are gone from the median), normalised so that exposure changes do not count."""
+    cap = cv2.VideoCapture(str(video))
+    try:
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        thumbs = []
+        for index in np.linspace(0, max(n - 1, 0), _SIGNATURE_FRAMES).round():
+            cap.set(cv2.CAP_PROP_POS_FRAMES, float(index))
+            ok, frame = cap.read()
+            if ok:
+                grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+                thumbs.append(cv2.resize(grey, _SIGNATURE_SIZE, interpolation=cv2.INTER_AREA))
+    finally:
+        cap.release()
+    if not thumbs:
+        raise InputError(f"{video}: no frame could be decoded (needed to tell its camera by its scene)")
+    sig = np.median(np.stack(thumbs), axis=0).astype(np.float32).ravel()
+    return (sig - sig.mean()) / (sig.std() + 1e-6)
+
+
+def cameras_by_scene(videos: Sequence[Path]) -> dict[str, str]:
+    """Video name -> "1" or "2": two clusters of scene signatures; the one holding most forklift-class
+    clips is camera 2 (the study: only classes 3 and 7 were shot by the second camera)."""
+    logger.info("safe-unsafe: no camera ids in the file names; telling the %d clips' cameras apart by scene",
+                len(videos))
+    sig = np.stack([scene_signature(v) for v in videos])
+    labels = KMeans(2, n_init=10, random_state=0).fit_predict(sig) if len(videos) >= 2 else np.zeros(len(videos))
+    if len(set(labels)) < 2:
+        logger.warning("safe-unsafe: every clip looks like one scene; all are camera 1 (pass cameras_file= if not)")
+        return {v.stem: "1" for v in videos}
+    quality = float(silhouette_score(sig, labels)) if len(videos) > 2 else 1.0
+    # silhouette is scale-free (two sets of copies of one scene are two "perfect" clusters), so the scenes
+    # must also differ: the RMS gap between the two mean backgrounds, in units of a thumbnail's own spread
+    gap = float(np.linalg.norm(sig[labels == 0].mean(0) - sig[labels == 1].mean(0)) / np.sqrt(sig.shape[1]))
+    forklift = [np.mean([_class_number(v.parent.name) in _FORKLIFT_CLASSES for v, lab in zip(videos, labels,
+                                                                                              strict=True)
+                         if lab == k]) for k in (0, 1)]
+    second = int(np.argmax(forklift))
+    if quality < _CLEAR_SILHOUETTE or gap < _CLEAR_GAP:
+        logger.warning("safe-unsafe: the clips do not fall clearly into two scenes (silhouette %.2f, needs %.2f; "
+                       "scene gap %.2f, needs %.2f); check the cameras.csv written beside the report and pass a "
+                       "corrected cameras_file=", quality, _CLEAR_SILHOUETTE, gap, _CLEAR_GAP)
+    return {v.stem: "2" if lab == second else "1" for v, lab in zip(videos, labels, strict=True)}
+
+
+def _camera_ids(videos: list[Path], root: Path, cameras_file: Path | None, camera_pattern: str) -> dict[str, str]:
+    """Video name -> camera id: from `cameras_file`, else from the names when all carry one, else by scene."""
+    if cameras_file is not None:
+        cameras = read_cameras_file(Path(cameras_file))
+        unknown = sorted(set(cameras) - {v.stem for v in videos})
+        if unknown:
+            raise InputError(f"{cameras_file}: {len(unknown)} video(s) not found under {root}: "
+                             f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+        return {v.stem: cameras[v.stem] for v in videos if v.stem in cameras}
     pattern = re.compile(camera_pattern, re.IGNORECASE)
-    tagged = [(v, _camera_of(v, root, cameras, pattern)) for v in videos]
+    named = {v.stem: m.group(1) for v in videos if (m := pattern.search(v.relative_to(root).as_posix()))}
+    return named if len(named) == len(videos) else cameras_by_scene(videos)
+
+
+def _filter_camera(videos: list[Path], cameras: dict[str, str], camera: str | None, root: Path) -> list[Path]:
     if camera is None:
-        return tagged
-    if all(cam is None for _, cam in tagged):
-        where = cameras_file if cameras_file is not None else f"file names (pattern {camera_pattern!r})"
-        raise InputError(f"{root}: no camera id found in {where}; pass cameras_file=, camera_pattern= "
-                         f"or camera=None to keep every camera")
-    missing = sum(cam is None for _, cam in tagged)
+        return videos
+    missing = sum(v.stem not in cameras for v in videos)
     if missing:
-        logger.warning("%d of %d videos have no camera id and are left out", missing, len(tagged))
-    kept = [(v, cam) for v, cam in tagged if cam is not None and _same_camera(cam, camera)]
+        logger.warning("%d of %d videos have no camera id and are left out", missing, len(videos))
+    kept = [v for v in videos if v.stem in cameras and _same_camera(cameras[v.stem], camera)]
     if not kept:
         raise InputError(f"{root}: no video from camera {camera!r}")
+    gone = sorted({v.parent.name for v in videos} - {v.parent.name for v in kept})
+    if gone:
+        logger.warning("safe-unsafe: camera %s has no clip of class(es) %s; they are left out", camera, ", ".join(gone))
     return kept
 
 
-def load(root: Path, *, camera: str | None = "1", camera_pattern: str = DEFAULT_CAMERA_PATTERN,
-         cameras_file: Path | None = None, trim_file: Path | None = None,
-         frame_interval_s: float = FRAME_INTERVAL_S, train_fraction: float = 0.7, seed: int = 0,
-         unsafe_classes: Sequence[str] | None = None) -> DatasetSplit:
-    """The study's split of the Safe/Unsafe dataset under `root` (see the module docstring)."""
+def _published_part(video: Path) -> str:
+    part = video.parent.parent.name.lower()
+    if part not in ("train", "test"):
+        raise InputError(f"{video}: split=published needs the release's train/ and test/ folders above the class "
+                         "folder")
+    return part
+
+
+def load(root: Path, *, split: Literal["study", "published"] = "study", camera: str | None = "1",
+         camera_pattern: str = DEFAULT_CAMERA_PATTERN, cameras_file: Path | None = None,
+         trim_file: Path | None = None, frame_interval_s: float = FRAME_INTERVAL_S, train_fraction: float = 0.7,
+         seed: int = 0, unsafe_classes: Sequence[str] | None = None) -> DatasetSplit:
+    """The study's split (or the published one) of the Safe/Unsafe dataset under `root` (module docstring)."""
+    if split not in ("study", "published"):
+        raise InputError(f"safe-unsafe: split must be study or published, got {split!r}")
     if not frame_interval_s > 0:
         raise InputError(f"safe-unsafe: frame_interval_s must be > 0, got {frame_interval_s}")
     if not 0.0 < train_fraction < 1.0:
         raise InputError(f"safe-unsafe: train_fraction must be in (0, 1), got {train_fraction}")
     trims = read_trim_file(Path(trim_file)) if trim_file is not None else {}
-    videos = _filter_camera(_find_videos(root), root, None if camera is None else str(camera), cameras_file,
-                            camera_pattern)
+    found = _find_videos(root)
+    for video in found:  # every class folder must be readable before cameras are looked for
+        _is_unsafe(video.parent.name, unsafe_classes, video)
+    cameras = _camera_ids(found, root, cameras_file, camera_pattern)
+    videos = _filter_camera(found, cameras, None if camera is None else str(camera), root)
     safe: list[Clip] = []
     unsafe: list[Clip] = []
-    for video, cam in videos:
+    for video in videos:
         label = int(_is_unsafe(video.parent.name, unsafe_classes, video))
+        cam = cameras.get(video.stem)
         clip = clip_from_path(video, video.stem, stream_id("safe-unsafe", f"cam{cam}" if cam else "", video.stem),
                               label=label)
         clip.start_s, clip.end_s = trims.get(video.stem, (0.0, None))
@@ -167,11 +259,17 @@ def load(root: Path, *, camera: str | None = "1", camera_pattern: str = DEFAULT_
     if unused:
         logger.warning("trim list rows for %d videos not loaded (other camera or absent): %s", len(unused),
                        ", ".join(unused[:5]) + (" ..." if len(unused) > 5 else ""))
-    names = sorted(c.name for c in safe)
-    random.Random(seed).shuffle(names)
-    train_names = set(names[:math.floor(train_fraction * len(names) + 0.5)])  # half rounds up
+    if split == "published":
+        train_names = {c.name for c in safe if _published_part(c.path) == "train"}
+        test_names = {c.name for c in safe + unsafe if _published_part(c.path) == "test"}
+    else:
+        names = sorted(c.name for c in safe)
+        random.Random(seed).shuffle(names)
+        n_train = int(Decimal(str(train_fraction)) * len(names) + Decimal("0.5"))  # exact: half rounds up
+        train_names = set(names[:n_train])
+        test_names = {c.name for c in safe + unsafe} - train_names
     if not train_names:
         raise InputError(f"{root}: no safe video left for training ({len(safe)} safe videos found)")
     train = sorted((c for c in safe if c.name in train_names), key=lambda c: c.name)
-    test = sorted((c for c in safe + unsafe if c.name not in train_names), key=lambda c: c.name)
-    return DatasetSplit("safe-unsafe", train, test, 1.0 / frame_interval_s)
+    test = sorted((c for c in safe + unsafe if c.name in test_names), key=lambda c: c.name)
+    return DatasetSplit("safe-unsafe", train, test, 1.0 / frame_interval_s, cameras=cameras)
