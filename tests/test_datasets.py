@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from streamvad.cli import main
 from streamvad.datasets import iter_clip, load_dataset
 from streamvad.datasets.safe_unsafe import FRAME_INTERVAL_S
 from streamvad.datasets.synthetic import make_scene
@@ -213,8 +214,8 @@ def test_safe_unsafe_study_split_rounds_half_up(tmp_path: Path, tiny_video: Path
     assert len(load_dataset("safe-unsafe", tmp_path).train) == 123
 
 
-def test_safe_unsafe_bad_roots_and_camera_files_fail_with_one_line(tmp_path: Path, scenes: dict[str, list[Path]]
-                                                                    ) -> None:
+def test_safe_unsafe_bad_roots_and_camera_files_fail_with_one_line(
+        tmp_path: Path, scenes: dict[str, list[Path]], capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "empty" / "notes").mkdir(parents=True)
     (tmp_path / "empty" / "notes" / "._0_tr1.mp4").write_bytes(b"\x00")
     with pytest.raises(InputError, match=r"empty: no Safe/Unsafe class folder with videos under it"):
@@ -224,10 +225,15 @@ def test_safe_unsafe_bad_roots_and_camera_files_fail_with_one_line(tmp_path: Pat
     cams.write_text("video,camera\n0_tr1.mp4,1\n9_tr99,2\nghost,1\n")
     with pytest.raises(InputError, match=r"cams\.csv: 2 video\(s\) not found under .*: 9_tr99, ghost$"):
         load_dataset("safe-unsafe", root, cameras_file=cams)
+    for args in (["--root", str(tmp_path / "empty")],
+                 ["--root", str(root), "--dataset-option", f"cameras_file={cams}"]):
+        assert main(["fit", "--dataset", "safe-unsafe", *args, "--out", str(tmp_path / "m")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("streamvad: error: ")
 
 
 def _named_tree(root: Path, video: Path) -> Path:
-    """Clips whose file names carry their camera (cam1 / cam2), as a re-encoded copy might."""
+    """A copy whose files were renamed with their camera (cam1 / cam2): camera_pattern reads those."""
     base = root / RELEASE
     dests = [base / "train" / "4_safe_walkway" / f"4_tr{i}_cam1.mp4" for i in range(6)]
     dests += [base / "test" / "7_safe_carrying" / f"7_te{i}_cam1.mp4" for i in range(4)]
@@ -239,8 +245,19 @@ def _named_tree(root: Path, video: Path) -> Path:
     return base
 
 
+def _tiny_release(root: Path, video: Path) -> tuple[Path, Path]:
+    """A few clips under the release's real names (all one tiny video), with a cameras_file naming camera 1."""
+    names = {"train/4_safe_walkway": ["4_tr1", "4_tr2"], "test/0_safe_walkway_violation": ["0_te1", "0_te2"],
+             "train/2_opened_panel cover": ["2_tr1"]}
+    _place(video, *(root / RELEASE / folder / f"{n}.mp4" for folder, ns in names.items() for n in ns))
+    cams = root / "cameras.csv"
+    cams.write_text("video,camera\n" + "".join(f"{n},1\n" for ns in names.values() for n in ns))
+    return root, cams
+
+
 def test_safe_unsafe_frames_every_023_s_with_clip_label(tmp_path: Path, tiny_video: Path) -> None:
-    split = load_dataset("safe-unsafe", _named_tree(tmp_path, tiny_video))
+    root, cams = _tiny_release(tmp_path, tiny_video)
+    split = load_dataset("safe-unsafe", root, cameras_file=cams)
     clip = next(c for c in split.test if c.label == 1)
     frames = list(iter_clip(clip, split.sample_fps))
     assert [f.pts for f in frames] == pytest.approx([0.0, 0.3, 0.5, 0.7])  # 10 fps sampled every 0.23 s
@@ -273,19 +290,19 @@ def test_safe_unsafe_unknown_class_folder(tmp_path: Path, tiny_video: Path) -> N
 
 
 def test_safe_unsafe_trim_list(tmp_path: Path, tiny_video: Path) -> None:
-    root = _named_tree(tmp_path, tiny_video)
+    root, cams = _tiny_release(tmp_path, tiny_video)
     trim = tmp_path / "trim.csv"
-    trim.write_text("# seconds kept per video\nvideo,start_s,end_s\n0_te0_cam1.mp4,0.25,-0.15\n0_te1_cam1,,0.35\n")
-    split = load_dataset("safe-unsafe", root, trim_file=trim)
+    trim.write_text("# seconds kept per video\nvideo,start_s,end_s\n0_te1.mp4,0.25,-0.15\n0_te2,,0.35\n")
+    split = load_dataset("safe-unsafe", root, cameras_file=cams, trim_file=trim)
     clips = {c.name: c for c in split.test}
-    cut_both = list(iter_clip(clips["0_te0_cam1"], None))
+    cut_both = list(iter_clip(clips["0_te1"], None))
     assert [f.pts for f in cut_both] == pytest.approx([0.3, 0.4, 0.5, 0.6])  # [0.25, 0.8 - 0.15)
     assert [f.index for f in cut_both] == [0, 1, 2, 3]
-    assert len(list(iter_clip(clips["0_te1_cam1"], None))) == 4  # 0.0 .. 0.3
-    assert len(list(iter_clip(clips["2_tr1_cam1"], None))) == N_FRAMES  # untouched
-    trim.write_text("video,start_s,end_s\n0_te0_cam1,soon,\n")
+    assert len(list(iter_clip(clips["0_te2"], None))) == 4  # 0.0 .. 0.3
+    assert len(list(iter_clip(clips["2_tr1"], None))) == N_FRAMES  # untouched
+    trim.write_text("video,start_s,end_s\n0_te1,soon,\n")
     with pytest.raises(InputError, match=r"trim.csv:2: start_s must be a number"):
-        load_dataset("safe-unsafe", root, trim_file=trim)
+        load_dataset("safe-unsafe", root, cameras_file=cams, trim_file=trim)
 
 
 # ---------------------------------------------------------------- generic folder
