@@ -309,9 +309,9 @@ class NormalityModel:
             check_backbone(directory, man["backbone"], backbone)
         t, q, d = man["n_patches"] + 1, man["n_train"], man["dim"]
         arrays = {
-            "train": _load_npy(directory / "train.npy", (t, q, d)),
-            "clusters": _load_npy(directory / "clusters.npy", (t, q)),
-            "loc_dens": _load_npy(directory / "loc_dens.npy", (t, q)),
+            "train": _load_npy(directory / "train.npy", (t, q, d), "f"),
+            "clusters": _load_npy(directory / "clusters.npy", (t, q), "iu"),
+            "loc_dens": _load_npy(directory / "loc_dens.npy", (t, q), "f"),
             "sources": _load_sources(directory / "sources.json", q),
         }
         indexes = hnsw_index.load_all(directory / "hnsw", t, d, q) if man["index"] == "hnsw" else None
@@ -402,13 +402,19 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     return man
 
 
-def _load_npy(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+def _load_npy(path: Path, shape: tuple[int, ...], kinds: str) -> np.ndarray:
+    """The array, checked for shape, dtype kind (numpy's "f", "iu") and finite values."""
     try:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:
         raise InputError(f"{path}: cannot read ({err}); the model directory is incomplete or corrupt") from None
     if arr.shape != shape:
         raise InputError(f"{path}: shape {arr.shape}, the manifest expects {shape}; the model is corrupt")
+    if arr.dtype.kind not in kinds:
+        raise InputError(f"{path}: dtype {arr.dtype}, expected {'floats' if kinds == 'f' else 'integers'}; "
+                         "the model is corrupt")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():  # a NaN memory would load and never flag anything
+        raise InputError(f"{path}: holds NaN or infinite values; the model is corrupt")
     return arr
 
 

@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,6 +23,7 @@ from streamvad.compute import resolve_device
 from streamvad.config import BackboneConfig, ScoringConfig
 from streamvad.errors import ConfigError, InputError, ModelMismatchError
 from streamvad.motion import FusedScorer, MotionModel, MotionTracker
+from streamvad.scoring.integrity import digest_files, verify_files
 from streamvad.types import EmbeddingBatch, FeatureRequest, Frame, Verdict
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,12 @@ class ModelInfo:
     frame_max_side: int | None = None
     jpeg_quality: int | None = None
     holdout: tuple[str, ...] = ()  # names of the clips kept aside to calibrate (never trained on)
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> SHA-256 (scoring/integrity.py)
 
     def save(self, model_dir: Path) -> None:
+        """Written last by `fit`: it records the SHA-256 of every file the fit wrote before it."""
         model_dir.mkdir(parents=True, exist_ok=True)
+        self.files = digest_files(model_dir, MODEL_FILE)
         doc = {
             "format": MODEL_FORMAT,
             "kind": self.kind,
@@ -69,6 +73,7 @@ class ModelInfo:
             "frame_max_side": self.frame_max_side,
             "jpeg_quality": self.jpeg_quality,
             "holdout": list(self.holdout),
+            "files": self.files,
         }
         (model_dir / MODEL_FILE).write_text(json.dumps(doc, indent=2), encoding="utf-8")
 
@@ -79,14 +84,17 @@ class ModelInfo:
             raise InputError(f"{model_dir}: not a StreamVAD model directory (no {MODEL_FILE}; run `streamvad fit`)")
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(doc, dict):
+                raise InputError(f"{path}: expected a JSON object describing the model, got {type(doc).__name__}")
             if doc.get("format") != MODEL_FORMAT:
                 raise ModelMismatchError(
                     f"{path}: model format {doc.get('format')!r}, this StreamVAD reads format {MODEL_FORMAT}; refit "
                     f"it with `streamvad fit --out {model_dir} ...` on the camera's normal footage")
             return cls(str(doc["kind"]), BackboneConfig.model_validate(doc["backbone"]),
                        ScoringConfig.model_validate(doc["scoring"]), doc.get("sample_fps"),
-                       doc.get("frame_max_side"), doc.get("jpeg_quality"), tuple(map(str, doc.get("holdout", ()))))
-        except (json.JSONDecodeError, KeyError, ValueError) as err:
+                       doc.get("frame_max_side"), doc.get("jpeg_quality"), tuple(map(str, doc.get("holdout", ()))),
+                       {str(k): str(v) for k, v in dict(doc.get("files") or {}).items()})
+        except (json.JSONDecodeError, KeyError, ValueError, TypeError, AttributeError) as err:
             raise InputError(f"{path}: unreadable model description ({str(err).splitlines()[0]})") from None
 
 
@@ -161,6 +169,11 @@ def load_engine(
     for another model (a worker's cameras share one forward pass); the model is checked against it.
     """
     info = ModelInfo.load(model_dir)
+    if info.files:
+        verify_files(model_dir, info.files)
+    else:
+        log.warning("%s: no file checksums recorded (fitted by an older StreamVAD); refit it so that a modified or "
+                    "corrupt file is refused at load", model_dir)
     bb_cfg = info.backbone
     if backbone is not None:
         bb_cfg = BackboneConfig.model_validate({**bb_cfg.model_dump(), **backbone.model_dump(exclude_unset=True)})
