@@ -27,7 +27,7 @@ from streamvad.bench.throughput import _CLIP_FPS, _CLIP_SIZE, CAMERA_FPS, PLACE,
 from streamvad.config import BackboneConfig
 from streamvad.datasets.synthetic import make_scene
 from streamvad.normality.model import NormalityModel
-from streamvad.scoring.engine import MODEL_FILE, MOTION_DIR
+from streamvad.scoring.engine import MOTION_DIR, ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,9 @@ def grow_model(source: Path, out: Path, train_vectors: int, seed: int) -> Path:
     model.nnn = None  # the original k-NNN's tables would be the copied rows'; built on first use if asked for
     out.mkdir(parents=True)
     model.save(out / "normality", write_chroma=False)
-    shutil.copy(source / MODEL_FILE, out / MODEL_FILE)
     if (source / MOTION_DIR).is_dir():
         shutil.copytree(source / MOTION_DIR, out / MOTION_DIR)
+    ModelInfo.load(source).save(out)  # last: it records the checksums of the grown files
     return out
 
 
