@@ -21,7 +21,6 @@ import ipaddress
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,15 @@ from streamvad.backbones.base import Backbone
 from streamvad.config import CameraConfig, ScoringConfig, StreamVADConfig
 from streamvad.errors import ConfigError, StreamVADError
 from streamvad.normality.model import BACKBONE_KEYS
-from streamvad.scoring.engine import MODEL_FILE, Engine, FrameScorer, embed_frames, fitted_backbone, load_engine
+from streamvad.scoring.engine import (
+    MODEL_FILE,
+    Engine,
+    FrameScorer,
+    Timings,
+    embed_frames,
+    fitted_backbone,
+    load_engine,
+)
 from streamvad.types import FeatureRequest, Frame, Verdict
 
 log = logging.getLogger(__name__)
@@ -144,12 +151,6 @@ def check_models(cfg: StreamVADConfig, cameras: Sequence[CameraConfig]) -> dict[
     return paths
 
 
-@dataclass
-class FleetTimings:
-    embed_s: float = 0.0
-    score_s: float = 0.0
-
-
 class Fleet:
     """The models of one worker's cameras on one shared backbone.
 
@@ -173,7 +174,7 @@ class Fleet:
             except ValueError as err:
                 raise ConfigError(f"{path}: its detector needs {err}, which another camera's model also asks "
                                   "for; one forward pass cannot give both") from None
-        self.timings = FleetTimings()
+        self.timings = Timings()
 
     @classmethod
     def single(cls, engine: Engine, scorers: Mapping[str, FrameScorer] | None = None) -> Fleet:
@@ -206,7 +207,7 @@ class Fleet:
             groups.setdefault(id(scorer), (engine, scorer, []))[2].append(len(rows))
             rows.append(i)
         if not rows:
-            self.timings = FleetTimings()
+            self.timings = Timings()
             return out
         assert self.backbone is not None  # a fleet with an engine has its backbone
         t0 = time.perf_counter()
@@ -218,7 +219,7 @@ class Fleet:
                 sub.motion = engine.tracker.observe([frames[rows[j]] for j in members])
             for j, verdict in zip(members, scorer.score(sub), strict=True):
                 out[rows[j]] = verdict
-        self.timings = FleetTimings(t1 - t0, time.perf_counter() - t1)
+        self.timings = Timings(t1 - t0, time.perf_counter() - t1, len(rows))
         return out
 
     def model_bytes(self) -> dict[str, int]:
