@@ -84,6 +84,9 @@ class NormalityConfig(_Section):
     # model directory's name (the `fit --out` directory), so give each model its own name or prefix.
     chroma_prefix: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{1,62}$")
     holdout_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # normal frames kept aside for thresholds
+    # At most this many training frames in the appearance memory, chosen by greedy k-center over whole patch
+    # maps (normality/coreset.py): a worker streams each camera's memory once per batch. None: every frame.
+    max_train_frames: int | None = Field(None, ge=2)
     # Clip folds for calibration: every training clip is also scored by the memory without its fold, so
     # thresholds see thousands of normal frames as new footage, not only the held-out clips
     folds: int = Field(4, ge=2)

@@ -11,6 +11,7 @@ from streamvad.offline.demo import run_demo
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # a hang guard, not a speed target: about 3 min alone, twice that on a busy box
 def test_demo_fits_evaluates_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_demo(tmp_path, progress=False) == 0
     table = capsys.readouterr().out

@@ -14,7 +14,8 @@ from streamvad.datasets.synthetic import AnomalySpec, make_scene
 from streamvad.errors import ConfigError, InputError
 from streamvad.motion import FusedScorer, MotionModel, MotionTracker
 from streamvad.motion.flow import cell_motion, grey
-from streamvad.motion.model import calibrate_motion, k_center
+from streamvad.motion.model import calibrate_motion
+from streamvad.normality.coreset import k_center
 from streamvad.scoring.engine import load_engine
 from streamvad.types import Frame, MotionField
 from tests.test_worker import running_worker
@@ -109,7 +110,7 @@ def test_model_flags_a_fast_mover_a_wrong_way_walker_and_motion_off_the_path() -
 def test_k_center_keeps_rare_velocities_within_the_budget() -> None:
     rng = np.random.default_rng(1)
     points = np.r_[rng.normal(0, 0.01, (5000, 2)), [[1.0, 1.0]]]  # one rare, far velocity
-    kept = k_center(points, 32)
+    kept = points[k_center(points, 32)]
     assert len(kept) == 32 and np.isclose(kept, [1.0, 1.0]).all(1).any()
 
 

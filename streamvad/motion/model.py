@@ -26,6 +26,7 @@ import numpy as np
 
 from streamvad.config import MotionConfig
 from streamvad.errors import InputError
+from streamvad.normality.coreset import k_center
 from streamvad.scoring.folds import clip_folds
 from streamvad.types import MotionField
 
@@ -34,20 +35,6 @@ log = logging.getLogger(__name__)
 FILE = "motion.npz"
 META = "motion.json"
 _FLOOR = 0.25  # a cell's speed scale is at least this share of the site-wide typical speed
-
-
-def k_center(points: np.ndarray, budget: int) -> np.ndarray:
-    """Greedy k-center (PatchCore's coreset): `budget` rows of points [P, d] that cover all of them,
-    starting from the one nearest the mean, so the choice is deterministic."""
-    if len(points) <= budget:
-        return points
-    chosen = [int(np.argmin(((points - points.mean(0)) ** 2).sum(1)))]
-    dist = ((points - points[chosen[0]]) ** 2).sum(1)
-    for _ in range(budget - 1):
-        nxt = int(np.argmax(dist))
-        chosen.append(nxt)
-        dist = np.minimum(dist, ((points - points[nxt]) ** 2).sum(1))
-    return points[chosen]
 
 
 def _steps(cell: int, around: list[int], grid: tuple[int, int]) -> np.ndarray:
@@ -98,7 +85,7 @@ class MotionModel:
                 steps = _steps(cell, around, grid)[np.nonzero(active[:, around])[1]]
                 # the cell offset is a third coordinate, so a neighbour's velocity is a slightly worse match
                 points = np.c_[seen / scale[cell], cfg.neighbour_cost * steps]
-                cells.append(k_center(points.astype(np.float64), cfg.memory_per_cell).astype(np.float32))
+                cells.append(points[k_center(points.astype(np.float64), cfg.memory_per_cell)].astype(np.float32))
             else:
                 cells.append(np.zeros((1, 3), dtype=np.float32))
         width = max(len(c) for c in cells)

@@ -33,6 +33,7 @@ from streamvad.errors import ConfigError, InputError
 from streamvad.live.tamper import TamperMonitor
 from streamvad.motion import FusedScorer, MotionModel, MotionTracker
 from streamvad.motion.model import calibrate_motion
+from streamvad.normality.coreset import frame_coreset
 from streamvad.offline.event_metrics import ClipVerdicts, event_metrics
 from streamvad.overlay import overlay_heatmap, save_jpeg
 from streamvad.scoring.engine import KNNN, MOTION_DIR, Engine, FrameScorer, ModelInfo, embed_frames
@@ -193,10 +194,11 @@ def _fit_knnn(
     from streamvad.normality.model import NormalityModel
     from streamvad.scoring.knn import calibrate
 
+    memory = _memory_frames(train, cfg.normality.max_train_frames, cfg.normality.seed)
     model = NormalityModel.fit(
-        train.batch.global_, train.batch.patches, cfg.normality, sources=train.sources, backbone=backbone.manifest()
-    )
-    folds = [np.flatnonzero(f) for f in clip_folds(train.clip_ids, cfg.normality.folds)]
+        memory.batch.global_, memory.batch.patches, cfg.normality, sources=memory.sources,
+        backbone=backbone.manifest())
+    folds = [np.flatnonzero(f) for f in clip_folds(memory.clip_ids, cfg.normality.folds)]
     if len(held.sources) or folds:
         model.set_thresholds(calibrate(model, held.batch.global_, held.batch.patches, cfg.scoring, folds=folds))
     model.save(out / "normality")
@@ -204,6 +206,19 @@ def _fit_knnn(
     if train.batch.motion is not None:
         thresholds["motion"] = _fit_motion(cfg, backbone.grid, train, held, out / MOTION_DIR)
     return thresholds
+
+
+def _memory_frames(train: Embedded, cap: int | None, seed: int) -> Embedded:
+    """The training frames the appearance memory keeps: all, or a k-center coreset of `cap` of them (motion is
+    always fitted on every frame: its memory is capped per cell)."""
+    if cap is None or len(train.sources) <= cap:
+        return train
+    t0 = time.perf_counter()
+    keep = np.zeros(len(train.sources), dtype=bool)
+    keep[frame_coreset(train.batch.patches, cap, seed)] = True
+    log.info("normality: memory of %d of the %d training frames (k-center, normality.max_train_frames), chosen in "
+             "%.1f s", cap, len(keep), time.perf_counter() - t0)
+    return train.rows(keep)
 
 
 def _fit_motion(cfg: StreamVADConfig, grid: tuple[int, int], train: Embedded, held: Embedded, out: Path) -> float:
