@@ -181,10 +181,8 @@ def cameras_by_scene(videos: Sequence[Path]) -> dict[str, str]:
     # silhouette is scale-free (two sets of copies of one scene are two "perfect" clusters), so the scenes
     # must also differ: the RMS gap between the two mean backgrounds, in units of a thumbnail's own spread
     gap = float(np.linalg.norm(sig[labels == 0].mean(0) - sig[labels == 1].mean(0)) / np.sqrt(sig.shape[1]))
-    forklift = [np.mean([_class_number(v.parent.name) in _FORKLIFT_CLASSES for v, lab in zip(videos, labels,
-                                                                                              strict=True)
-                         if lab == k]) for k in (0, 1)]
-    second = int(np.argmax(forklift))
+    forklift = np.array([_class_number(v.parent.name) in _FORKLIFT_CLASSES for v in videos])
+    second = int(np.argmax([forklift[labels == k].mean() for k in (0, 1)]))
     if quality < _CLEAR_SILHOUETTE or gap < _CLEAR_GAP:
         logger.warning("safe-unsafe: the clips do not fall clearly into two scenes (silhouette %.2f, needs %.2f; "
                        "scene gap %.2f, needs %.2f); check the cameras.csv written beside the report and pass a "
@@ -242,14 +240,14 @@ def load(root: Path, *, split: Literal["study", "published"] = "study", camera: 
         raise InputError(f"safe-unsafe: train_fraction must be in (0, 1), got {train_fraction}")
     trims = read_trim_file(Path(trim_file)) if trim_file is not None else {}
     found = _find_videos(root)
-    for video in found:  # every class folder must be readable before cameras are looked for
-        _is_unsafe(video.parent.name, unsafe_classes, video)
+    # every class folder must be readable before cameras are looked for (that decodes every clip)
+    labels = {video: int(_is_unsafe(video.parent.name, unsafe_classes, video)) for video in found}
     cameras = _camera_ids(found, root, cameras_file, camera_pattern)
     videos = _filter_camera(found, cameras, None if camera is None else str(camera), root)
     safe: list[Clip] = []
     unsafe: list[Clip] = []
     for video in videos:
-        label = int(_is_unsafe(video.parent.name, unsafe_classes, video))
+        label = labels[video]
         cam = cameras.get(video.stem)
         clip = clip_from_path(video, video.stem, stream_id("safe-unsafe", f"cam{cam}" if cam else "", video.stem),
                               label=label)

@@ -71,8 +71,7 @@ def split_holdout(batches: Sequence[EmbeddingBatch], fraction: float, clip_ids: 
     whole clips when `clip_ids` names several, else the *last* `fraction` of the frames (neighbouring
     frames are near-duplicates, so random ones would calibrate on frames the model has all but seen).
     Both keep the batches' size, which detectors train on."""
-    rows = np.concatenate([np.arange(len(b)) for b in batches]) if batches else np.zeros(0, dtype=int)
-    ids = np.zeros(len(rows), dtype=int) if clip_ids is None else np.asarray(clip_ids)
+    ids = np.zeros(sum(len(b) for b in batches), dtype=int) if clip_ids is None else np.asarray(clip_ids)
     held = holdout_mask(ids, len(np.unique(ids)), fraction)
     if held.all():
         raise ConfigError(f"detector.holdout_fraction: {fraction} leaves no training frames of {len(held)}")

@@ -27,7 +27,7 @@ from typing import Any
 from streamvad.backbones.base import Backbone
 from streamvad.config import CameraConfig, ScoringConfig, StreamVADConfig
 from streamvad.errors import ConfigError, StreamVADError
-from streamvad.normality.model import BACKBONE_KEYS
+from streamvad.normality.model import BACKBONE_KEYS, backbone_differences
 from streamvad.scoring.engine import (
     MODEL_FILE,
     Engine,
@@ -142,8 +142,7 @@ def check_models(cfg: StreamVADConfig, cameras: Sequence[CameraConfig]) -> dict[
         if first is None:
             first = camera.id, path, identity
             continue
-        differ = [k for k in BACKBONE_KEYS if k in identity and k in first[2] and identity[k] != first[2][k]]
-        if differ:
+        if backbone_differences(identity, first[2]):
             raise ConfigError(
                 f"cameras.{camera.id}.model: {path} was fitted on backbone {_describe(identity)}, but camera "
                 f"{first[0]}'s model {first[1]} on {_describe(first[2])}; one worker runs one backbone, so refit "

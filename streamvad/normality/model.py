@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -69,12 +70,14 @@ def _describe(backbone: dict[str, Any]) -> str:
     return f"{name or '?'} (grid {backbone.get('grid', '?')}, D {backbone.get('dim', '?')})"
 
 
+def backbone_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """The identity fields (BACKBONE_KEYS) both backbone manifests state and in which they differ."""
+    return [k for k in BACKBONE_KEYS if k in a and k in b and _plain(a[k]) != _plain(b[k])]
+
+
 def check_backbone(directory: Path, fitted: dict[str, Any], configured: dict[str, Any]) -> None:
     """Raise ModelMismatchError if the backbones differ in any identity field both of them state."""
-    differ = [
-        k for k in BACKBONE_KEYS
-        if k in fitted and k in configured and _plain(fitted[k]) != _plain(configured[k])
-    ]
+    differ = backbone_differences(fitted, configured)
     if differ:
         raise ModelMismatchError(
             f"model {directory} was fitted with backbone {_describe(fitted)} but the configured backbone is "

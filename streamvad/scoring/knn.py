@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -115,18 +115,19 @@ class TokenScorer:
         rows = self._nearest(q, k, sq)
         return Search(q, gather_dists(self._train, rows[..., :1], q).squeeze(-1), rows)
 
-    def out_of_fold(self, rows: np.ndarray, exclude: np.ndarray) -> dict[str, TokenScores]:
-        """Scores of the training frames `rows` against the memory without the rows `exclude` (their
-        fold), by each CROSS_FIT method.
+    def out_of_fold(self, fold: np.ndarray, chunk: int = 64) -> Iterator[dict[str, TokenScores]]:
+        """Scores of the training frames `fold` against the memory without them, by each CROSS_FIT method,
+        `chunk` frames at a time.
 
         A training frame's nearest normal vector is itself, so its own score says nothing about new
         footage; with its whole fold (a group of clips) left out of the search it is scored as a new
         clip would be by the served model (same memory, same local densities).
         """
         sq = self._sq.clone()
-        sq[:, torch.from_numpy(exclude).to(self.device)] = math.inf
-        found = self._search(self.model.train[:, rows].transpose(1, 0, 2), 1, sq)
-        return {method: self._from_search(found, method) for method in CROSS_FIT}
+        sq[:, torch.from_numpy(fold).to(self.device)] = math.inf
+        for lo in range(0, len(fold), chunk):
+            found = self._search(self.model.train[:, fold[lo : lo + chunk]].transpose(1, 0, 2), 1, sq)
+            yield {method: self._from_search(found, method) for method in CROSS_FIT}
 
     def _nnn_scorer(self) -> NNNScorer:
         if self._nnn is None:
@@ -349,9 +350,9 @@ def calibrate(
         methods = [m for m in METHODS if _available_rules(tokens.model, m)]
         for lo in range(0, len(global_), chunk):
             add(tokens.scores_all(global_[lo : lo + chunk], patches[lo : lo + chunk], methods))
-        for rows in folds:
-            for lo in range(0, len(rows), chunk):
-                add(tokens.out_of_fold(rows[lo : lo + chunk], exclude=rows))
+        for fold in folds:
+            for by_method in tokens.out_of_fold(fold, chunk):
+                add(by_method)
     finally:
         if own:
             tokens.close()
