@@ -199,6 +199,44 @@ def test_safe_unsafe_published_split_keeps_the_release_folders(tmp_path: Path, s
     assert len(everything.train) == 8 and len(everything.test) == 8  # safe train clips of 4 classes; all tests
 
 
+def _hub_copy(root: Path, scenes: dict[str, list[Path]]) -> Path:
+    """The Hugging Face copy's shape: a FiftyOne export, samples.json beside data/, with opaque file names, class
+    labels in a Classification field (spelt without the number, in another case) and train/test tags."""
+    samples = []
+    for k, folder in enumerate(CLASSES):
+        camera = "2" if k in (3, 7) else "1"
+        for i, part in enumerate(("train", "train", "test")):
+            name = f"data/{len(samples):04d}.mp4"
+            _place(scenes[camera][(k + i) % 3], root / name)
+            label = folder.split("_", 1)[1].replace("_", " ").title()  # "Carrying Overload With Forklift"
+            samples.append({"_id": {"$oid": f"{len(samples):024x}"}, "filepath": name, "tags": [part],
+                            "_media_type": "video", "ground_truth": {"_cls": "Classification", "label": label}})
+    (root / "samples.json").write_text(json.dumps({"samples": samples}))
+    (root / "metadata.json").write_text(json.dumps({"name": "Safe_and_Unsafe_Behaviours"}))
+    return root
+
+
+def test_safe_unsafe_hugging_face_copy_reads_labels_and_parts_from_samples_json(
+        tmp_path: Path, scenes: dict[str, list[Path]]) -> None:
+    root = _hub_copy(tmp_path / "hub", scenes)
+    split = load_dataset("safe-unsafe", root, split="published", camera=None)
+    assert split.cameras == {f"{3 * k + i:04d}": "2" if k in (3, 7) else "1" for k in range(8) for i in range(3)}
+    # safe classes 4-7: their two train clips train; every class's test clip tests, labelled by its class
+    assert [c.name for c in split.train] == [f"{3 * k + i:04d}" for k in range(4, 8) for i in range(2)]
+    assert {c.name: c.label for c in split.test} == {f"{3 * k + 2:04d}": int(k < 4) for k in range(8)}
+    study = load_dataset("safe-unsafe", root)  # camera 1 by scene, as for the release
+    assert len(study.train) == 6 and sum(c.label for c in study.test) == 9
+    bad = json.loads((root / "samples.json").read_text())
+    bad["samples"][5]["ground_truth"]["label"] = "Juggling"
+    (root / "samples.json").write_text(json.dumps(bad))
+    with pytest.raises(InputError, match=r"samples\.json: samples\[5\]: class 'Juggling' is none of .*0005\.mp4"):
+        load_dataset("safe-unsafe", root)
+    bad["samples"][5]["filepath"] = "data/gone.mp4"
+    (root / "samples.json").write_text(json.dumps(bad))
+    with pytest.raises(InputError, match=r"samples\[5\]: filepath 'data/gone\.mp4' not found beside samples\.json"):
+        load_dataset("safe-unsafe", root)
+
+
 def test_safe_unsafe_scenes_that_cannot_be_told_apart_are_warned_about(
         tmp_path: Path, scenes: dict[str, list[Path]], caplog: pytest.LogCaptureFixture) -> None:
     root = _release_tree(tmp_path, scenes, one_scene=True)

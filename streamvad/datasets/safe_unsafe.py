@@ -10,6 +10,12 @@ video's class is its parent folder: a leading 0-3 means unsafe, 4-7 safe; folder
 are also understood, and `unsafe_classes` overrides both. Hidden and system files (`._*` left by macOS
 on exFAT drives, dotfiles, `Thumbs.db`) are skipped.
 
+The Hugging Face copy (`Voxel51/Safe_and_Unsafe_Behaviours`, a FiftyOne dataset) is read from its
+`samples.json` when one is found under `root`: each sample's `filepath` (relative to that file) is a clip,
+its class is the sample's classification label (the folder name with or without its number, any case or
+spacing), else the `<k>_` of the file name; its published part is a `train`/`test` tag, else the `tr`/`te`
+of the file name.
+
 Cameras. The release names no camera anywhere, although its clips come from two fixed cameras (the
 walkway and the forklift way) and the study keeps camera 1 only. A video's camera comes from
 `cameras_file` (CSV `video,camera`), else from `camera_pattern` when every file name carries one
@@ -35,13 +41,14 @@ end_s = that many seconds before the end. Lines starting with `#` are comments.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import random
 import re
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -56,6 +63,11 @@ logger = logging.getLogger(__name__)
 FRAME_INTERVAL_S = 0.23
 DEFAULT_CAMERA_PATTERN = r"cam(?:era)?[ _-]?0*(\d+)"
 _SYSTEM_FILES = {"thumbs.db", "desktop.ini"}
+CLASS_FOLDERS = ("0_safe_walkway_violation", "1_unauthorized_intervention", "2_opened_panel cover",
+                 "3_carrying_overload_with_forklift", "4_safe_walkway", "5_authorized_intervention",
+                 "6_closed_panel_cover", "7_safe_carrying")
+SAMPLES_FILE = "samples.json"  # a FiftyOne dataset export: the Hugging Face copy
+_RELEASE_NAME = re.compile(r"^(\d)_(tr|te)\d+$")  # <k>_tr<n> / <k>_te<n>
 _FORKLIFT_CLASSES = (3, 7)  # the study: only these were shot by the second camera
 _SIGNATURE_SIZE = (32, 18)  # thumbnail (w, h) of a clip's scene: 16:9 like the release
 _SIGNATURE_FRAMES = 5
@@ -128,17 +140,79 @@ def _hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts) or path.name.lower() in _SYSTEM_FILES
 
 
-def _find_videos(root: Path) -> list[Path]:
-    videos = sorted(p for p in root.rglob("*") if is_video(p) and not _hidden(p, root))
-    if not videos:
-        raise InputError(f"{root}: no Safe/Unsafe class folder with videos under it (expected the release's "
-                         "layout, e.g. .../train/4_safe_walkway/4_tr1.mp4)")
+def _unique(videos: Sequence[Path]) -> None:
     seen: dict[str, Path] = {}
     for v in videos:
         if v.stem in seen:
             raise InputError(f"{v}: video name {v.stem!r} also used by {seen[v.stem]} (names must be unique)")
         seen[v.stem] = v
-    return videos
+
+
+def _catalogue(root: Path) -> dict[Path, tuple[str, str]]:
+    """Every clip under `root` -> (its class folder name, its published part: "train", "test" or "")."""
+    manifests = sorted(p for p in root.rglob(SAMPLES_FILE) if not _hidden(p, root))
+    if manifests:
+        found = _from_samples(manifests[0])
+    else:
+        found = {p: (p.parent.name, p.parent.parent.name.lower())
+                 for p in sorted(root.rglob("*")) if is_video(p) and not _hidden(p, root)}
+    if not found:
+        raise InputError(f"{root}: no Safe/Unsafe class folder with videos under it (expected the release's "
+                         "layout, e.g. .../train/4_safe_walkway/4_tr1.mp4, or the Hugging Face copy's samples.json)")
+    _unique(list(found))
+    return found
+
+
+def _letters(name: str) -> str:
+    return re.sub(r"[^a-z]+", "_", name.lower()).strip("_")
+
+
+def _class_of_label(label: str) -> str | None:
+    """The class folder a label names: '4_safe_walkway', 'safe_walkway' and 'Safe Walkway' all name one."""
+    key = _letters(label)
+    return next((f for f in CLASS_FOLDERS if _letters(f) == key), key if key in ("safe", "unsafe") else None)
+
+
+def _sample_label(sample: dict[str, Any]) -> str | None:
+    """The sample's classification label: a FiftyOne Classification field (ground_truth first), or a string
+    `label` field."""
+    fields = [sample.get("ground_truth"), *(v for k, v in sample.items() if k != "ground_truth")]
+    for value in fields:
+        if isinstance(value, dict) and value.get("_cls") == "Classification" and isinstance(value.get("label"), str):
+            return str(value["label"])
+    return sample["label"] if isinstance(sample.get("label"), str) else None
+
+
+def _from_samples(path: Path) -> dict[Path, tuple[str, str]]:
+    """The clips a FiftyOne samples.json lists, each with its class and published part."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise InputError(f"{path}: unreadable samples file ({str(err).splitlines()[0]})") from None
+    samples = doc.get("samples") if isinstance(doc, dict) else None
+    if not isinstance(samples, list):
+        raise InputError(f"{path}: expected a FiftyOne export, an object with a 'samples' list")
+    out: dict[Path, tuple[str, str]] = {}
+    for i, sample in enumerate(samples):
+        where = f"{path}: samples[{i}]"
+        if not isinstance(sample, dict) or not isinstance(sample.get("filepath"), str):
+            raise InputError(f"{where}: expected an object with a 'filepath' string")
+        video = Path(sample["filepath"])
+        video = video if video.is_absolute() else path.parent / video
+        if not video.is_file():
+            raise InputError(f"{where}: filepath {sample['filepath']!r} not found beside {path.name}")
+        name = _RELEASE_NAME.match(video.stem)
+        label = _sample_label(sample)
+        folder = _class_of_label(label) if label is not None else None
+        if folder is None and name is not None:
+            folder = CLASS_FOLDERS[int(name.group(1))] if int(name.group(1)) < len(CLASS_FOLDERS) else None
+        if folder is None:
+            raise InputError(f"{where}: class {label!r} is none of {', '.join(CLASS_FOLDERS)}, and the file name "
+                             f"{video.name!r} is not <k>_tr<n> or <k>_te<n>")
+        tags = {str(t).lower() for t in sample.get("tags") or ()} & {"train", "test"}
+        part = tags.pop() if len(tags) == 1 else {"tr": "train", "te": "test"}[name.group(2)] if name else ""
+        out[video] = (folder, part)
+    return out
 
 
 def _class_number(folder: str) -> int | None:
@@ -167,7 +241,7 @@ def scene_signature(video: Path) -> np.ndarray:
     return (sig - sig.mean()) / (sig.std() + 1e-6)
 
 
-def cameras_by_scene(videos: Sequence[Path]) -> dict[str, str]:
+def cameras_by_scene(videos: Sequence[Path], classes: Sequence[str]) -> dict[str, str]:
     """Video name -> "1" or "2": two clusters of scene signatures; the one holding most forklift-class
     clips is camera 2 (the study: only classes 3 and 7 were shot by the second camera)."""
     logger.info("safe-unsafe: no camera ids in the file names; telling the %d clips' cameras apart by scene",
@@ -181,7 +255,7 @@ def cameras_by_scene(videos: Sequence[Path]) -> dict[str, str]:
     # silhouette is scale-free (two sets of copies of one scene are two "perfect" clusters), so the scenes
     # must also differ: the RMS gap between the two mean backgrounds, in units of a thumbnail's own spread
     gap = float(np.linalg.norm(sig[labels == 0].mean(0) - sig[labels == 1].mean(0)) / np.sqrt(sig.shape[1]))
-    forklift = np.array([_class_number(v.parent.name) in _FORKLIFT_CLASSES for v in videos])
+    forklift = np.array([_class_number(c) in _FORKLIFT_CLASSES for c in classes])
     second = int(np.argmax([forklift[labels == k].mean() for k in (0, 1)]))
     if quality < _CLEAR_SILHOUETTE or gap < _CLEAR_GAP:
         logger.warning("safe-unsafe: the clips do not fall clearly into two scenes (silhouette %.2f, needs %.2f; "
@@ -190,8 +264,10 @@ def cameras_by_scene(videos: Sequence[Path]) -> dict[str, str]:
     return {v.stem: "2" if lab == second else "1" for v, lab in zip(videos, labels, strict=True)}
 
 
-def _camera_ids(videos: list[Path], root: Path, cameras_file: Path | None, camera_pattern: str) -> dict[str, str]:
+def _camera_ids(catalogue: dict[Path, tuple[str, str]], root: Path, cameras_file: Path | None,
+                camera_pattern: str) -> dict[str, str]:
     """Video name -> camera id: from `cameras_file`, else from the names when all carry one, else by scene."""
+    videos = list(catalogue)
     if cameras_file is not None:
         cameras = read_cameras_file(Path(cameras_file))
         unknown = sorted(set(cameras) - {v.stem for v in videos})
@@ -201,10 +277,12 @@ def _camera_ids(videos: list[Path], root: Path, cameras_file: Path | None, camer
         return {v.stem: cameras[v.stem] for v in videos if v.stem in cameras}
     pattern = re.compile(camera_pattern, re.IGNORECASE)
     named = {v.stem: m.group(1) for v in videos if (m := pattern.search(v.relative_to(root).as_posix()))}
-    return named if len(named) == len(videos) else cameras_by_scene(videos)
+    return named if len(named) == len(videos) else cameras_by_scene(videos, [catalogue[v][0] for v in videos])
 
 
-def _filter_camera(videos: list[Path], cameras: dict[str, str], camera: str | None, root: Path) -> list[Path]:
+def _filter_camera(catalogue: dict[Path, tuple[str, str]], cameras: dict[str, str], camera: str | None,
+                   root: Path) -> list[Path]:
+    videos = list(catalogue)
     if camera is None:
         return videos
     missing = sum(v.stem not in cameras for v in videos)
@@ -213,17 +291,17 @@ def _filter_camera(videos: list[Path], cameras: dict[str, str], camera: str | No
     kept = [v for v in videos if v.stem in cameras and _same_camera(cameras[v.stem], camera)]
     if not kept:
         raise InputError(f"{root}: no video from camera {camera!r}")
-    gone = sorted({v.parent.name for v in videos} - {v.parent.name for v in kept})
+    gone = sorted({catalogue[v][0] for v in videos} - {catalogue[v][0] for v in kept})
     if gone:
         logger.warning("safe-unsafe: camera %s has no clip of class(es) %s; they are left out", camera, ", ".join(gone))
     return kept
 
 
-def _published_part(video: Path) -> str:
-    part = video.parent.parent.name.lower()
+def _published_part(video: Path, catalogue: dict[Path, tuple[str, str]]) -> str:
+    part = catalogue[video][1]
     if part not in ("train", "test"):
         raise InputError(f"{video}: split=published needs the release's train/ and test/ folders above the class "
-                         "folder")
+                         "folder (or a train/test tag in samples.json)")
     return part
 
 
@@ -239,11 +317,11 @@ def load(root: Path, *, split: Literal["study", "published"] = "study", camera: 
     if not 0.0 < train_fraction < 1.0:
         raise InputError(f"safe-unsafe: train_fraction must be in (0, 1), got {train_fraction}")
     trims = read_trim_file(Path(trim_file)) if trim_file is not None else {}
-    found = _find_videos(root)
-    # every class folder must be readable before cameras are looked for (that decodes every clip)
-    labels = {video: int(_is_unsafe(video.parent.name, unsafe_classes, video)) for video in found}
-    cameras = _camera_ids(found, root, cameras_file, camera_pattern)
-    videos = _filter_camera(found, cameras, None if camera is None else str(camera), root)
+    catalogue = _catalogue(root)
+    # every class must be readable before cameras are looked for (that decodes every clip)
+    labels = {video: int(_is_unsafe(folder, unsafe_classes, video)) for video, (folder, _) in catalogue.items()}
+    cameras = _camera_ids(catalogue, root, cameras_file, camera_pattern)
+    videos = _filter_camera(catalogue, cameras, None if camera is None else str(camera), root)
     safe: list[Clip] = []
     unsafe: list[Clip] = []
     for video in videos:
@@ -258,8 +336,8 @@ def load(root: Path, *, split: Literal["study", "published"] = "study", camera: 
         logger.warning("trim list rows for %d videos not loaded (other camera or absent): %s", len(unused),
                        ", ".join(unused[:5]) + (" ..." if len(unused) > 5 else ""))
     if split == "published":
-        train_names = {c.name for c in safe if _published_part(c.path) == "train"}
-        test_names = {c.name for c in safe + unsafe if _published_part(c.path) == "test"}
+        train_names = {c.name for c in safe if _published_part(c.path, catalogue) == "train"}
+        test_names = {c.name for c in safe + unsafe if _published_part(c.path, catalogue) == "test"}
     else:
         names = sorted(c.name for c in safe)
         random.Random(seed).shuffle(names)
