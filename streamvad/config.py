@@ -127,6 +127,9 @@ class ScoringConfig(_Section):
     # fused: a frame is anomalous when its appearance OR its motion passes its calibrated threshold;
     # appearance / motion: one of the two alone (motion needs a model fitted with normality.motion).
     motion: Literal["fused", "appearance", "motion"] = "fused"
+    # a frame's score is the mean over this many seconds of its camera's stream; 0 (the default): each frame
+    # alone. Opt-in: it helps long anomalies and costs short ones (scoring/smoothing.py)
+    smooth_s: float = Field(0.0, ge=0.0, le=10.0)
 
 
 class SamplingConfig(_Section):

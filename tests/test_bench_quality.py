@@ -31,6 +31,7 @@ from streamvad.bench.quality import (
 from streamvad.config import NormalityConfig, ScoringConfig
 from streamvad.datasets.synthetic import AnomalySpec, make_scene
 from streamvad.detectors.config import GeneralADConfig, S2VADConfig, UniformalyConfig
+from streamvad.types import EmbeddingBatch, FrameKey
 
 GRID = (2, 3)
 N, D, FRAMES = 6, 8, 12
@@ -51,17 +52,21 @@ def features(clips: int, seed: int, anomalous_from: int | None = None) -> Featur
         labels = (np.arange(q) % FRAMES >= anomalous_from).astype(np.int64)
         x[labels == 1, :2] += 3.0  # global token and patch 0
     patches = x[:, 1:]
-    return Features(x[:, 0].copy(), patches.copy(), {1: patches.copy(), 2: (0.5 * patches).copy()}, GRID,
-                    np.repeat(np.arange(clips), FRAMES), labels)
+    return Features(batch(x[:, 0].copy(), patches.copy()), np.repeat(np.arange(clips), FRAMES), labels)
+
+
+def batch(global_: np.ndarray, patches: np.ndarray) -> EmbeddingBatch:
+    """Rows as a backbone gives them, with two intermediate layers for the detectors."""
+    keys = [FrameKey("toy", i, float(i)) for i in range(len(global_))]
+    return EmbeddingBatch(keys, global_, patches, GRID, layers={1: patches.copy(), 2: 0.5 * patches})
 
 
 def cutpaste_set(test: Features) -> CutPaste:
     rows = normal_rows(test.labels, 4)
     pasted = test.rows(rows)
-    shifted = pasted.patches.copy()
+    shifted = pasted.batch.patches.copy()
     shifted[:, 0] += 3.0
-    feats = Features(pasted.global_, shifted, {1: shifted, 2: 0.5 * shifted}, GRID, np.arange(len(rows)),
-                     np.ones(len(rows), dtype=np.int64))
+    feats = Features(batch(pasted.batch.global_, shifted), np.arange(len(rows)), np.ones(len(rows), dtype=np.int64))
     masks = np.zeros((len(rows), *PIXELS), dtype=bool)
     masks[:, :6, :6] = True  # exactly patch 0
     return CutPaste(feats, masks, rows)
@@ -103,8 +108,12 @@ def test_cache_round_trip_and_invalidation(tmp_path: Path) -> None:
     meta = {"backbone": {"name": "toy"}, "layers": [1, 2], "clips": ["01", "02"]}
     f.save(tmp_path / "test", meta)
     back = Features.load(tmp_path / "test", meta)
-    assert back is not None and back.grid == GRID and sorted(back.layers) == [1, 2]
-    np.testing.assert_array_equal(back.patches, f.patches)
+    assert back is not None and back.grid == GRID and sorted(back.batch.layers) == [1, 2]
+    np.testing.assert_array_equal(back.batch.patches, f.batch.patches)
+    np.testing.assert_array_equal(back.batch.layers[2], f.batch.layers[2])
+    rows = back.rows(np.array([3, 0]))
+    np.testing.assert_array_equal(rows.batch.global_, f.batch.global_[[3, 0]])
+    assert rows.batch.patches.flags.writeable  # rows of the memory map are copies torch can take
     np.testing.assert_array_equal(back.labels, f.labels)
     assert Features.load(tmp_path / "test", {**meta, "clips": ["01"]}) is None  # other settings: re-embed
     assert Features.load(tmp_path / "missing", meta) is None

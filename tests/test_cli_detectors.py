@@ -59,3 +59,35 @@ def test_detector_fit_replay_eval(scene: Path, tmp_path: Path, name: str) -> Non
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["n_anomalous"] > 0 and 0.0 <= metrics["auroc"] <= 1.0
     assert list((report / "heatmaps").rglob("*.jpg"))  # overlays drawn from the detector's heatmap
+
+
+def test_a_detector_is_a_camera_model_like_a_knn_model(scene: Path, tmp_path: Path) -> None:
+    """One site, one backbone: camera "a" on a k-NN model and camera "b" on a UniFormaly detector, both fitted
+    through the same `fit`. The batch is embedded once (with the layers the detector asks for) and each camera
+    gets what its own model gives it alone."""
+    from streamvad.config import StreamVADConfig
+    from streamvad.live.fleet import load_fleet
+    from streamvad.scoring.engine import load_engine
+    from tests.test_worker import make_frame
+
+    cfg = tmp_path / "det.yaml"
+    cfg.write_text(DETECTOR_CONFIG.format(model=scene / "dinov2", name="uniformaly"))
+    knn, det = tmp_path / "knn", tmp_path / "det"
+    fit = ["fit", "--config", str(cfg), "--dataset", "folder", "--root", str(scene), "--no-progress"]
+    assert main([*fit, "--out", str(knn)]) == 0
+    assert main([*fit, "--detector", "uniformaly", "--out", str(det)]) == 0
+    site = StreamVADConfig.model_validate({
+        "backbone": {"name": "dinov2", "model": str(scene / "dinov2"), "image_size": [48, 64], "device": "cpu"},
+        "cameras": [{"id": "a", "url": "x.mp4", "model": str(knn)}, {"id": "b", "url": "y.mp4", "model": str(det)}]})
+    fleet = load_fleet(site, site.cameras)
+    calls = []
+    embed = fleet.backbone.embed
+    fleet.backbone.embed = lambda *a, **k: calls.append(k) or embed(*a, **k)  # type: ignore[method-assign]
+    frames = [make_frame(cam, i, seed=i) for i in range(3) for cam in ("a", "b")]
+    verdicts = fleet.score(frames)
+    assert len(calls) == 1 and calls[0]["layers"]  # one pass, carrying the detector's intermediate layers
+    for cam, model, rule in (("a", knn, "distance/topk"), ("b", det, "uniformaly")):
+        mine = [v for v in verdicts if v is not None and v.key.camera == cam]
+        ref = load_engine(model).process([f for f in frames if f.camera == cam])
+        assert len(mine) == 3 and all(v.decided_by.startswith(rule) for v in mine)
+        assert [v.raw_score for v in mine] == pytest.approx([v.raw_score for v in ref], rel=1e-5, abs=1e-6)

@@ -162,20 +162,23 @@ def test_fused_score_is_the_larger_of_appearance_and_motion_on_their_scales(moti
     assert max(m["raw_score"] for m in motion) > 1.0
 
 
-def test_live_worker_scores_motion_as_replay_does(motion_model: Path, tmp_path: Path) -> None:
-    """Frames sent by a real reader over ZeroMQ to a worker get the fused scores replay gives the same clip."""
+@pytest.mark.parametrize("smooth_s", [0.0, 0.5])
+def test_live_worker_scores_motion_as_replay_does(motion_model: Path, tmp_path: Path, smooth_s: float) -> None:
+    """Frames sent by a real reader over ZeroMQ to a worker get the fused scores replay gives the same clip,
+    frame by frame and smoothed over stream time (scoring.smooth_s) alike."""
     from streamvad.live.reader import run_reader
     from streamvad.offline.pipeline import clips_from_paths, replay
 
     clip = _scene(tmp_path, "walkway", [AnomalySpec("cyclist", 3.0, 8.0, seed=2)], seed=22)
-    engine = load_engine(motion_model)
+    scoring = load_engine(motion_model).info.scoring.model_copy(update={"smooth_s": smooth_s})
+    engine = load_engine(motion_model, scoring=scoring)
     with running_worker(engine, WorkerConfig(max_batch=4, max_wait_ms=200)) as (worker, _pusher, sub):
         run_reader(CameraConfig(id="walkway", url=str(clip), fps=4.0, realtime=False), worker.transport)
         live = {}
         while len(live) < 32 and (msg := sub.recv(10_000)) is not None:
             if msg.type == "verdict" and msg.verdict is not None:
                 live[msg.verdict.key.index] = (msg.verdict.raw_score, msg.verdict.motion_score)
-    offline = replay(load_engine(motion_model), clips_from_paths([clip]), sample_fps=4.0,
+    offline = replay(load_engine(motion_model, scoring=scoring), clips_from_paths([clip]), sample_fps=4.0,
                      progress=False).records["primary"]
     assert sorted(live) == [r["frame"] for r in offline] and len(offline) == 32
     assert [r["raw_score"] for r in offline] == pytest.approx([live[r["frame"]][0] for r in offline], abs=1e-5)

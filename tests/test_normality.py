@@ -111,6 +111,16 @@ def test_hdbscan_confidence_in_unit_range_and_higher_for_outliers() -> None:
     assert (cout == 1.0).all()  # noise has strength 0
 
 
+def test_hdbscan_on_a_short_enrolment_uses_the_sizes_the_footage_has(caplog: pytest.LogCaptureFixture) -> None:
+    x, _ = blobs(2, n=12, seed=5)  # 12 vectors, against the study's 40 / 40
+    clusterer = hdbscan_.fit_one(x, 40, 40)
+    assert clusterer.min_samples == 11 and clusterer.min_cluster_size == 12
+    assert "12 training vectors, fewer than min_samples 40" in caplog.text
+    assert hdbscan_.confidence(clusterer, x[:3]).shape == (3,)
+    with pytest.raises(InputError, match=r"normality\.hdbscan: 2 training frame\(s\); HDBSCAN needs at least 3"):
+        hdbscan_.fit_one(x[:2], 40, 40)
+
+
 def test_hnsw_and_dense_agree_on_nearest_neighbours() -> None:
     rng = np.random.default_rng(6)
     train = rng.normal(size=(3, 300, 8)).astype(np.float32)

@@ -27,7 +27,8 @@ from streamvad.bench.throughput import _CLIP_FPS, _CLIP_SIZE, CAMERA_FPS, PLACE,
 from streamvad.config import BackboneConfig
 from streamvad.datasets.synthetic import make_scene
 from streamvad.normality.model import NormalityModel
-from streamvad.scoring.engine import MOTION_DIR, ModelInfo
+from streamvad.scoring.engine import ModelInfo
+from streamvad.scoring.kinds import MOTION_DIR
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,8 @@ from streamvad.detectors.config import DetectorConfig
 from streamvad.detectors.cutpaste import attention_cutpaste
 from streamvad.errors import InputError
 from streamvad.offline.evaluation import auroc, average_precision, binary_metrics, threshold_from_normal
-from streamvad.offline.pipeline import embed_batches, holdout_mask
+from streamvad.offline.pipeline import embed_batches
+from streamvad.scoring.folds import holdout_mask
 from streamvad.transport import as_transported
 from streamvad.types import EmbeddingBatch, FeatureRequest, FrameKey
 
@@ -73,49 +74,46 @@ CACHE_FORMAT = 1
 
 @dataclass
 class Features:
-    """Cached embeddings of a set of frames, one row per frame, in clip order."""
+    """Cached embeddings of a set of frames, one row per frame in clip order: the batch the backbone gave,
+    and each row's clip and label."""
 
-    global_: np.ndarray  # [Q, D_global]
-    patches: np.ndarray  # [Q, N, D]
-    layers: dict[int, np.ndarray]  # block -> [Q, N, D_l]
-    grid: tuple[int, int]
+    batch: EmbeddingBatch
     clip_ids: np.ndarray  # [Q] clip index
     labels: np.ndarray  # [Q] 0/1 (normal training frames are 0)
 
     def __len__(self) -> int:
         return len(self.clip_ids)
 
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.batch.grid
+
     def rows(self, idx: np.ndarray) -> Features:
         idx = np.flatnonzero(idx) if idx.dtype == bool else idx
-        return Features(self.global_[idx], self.patches[idx], {k: v[idx] for k, v in self.layers.items()},
-                        self.grid, self.clip_ids[idx], self.labels[idx])
+        return Features(self.batch.select(idx), self.clip_ids[idx], self.labels[idx])
 
     def batches(self, size: int = 64) -> Iterator[EmbeddingBatch]:
-        """The rows as EmbeddingBatches, the currency every detector consumes."""
+        """The rows in batches of `size`, the currency every detector consumes; selecting copies, so rows
+        of a read-only memory map do not make torch warn on every batch."""
         for lo in range(0, len(self), size):
-            hi = min(lo + size, len(self))
-            keys = [FrameKey(f"clip{int(self.clip_ids[i])}", i, float(i)) for i in range(lo, hi)]
-            # np.array copies: rows of a read-only memory map would make torch warn on every batch
-            yield EmbeddingBatch(keys=keys, global_=np.array(self.global_[lo:hi]),
-                                 patches=np.array(self.patches[lo:hi]), grid=self.grid,
-                                 layers={k: np.array(v[lo:hi]) for k, v in self.layers.items()})
+            yield self.batch.select(range(lo, min(lo + size, len(self))))
 
     @classmethod
     def concat(cls, parts: Sequence[EmbeddingBatch], clip_ids: Sequence[int], labels: Sequence[int]) -> Features:
         if not parts:
             raise InputError("quality benchmark: no frames were embedded")
-        return cls(np.concatenate([p.global_ for p in parts]), np.concatenate([p.patches for p in parts]),
-                   {k: np.concatenate([p.layers[k] for p in parts]) for k in parts[0].layers}, parts[0].grid,
-                   np.asarray(clip_ids, dtype=np.int64), np.asarray(labels, dtype=np.int64))
+        return cls(EmbeddingBatch.concat(parts), np.asarray(clip_ids, dtype=np.int64),
+                   np.asarray(labels, dtype=np.int64))
 
     def save(self, folder: Path, meta: dict[str, Any]) -> None:
         """Arrays as .npy and `meta` (what produced them) as meta.json, written last: it marks completeness."""
         folder.mkdir(parents=True, exist_ok=True)
-        arrays = {"global": self.global_, "patches": self.patches, "clip_ids": self.clip_ids,
-                  "labels": self.labels, **{f"layer{k:02d}": v for k, v in self.layers.items()}}
+        b = self.batch
+        arrays = {"global": b.global_, "patches": b.patches, "clip_ids": self.clip_ids,
+                  "labels": self.labels, **{f"layer{k:02d}": v for k, v in b.layers.items()}}
         for name, arr in arrays.items():
             np.save(folder / f"{name}.npy", arr)
-        full = {**meta, "format": CACHE_FORMAT, "grid": list(self.grid), "layers": sorted(self.layers)}
+        full = {**meta, "format": CACHE_FORMAT, "grid": list(self.grid), "layers": sorted(b.layers)}
         (folder / "meta.json").write_text(json.dumps(full, indent=1, default=str), encoding="utf-8")
 
     @classmethod
@@ -133,8 +131,11 @@ class Features:
         def arr(name: str) -> np.ndarray:
             return np.load(folder / f"{name}.npy", mmap_mode="r")
 
-        return cls(arr("global"), arr("patches"), {int(k): arr(f"layer{int(k):02d}") for k in saved["layers"]},
-                   tuple(saved["grid"]), np.asarray(arr("clip_ids")), np.asarray(arr("labels")))
+        clip_ids = np.asarray(arr("clip_ids"))
+        keys = [FrameKey(f"clip{int(c)}", i, float(i)) for i, c in enumerate(clip_ids)]
+        batch = EmbeddingBatch(keys=keys, global_=arr("global"), patches=arr("patches"), grid=tuple(saved["grid"]),
+                               layers={int(k): arr(f"layer{int(k):02d}") for k in saved["layers"]})
+        return cls(batch, clip_ids, np.asarray(arr("labels")))
 
 
 @dataclass
@@ -269,8 +270,9 @@ def score_knnn(
     from streamvad.normality.model import NormalityModel
     from streamvad.scoring.knn import TokenScorer, TokenScores, aggregate
 
+    sources = [str(c) for c in train.clip_ids]
     model, fit_s = _timed(lambda: NormalityModel.fit(
-        np.asarray(train.global_), train.patches, settings.normality, sources=[str(c) for c in train.clip_ids],
+        np.asarray(train.batch.global_), train.batch.patches, settings.normality, sources=sources,
         backbone={**backbone, "grid": list(train.grid)}, progress=progress))
     tokens = TokenScorer(model)
     variants = {name: ScoringConfig.model_validate({**settings.scoring.model_dump(), **update, "frame_threshold": None})
@@ -282,7 +284,7 @@ def score_knnn(
         parts: dict[str, list[TokenScores]] = {m: [] for m in methods}
         gconf = []
         for lo in range(0, len(f), 64):
-            g, p = np.asarray(f.global_[lo:lo + 64]), np.asarray(f.patches[lo:lo + 64])
+            g, p = np.asarray(f.batch.global_[lo:lo + 64]), np.asarray(f.batch.patches[lo:lo + 64])
             for method, ts in tokens.scores_all(g, p, methods).items():
                 parts[method].append(ts)
             if 0 in model.hdbscan:

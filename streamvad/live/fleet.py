@@ -216,7 +216,7 @@ class Fleet:
             sub = batch.select(members)
             if engine.tracker is not None:
                 sub.motion = engine.tracker.observe([frames[rows[j]] for j in members])
-            for j, verdict in zip(members, scorer.score(sub), strict=True):
+            for j, verdict in zip(members, engine.smoother.apply(scorer.score(sub)), strict=True):
                 out[rows[j]] = verdict
         self.timings = Timings(t1 - t0, time.perf_counter() - t1, len(rows))
         return out

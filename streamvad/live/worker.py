@@ -58,15 +58,14 @@ def patch_mask(polygon: Polygon, grid: tuple[int, int]) -> np.ndarray:
 
 def camera_scorers(fleet: Fleet, masks: Mapping[str, Polygon]) -> dict[str, FrameScorer]:
     """One scorer per masked camera, sharing its model with the camera's unmasked scorer."""
-    from streamvad.motion import FusedScorer
-    from streamvad.scoring.knn import Scorer
+    from streamvad.motion.fusion import MaskableScorer
 
     out: dict[str, FrameScorer] = {}
     for camera, polygon in masks.items():
         engine = fleet.engine(camera)
         if engine is None:  # learning: nothing to mask yet
             continue
-        if not isinstance(engine.scorer, Scorer | FusedScorer):
+        if not isinstance(engine.scorer, MaskableScorer):
             raise ConfigError(f"cameras.{camera}.mask: camera masks need a k-NNN model, but {engine.info.kind!r} "
                               "detector models score whole frames; remove the mask or give the camera a k-NNN model")
         mask = patch_mask(polygon, engine.backbone.grid)

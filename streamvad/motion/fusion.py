@@ -10,7 +10,7 @@ fit reports what the hold-out actually gives.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -20,7 +20,10 @@ from streamvad.types import EmbeddingBatch, Verdict
 Mode = Literal["fused", "motion"]
 
 
+@runtime_checkable
 class MaskableScorer(Protocol):
+    """A scorer of patches, which a camera's mask can restrict (the k-NN scorer and its fusion with motion)."""
+
     mask: np.ndarray
 
     def score(self, batch: EmbeddingBatch) -> list[Verdict]: ...

@@ -22,7 +22,19 @@ log = logging.getLogger(__name__)
 
 
 def fit_one(x: np.ndarray, min_cluster_size: int, min_samples: int) -> hdbscan.HDBSCAN:
-    """HDBSCAN on one token's vectors [Q, D], keeping the data approximate prediction needs."""
+    """HDBSCAN on one token's vectors [Q, D], keeping the data approximate prediction needs.
+
+    A short enrolment can hold fewer vectors than the configured sizes; they are then cut to what the
+    footage has (hdbscan itself would fail deep inside its neighbour search), with a warning.
+    """
+    if len(x) < 3:
+        raise InputError(f"normality.hdbscan: {len(x)} training frame(s); HDBSCAN needs at least 3 (fit on more "
+                         "footage, or set normality.hdbscan to none)")
+    if min_samples >= len(x) or min_cluster_size > len(x):
+        log.warning("HDBSCAN: %d training vectors, fewer than min_samples %d / min_cluster_size %d; using %d / %d "
+                    "(fit on more footage for the configured sizes)", len(x), min_samples, min_cluster_size,
+                    min(min_samples, len(x) - 1), min(min_cluster_size, len(x)))
+        min_samples, min_cluster_size = min(min_samples, len(x) - 1), min(min_cluster_size, len(x))
     clusterer = hdbscan.HDBSCAN(
         min_cluster_size=min_cluster_size,
         min_samples=min_samples,

@@ -19,25 +19,22 @@ from tqdm import tqdm
 
 from streamvad.backbones.base import Backbone
 from streamvad.backbones.registry import build_backbone
-from streamvad.compute import resolve_device
 from streamvad.config import (
     EventsConfig,
     MotionConfig,
-    ScoringConfig,
     StreamVADConfig,
     TamperConfig,
     TransportConfig,
 )
 from streamvad.datasets.base import Clip, iter_clip
-from streamvad.errors import ConfigError, InputError
+from streamvad.errors import InputError
 from streamvad.live.tamper import TamperMonitor
-from streamvad.motion import FusedScorer, MotionModel, MotionTracker
-from streamvad.motion.model import calibrate_motion
-from streamvad.normality.coreset import frame_coreset
+from streamvad.motion import MotionTracker
 from streamvad.offline.event_metrics import ClipVerdicts, event_metrics
 from streamvad.overlay import overlay_heatmap, save_jpeg
-from streamvad.scoring.engine import KNNN, MOTION_DIR, Engine, FrameScorer, ModelInfo, embed_frames
-from streamvad.scoring.folds import clip_folds, holdout_mask
+from streamvad.scoring.engine import Engine, FrameScorer, ModelInfo, embed_frames
+from streamvad.scoring.kinds import KNNN, model_kind
+from streamvad.scoring.smoothing import Smoother
 from streamvad.sources.images import list_images
 from streamvad.transport import as_transported
 from streamvad.types import EmbeddingBatch, FeatureRequest, Frame, Verdict
@@ -138,11 +135,11 @@ def embed_clips(backbone: Backbone, clips: Sequence[Clip], sample_fps: float | N
             batch.motion = tracker.observe(frames)
         batches.append(batch)
     if not batches:
-        raise _no_frames(clips)
+        raise no_frames(clips)
     return Embedded(EmbeddingBatch.concat(batches), np.asarray(clip_ids), sources)
 
 
-def _no_frames(clips: Sequence[Clip]) -> InputError:
+def no_frames(clips: Sequence[Clip]) -> InputError:
     return InputError(f"no frames could be read from {', '.join(str(c.path) for c in clips)}")
 
 
@@ -172,132 +169,17 @@ def fit(
     """Fit a k-NNN normality model (default) or an image detector on normal clips and save it to `out`."""
     t0 = time.perf_counter()
     backbone = build_backbone(cfg.backbone)
-    kind = detector or KNNN
-    if kind == KNNN:
-        motion = cfg.normality.motion if cfg.normality.motion.enabled else None
-        embedded = embed_clips(backbone, clips, sample_fps, transport=cfg.transport, progress=progress, motion=motion)
-        hold = holdout_mask(embedded.clip_ids, len(clips), cfg.normality.holdout_fraction)
-        train, held = embedded.rows(~hold), embedded.rows(hold)
-        thresholds = _fit_knnn(cfg, backbone, train, held, out, progress)
-        n_train, n_held = len(train.sources), len(held.sources)
-        holdout = tuple(clips[i].name for i in np.unique(held.clip_ids)) if len(clips) > 1 else ()
-    else:
-        thresholds, n_train, n_held, holdout = _fit_detector(cfg, kind, backbone, clips, sample_fps, out, progress)
-    ModelInfo(kind, cfg.backbone, cfg.scoring, sample_fps, cfg.transport.frame_max_side,
-              cfg.transport.jpeg_quality, holdout).save(out)
-    return FitResult(out, kind, n_train, n_held, thresholds, time.perf_counter() - t0)
-
-
-def _fit_knnn(
-    cfg: StreamVADConfig, backbone: Backbone, train: Embedded, held: Embedded, out: Path, progress: bool
-) -> dict[str, float]:
-    from streamvad.normality.model import NormalityModel
-    from streamvad.scoring.knn import calibrate
-
-    memory = _memory_frames(train, cfg.normality.max_train_frames, cfg.normality.seed)
-    model = NormalityModel.fit(
-        memory.batch.global_, memory.batch.patches, cfg.normality, sources=memory.sources,
-        backbone=backbone.manifest())
-    folds = [np.flatnonzero(f) for f in clip_folds(memory.clip_ids, cfg.normality.folds)]
-    if len(held.sources) or folds:
-        model.set_thresholds(calibrate(model, held.batch.global_, held.batch.patches, cfg.scoring, folds=folds))
-    model.save(out / "normality")
-    thresholds = dict(model.thresholds)
-    if train.batch.motion is not None:
-        thresholds["motion"] = _fit_motion(cfg, backbone.grid, train, held, out / MOTION_DIR)
-    return thresholds
-
-
-def _memory_frames(train: Embedded, cap: int | None, seed: int) -> Embedded:
-    """The training frames the appearance memory keeps: all, or a k-center coreset of `cap` of them (motion is
-    always fitted on every frame: its memory is capped per cell)."""
-    if cap is None or len(train.sources) <= cap:
-        return train
-    t0 = time.perf_counter()
-    keep = np.zeros(len(train.sources), dtype=bool)
-    keep[frame_coreset(train.batch.patches, cap, seed)] = True
-    log.info("normality: memory of %d of the %d training frames (k-center, normality.max_train_frames), chosen in "
-             "%.1f s", cap, len(keep), time.perf_counter() - t0)
-    return train.rows(keep)
-
-
-def _fit_motion(cfg: StreamVADConfig, grid: tuple[int, int], train: Embedded, held: Embedded, out: Path) -> float:
-    """Fit the motion part on the training frames and calibrate it on every normal frame it was not fitted on."""
-    t0 = time.perf_counter()
-    mcfg = cfg.normality.motion
-    motion, held_motion = train.batch.motion, held.batch.motion
-    assert motion is not None
-    model = MotionModel.fit(motion, grid, mcfg)
-    extra = [] if held_motion is None else [model.score(held_motion)[held_motion.valid]]
-    model.threshold, _ = calibrate_motion(motion, train.clip_ids, grid, mcfg,
-                                          cfg.scoring.calibration_quantile, cfg.normality.folds, extra)
-    model.save(out)
-    log.info("motion: threshold %.3f (quantile %.3f of out-of-fold and held-out normal frames), fitted in %.1f s",
-             model.threshold, cfg.scoring.calibration_quantile, time.perf_counter() - t0)
-    return model.threshold
-
-
-def _fit_detector(
-    cfg: StreamVADConfig,
-    name: str,
-    backbone: Backbone,
-    clips: Sequence[Clip],
-    sample_fps: float | None,
-    out: Path,
-    progress: bool,
-) -> tuple[dict[str, float], int, int, tuple[str, ...]]:
-    from streamvad.detectors import build_detector, fit_and_calibrate
-    from streamvad.detectors.config import DetectorConfig
-
-    dcfg = cfg.detector or DetectorConfig(name=name)
-    det = build_detector(name, dcfg, num_layers=backbone.num_layers, device=resolve_device(cfg.backbone.device),
-                         backbone_manifest=backbone.manifest())
-    batches, clip_ids = [], []
-    for ci, _, batch in embed_batches(backbone, clips, sample_fps, request=det.requirements(),
-                                      transport=cfg.transport, progress=progress):
-        batches.append(batch)
-        clip_ids.extend([ci] * len(batch))
-    if not batches:
-        raise _no_frames(clips)
-    ids = np.asarray(clip_ids)
-    threshold = fit_and_calibrate(det, batches, clip_ids=ids, holdout_fraction=dcfg.holdout_fraction,
-                                  quantile=dcfg.calibration_quantile, progress=progress)
-    det.save(out / "detector")
-    hold = holdout_mask(ids, len(clips), dcfg.holdout_fraction)
-    holdout = tuple(clips[i].name for i in np.unique(ids[hold])) if len(clips) > 1 else ()
-    return {"threshold": float(threshold)}, int((~hold).sum()), int(hold.sum()), holdout
+    kind = model_kind(detector or KNNN)
+    fitted = kind.fit(cfg, backbone, clips, sample_fps, out, progress)
+    ModelInfo(kind.name, cfg.backbone, cfg.scoring, sample_fps, cfg.transport.frame_max_side,
+              cfg.transport.jpeg_quality, fitted.holdout).save(out)
+    return FitResult(out, kind.name, fitted.n_train, fitted.n_holdout, fitted.thresholds, time.perf_counter() - t0)
 
 
 def rule_variants(engine: Engine, names: Sequence[str]) -> dict[str, FrameScorer]:
-    """Scorers for several decision rules sharing the engine's fitted model (k-NNN models only).
-
-    Names are "rule" or "method/rule" (e.g. "majority", "topk", "hdbscan/global") for appearance alone,
-    "method/rule+motion" fused with the model's motion part, and "motion" for motion alone. Embedding
-    once and scoring several ways is how one evaluation compares them.
-    """
-    if engine.info.kind != KNNN:
-        return {engine.info.kind: engine.scorer}
-    from streamvad.scoring.knn import Scorer
-
-    fused = engine.scorer if isinstance(engine.scorer, FusedScorer) else None
-    base = engine.scorer if fused is None else fused.appearance
-    assert isinstance(base, Scorer)
-    out: dict[str, FrameScorer] = {}
-    for name in names:
-        appearance, plus, _ = name.partition("+motion")
-        if (plus or name == "motion") and fused is None:
-            raise ConfigError(f"--rules: {name!r} needs a model fitted with motion (normality.motion)")
-        if name == "motion" and fused is not None:
-            out[name] = FusedScorer(base, fused.motion, "motion")
-            continue
-        method, _, rule = appearance.rpartition("/")
-        update: dict[str, Any] = {"rule": rule, "frame_threshold": None}
-        if method:
-            update["method"] = method
-        cfg = ScoringConfig.model_validate({**base.cfg.model_dump(), **update})
-        scorer = Scorer(base.model, cfg, mask=base.mask, tokens=base.tokens)
-        out[name] = FusedScorer(scorer, fused.motion) if plus and fused is not None else scorer
-    return out
+    """Scorers for several decision rules sharing the engine's fitted model (see each ModelKind's `variants`):
+    embedding once and scoring several ways is how one evaluation compares them."""
+    return model_kind(engine.info.kind).variants(engine, names)
 
 
 def verdict_record(frame: Frame, v: Verdict) -> dict[str, Any]:
@@ -353,13 +235,14 @@ def replay(
     t0 = time.perf_counter()
     n = 0
     monitor = TamperMonitor(tamper or TamperConfig())
+    smoothers = {name: Smoother(engine.smooth_s) for name in scorers}  # each scorer's own window per camera
     try:
         wire = engine.info.frame_max_side, engine.info.jpeg_quality  # what the model was fitted on
         for read in batched(iter_frames(clips, sample_fps), backbone_batch(engine.backbone)):
             frames = [as_transported(f, *wire) for f in read]
             batch = engine.embed(frames)
             for name, scorer in scorers.items():
-                verdicts = scorer.score(batch)
+                verdicts = smoothers[name].apply(scorer.score(batch))
                 for frame, v in zip(frames, monitor.annotate(frames, verdicts) if name == primary else verdicts,
                                     strict=True):
                     rec = verdict_record(frame, v)

@@ -21,17 +21,17 @@ from streamvad.backbones.base import Backbone
 from streamvad.backbones.registry import build_backbone
 from streamvad.compute import resolve_device
 from streamvad.config import BackboneConfig, ScoringConfig
-from streamvad.errors import ConfigError, InputError, ModelMismatchError
-from streamvad.motion import FusedScorer, MotionModel, MotionTracker
+from streamvad.errors import InputError, ModelMismatchError
+from streamvad.motion import FusedScorer, MotionTracker
 from streamvad.scoring.integrity import digest_files, verify_files
+from streamvad.scoring.kinds import model_kind
+from streamvad.scoring.smoothing import Smoother
 from streamvad.types import EmbeddingBatch, FeatureRequest, Frame, Verdict
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.json"
 MODEL_FORMAT = 1
-KNNN = "knnn"
-MOTION_DIR = "motion"
 
 
 class FrameScorer(Protocol):
@@ -108,19 +108,22 @@ class Timings:
 
 
 class Engine:
-    """Backbone + scorer (+ the per-camera motion tracker when the model has a motion part).
+    """Backbone + scorer (+ the per-camera motion tracker when the model has a motion part) + the
+    per-camera smoother of scores over stream time.
 
-    `process` is the only method the rest of the system calls. `embed` is stateful when there is a
-    tracker: each camera's frames must come in stream order, as they do in the worker and in replay.
+    `embed` is stateful when there is a tracker, and `smoother` always is: each camera's frames must come
+    in stream order, as they do in the worker and in replay.
     """
 
     def __init__(self, backbone: Backbone, scorer: FrameScorer, request: FeatureRequest, info: ModelInfo,
-                 tracker: MotionTracker | None = None):
+                 tracker: MotionTracker | None = None, smooth_s: float = 0.0):
         self.backbone = backbone
         self.scorer = scorer
         self.request = request
         self.info = info
         self.tracker = tracker
+        self.smooth_s = smooth_s
+        self.smoother = Smoother(smooth_s)
         self.timings = Timings()
 
     def embed(self, frames: Sequence[Frame]) -> EmbeddingBatch:
@@ -147,7 +150,7 @@ class Engine:
         t0 = time.perf_counter()
         batch = self.embed(frames)
         t1 = time.perf_counter()
-        verdicts = self.scorer.score(batch)
+        verdicts = self.smoother.apply(self.scorer.score(batch))
         self.timings = Timings(t1 - t0, time.perf_counter() - t1, len(frames))
         return verdicts
 
@@ -179,54 +182,14 @@ def load_engine(
         bb_cfg = BackboneConfig.model_validate({**bb_cfg.model_dump(), **backbone.model_dump(exclude_unset=True)})
     net = net or build_backbone(bb_cfg)
     device = str(resolve_device(bb_cfg.device))  # the scorer runs where the backbone does
-    tracker: MotionTracker | None = None
-    if info.kind == KNNN:
-        from streamvad.normality.model import NormalityModel
-        from streamvad.scoring.knn import Scorer
-
-        cfg = scoring or info.scoring
-        model = NormalityModel.load(model_dir / "normality", backbone=net.manifest())
-        scorer: FrameScorer = Scorer(model, cfg, mask=mask, device=device)
-        request = FeatureRequest()
-        motion = _load_motion(model_dir, cfg, net.grid)
-        if motion is not None:
-            scorer = FusedScorer(scorer, motion, "motion" if cfg.motion == "motion" else "fused")
-            tracker = MotionTracker(net.grid, motion.cfg)
-    else:
-        from streamvad.detectors import load_detector
-
-        detector = load_detector(model_dir / "detector", device=device, backbone_manifest=net.manifest())
-        scorer, request = detector, detector.requirements()
+    cfg = scoring or info.scoring
+    served = model_kind(info.kind).load(model_dir, cfg, net, device, mask)
     log.info("serving %s model %s on backbone %s%s", info.kind, model_dir, bb_cfg.name,
-             "" if tracker is None else " with motion")
-    return Engine(net, scorer, request, info, tracker)
+             "" if served.tracker is None else " with motion")
+    return Engine(net, served.scorer, served.request, info, served.tracker, cfg.smooth_s)
 
 
 def fitted_backbone(model_dir: Path) -> dict[str, Any]:
     """The identity of the backbone a model was fitted on (its scorer's manifest), without loading either:
     what `serve` compares across cameras before it starts anything."""
-    info = ModelInfo.load(model_dir)
-    if info.kind == KNNN:
-        from streamvad.normality.model import read_manifest
-
-        return dict(read_manifest(model_dir / "normality")["backbone"])
-    from streamvad.detectors.base import read_manifest as read_detector
-
-    return dict(read_detector(model_dir / "detector").get("backbone") or {})
-
-
-def _load_motion(model_dir: Path, cfg: ScoringConfig, grid: tuple[int, int]) -> MotionModel | None:
-    """The model's motion part, unless scoring asks for appearance alone; a model fitted without one
-    serves appearance, unless motion alone was asked for."""
-    folder = model_dir / MOTION_DIR
-    if cfg.motion == "appearance":
-        return None
-    if not (folder / "motion.json").is_file():
-        if cfg.motion == "motion":
-            raise ConfigError(f"scoring.motion: 'motion' needs a model fitted with normality.motion, and {model_dir} "
-                              "has none; refit, or set scoring.motion to appearance")
-        return None
-    motion = MotionModel.load(folder)
-    if motion.grid != tuple(grid):
-        raise ModelMismatchError(f"{folder}: motion fitted on a {motion.grid} grid, the backbone gives {grid}")
-    return motion
+    return model_kind(ModelInfo.load(model_dir).kind).fitted_backbone(model_dir)

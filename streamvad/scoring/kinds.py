@@ -1,0 +1,255 @@
+"""The kinds of model a camera can have, behind one contract: fit (calibration included) and save, the
+backbone it was fitted on, load for serving, and the rule variants one evaluation compares.
+
+The k-NN normality model (with its motion part) and every image detector implement `ModelKind`;
+`model_kind` is the one place that tells them apart, so fitting, the engine, evaluation and the
+worker never switch on a model's kind, and a detector can be a camera's model like a k-NN model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from streamvad.backbones.base import Backbone
+from streamvad.compute import resolve_device
+from streamvad.config import ScoringConfig, StreamVADConfig
+from streamvad.errors import ConfigError, ModelMismatchError
+from streamvad.motion import FusedScorer, MotionModel, MotionTracker
+from streamvad.motion.model import calibrate_motion
+from streamvad.normality.coreset import frame_coreset
+from streamvad.scoring.folds import clip_folds, holdout_mask
+from streamvad.types import FeatureRequest
+
+if TYPE_CHECKING:
+    from streamvad.datasets.base import Clip
+    from streamvad.offline.pipeline import Embedded
+    from streamvad.scoring.engine import Engine, FrameScorer
+
+log = logging.getLogger(__name__)
+
+KNNN = "knnn"
+MOTION_DIR = "motion"
+
+
+@dataclass
+class Fitted:
+    """What a fit reports: its calibrated thresholds, how many frames trained and calibrated, and which clips
+    were held out (by name, so `eval` can replay them as unseen normal footage)."""
+
+    thresholds: dict[str, float]
+    n_train: int
+    n_holdout: int
+    holdout: tuple[str, ...]
+
+
+@dataclass
+class Served:
+    """A loaded model, ready for the engine: its scorer, what it needs from the backbone, its motion tracker."""
+
+    scorer: FrameScorer
+    request: FeatureRequest
+    tracker: MotionTracker | None = None
+
+
+class ModelKind(Protocol):
+    name: str
+
+    def fit(self, cfg: StreamVADConfig, backbone: Backbone, clips: Sequence[Clip], sample_fps: float | None,
+            out: Path, progress: bool) -> Fitted:
+        """Fit on normal `clips`, calibrate on normal footage only, save the scorer's files under `out`."""
+        ...
+
+    def load(self, model_dir: Path, cfg: ScoringConfig, net: Backbone, device: str, mask: np.ndarray | None,
+             ) -> Served:
+        """The saved model, checked against `net` (the backbone it will be served on), scoring on `device`."""
+        ...
+
+    def fitted_backbone(self, model_dir: Path) -> dict[str, Any]:
+        """The backbone's identity recorded by the fit, read without loading the model."""
+        ...
+
+    def variants(self, engine: Engine, names: Sequence[str]) -> dict[str, FrameScorer]:
+        """Scorers for the named rules sharing the engine's fitted model (what `eval --rules` compares)."""
+        ...
+
+
+def model_kind(name: str) -> ModelKind:
+    return _KNN if name == KNNN else DetectorKind(name)
+
+
+def _held_out_names(clips: Sequence[Clip], clip_ids: np.ndarray) -> tuple[str, ...]:
+    return tuple(clips[i].name for i in np.unique(clip_ids)) if len(clips) > 1 else ()
+
+
+class KnnKind:
+    """The per-token k-NN normality model (normality/), with the motion part beside it when enabled."""
+
+    name = KNNN
+
+    def fit(self, cfg: StreamVADConfig, backbone: Backbone, clips: Sequence[Clip], sample_fps: float | None,
+            out: Path, progress: bool) -> Fitted:
+        from streamvad.normality.model import NormalityModel
+        from streamvad.offline.pipeline import embed_clips
+        from streamvad.scoring.knn import calibrate
+
+        motion = cfg.normality.motion if cfg.normality.motion.enabled else None
+        embedded = embed_clips(backbone, clips, sample_fps, transport=cfg.transport, progress=progress, motion=motion)
+        hold = holdout_mask(embedded.clip_ids, len(clips), cfg.normality.holdout_fraction)
+        train, held = embedded.rows(~hold), embedded.rows(hold)
+        memory = _memory_frames(train, cfg.normality.max_train_frames, cfg.normality.seed)
+        model = NormalityModel.fit(memory.batch.global_, memory.batch.patches, cfg.normality, sources=memory.sources,
+                                   backbone=backbone.manifest())
+        folds = [np.flatnonzero(f) for f in clip_folds(memory.clip_ids, cfg.normality.folds)]
+        if len(held.sources) or folds:
+            model.set_thresholds(calibrate(model, held.batch.global_, held.batch.patches, cfg.scoring, folds=folds))
+        model.save(out / "normality")
+        thresholds = dict(model.thresholds)
+        if train.batch.motion is not None:
+            thresholds["motion"] = _fit_motion(cfg, backbone.grid, train, held, out / MOTION_DIR)
+        return Fitted(thresholds, len(train.sources), len(held.sources), _held_out_names(clips, held.clip_ids))
+
+    def load(self, model_dir: Path, cfg: ScoringConfig, net: Backbone, device: str, mask: np.ndarray | None,
+             ) -> Served:
+        from streamvad.normality.model import NormalityModel
+        from streamvad.scoring.knn import Scorer
+
+        model = NormalityModel.load(model_dir / "normality", backbone=net.manifest())
+        scorer: FrameScorer = Scorer(model, cfg, mask=mask, device=device)
+        motion = _load_motion(model_dir, cfg, net.grid)
+        if motion is None:
+            return Served(scorer, FeatureRequest())
+        fused = FusedScorer(scorer, motion, "motion" if cfg.motion == "motion" else "fused")
+        return Served(fused, FeatureRequest(), MotionTracker(net.grid, motion.cfg))
+
+    def fitted_backbone(self, model_dir: Path) -> dict[str, Any]:
+        from streamvad.normality.model import read_manifest
+
+        return dict(read_manifest(model_dir / "normality")["backbone"])
+
+    def variants(self, engine: Engine, names: Sequence[str]) -> dict[str, FrameScorer]:
+        """Names are "rule" or "method/rule" (e.g. "majority", "topk", "hdbscan/global") for appearance alone,
+        "method/rule+motion" fused with the model's motion part, and "motion" for motion alone."""
+        from streamvad.scoring.knn import Scorer
+
+        fused = engine.scorer if isinstance(engine.scorer, FusedScorer) else None
+        base = engine.scorer if fused is None else fused.appearance
+        assert isinstance(base, Scorer)
+        out: dict[str, FrameScorer] = {}
+        for name in names:
+            appearance, plus, _ = name.partition("+motion")
+            if (plus or name == "motion") and fused is None:
+                raise ConfigError(f"--rules: {name!r} needs a model fitted with motion (normality.motion)")
+            if name == "motion" and fused is not None:
+                out[name] = FusedScorer(base, fused.motion, "motion")
+                continue
+            method, _, rule = appearance.rpartition("/")
+            update: dict[str, Any] = {"rule": rule, "frame_threshold": None}
+            if method:
+                update["method"] = method
+            cfg = ScoringConfig.model_validate({**base.cfg.model_dump(), **update})
+            scorer = Scorer(base.model, cfg, mask=base.mask, tokens=base.tokens)
+            out[name] = FusedScorer(scorer, fused.motion) if plus and fused is not None else scorer
+        return out
+
+
+class DetectorKind:
+    """An image detector (detectors/: UniFormaly, GeneralAD, S2VAD) scoring whole frames."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def fit(self, cfg: StreamVADConfig, backbone: Backbone, clips: Sequence[Clip], sample_fps: float | None,
+            out: Path, progress: bool) -> Fitted:
+        from streamvad.detectors import build_detector, fit_and_calibrate
+        from streamvad.detectors.config import DetectorConfig
+        from streamvad.offline.pipeline import embed_batches, no_frames
+
+        dcfg = cfg.detector or DetectorConfig(name=self.name)
+        det = build_detector(self.name, dcfg, num_layers=backbone.num_layers,
+                             device=resolve_device(cfg.backbone.device), backbone_manifest=backbone.manifest())
+        batches, clip_ids = [], []
+        for ci, _, batch in embed_batches(backbone, clips, sample_fps, request=det.requirements(),
+                                          transport=cfg.transport, progress=progress):
+            batches.append(batch)
+            clip_ids.extend([ci] * len(batch))
+        if not batches:
+            raise no_frames(clips)
+        ids = np.asarray(clip_ids)
+        threshold = fit_and_calibrate(det, batches, clip_ids=ids, holdout_fraction=dcfg.holdout_fraction,
+                                      quantile=dcfg.calibration_quantile, progress=progress)
+        det.save(out / "detector")
+        hold = holdout_mask(ids, len(clips), dcfg.holdout_fraction)
+        return Fitted({"threshold": float(threshold)}, int((~hold).sum()), int(hold.sum()),
+                      _held_out_names(clips, ids[hold]))
+
+    def load(self, model_dir: Path, cfg: ScoringConfig, net: Backbone, device: str, mask: np.ndarray | None,
+             ) -> Served:
+        from streamvad.detectors import load_detector
+
+        detector = load_detector(model_dir / "detector", device=device, backbone_manifest=net.manifest())
+        return Served(detector, detector.requirements())
+
+    def fitted_backbone(self, model_dir: Path) -> dict[str, Any]:
+        from streamvad.detectors.base import read_manifest
+
+        return dict(read_manifest(model_dir / "detector").get("backbone") or {})
+
+    def variants(self, engine: Engine, names: Sequence[str]) -> dict[str, FrameScorer]:
+        """A detector has one decision rule: its own."""
+        return {self.name: engine.scorer}
+
+
+_KNN = KnnKind()
+
+
+def _memory_frames(train: Embedded, cap: int | None, seed: int) -> Embedded:
+    """The training frames the appearance memory keeps: all, or a k-center coreset of `cap` of them (motion is
+    always fitted on every frame: its memory is capped per cell)."""
+    if cap is None or len(train.sources) <= cap:
+        return train
+    t0 = time.perf_counter()
+    keep = np.zeros(len(train.sources), dtype=bool)
+    keep[frame_coreset(train.batch.patches, cap, seed)] = True
+    log.info("normality: memory of %d of the %d training frames (k-center, normality.max_train_frames), chosen in "
+             "%.1f s", cap, len(keep), time.perf_counter() - t0)
+    return train.rows(keep)
+
+
+def _fit_motion(cfg: StreamVADConfig, grid: tuple[int, int], train: Embedded, held: Embedded, out: Path) -> float:
+    """Fit the motion part on the training frames and calibrate it on every normal frame it was not fitted on."""
+    t0 = time.perf_counter()
+    mcfg = cfg.normality.motion
+    motion, held_motion = train.batch.motion, held.batch.motion
+    assert motion is not None
+    model = MotionModel.fit(motion, grid, mcfg)
+    extra = [] if held_motion is None else [model.score(held_motion)[held_motion.valid]]
+    model.threshold, _ = calibrate_motion(motion, train.clip_ids, grid, mcfg,
+                                          cfg.scoring.calibration_quantile, cfg.normality.folds, extra)
+    model.save(out)
+    log.info("motion: threshold %.3f (quantile %.3f of out-of-fold and held-out normal frames), fitted in %.1f s",
+             model.threshold, cfg.scoring.calibration_quantile, time.perf_counter() - t0)
+    return model.threshold
+
+
+def _load_motion(model_dir: Path, cfg: ScoringConfig, grid: tuple[int, int]) -> MotionModel | None:
+    """The model's motion part, unless scoring asks for appearance alone; a model fitted without one
+    serves appearance, unless motion alone was asked for."""
+    folder = model_dir / MOTION_DIR
+    if cfg.motion == "appearance":
+        return None
+    if not (folder / "motion.json").is_file():
+        if cfg.motion == "motion":
+            raise ConfigError(f"scoring.motion: 'motion' needs a model fitted with normality.motion, and {model_dir} "
+                              "has none; refit, or set scoring.motion to appearance")
+        return None
+    motion = MotionModel.load(folder)
+    if motion.grid != tuple(grid):
+        raise ModelMismatchError(f"{folder}: motion fitted on a {motion.grid} grid, the backbone gives {grid}")
+    return motion

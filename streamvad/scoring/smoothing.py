@@ -1,0 +1,56 @@
+"""A frame's score as the mean over the last `smooth_s` seconds of its camera's stream.
+
+Anomalies in surveillance last seconds (a cyclist crosses the walkway for many frames), while the
+noise of one frame's score does not: a walker's flow vector jitters, one patch looks odd for a frame.
+A causal mean over a short window of stream time keeps the first kind and averages out the second.
+The window is in seconds of pts, not frames, so 4 fps live and 10 fps replay average the same span
+of time, and a shed frame shortens the window instead of stretching it.
+
+The thresholds stay the ones calibrated on single frames: a window's mean passes a threshold only
+when one of its frames does. That does not bound events, though: a one-frame spike, which the events'
+2-of-4 hysteresis ignores, becomes two anomalous frames after averaging. So it is opt-in
+(`scoring.smooth_s`, 0 by default), for sites whose anomalies last. On UCSD Ped2's *training* clips with a
+synthetic fast walker lasting a third of each clip (tools/motion_validation.py --smooth), 0.5 s raises
+the motion part's normal-vs-synthetic AUROC from 0.936 to 0.980 at 10 fps (0.927 to 0.944 at 5 fps).
+On the demo's scene, whose anomalies last seconds, it lowers the fused AUROC (0.988 to 0.982) and
+raises false events on 5 normal minutes from 1 to 6.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import replace
+
+from streamvad.types import Verdict
+
+_EPS = 1e-6  # pts are floats: a frame exactly `smooth_s` old has left the window
+
+
+class Smoother:
+    """Each camera's recent (pts, score, raw score); `apply` replaces every verdict's scores by the window's
+    mean and re-decides it. Verdicts of one camera must come in stream order, as the tracker's frames do;
+    a pts that goes backwards (a restarted stream, the next replayed clip) starts the camera afresh."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._recent: dict[str, deque[tuple[float, float, float]]] = {}
+
+    def apply(self, verdicts: Sequence[Verdict]) -> list[Verdict]:
+        if self.seconds <= 0:
+            return list(verdicts)
+        out = []
+        for v in verdicts:
+            score, raw = self.mean(v.key.camera, v.key.pts, v.score, v.raw_score)
+            out.append(replace(v, score=score, raw_score=raw, anomalous=raw > v.threshold))
+        return out
+
+    def mean(self, camera: str, pts: float, score: float, raw: float) -> tuple[float, float]:
+        """(score, raw score) of `camera`'s window ending with this frame."""
+        recent = self._recent.setdefault(camera, deque())
+        if recent and pts < recent[-1][0]:
+            recent.clear()
+        recent.append((pts, score, raw))
+        while recent[0][0] <= pts - self.seconds + _EPS:
+            recent.popleft()
+        return sum(r[1] for r in recent) / len(recent), sum(r[2] for r in recent) / len(recent)
