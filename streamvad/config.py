@@ -139,7 +139,7 @@ class SamplingConfig(_Section):
 class CameraConfig(_Section):
     """One camera (or recorded source) the server reads."""
 
-    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")  # as the wire accepts them
     url: str  # rtsp://..., a video file, /dev/videoN, or an image folder
     fps: float = Field(4.0, gt=0.0)
     loop: bool = False  # loop a video file (demo and soak runs)
@@ -159,6 +159,10 @@ class CameraConfig(_Section):
         return v
 
 
+# The largest frame side the wire carries (transport.py): receivers refuse larger frames before decoding them.
+WIRE_MAX_SIDE = 4096
+
+
 class TransportConfig(_Section):
     """ZeroMQ endpoints (tcp:// or ipc://) and the backpressure policy of the frame queue."""
 
@@ -169,8 +173,9 @@ class TransportConfig(_Section):
     jpeg_quality: int = Field(90, ge=10, le=100)
     # Readers shrink frames (aspect kept) so the longer side is at most this before queueing them: the
     # worker decodes every frame of every camera on one thread, and a 1080p JPEG costs ~10x a 640 one.
-    # The network sees 224-ish pixels anyway; snapshots are drawn at this size. None: send as decoded.
-    frame_max_side: int | None = Field(640, ge=32)
+    # The network sees 224-ish pixels anyway; snapshots are drawn at this size. None: send as decoded, up to
+    # WIRE_MAX_SIDE (the most any receiver decodes; larger frames are shrunk to it).
+    frame_max_side: int | None = Field(640, ge=32, le=WIRE_MAX_SIDE)
     status: str = "ipc:///tmp/streamvad-status"  # readers, workers and the events process report here
 
 
@@ -352,6 +357,10 @@ def load_config(path: str | Path | None) -> StreamVADConfig:
         raise ConfigError(f"{p}: config file not found")
     try:
         data = expand_env_values(yaml.safe_load(p.read_text(encoding="utf-8")), str(p))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {err.start}); save the config as UTF-8") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: a YAML anchor refers to itself (an alias inside its own anchor)") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

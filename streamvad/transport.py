@@ -16,6 +16,7 @@ import dataclasses
 import io
 import json
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ import numpy as np
 import zmq
 from PIL import Image
 
-from streamvad.config import TransportConfig
+from streamvad.config import WIRE_MAX_SIDE, TransportConfig
 from streamvad.errors import StreamVADError
 from streamvad.sources.shrink import limit_size
 from streamvad.types import TAMPER_TYPES, Frame, FrameKey, Verdict
@@ -37,6 +38,12 @@ WIRE_VERSION = 1
 MESSAGE_TYPES = ("frame", "verdict", "eos", "status")
 _NUM = (int, float)
 _DEFAULT_LINGER_MS = 1000  # long enough to flush an EOS on close, short enough not to hang an exit
+# Bounds on what a receiver accepts, so a hostile or broken sender cannot make it allocate without limit:
+# frames are at most WIRE_MAX_SIDE pixels a side (readers shrink to transport.frame_max_side, at most that),
+# checked from the header and the JPEG's own header before anything is decoded; ZeroMQ drops a message
+# larger than a raw frame of that size (and the peer that sent it) before it is read.
+MAX_MESSAGE_BYTES = 3 * WIRE_MAX_SIDE * WIRE_MAX_SIDE + (1 << 20)
+_CAMERA_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")  # CameraConfig.id's characters: nothing that breaks a log line
 
 MessageType = Literal["frame", "verdict", "eos", "status"]
 Policy = Literal["block", "drop"]
@@ -170,7 +177,9 @@ def _split(parts: Sequence[bytes]) -> tuple[dict[str, Any], bytes]:
         raise WireError(f"unsupported wire version {header.get('v')!r} (this build speaks v{WIRE_VERSION})")
     if header.get("type") not in MESSAGE_TYPES:
         raise WireError(f"unknown message type {header.get('type')!r}, expected one of {', '.join(MESSAGE_TYPES)}")
-    _field(header, "camera", (str,))
+    camera = _field(header, "camera", (str,))
+    if not _CAMERA_ID.fullmatch(camera):
+        raise WireError(f"{header['type']} header: camera id {camera[:40]!r} should be 1-128 of A-Z a-z 0-9 _ . -")
     return header, payload
 
 
@@ -181,11 +190,15 @@ def _shape(header: dict[str, Any], name: str, dims: int) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _decode_jpeg(payload: bytes) -> np.ndarray:
+def _decode_jpeg(payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    """The JPEG's pixels, once its own header (read without decoding) agrees with the message's shape: the
+    shape is bounded, so a decompression bomb is refused before a byte of it is decoded."""
     try:
         with Image.open(io.BytesIO(payload)) as img:
             if img.format != "JPEG":
                 raise WireError(f"frame payload is {img.format}, not JPEG")
+            if (img.height, img.width) != shape[:2]:
+                raise WireError(f"JPEG is {img.height}x{img.width}, header says {shape[0]}x{shape[1]}; not decoded")
             return np.asarray(img.convert("RGB"))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise WireError(f"frame payload is not a decodable JPEG: {err}") from None
@@ -195,6 +208,8 @@ def _frame_from(header: dict[str, Any], payload: bytes) -> Frame:
     shape = _shape(header, "shape", 3)
     if shape[2] != 3:
         raise WireError(f"frame header: shape must be [H, W, 3], got {list(shape)}")
+    if max(shape[:2]) > WIRE_MAX_SIDE:
+        raise WireError(f"frame header: shape {list(shape)} exceeds the wire's {WIRE_MAX_SIDE}-pixel side; not decoded")
     encoding = _field(header, "encoding", (str,))
     if encoding == "raw":
         if len(payload) != shape[0] * shape[1] * 3:
@@ -202,9 +217,7 @@ def _frame_from(header: dict[str, Any], payload: bytes) -> Frame:
                             f"{shape[0] * shape[1] * 3}")
         image = np.frombuffer(payload, dtype=np.uint8).reshape(shape).copy()
     elif encoding == "jpeg":
-        image = _decode_jpeg(payload)
-        if image.shape != shape:
-            raise WireError(f"JPEG decodes to {list(image.shape)}, header says {list(shape)}")
+        image = _decode_jpeg(payload, shape)
     else:
         raise WireError(f"frame header: encoding must be 'jpeg' or 'raw', got {encoding!r}")
     return Frame(
@@ -290,7 +303,7 @@ def as_transported(frame: Frame, max_side: int | None, quality: int | None) -> F
     """The frame a worker decodes when a reader sends `frame`: shrunk to `max_side`, then through JPEG at
     `quality` (None: no JPEG round trip). Offline fit, replay and eval embed this, so a model sees the same
     pixels whether footage reaches it live or from a recording."""
-    frame = limit_size(frame, max_side)
+    frame = limit_size(frame, min(max_side or WIRE_MAX_SIDE, WIRE_MAX_SIDE))
     if quality is None:
         return frame
     return dataclasses.replace(frame, image=decode_frame(encode_frame(frame, "jpeg", quality)).image)
@@ -430,7 +443,8 @@ class FramePuller(_Receiver):
 
     def __init__(self, endpoint: str | Sequence[str], hwm: int = 64, bind: bool = True,
                  linger_ms: int = 0) -> None:
-        super().__init__(_socket(zmq.PULL, endpoint, bind, linger_ms, {zmq.RCVHWM: hwm}))
+        super().__init__(_socket(zmq.PULL, endpoint, bind, linger_ms,
+                                 {zmq.RCVHWM: hwm, zmq.MAXMSGSIZE: MAX_MESSAGE_BYTES}))
 
     @classmethod
     def from_config(cls, cfg: TransportConfig, bind: bool = True) -> FramePuller:
@@ -467,4 +481,5 @@ class VerdictSubscriber(_Receiver):
     handles socket commands lazily), so keep polling it rather than leaving it idle."""
 
     def __init__(self, endpoint: str | Sequence[str], hwm: int = 1000, bind: bool = False) -> None:
-        super().__init__(_socket(zmq.SUB, endpoint, bind, 0, {zmq.RCVHWM: hwm, zmq.SUBSCRIBE: b""}))
+        super().__init__(_socket(zmq.SUB, endpoint, bind, 0,
+                                 {zmq.RCVHWM: hwm, zmq.SUBSCRIBE: b"", zmq.MAXMSGSIZE: MAX_MESSAGE_BYTES}))

@@ -247,9 +247,11 @@ def test_safe_unsafe_scenes_that_cannot_be_told_apart_are_warned_about(
 
 def test_safe_unsafe_study_split_rounds_half_up(tmp_path: Path, tiny_video: Path) -> None:
     """70% of 175 safe clips is 122.5: the study's rounding gives 123 training clips (binary floats gave 122)."""
-    folder = tmp_path / "train" / "4_safe_walkway"
-    _place(tiny_video, *(folder / f"4_tr{i}_cam1.mp4" for i in range(175)))
-    assert len(load_dataset("safe-unsafe", tmp_path).train) == 123
+    folder = tmp_path / RELEASE / "train" / "4_safe_walkway"
+    _place(tiny_video, *(folder / f"4_tr{i}.mp4" for i in range(1, 176)))
+    cams = tmp_path / "cameras.csv"
+    cams.write_text("video,camera\n" + "".join(f"4_tr{i},1\n" for i in range(1, 176)))
+    assert len(load_dataset("safe-unsafe", tmp_path, cameras_file=cams).train) == 123
 
 
 def test_safe_unsafe_bad_roots_and_camera_files_fail_with_one_line(

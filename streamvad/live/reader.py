@@ -15,7 +15,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from streamvad.config import CameraConfig, TransportConfig
+from streamvad.config import WIRE_MAX_SIDE, CameraConfig, TransportConfig
 from streamvad.live.supervisor import StatusReporter, Terminated, setup_child
 from streamvad.sources import SourceStatus, open_source
 from streamvad.sources.live import redact_url
@@ -50,7 +50,7 @@ def run_reader(camera: CameraConfig, transport: TransportConfig, *, endpoints: S
         for frame in frames:
             if not status.online:
                 status.went_online()  # file and folder sources do not mark themselves; live ones already have
-            if not pusher.send(limit_size(frame, transport.frame_max_side)):
+            if not pusher.send(limit_size(frame, transport.frame_max_side or WIRE_MAX_SIDE)):
                 status.frames_dropped += 1
             if stop.is_set():
                 break

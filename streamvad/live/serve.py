@@ -45,12 +45,16 @@ from streamvad.live.supervisor import ChildSpec, StatusReporter, Supervisor, set
 from streamvad.live.worker import worker_main
 from streamvad.scoring.engine import ModelInfo
 from streamvad.sinks import SinkFanout, WebhookSink, build_sinks
+from streamvad.sources.shrink import limit_size
 from streamvad.transport import FramePuller, Message, VerdictSubscriber
 from streamvad.types import TAMPER_TYPES, FrameKey
 
 log = logging.getLogger(__name__)
 
-_FRAME_STASH = 256  # anomalous frames kept until their verdict arrives (it follows right after)
+# anomalous frames kept until their verdict arrives (it follows right after), bounded in count and in bytes
+# (frames are shrunk to transport.frame_max_side first, whatever size a sender claims)
+_FRAME_STASH = 256
+_FRAME_STASH_BYTES = 64 << 20
 _POLL_MS = 200
 _DROP_LOG_EVERY_S = 10.0
 _LOCAL_STATUS = "tcp://127.0.0.1:*"  # a role's children report to it here (the port is picked at bind)
@@ -71,7 +75,14 @@ class EventsProcess:
         self.verdicts = 0
         self.events: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self._frames: OrderedDict[FrameKey, np.ndarray] = OrderedDict()
+        self._stash_bytes = 0
         self._lock = threading.Lock()
+
+    def _drop_frame(self, key: FrameKey) -> np.ndarray | None:
+        image = self._frames.pop(key, None)
+        if image is not None:
+            self._stash_bytes -= image.nbytes
+        return image
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -83,11 +94,14 @@ class EventsProcess:
 
     def handle(self, msg: Message) -> None:
         if msg.type == "frame" and msg.frame is not None:
-            self._frames[msg.frame.key] = msg.frame.image
-            while len(self._frames) > _FRAME_STASH:
-                self._frames.popitem(last=False)
+            image = limit_size(msg.frame, self.cfg.transport.frame_max_side).image
+            self._drop_frame(msg.frame.key)
+            self._frames[msg.frame.key] = image
+            self._stash_bytes += image.nbytes
+            while len(self._frames) > _FRAME_STASH or self._stash_bytes > _FRAME_STASH_BYTES:
+                self._drop_frame(next(iter(self._frames)))
         elif msg.type == "verdict" and msg.verdict is not None:
-            image = self._frames.pop(msg.verdict.key, None)
+            image = self._drop_frame(msg.verdict.key)
             wall = msg.header.get("wall_time") or time.time()
             verdict = msg.verdict
             for kind, tracker in self.faults.items():

@@ -31,6 +31,7 @@ from streamvad.live.health import BATCH_BUCKETS, LATENCY_BUCKETS, Buckets
 from streamvad.live.supervisor import StatusReporter, setup_child
 from streamvad.live.tamper import TamperMonitor
 from streamvad.scoring.engine import Engine, FrameScorer
+from streamvad.sources.shrink import limit_size
 from streamvad.transport import FramePuller, Message, encode_frame, encode_verdict, relay
 from streamvad.types import Frame, Verdict
 
@@ -196,7 +197,7 @@ class Worker:
                         self._stale[msg.frame.camera] += 1
                         continue
                     self._pending += 1
-                frames.append(msg.frame)
+                frames.append(limit_size(msg.frame, self.transport.frame_max_side))  # whatever a sender claims
                 if deadline is None:
                     deadline = time.monotonic() + self.cfg.max_wait_ms / 1000
             elif msg.type == "eos":

@@ -26,7 +26,7 @@ from streamvad.config import (
     TamperConfig,
     TransportConfig,
 )
-from streamvad.datasets.base import Clip, iter_clip
+from streamvad.datasets.base import Clip, iter_clip, stream_id
 from streamvad.errors import InputError
 from streamvad.live.tamper import TamperMonitor
 from streamvad.motion import MotionTracker
@@ -60,9 +60,9 @@ def clips_from_paths(paths: Sequence[str | Path], native_fps: float = 10.0) -> l
         p = Path(raw)
         if p.is_dir():
             list_images(p)  # fails early, with the folder's name, when it holds no images
-            clips.append(Clip(p.name, p, p.name, "images", None, native_fps))
+            clips.append(Clip(p.name, p, stream_id(p.name), "images", None, native_fps))
         elif p.is_file():
-            clips.append(Clip(p.stem, p, p.stem, "video", None, None))
+            clips.append(Clip(p.stem, p, stream_id(p.stem), "video", None, None))
         else:
             raise InputError(f"{p}: no such video file or image folder")
     return clips

@@ -7,6 +7,7 @@ stream at `native_fps` lets them go through the same sampler as a live camera.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from streamvad.sources.status import SourceStatus
 from streamvad.types import Frame
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
+MAX_PIXELS = 7680 * 4320  # an 8K frame; anything larger in a folder of frames is a mistake or an attack
 
 
 def _natural_key(path: Path) -> list[int | str]:
@@ -38,12 +40,19 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """RGB uint8 [H, W, 3]; greyscale, palette and alpha images are converted to plain RGB."""
+    """RGB uint8 [H, W, 3]; greyscale, palette and alpha images are converted to plain RGB. An image larger
+    than MAX_PIXELS is refused from its header, before it is decoded (a decompression bomb)."""
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # PIL warns of sizes this refuses anyway
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            if img.width * img.height > MAX_PIXELS:
+                raise InputError(f"{path}: {img.width}x{img.height} image, more than the {MAX_PIXELS // 10**6} "
+                                 "megapixels a frame may have; not decoded")
             img.load()  # decode now, so truncated files fail here and not later
             rgb = img.convert("RGB")
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{path}: not a readable image ({reason})") from None
     return np.asarray(rgb, dtype=np.uint8)
