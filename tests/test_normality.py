@@ -121,6 +121,38 @@ def test_hdbscan_on_a_short_enrolment_uses_the_sizes_the_footage_has(caplog: pyt
         hdbscan_.fit_one(x[:2], 40, 40)
 
 
+def test_hdbscan_state_is_saved_as_arrays_and_predicts_as_fitted(tmp_path: Path) -> None:
+    x, _ = blobs(3, n=150, seed=7)
+    fitted = {0: hdbscan_.fit_one(x, 10, 5), 3: hdbscan_.fit_one(x[:20] * 0.0 + np.arange(20)[:, None], 10, 10)}
+    hdbscan_.save(tmp_path / hdbscan_.FILE, fitted)
+    loaded = hdbscan_.load(tmp_path)
+    probes = np.r_[x[::7] + 0.05, x[:5] + 40.0]
+    for token, clusterer in fitted.items():
+        np.testing.assert_array_equal(loaded[token].labels_, clusterer.labels_)
+        np.testing.assert_allclose(hdbscan_.confidence(loaded[token], probes), hdbscan_.confidence(clusterer, probes))
+    conf = hdbscan_.confidence(loaded[0], probes)
+    assert conf[:-5].mean() < 0.5 and (conf[-5:] == 1).all()  # members are members, far points are noise
+    (tmp_path / hdbscan_.FILE).write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(InputError, match=r"hdbscan\.npz: cannot read the HDBSCAN state .*; refit the model"):
+        hdbscan_.load(tmp_path)
+
+
+def test_a_pickled_hdbscan_state_is_refused_unread(tmp_path: Path) -> None:
+    """An older model's hdbscan.pkl, here one crafted to run code when unpickled: never opened."""
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (open, (str(marker), "w"))
+
+    (tmp_path / hdbscan_.LEGACY_FILE).write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(InputError, match=r"hdbscan\.pkl: pickled HDBSCAN state is not loaded .*refit"):
+        hdbscan_.load(tmp_path)
+    assert not marker.exists()
+
+
 def test_hnsw_and_dense_agree_on_nearest_neighbours() -> None:
     rng = np.random.default_rng(6)
     train = rng.normal(size=(3, 300, 8)).astype(np.float32)

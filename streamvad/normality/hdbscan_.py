@@ -7,7 +7,7 @@ only the global token gets one; `normality.hdbscan: all` fits every token in par
 from __future__ import annotations
 
 import logging
-import pickle
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -73,23 +73,54 @@ def confidence(clusterer: hdbscan.HDBSCAN, points: np.ndarray) -> np.ndarray:
     return np.clip(1.0 - np.asarray(strength, dtype=np.float64), 0.0, 1.0).astype(np.float32)
 
 
-def save(path: Path, clusterers: dict[int, Any]) -> None:
-    """Persist clusterers with pickle.
+# What approximate prediction needs, as plain arrays: a clusterer is rebuilt from them exactly as `fit`
+# left it (its prediction data is derived from the training points and the condensed tree).
+_TREE = ("parent", "child", "lambda_val", "child_size")
+FILE = "hdbscan.npz"
+LEGACY_FILE = "hdbscan.pkl"
 
-    This is the ONLY pickle in StreamVAD: the hdbscan package has no other way to save prediction
-    data. Loading a pickle runs code, so only load model directories you produced or trust.
-    """
+
+def save(path: Path, clusterers: dict[int, hdbscan.HDBSCAN]) -> None:
+    """The clusterers as arrays in one .npz (no pickle: loading it cannot run code)."""
+    arrays: dict[str, np.ndarray] = {"tokens": np.array(sorted(clusterers), dtype=np.int64)}
+    for token, c in clusterers.items():
+        tree = c._condensed_tree
+        arrays.update({f"{token}/data": np.asarray(c._raw_data, dtype=np.float64),
+                       f"{token}/labels": c.labels_, f"{token}/probabilities": c.probabilities_,
+                       f"{token}/sizes": np.array([c.min_cluster_size, c.min_samples or c.min_cluster_size]),
+                       **{f"{token}/tree_{k}": np.asarray(tree[k]) for k in _TREE}})
     with path.open("wb") as f:
-        pickle.dump(clusterers, f, protocol=pickle.HIGHEST_PROTOCOL)
+        np.savez(f, **arrays)
 
 
-def load(path: Path) -> dict[int, Any]:
-    """Inverse of `save` (same trust caveat); a broken file is an InputError naming it."""
+def _rebuilt(z: Any, token: int) -> hdbscan.HDBSCAN:
+    sizes = z[f"{token}/sizes"]
+    c = hdbscan.HDBSCAN(min_cluster_size=int(sizes[0]), min_samples=int(sizes[1]), metric="euclidean")
+    tree = np.zeros(len(z[f"{token}/tree_parent"]), dtype=[("parent", np.intp), ("child", np.intp),
+                                                          ("lambda_val", np.float64), ("child_size", np.intp)])
+    for k in _TREE:
+        tree[k] = z[f"{token}/tree_{k}"]
+    c._raw_data, c._condensed_tree = z[f"{token}/data"], tree
+    c.labels_, c.probabilities_ = z[f"{token}/labels"], z[f"{token}/probabilities"]
+    if c.labels_.max() >= 0:  # an all-noise clusterer is never asked to predict (see confidence)
+        c.generate_prediction_data()
+    return c
+
+
+def load(directory: Path) -> dict[int, hdbscan.HDBSCAN]:
+    """Inverse of `save`; a missing, broken or inconsistent file is an InputError naming it. A pickled state
+    from an older StreamVAD is refused unread: unpickling a model file could run any code."""
+    path = directory / FILE
+    if not path.is_file() and (directory / LEGACY_FILE).is_file():
+        raise InputError(f"{directory / LEGACY_FILE}: pickled HDBSCAN state is not loaded (a pickle can run code); "
+                         "refit the model with this StreamVAD")
     try:
-        with path.open("rb") as f:
-            clusterers = pickle.load(f)
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as err:
-        raise InputError(f"{path}: cannot read the HDBSCAN state ({err}); refit the model") from None
-    if not isinstance(clusterers, dict):
-        raise InputError(f"{path}: expected a dict of HDBSCAN clusterers, got {type(clusterers).__name__}")
+        with np.load(path, allow_pickle=False) as z:
+            clusterers = {int(t): _rebuilt(z, int(t)) for t in z["tokens"]}
+    except (OSError, KeyError, ValueError, IndexError, TypeError, zipfile.BadZipFile) as err:
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(f"{path}: cannot read the HDBSCAN state ({why}); refit the model") from None
+    for token, c in clusterers.items():
+        if not np.isfinite(c._raw_data).all() or len(c.labels_) != len(c._raw_data):
+            raise InputError(f"{path}: token {token}: non-finite or mismatched HDBSCAN arrays; refit the model")
     return clusterers

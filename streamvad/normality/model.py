@@ -9,7 +9,7 @@ On disk (one directory):
 - global_proj.npz: mean and [D_global, D] projection of the global embedding, when the backbone's
   global width differs from its patch width (see `GlobalProjection`).
 - hnsw/<token>.bin: one hnswlib index per token when fitted with `index: hnsw`.
-- hdbscan.pkl: HDBSCAN clusterers (the project's only pickle; see hdbscan_.save).
+- hdbscan.npz: HDBSCAN clusterers as arrays (rebuilt at load; no pickle, see hdbscan_.save).
 - nnn.npz: neighbours-of-neighbours table and feature blocks of the original k-NNN (see nnn.py); a
   model without it (fitted by an older StreamVAD) builds it in memory the first time it is needed.
 - chroma/: the ChromaDB system of record; never read when serving, used by `from_chroma`. With
@@ -255,7 +255,7 @@ class NormalityModel:
         if self.indexes is not None:
             hnsw_index.save_all(self.indexes, directory / "hnsw")
         if self.hdbscan:
-            hdbscan_.save(directory / "hdbscan.pkl", self.hdbscan)
+            hdbscan_.save(directory / hdbscan_.FILE, self.hdbscan)
         if self.projection is not None:
             self.projection.save(directory / PROJECTION)
         if self.nnn is not None:
@@ -345,7 +345,6 @@ class NormalityModel:
     def _from_parts(
         cls, directory: Path, man: dict[str, Any], arrays: dict[str, Any], indexes: list[Any] | None
     ) -> NormalityModel:
-        pkl = directory / "hdbscan.pkl"
         proj = directory / PROJECTION
         nnn_file = directory / NNN_FILE
         t, q, d = man["n_patches"] + 1, man["n_train"], man["dim"]
@@ -359,7 +358,7 @@ class NormalityModel:
             k=np.asarray(man["k"], dtype=np.int32), silhouette=sil, grid=tuple(man["grid"]),
             backbone=man["backbone"], sources=arrays["sources"], config=config,
             thresholds={k: float(v) for k, v in man["thresholds"].items()},
-            hdbscan=hdbscan_.load(pkl) if man["hdbscan_tokens"] else {}, indexes=indexes,
+            hdbscan=hdbscan_.load(directory) if man["hdbscan_tokens"] else {}, indexes=indexes,
             projection=GlobalProjection.load(proj) if man.get("global_dim", man["dim"]) != man["dim"] else None,
             nnn=NNNState.load(nnn_file, t, q, d) if nnn_file.is_file() else None,
             path=directory, chroma_server=man.get("chroma_server"), created_at=man["created_at"],
