@@ -230,7 +230,10 @@ class EventsConfig(_Section):
 
     open_n: int = Field(2, ge=1)
     open_m: int = Field(4, ge=1)
-    close_quiet_s: float = Field(2.0, ge=0.0)
+    close_quiet_s: float = Field(2.0, ge=0.0)  # of pts: a slow worker's late verdicts cannot close an event
+    # wall-clock seconds with no verdict from a camera at all (its reader or worker died mid-event) before its
+    # open event is closed; counted from when verdicts arrive, so latency does not count as silence
+    silence_s: float = Field(10.0, gt=0.0)
     cooldown_s: float = Field(10.0, ge=0.0)
     eos_wait_s: float = Field(5.0, ge=0.0)
     restart_after_s: float = Field(10.0, ge=0.0)
@@ -239,6 +242,9 @@ class EventsConfig(_Section):
     def _window(self) -> EventsConfig:
         if self.open_n > self.open_m:
             raise ValueError(f"open_n ({self.open_n}) must be <= open_m ({self.open_m})")
+        if self.silence_s < self.close_quiet_s:
+            raise ValueError(f"silence_s ({self.silence_s}) must be >= close_quiet_s ({self.close_quiet_s}): a "
+                             "silent camera is closed on wall-clock time only after pts had its chance")
         return self
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from streamvad.config import EventsConfig
 from streamvad.live.events import EventTracker, EventUpdate
@@ -134,11 +135,30 @@ def test_gap_longer_than_quiet_closes_before_a_new_anomaly() -> None:
 
 
 def test_expire_closes_events_of_silent_cameras_by_wall_time() -> None:
-    tracker = EventTracker(CFG)
+    cfg = CFG.model_copy(update={"silence_s": 5.0})
+    tracker = EventTracker(cfg)
     for i in range(2):
         tracker.update(verdict(i, True), wall_time=100.0 + i)
-    assert tracker.expire(101.5) == []
-    assert [u.kind for u in tracker.expire(102.0)] == ["closed"]
+    assert tracker.expire(105.5) == []
+    assert [u.kind for u in tracker.expire(106.0)] == ["closed"]
+    with pytest.raises(ValueError, match=r"silence_s \(0\.5\) must be >= close_quiet_s \(1\.0\)"):
+        EventsConfig(close_quiet_s=1.0, silence_s=0.5)
+
+
+def test_a_slow_worker_does_not_split_an_event() -> None:
+    """20 s of continuous anomaly at 4 fps whose verdicts arrive 2.5 s after their frames (a saturated worker,
+    more than close_quiet_s behind): one event, opened once and closed once, however often silence is checked."""
+    cfg = EventsConfig()  # close_quiet_s 2, silence_s 10, cooldown 10
+    tracker = EventTracker(cfg)
+    kinds = []
+    for i in range(80):
+        captured = 1000.0 + i * STEP
+        arrived = captured + 2.5
+        kinds += [u.kind for u in tracker.update(verdict(i, True), wall_time=captured, arrived=arrived)]
+        kinds += [u.kind for u in tracker.expire(arrived + 0.1)]  # the events process ticks between verdicts
+    kinds += [u.kind for u in tracker.expire(1000.0 + 80 * STEP + 2.5 + cfg.silence_s)]  # then the camera stops
+    assert [k for k in kinds if k != "updated"] == ["opened", "closed"]
+    assert tracker.suppressed["cam"] == 0
 
 
 EOS_CFG = EventsConfig(open_n=1, open_m=1, close_quiet_s=10.0, cooldown_s=0.0, eos_wait_s=3.0)

@@ -4,7 +4,9 @@ A single anomalous frame is usually noise, and an alarm that flaps open/closed e
 useless, so events use hysteresis per camera: open when `open_n` of the last `open_m` verdicts are
 anomalous, stay open while anomalies continue, close after `close_quiet_s` of presentation time
 without one, then stay quiet for `cooldown_s` (suppressed openings are counted, not reported).
-Time is the stream's pts, so a replay at any speed gives the same events as the live run did.
+Time is the stream's pts, so a replay at any speed gives the same events as the live run did, and a
+slow worker (verdicts seconds behind their frames) cannot split an event. Only a camera from which no
+verdict arrives at all for `silence_s` of wall-clock time has its event closed without pts.
 
 With several workers a camera's verdicts can arrive slightly out of pts order (each worker batches at
 its own pace). A late verdict still newer than the oldest one in the hysteresis window is slotted into
@@ -77,6 +79,7 @@ class _Camera:
     last_anomalous_pts: float = 0.0
     last_pts: float = float("-inf")
     last_wall_time: float = 0.0
+    last_arrival: float = 0.0  # wall-clock time the camera's last verdict reached the tracker
     cooldown_until: float = float("-inf")
     eos_pts: float | None = None  # an EOS waits for the verdict at this pts (its reader's last frame)...
     eos_deadline: float = float("inf")  # ...until this wall-clock time
@@ -105,14 +108,18 @@ class EventTracker:
         cam = self._cams.get(camera)
         return None if cam is None else cam.event
 
-    def update(self, verdict: Verdict, wall_time: float, frame: np.ndarray | None = None) -> list[EventUpdate]:
+    def update(self, verdict: Verdict, wall_time: float, frame: np.ndarray | None = None,
+               arrived: float | None = None) -> list[EventUpdate]:
+        """`wall_time`: when the frame was captured (events report it); `arrived`: when the verdict got here
+        (default `wall_time`), which `expire` measures a camera's silence from."""
         camera, pts = verdict.key.camera, verdict.key.pts
         cam = self._cam(camera)
         out: list[EventUpdate] = []
         if pts < cam.last_pts - self.cfg.restart_after_s:
             out.extend(self._restart(camera, pts))
             cam = self._cam(camera)
-        elif pts < cam.last_pts:
+        cam.last_arrival = max(cam.last_arrival, wall_time if arrived is None else arrived)
+        if pts < cam.last_pts:
             return self._reordered(cam, _Seen(verdict, wall_time, frame))
         cam.last_pts, cam.last_wall_time = pts, wall_time
         if cam.event is not None and self._quiet_elapsed(cam, verdict):
@@ -243,15 +250,16 @@ class EventTracker:
         return out
 
     def expire(self, wall_time: float) -> list[EventUpdate]:
-        """Close events of cameras that sent no verdict for `close_quiet_s` of wall-clock time, so a
+        """Close events of cameras from which no verdict arrived for `silence_s` of wall-clock time, so a
         camera that dies mid-event does not leave it open forever, and of cameras whose end of stream
-        waited `eos_wait_s` in vain for its last verdict."""
+        waited `eos_wait_s` in vain for its last verdict. Everything else is decided on pts: verdicts that
+        keep arriving, however late, never let an event expire."""
         out = []
         for name, cam in self._cams.items():
             if cam.eos_pts is not None and wall_time >= cam.eos_deadline:
                 log.info("%s: no verdict for the stream's last frame (pts %.3f) within %.1f s of its end; "
                          "closing its events", name, cam.eos_pts, self.cfg.eos_wait_s)
                 out.extend(self.flush(name))
-            elif cam.event is not None and wall_time - cam.last_wall_time >= self.cfg.close_quiet_s:
+            elif cam.event is not None and wall_time - cam.last_arrival >= self.cfg.silence_s:
                 out.append(self._close(cam, cam.last_pts))
         return out

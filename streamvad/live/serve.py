@@ -102,13 +102,15 @@ class EventsProcess:
                 self._drop_frame(next(iter(self._frames)))
         elif msg.type == "verdict" and msg.verdict is not None:
             image = self._drop_frame(msg.verdict.key)
-            wall = msg.header.get("wall_time") or time.time()
+            now = time.time()
+            wall = msg.header.get("wall_time") or now
             verdict = msg.verdict
             for kind, tracker in self.faults.items():
-                self._emit(tracker.update(dataclasses.replace(verdict, anomalous=verdict.tamper == kind), wall, image))
+                self._emit(tracker.update(dataclasses.replace(verdict, anomalous=verdict.tamper == kind), wall, image,
+                                          arrived=now))
             if verdict.tamper is not None:  # a covered or moved camera is a fault, not a scene anomaly
                 verdict = dataclasses.replace(verdict, anomalous=False)
-            self._emit(self.tracker.update(verdict, wall, image))
+            self._emit(self.tracker.update(verdict, wall, image, arrived=now))
             with self._lock:
                 self.verdicts += 1
         elif msg.type == "eos":
