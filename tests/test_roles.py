@@ -104,7 +104,8 @@ def compose_env(tmp_path: Path, tiny_model: Path, receiver: WebhookReceiver) -> 
                for k, v in (("URL", str(clip)), ("LOOP", "true"), ("MODEL", str(tiny_model)))},
             "WORKER_HOST_PREFIX": "127.0.", "WORKER_HOST_SUFFIX": ".1", "FRAMES_PORT": str(free_port()),
             "EVENTS_HOST": "127.0.0.1", "VERDICTS_PORT": str(free_port()), "STREAMVAD_OUT": str(tmp_path / "out"),
-            "WEBHOOK_URL": receiver.url, "WEBHOOK_SECRET": SECRET, "HTTP_HOST": "127.0.0.1"}
+            "WEBHOOK_URL": receiver.url, "WEBHOOK_SECRET": SECRET, "HTTP_HOST": "127.0.0.1",
+            "MAX_AGE_S": "null"}  # a busy machine must not shed the frames the test waits for
 
 
 # the compose layout: each camera's reader -> the camera's own worker; both workers -> events

@@ -146,6 +146,7 @@ def serve_config(tmp_path: Path, model: Path, cameras: list[dict[str, Any]], web
         "transport": {"frames": free_tcp_endpoint(), "verdicts": free_tcp_endpoint(),
                       "status": free_tcp_endpoint(), "policy": "drop"},
         "events": {"open_n": 2, "open_m": 4, "close_quiet_s": 1.0, "cooldown_s": 30.0},
+        "worker": {"max_age_s": None},  # pinned: a busy machine must not shed the frames the test waits for
         "sinks": {"webhooks": [{"url": f"http://127.0.0.1:{webhook_port}/hook", "secret": "${WEBHOOK_SECRET}",
                                 "backoff_s": 0.2, "backoff_max_s": 1.0}],
                   "jsonl": str(tmp_path / "events.jsonl"), "snapshots": str(tmp_path / "snapshots"),
