@@ -242,9 +242,6 @@ class EventsConfig(_Section):
     def _window(self) -> EventsConfig:
         if self.open_n > self.open_m:
             raise ValueError(f"open_n ({self.open_n}) must be <= open_m ({self.open_m})")
-        if self.silence_s < self.close_quiet_s:
-            raise ValueError(f"silence_s ({self.silence_s}) must be >= close_quiet_s ({self.close_quiet_s}): a "
-                             "silent camera is closed on wall-clock time only after pts had its chance")
         return self
 
 

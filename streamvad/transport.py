@@ -16,7 +16,6 @@ import dataclasses
 import io
 import json
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -26,15 +25,16 @@ from typing import Any, Literal
 import numpy as np
 import zmq
 from PIL import Image
+from pydantic import ValidationError
 
 from streamvad.config import WIRE_MAX_SIDE, TransportConfig
 from streamvad.errors import StreamVADError
+from streamvad.messages import WIRE_VERSION, first_error, header_model
 from streamvad.sources.shrink import limit_size
-from streamvad.types import TAMPER_TYPES, Frame, FrameKey, Verdict
+from streamvad.types import Frame, FrameKey, Verdict
 
 log = logging.getLogger(__name__)
 
-WIRE_VERSION = 1
 MESSAGE_TYPES = ("frame", "verdict", "eos", "status")
 _NUM = (int, float)
 _DEFAULT_LINGER_MS = 1000  # long enough to flush an EOS on close, short enough not to hang an exit
@@ -43,7 +43,6 @@ _DEFAULT_LINGER_MS = 1000  # long enough to flush an EOS on close, short enough 
 # checked from the header and the JPEG's own header before anything is decoded; ZeroMQ drops a message
 # larger than a raw frame of that size (and the peer that sent it) before it is read.
 MAX_MESSAGE_BYTES = 3 * WIRE_MAX_SIDE * WIRE_MAX_SIDE + (1 << 20)
-_CAMERA_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")  # CameraConfig.id's characters: nothing that breaks a log line
 
 MessageType = Literal["frame", "verdict", "eos", "status"]
 Policy = Literal["block", "drop"]
@@ -70,7 +69,7 @@ class Message:
     def last_key(self) -> FrameKey | None:
         """For an EOS: the key of the last frame its reader queued (None if it queued none, or predates
         the field); the events process waits for that frame's verdict before closing the camera's events."""
-        if self.type != "eos" or "index" not in self.header:
+        if self.type != "eos" or self.header.get("index") is None:
             return None
         return FrameKey(self.camera, self.header["index"], float(self.header["pts"]))
 
@@ -150,20 +149,8 @@ def encode_status(camera: str, state: str, **info: Any) -> list[bytes]:
 # --------------------------------------------------------------------------- decoding
 
 
-def _field(header: dict[str, Any], name: str, types: tuple[type, ...], optional: bool = False) -> Any:
-    kind = header.get("type")
-    if name not in header:
-        raise WireError(f"{kind} header: missing field {name!r}")
-    value = header[name]
-    if value is None and optional:
-        return None
-    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-        expected = " or ".join(t.__name__ for t in types) + (" or null" if optional else "")
-        raise WireError(f"{kind} header: field {name!r} should be {expected}, got {type(value).__name__}")
-    return value
-
-
 def _split(parts: Sequence[bytes]) -> tuple[dict[str, Any], bytes]:
+    """The validated header (its type's model in messages.py, dumped to plain JSON values) and the payload."""
     if len(parts) != 2:
         raise WireError(f"expected 2 message parts [header, payload], got {len(parts)}")
     raw_header, payload = (bytes(p) for p in parts)
@@ -174,20 +161,15 @@ def _split(parts: Sequence[bytes]) -> tuple[dict[str, Any], bytes]:
     if not isinstance(header, dict):
         raise WireError(f"header must be a JSON object, got {type(header).__name__}")
     if header.get("v") != WIRE_VERSION:
-        raise WireError(f"unsupported wire version {header.get('v')!r} (this build speaks v{WIRE_VERSION})")
-    if header.get("type") not in MESSAGE_TYPES:
-        raise WireError(f"unknown message type {header.get('type')!r}, expected one of {', '.join(MESSAGE_TYPES)}")
-    camera = _field(header, "camera", (str,))
-    if not _CAMERA_ID.fullmatch(camera):
-        raise WireError(f"{header['type']} header: camera id {camera[:40]!r} should be 1-128 of A-Z a-z 0-9 _ . -")
-    return header, payload
-
-
-def _shape(header: dict[str, Any], name: str, dims: int) -> tuple[int, ...]:
-    value = _field(header, name, (list,))
-    if len(value) != dims or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value):
-        raise WireError(f"{header['type']} header: field {name!r} should be {dims} positive ints, got {value!r}")
-    return tuple(value)
+        raise WireError(f"unsupported wire version {str(header.get('v'))[:20]} (this build speaks v{WIRE_VERSION})")
+    kind = header.get("type")
+    if kind not in MESSAGE_TYPES:
+        raise WireError(f"unknown message type {str(kind)[:20]!r}, expected one of {', '.join(MESSAGE_TYPES)}")
+    try:
+        model = header_model(header).model_validate_json(raw_header)
+    except ValueError as err:  # pydantic's ValidationError is a ValueError; so is an unknown status role
+        raise WireError(first_error(err, kind) if isinstance(err, ValidationError) else str(err)) from None
+    return model.model_dump(mode="json", exclude_unset=True), payload  # the fields as sent, validated
 
 
 def _decode_jpeg(payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
@@ -205,70 +187,29 @@ def _decode_jpeg(payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _frame_from(header: dict[str, Any], payload: bytes) -> Frame:
-    shape = _shape(header, "shape", 3)
-    if shape[2] != 3:
-        raise WireError(f"frame header: shape must be [H, W, 3], got {list(shape)}")
-    if max(shape[:2]) > WIRE_MAX_SIDE:
-        raise WireError(f"frame header: shape {list(shape)} exceeds the wire's {WIRE_MAX_SIDE}-pixel side; not decoded")
-    encoding = _field(header, "encoding", (str,))
-    if encoding == "raw":
+    shape = tuple(header["shape"])
+    if header["encoding"] == "raw":
         if len(payload) != shape[0] * shape[1] * 3:
             raise WireError(f"raw frame payload is {len(payload)} bytes, shape {list(shape)} needs "
                             f"{shape[0] * shape[1] * 3}")
         image = np.frombuffer(payload, dtype=np.uint8).reshape(shape).copy()
-    elif encoding == "jpeg":
-        image = _decode_jpeg(payload, shape)
     else:
-        raise WireError(f"frame header: encoding must be 'jpeg' or 'raw', got {encoding!r}")
-    return Frame(
-        camera=header["camera"], index=_field(header, "index", (int,)), pts=float(_field(header, "pts", _NUM)),
-        wall_time=float(_field(header, "wall_time", _NUM)), image=image,
-        label=_field(header, "label", (int,), optional=True), source=_field(header, "source", (str,)),
-    )
+        image = _decode_jpeg(payload, shape)
+    return Frame(camera=header["camera"], index=header["index"], pts=header["pts"], wall_time=header["wall_time"],
+                 image=image, label=header.get("label"), source=header["source"])
 
 
 def _verdict_from(header: dict[str, Any], payload: bytes) -> Verdict:
-    h, w = _shape(header, "grid", 2)
+    h, w = header["grid"]
     if len(payload) != 2 * h * w:
         raise WireError(f"verdict payload is {len(payload)} bytes, grid {h}x{w} needs {2 * h * w} (float16)")
-    _field(header, "wall_time", _NUM, optional=True)
-    key = FrameKey(header["camera"], _field(header, "index", (int,)), float(_field(header, "pts", _NUM)))
     return Verdict(
-        key=key, score=float(_field(header, "score", _NUM)), raw_score=float(_field(header, "raw_score", _NUM)),
-        anomalous=_field(header, "anomalous", (bool,)),
-        global_confidence=float(_field(header, "global_confidence", _NUM)),
+        key=FrameKey(header["camera"], header["index"], header["pts"]), score=header["score"],
+        raw_score=header["raw_score"], anomalous=header["anomalous"], global_confidence=header["global_confidence"],
         patch_confidences=np.frombuffer(payload, dtype="<f2").astype(np.float32), grid=(h, w),
-        unsafe_patches=_field(header, "unsafe_patches", (int,)),
-        threshold=float(_field(header, "threshold", _NUM)), decided_by=_field(header, "decided_by", (str,)),
-        motion_score=_optional_number(header, "motion_score"),
-        tamper=_tamper(header),
+        unsafe_patches=header["unsafe_patches"], threshold=header["threshold"], decided_by=header["decided_by"],
+        motion_score=header.get("motion_score"), tamper=header.get("tamper"),
     )
-
-
-def _tamper(header: dict[str, Any]) -> str | None:
-    value = _field(header, "tamper", (str,), optional=True) if "tamper" in header else None
-    if value is not None and value not in TAMPER_TYPES:
-        raise WireError(f"verdict header: field 'tamper' should be one of {', '.join(TAMPER_TYPES)} or null, "
-                        f"got {value[:40]!r}")
-    return value
-
-
-def _optional_number(header: dict[str, Any], name: str) -> float | None:
-    """A number field that older senders leave out and others send as null."""
-    value = _field(header, name, _NUM, optional=True) if name in header else None
-    return None if value is None else float(value)
-
-
-def _check_eos(header: dict[str, Any]) -> None:
-    """The last-frame fields are optional (older readers send none) but `index` and `pts` come together."""
-    given = [name for name in ("index", "pts") if name in header]
-    if len(given) == 1:
-        raise WireError(f"eos header: fields 'index' and 'pts' come together, got only {given[0]!r}")
-    if given:
-        _field(header, "index", (int,))
-        _field(header, "pts", _NUM)
-    if "frames" in header and _field(header, "frames", (int,)) < 0:
-        raise WireError(f"eos header: field 'frames' should be >= 0, got {header['frames']}")
 
 
 def decode(parts: Sequence[bytes]) -> Message:
@@ -279,10 +220,6 @@ def decode(parts: Sequence[bytes]) -> Message:
         return Message("frame", header, frame=_frame_from(header, payload))
     if kind == "verdict":
         return Message("verdict", header, verdict=_verdict_from(header, payload))
-    if kind == "status":
-        _field(header, "state", (str,))
-    if kind == "eos":
-        _check_eos(header)
     return Message(kind, header)
 
 

@@ -49,7 +49,7 @@ def bomb_message(h: int, w: int, header_shape: tuple[int, int]) -> list[bytes]:
 
 
 def test_a_jpeg_bomb_is_refused_before_it_is_decoded() -> None:
-    with pytest.raises(WireError, match=rf"shape \[9000, 9000, 3\] exceeds the wire's {WIRE_MAX_SIDE}-pixel side"):
+    with pytest.raises(WireError, match=rf"field 'shape.0': Input should be less than or equal to {WIRE_MAX_SIDE}"):
         decode(bomb_message(9000, 9000, (9000, 9000)))
     with pytest.raises(WireError, match=r"JPEG is 9000x9000, header says 48x64; not decoded"):
         decode(bomb_message(9000, 9000, (48, 64)))  # a header that lies about the JPEG inside
@@ -97,7 +97,7 @@ def test_a_message_over_the_size_bound_is_dropped_by_zeromq_and_the_socket_lives
 @pytest.mark.parametrize("camera", ["cam1\nWARNING forged log line", "", "x" * 129, "cam/../1", "caméra"])
 def test_camera_ids_are_bounded_at_decode(camera: str) -> None:
     header = json.loads(encode_frame(frame(), "raw")[0]) | {"camera": camera}
-    with pytest.raises(WireError, match=r"camera id .* should be 1-128 of") as err:
+    with pytest.raises(WireError, match=r"field 'camera': String should match pattern") as err:
         decode([json.dumps(header).encode(), encode_frame(frame(), "raw")[1]])
     assert "\n" not in str(err.value)
 

@@ -99,5 +99,5 @@ def test_an_unknown_fault_on_the_wire_is_refused() -> None:
     parts = encode_verdict(_verdict(0))
     header = json.loads(parts[0])
     header["tamper"] = "exploded\nfake log line"
-    with pytest.raises(WireError, match="field 'tamper' should be one of covered, frozen, moved"):
+    with pytest.raises(WireError, match="field 'tamper': Input should be 'covered', 'frozen' or 'moved'"):
         decode([json.dumps(header).encode(), parts[1]])

@@ -112,7 +112,7 @@ def test_verdict_round_trip_float16_heatmap() -> None:
 def test_eos_and_status_messages() -> None:
     eos = decode(encode_eos("cam9"))
     assert eos.type == "eos" and eos.camera == "cam9" and eos.frame is None
-    status = decode(encode_status("cam9", "reconnecting", attempt=3))
+    status = decode(encode_status("cam9", "reconnecting", role="reader", attempt=3))
     assert status.type == "status" and status.header["state"] == "reconnecting" and status.header["attempt"] == 3
 
 
@@ -147,15 +147,25 @@ def _raw_payload() -> bytes:
     ([_header(v=99), _raw_payload()], "unsupported wire version 99"),
     ([_header(type="gossip"), _raw_payload()], "unknown message type 'gossip'"),
     ([_header(), _raw_payload()[:-1]], "raw frame payload is"),
-    ([_header(index="7"), _raw_payload()], "field 'index' should be int"),
-    ([_header(shape=[48, 64]), _raw_payload()], "field 'shape' should be 3 positive ints"),
+    ([_header(index="7"), _raw_payload()], "field 'index': Input should be a valid integer, got '7'"),
+    ([_header(index=True), _raw_payload()], "field 'index': Input should be a valid integer, got 'True'"),
+    ([_header(pts=float("nan")), _raw_payload()], "field 'pts': Input should be a finite number"),
+    ([_header(shape=[48, 64]), _raw_payload()], "field 'shape.2': Field required"),
+    ([_header(shape=[48, 0, 3]), _raw_payload()], "field 'shape.1': Input should be greater than 0"),
+    ([_header(surprise=1), _raw_payload()], "field 'surprise': Extra inputs are not permitted"),
     ([_header(encoding="jpeg"), b"\xff\xd8 definitely not a jpeg"], "not a decodable JPEG"),
-    ([_header(encoding="png"), b""], "encoding must be 'jpeg' or 'raw'"),
-    ([json.dumps({"v": 1, "type": "eos"}).encode(), b""], "missing field 'camera'"),
-    ([json.dumps({"v": 1, "type": "eos", "camera": "c", "index": 3}).encode(), b""], "come together, got only 'index'"),
+    ([_header(encoding="png"), b""], "field 'encoding': Input should be 'jpeg' or 'raw'"),
+    ([json.dumps({"v": 1, "type": "eos"}).encode(), b""], "field 'camera': Field required"),
+    ([json.dumps({"v": 1, "type": "eos", "camera": "c", "index": 3}).encode(), b""],
+     "fields 'index' and 'pts' come together"),
     ([json.dumps({"v": 1, "type": "eos", "camera": "c", "index": 3, "pts": "1"}).encode(), b""],
-     "field 'pts' should be int or float"),
-    ([json.dumps({"v": 1, "type": "eos", "camera": "c", "frames": -1}).encode(), b""], "'frames' should be >= 0"),
+     "field 'pts': Input should be a valid number"),
+    ([json.dumps({"v": 1, "type": "eos", "camera": "c", "frames": -1}).encode(), b""],
+     "field 'frames': Input should be greater than or equal to 0"),
+    ([json.dumps({"v": 1, "type": "status", "camera": "c", "state": "ok"}).encode(), b""],
+     "status header: role should be one of reader, worker, events"),
+    ([json.dumps({"v": 1, "type": "status", "camera": "w", "state": "ok", "role": "worker",
+                  "pending": "lots"}).encode(), b""], "field 'pending': Input should be a valid integer"),
 ])
 def test_malformed_messages_raise_one_line_wire_error(parts: list[bytes], message: str) -> None:
     with pytest.raises(WireError, match=message) as info:

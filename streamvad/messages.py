@@ -1,0 +1,177 @@
+"""The wire's message headers as one versioned schema (docs/WIRE.md): what a receiver accepts, and nothing else.
+
+Every header is validated against its type's model before any of its fields is used: integers are
+integers (not bools or strings), numbers are finite, camera ids are bounded in length and charset
+(nothing that could break a log line), frame sides are bounded (a shape claiming 9000 pixels is refused
+from the header), and fields a type does not define are refused. Status reports are typed per role for
+every field the health endpoint and /metrics read, so a forged or broken report cannot put a string
+where a counter goes. Later fields (model versions, new event types) are added here, with the version.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+
+from streamvad.config import WIRE_MAX_SIDE
+from streamvad.types import TAMPER_TYPES
+
+WIRE_VERSION = 1
+
+CameraId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,128}$")]
+Count = Annotated[int, Field(ge=0)]
+Side = Annotated[int, Field(gt=0, le=WIRE_MAX_SIDE)]
+Text = Annotated[str, StringConstraints(max_length=4096)]
+Tamper = Literal[TAMPER_TYPES]  # type: ignore[valid-type]
+
+
+class _Header(BaseModel):
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid", frozen=True)
+
+    v: Literal[1]
+    camera: CameraId
+
+
+class FrameHeader(_Header):
+    type: Literal["frame"]
+    index: Count
+    pts: float
+    wall_time: float
+    label: int | None = None
+    source: Text
+    shape: tuple[Side, Side, Literal[3]]
+    encoding: Literal["jpeg", "raw"]
+
+
+class VerdictHeader(_Header):
+    type: Literal["verdict"]
+    index: Count
+    pts: float
+    wall_time: float | None = None  # of the source frame, for latency
+    score: float
+    raw_score: float
+    anomalous: bool
+    global_confidence: float
+    grid: tuple[Side, Side]
+    unsafe_patches: Count
+    threshold: float
+    decided_by: Annotated[str, StringConstraints(max_length=256)]
+    motion_score: float | None = None
+    tamper: Tamper | None = None
+
+
+class EosHeader(_Header):
+    """End of stream; `index` and `pts` name the camera's last queued frame (older readers send neither).
+    Fields it does not define are kept: a worker relays an EOS unchanged (transport.relay)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["eos"]
+    index: Count | None = None
+    pts: float | None = None
+    frames: Count | None = None
+
+    @model_validator(mode="after")
+    def _last_frame(self) -> EosHeader:
+        if (self.index is None) != (self.pts is None):
+            raise ValueError("fields 'index' and 'pts' come together")
+        return self
+
+
+class Histogram(BaseModel):
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
+
+    bounds: list[float]
+    counts: list[Count]
+    sum: Annotated[float, Field(ge=0.0)]
+
+    @model_validator(mode="after")
+    def _one_count_per_bucket(self) -> Histogram:
+        if len(self.counts) != len(self.bounds) + 1:
+            raise ValueError(f"{len(self.counts)} counts for {len(self.bounds)} bounds (expected one more)")
+        return self
+
+
+class _Status(_Header):
+    """What every process reports; other fields of a role's own are allowed but only typed ones are read."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["status"]
+    state: Annotated[str, StringConstraints(max_length=64)]
+
+
+class ReaderStatus(_Status):
+    role: Literal["reader"]
+    online: bool = False
+    fps_in: Annotated[float, Field(ge=0.0)] = 0.0
+    frames_in: Count = 0
+    frames_emitted: Count = 0
+    frames_dropped: Count = 0
+    reconnects: Count = 0
+    sent: Count = 0
+    url: Text | None = None
+    last_error: Text | None = None
+
+
+class WorkerStatus(_Status):
+    role: Literal["worker"]
+    frames_in: dict[CameraId, Count] = {}
+    frames_out: dict[CameraId, Count] = {}
+    anomalous: dict[CameraId, Count] = {}
+    stale: dict[CameraId, Count] = {}
+    learning: dict[CameraId, Count] = {}
+    foreign: dict[CameraId, Count] = {}
+    cameras: dict[CameraId, Literal["learning", "scoring"]] = {}
+    models: dict[Text, Count] = {}
+    pending: Count = 0
+    malformed: Count = 0
+    batch_size: Histogram | None = None
+    embed_s: Histogram | None = None
+    score_s: Histogram | None = None
+    latency_s: Histogram | None = None
+
+
+class WebhookStats(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    delivered: Count = 0
+    retries: Count = 0
+    failures: Count = 0
+    dead: Count = 0
+    pending: Count = 0
+
+
+class EventsStatus(_Status):
+    role: Literal["events"]
+    verdicts: Count = 0
+    events: dict[CameraId, dict[Annotated[str, StringConstraints(max_length=64)], Count]] = {}
+    late: dict[CameraId, Count] = {}
+    restarts: dict[CameraId, Count] = {}
+    suppressed: dict[CameraId, Count] = {}
+    webhooks: dict[Text, WebhookStats] = {}
+    sink_errors: Count = 0
+
+
+HEADERS: dict[str, type[_Header]] = {"frame": FrameHeader, "verdict": VerdictHeader, "eos": EosHeader}
+STATUS_ROLES: dict[str, type[_Status]] = {"reader": ReaderStatus, "worker": WorkerStatus, "events": EventsStatus}
+
+
+def header_model(header: dict[str, Any]) -> type[_Header]:
+    """The model a header (already JSON-decoded, with a known `type`) must satisfy."""
+    if header["type"] != "status":
+        return HEADERS[header["type"]]
+    role = header.get("role")
+    if role not in STATUS_ROLES:
+        raise ValueError(f"status header: role should be one of {', '.join(STATUS_ROLES)}, got {str(role)[:40]!r}")
+    return STATUS_ROLES[role]
+
+
+def first_error(err: ValidationError, kind: str) -> str:
+    """One line naming the first failing field and what it should be."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    got = first.get("input")
+    shown = "" if isinstance(got, dict | list) else f", got {str(got)[:40]!r}"
+    return f"{kind} header: field {loc!r}: {first['msg']}{shown}" if loc else f"{kind} header: {first['msg']}"
