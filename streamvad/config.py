@@ -163,11 +163,21 @@ class CameraConfig(_Section):
 WIRE_MAX_SIDE = 4096
 
 
+def runtime_dir() -> str:
+    """This user's directory for ipc:// sockets: $XDG_RUNTIME_DIR/streamvad, else /tmp/streamvad-<uid>. Whoever
+    binds first creates it with mode 0700, and a bind into a directory others can enter is refused
+    (transport.private_socket_dir)."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    return f"{base}/streamvad" if base else f"/tmp/streamvad-{os.getuid()}"
+
+
 class TransportConfig(_Section):
     """ZeroMQ endpoints (tcp:// or ipc://) and the backpressure policy of the frame queue."""
 
-    frames: str = "ipc:///tmp/streamvad-frames"
-    verdicts: str = "ipc:///tmp/streamvad-verdicts"
+    # ipc:// defaults live in this user's private socket directory (runtime_dir), never at names in /tmp that
+    # another local user could take first or connect to
+    frames: str = Field(default_factory=lambda: f"ipc://{runtime_dir()}/frames")
+    verdicts: str = Field(default_factory=lambda: f"ipc://{runtime_dir()}/verdicts")
     hwm: int = Field(64, ge=1)
     policy: Literal["block", "drop"] = "drop"  # block for replay, drop (keep freshest) for live
     jpeg_quality: int = Field(90, ge=10, le=100)
@@ -176,7 +186,7 @@ class TransportConfig(_Section):
     # The network sees 224-ish pixels anyway; snapshots are drawn at this size. None: send as decoded, up to
     # WIRE_MAX_SIDE (the most any receiver decodes; larger frames are shrunk to it).
     frame_max_side: int | None = Field(640, ge=32, le=WIRE_MAX_SIDE)
-    status: str = "ipc:///tmp/streamvad-status"  # readers, workers and the events process report here
+    status: str = Field(default_factory=lambda: f"ipc://{runtime_dir()}/status")  # every child reports here
 
 
 class WorkerConfig(_Section):

@@ -16,10 +16,12 @@ import dataclasses
 import io
 import json
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -256,6 +258,19 @@ def decode_verdict(parts: Sequence[bytes]) -> tuple[Verdict, dict[str, Any]]:
 # --------------------------------------------------------------------------- sockets
 
 
+def private_socket_dir(folder: Path) -> None:
+    """Make sure an ipc:// socket's directory exists, is ours and admits no one else (mode 0700): a socket
+    file in a shared directory can be connected to, or taken first, by any local user."""
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = folder.stat()
+    except OSError as err:
+        raise WireError(f"{folder}: cannot create the ipc:// socket directory ({err.strerror})") from None
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise WireError(f"{folder}: ipc:// socket directory must be private (yours, mode 0700); it is mode "
+                        f"{st.st_mode & 0o777:o}, owner uid {st.st_uid}; use another path or chmod 700 it")
+
+
 def _socket(kind: int, endpoints: str | Sequence[str], bind: bool, linger_ms: int,
             options: dict[int, int | bytes]) -> tuple[zmq.Socket, str]:
     """Create, configure and bind/connect a socket; options must be set before bind/connect to apply.
@@ -265,6 +280,14 @@ def _socket(kind: int, endpoints: str | Sequence[str], bind: bool, linger_ms: in
     """
     sock = zmq.Context.instance().socket(kind)
     sock.setsockopt(zmq.LINGER, linger_ms)
+    if bind:
+        for endpoint in [endpoints] if isinstance(endpoints, str) else endpoints:
+            if endpoint.startswith("ipc://"):
+                try:
+                    private_socket_dir(Path(endpoint[len("ipc://"):]).parent)
+                except WireError:
+                    sock.close(0)
+                    raise
     for opt, value in options.items():
         sock.setsockopt(opt, value)
     names = []

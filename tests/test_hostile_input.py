@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import resource
 import struct
 import zlib
@@ -158,3 +159,20 @@ def test_broken_yaml_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Captu
                  str(tmp_path / "out.jsonl"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "site.yaml" in err[0]
+
+
+def test_ipc_sockets_are_bound_only_in_a_private_directory(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)  # as /tmp is: any local user could connect to, or take, a socket file here
+    with pytest.raises(WireError, match=r"shared: ipc:// socket directory must be private .* mode 777"):
+        FramePuller(f"ipc://{shared}/frames")
+    fresh = tmp_path / "run" / "streamvad"
+    puller = FramePuller(f"ipc://{fresh}/frames")  # created 0700 by the first to bind
+    try:
+        assert fresh.stat().st_mode & 0o777 == 0o700
+    finally:
+        puller.close()
+    cfg = StreamVADConfig().transport
+    assert all(e.startswith("ipc://") and e.rsplit("/", 1)[0].endswith(("/streamvad", f"/streamvad-{os.getuid()}"))
+               for e in (cfg.frames, cfg.verdicts, cfg.status))
