@@ -181,6 +181,15 @@ def cmd_requeue(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from streamvad.security import generate_keys
+
+    made = generate_keys(args.dir)
+    print(f"CURVE keys in {args.dir}: server and client pairs (secrets mode 0600); {made['allowed']} lists the "
+          "client keys that bound sockets accept. Point transport.curve.keys at this directory on every host.")
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from streamvad.doctor import report
 
@@ -281,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--url", help="only this webhook (default: every webhook of the config)")
     p.set_defaults(func=cmd_requeue)
+
+    p = sub.add_parser("keys", help="ZeroMQ CURVE keys for a site's tcp:// sockets (transport.curve.keys)")
+    keys = p.add_subparsers(dest="keys_command", required=True)
+    k = keys.add_parser("generate", help="server and client key pairs, and allowed/ with the client's public key")
+    k.add_argument("dir", type=Path)
+    k.set_defaults(func=cmd_keys_generate)
 
     p = sub.add_parser("doctor", help="versions, devices and optional tools this machine has")
     p.set_defaults(func=cmd_doctor)

@@ -171,6 +171,14 @@ def runtime_dir() -> str:
     return f"{base}/streamvad" if base else f"/tmp/streamvad-{os.getuid()}"
 
 
+class CurveConfig(_Section):
+    """ZeroMQ CURVE for tcp:// sockets (see security.py)."""
+
+    # a directory from `streamvad keys generate`: server.key_secret (sockets that bind), client.key_secret and
+    # server.key (sockets that connect), allowed/ (client public keys a binding socket accepts)
+    keys: Path
+
+
 class TransportConfig(_Section):
     """ZeroMQ endpoints (tcp:// or ipc://) and the backpressure policy of the frame queue."""
 
@@ -187,6 +195,8 @@ class TransportConfig(_Section):
     # WIRE_MAX_SIDE (the most any receiver decodes; larger frames are shrunk to it).
     frame_max_side: int | None = Field(640, ge=32, le=WIRE_MAX_SIDE)
     status: str = Field(default_factory=lambda: f"ipc://{runtime_dir()}/status")  # every child reports here
+    curve: CurveConfig | None = None  # authentication of tcp:// sockets; required for tcp:// unless insecure
+    insecure: bool = False  # allow unauthenticated tcp:// (logged as a warning at start-up)
 
 
 class WorkerConfig(_Section):

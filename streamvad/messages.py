@@ -127,6 +127,7 @@ class WorkerStatus(_Status):
     models: dict[Text, Count] = {}
     pending: Count = 0
     malformed: Count = 0
+    auth_denied: Count = 0
     batch_size: Histogram | None = None
     embed_s: Histogram | None = None
     score_s: Histogram | None = None
@@ -152,6 +153,7 @@ class EventsStatus(_Status):
     suppressed: dict[CameraId, Count] = {}
     webhooks: dict[Text, WebhookStats] = {}
     sink_errors: Count = 0
+    auth_denied: Count = 0
 
 
 HEADERS: dict[str, type[_Header]] = {"frame": FrameHeader, "verdict": VerdictHeader, "eos": EosHeader}

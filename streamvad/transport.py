@@ -29,6 +29,7 @@ import zmq
 from PIL import Image
 from pydantic import ValidationError
 
+from streamvad import security
 from streamvad.config import WIRE_MAX_SIDE, TransportConfig
 from streamvad.errors import StreamVADError
 from streamvad.messages import WIRE_VERSION, first_error, header_model
@@ -290,8 +291,10 @@ def _socket(kind: int, endpoints: str | Sequence[str], bind: bool, linger_ms: in
                     raise
     for opt, value in options.items():
         sock.setsockopt(opt, value)
+    listed = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+    security.secure(sock, listed, bind)
     names = []
-    for endpoint in [endpoints] if isinstance(endpoints, str) else endpoints:
+    for endpoint in listed:
         try:
             sock.bind(endpoint) if bind else sock.connect(endpoint)
         except zmq.ZMQError as err:

@@ -150,7 +150,7 @@ def _events_of(cfg: dict[str, Any], tmp_path: Path, name: str) -> dict[str, list
     jsonl = tmp_path / f"{name}.jsonl"
     cfg = {**cfg, "sinks": {"jsonl": str(jsonl), "spool": str(tmp_path / f"spool-{name}")},
            "transport": {"frames": free_tcp_endpoint(), "verdicts": free_tcp_endpoint(),
-                         "status": free_tcp_endpoint(), "policy": "block"},
+                         "status": free_tcp_endpoint(), "policy": "block", "insecure": True},
            "serve": {"http_port": 0}}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")

@@ -3,6 +3,7 @@ compose file's structure, and the one-line errors of a misused role."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import yaml
+import zmq
 
 from streamvad.bench.throughput import PLACE, free_tcp_endpoint
 from streamvad.config import CameraConfig, StreamVADConfig, TransportConfig, load_config
@@ -24,6 +27,9 @@ from streamvad.datasets.synthetic import AnomalySpec, make_scene
 from streamvad.errors import ConfigError
 from streamvad.live.fleet import owned, owner
 from streamvad.live.serve import Role, serve
+from streamvad.security import ALLOWED, generate_keys
+from streamvad.transport import encode_frame, encode_verdict
+from streamvad.types import Frame, FrameKey, Verdict
 from tests.receiver import WebhookReceiver
 from tests.test_worker import tiny_model
 
@@ -105,7 +111,29 @@ def compose_env(tmp_path: Path, tiny_model: Path, receiver: WebhookReceiver) -> 
             "WORKER_HOST_PREFIX": "127.0.", "WORKER_HOST_SUFFIX": ".1", "FRAMES_PORT": str(free_port()),
             "EVENTS_HOST": "127.0.0.1", "VERDICTS_PORT": str(free_port()), "STREAMVAD_OUT": str(tmp_path / "out"),
             "WEBHOOK_URL": receiver.url, "WEBHOOK_SECRET": SECRET, "HTTP_HOST": "127.0.0.1",
-            "MAX_AGE_S": "null"}  # a busy machine must not shed the frames the test waits for
+            "MAX_AGE_S": "null",  # a busy machine must not shed the frames the test waits for
+            "STREAMVAD_KEYS": str(generate_keys(tmp_path / "keys")[ALLOWED].parent)}  # every tcp:// hop on CURVE
+
+
+def _attacker(endpoint: str, server_key: str | None = None, kind: int = zmq.PUB) -> zmq.Socket:
+    """A socket of someone who reaches the port: plain, or with a CURVE key pair of its own (not allowed)."""
+    sock = zmq.Context.instance().socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    if server_key is not None:
+        public, secret = zmq.curve_keypair()
+        sock.curve_publickey, sock.curve_secretkey = public, secret
+        sock.curve_serverkey = re.search(r'public-key = "(.+)"', server_key).group(1).encode()  # type: ignore[union-attr]
+    sock.connect(endpoint)
+    return sock
+
+
+def _frame(camera: str) -> Frame:
+    return Frame(camera, 0, 0.0, time.time(), np.zeros((120, 160, 3), dtype=np.uint8))
+
+
+def _forged_verdict(camera: str) -> list[bytes]:
+    return encode_verdict(Verdict(FrameKey(camera, 0, 0.0), 1.0, 99.0, True, 1.0, np.ones(6, np.float32), (2, 3), 6,
+                                  1.0, "forged"))
 
 
 # the compose layout: each camera's reader -> the camera's own worker; both workers -> events
@@ -146,6 +174,30 @@ def test_compose_topology_as_processes_scores_each_camera_on_its_worker_and_aler
         # an event whose webhook arrived within that second
         wait_for("the opened events in /metrics", lambda: procs["events"].metric(
             'streamvad_events_total{camera="cam1",kind="opened"}') >= 1, 10, logs)
+        # an attacker on the network: forged anomalous verdicts for a made-up camera, over plain tcp and with a
+        # CURVE key of its own, to the events process; and an injected frame to a worker. All are refused.
+        forged = _forged_verdict("ghost")
+        events_at = f"tcp://127.0.0.1:{compose_env['VERDICTS_PORT']}"
+        server_key = (Path(compose_env["STREAMVAD_KEYS"]) / "server.key").read_text()
+        plain, stranger, injector = _attacker(events_at), _attacker(events_at, server_key), _attacker(
+            f"tcp://127.0.1.1:{compose_env['FRAMES_PORT']}", server_key, zmq.PUSH)  # worker-1's host
+
+        def attacked() -> bool:
+            for sock, parts in ((plain, forged), (stranger, forged), (injector, encode_frame(_frame("ghost")))):
+                with contextlib.suppress(zmq.Again):  # a refused PUSH has no peer and would block
+                    sock.send_multipart(parts, flags=zmq.NOBLOCK)
+            return (procs["events"].metric("streamvad_auth_denied_total") >= 1
+                    and procs["worker-1"].metric("streamvad_auth_denied_total") >= 1)
+
+        try:
+            wait_for("the strangers refused and counted", attacked, 20, logs)
+        finally:
+            for sock in (plain, stranger, injector):
+                sock.close(0)
+        assert procs["worker-1"].metric('streamvad_worker_frames_in_total{camera="ghost"') == 0
+        time.sleep(1.0)  # anything that got through would be an event and a webhook by now
+        assert not any(h.json["camera"] == "ghost" for h in receiver.accepted())
+        assert "ghost" not in jsonl.read_text()
     finally:
         codes = {name: proc.terminate() for name, proc in procs.items()}
     assert codes == dict.fromkeys(ROLES, 0), codes
@@ -198,7 +250,7 @@ def test_compose_file_services_commands_and_configs(monkeypatch: pytest.MonkeyPa
 
 def test_role_misuse_fails_with_one_line(tiny_model: Path) -> None:
     cfg = StreamVADConfig(model_dir=tiny_model, cameras=[CameraConfig(id="cam1", url="clip.mp4")],
-                          transport=TransportConfig(frames="tcp://127.0.0.1:5999"))
+                          transport=TransportConfig(frames="tcp://127.0.0.1:5999", insecure=True))
     with pytest.raises(ConfigError, match=r"^--camera: no camera 'cam9' in cameras \(configured: cam1\)$"):
         serve(cfg, Role("reader", camera="cam9"))
     with pytest.raises(ConfigError, match=r"^--worker-index: 2 is not below serve.workers \(1\)$"):

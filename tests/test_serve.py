@@ -144,7 +144,7 @@ def serve_config(tmp_path: Path, model: Path, cameras: list[dict[str, Any]], web
         "scoring": {"method": "knnn", "rule": "topk", "frame_threshold": 3.0},
         "cameras": cameras,
         "transport": {"frames": free_tcp_endpoint(), "verdicts": free_tcp_endpoint(),
-                      "status": free_tcp_endpoint(), "policy": "drop"},
+                      "status": free_tcp_endpoint(), "policy": "drop", "insecure": True},  # CURVE: test_roles
         "events": {"open_n": 2, "open_m": 4, "close_quiet_s": 1.0, "cooldown_s": 30.0},
         "worker": {"max_age_s": None},  # pinned: a busy machine must not shed the frames the test waits for
         "sinks": {"webhooks": [{"url": f"http://127.0.0.1:{webhook_port}/hook", "secret": "${WEBHOOK_SECRET}",

@@ -132,6 +132,12 @@ class StatusCollector:
         yield from self._readers(self.state.reports("reader"))
         yield from self._workers(self.state.reports("worker"))
         yield from self._events(self.state.reports("events"))
+        denied = CounterMetricFamily("streamvad_auth_denied", "ZeroMQ connections refused for an unknown CURVE key",
+                                     labels=["process"])
+        for role in ("worker", "events"):
+            for name, h in self.state.reports(role).items():
+                denied.add_metric([name], h.get("auth_denied", 0))
+        yield denied
         restarts = CounterMetricFamily("streamvad_process_restarts", "Child processes restarted by the watchdog",
                                        labels=["process"])
         for name, p in self.state.processes().items():

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from streamvad import security
 from streamvad.config import WIRE_MAX_SIDE, CameraConfig, TransportConfig
 from streamvad.live.supervisor import StatusReporter, Terminated, setup_child
 from streamvad.sources import SourceStatus, open_source
@@ -73,6 +74,7 @@ def reader_main(camera: CameraConfig, transport: TransportConfig, endpoints: lis
     """Process entry point: exits 0 when a finite source ends or on SIGTERM; a crash exits non-zero."""
     stop = threading.Event()
     setup_child(stop, log_level, interrupt=True)
+    security.configure(transport)
     try:
         run_reader(camera, transport, endpoints=endpoints, status_endpoint=status_endpoint,
                    status_interval_s=status_interval_s, stop=stop)

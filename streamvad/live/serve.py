@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from streamvad import security
 from streamvad.config import CameraConfig, StreamVADConfig
 from streamvad.errors import ConfigError
 from streamvad.live.events import EventTracker, EventUpdate
@@ -90,7 +91,7 @@ class EventsProcess:
             return {"state": "running", "verdicts": self.verdicts, "late": dict(self.tracker.late),
                     "restarts": dict(self.tracker.restarts), "suppressed": dict(self.tracker.suppressed),
                     "events": {c: dict(k) for c, k in self.events.items()}, "webhooks": hooks,
-                    "sink_errors": self.sinks.errors}
+                    "sink_errors": self.sinks.errors, "auth_denied": security.denied()}
 
     def handle(self, msg: Message) -> None:
         if msg.type == "frame" and msg.frame is not None:
@@ -154,6 +155,7 @@ class EventsProcess:
 def events_main(cfg: StreamVADConfig, log_level: int) -> None:
     stop = threading.Event()
     setup_child(stop, log_level)
+    security.configure(cfg.transport)
     proc = EventsProcess(cfg)
     reporter = StatusReporter(cfg.transport.status, "events", "events", proc.stats,
                               cfg.serve.status_interval_s).start()
@@ -200,6 +202,7 @@ class Role:
 
 def _check(cfg: StreamVADConfig, role: Role) -> None:
     """Fail in this process, with one line, before spawning anything."""
+    security.check(cfg.transport)
     if role.runs("reader") and not cfg.cameras:
         raise ConfigError("cameras: serve needs at least one camera")
     if role.runs("worker"):
@@ -344,6 +347,7 @@ def serve(cfg: StreamVADConfig, role: Role | None = None) -> int:
     its readers has ended; exit code."""
     role = role or Role()
     _check(cfg, role)
+    security.configure(cfg.transport)
     runner = _Serve(cfg, role)
 
     def on_signal(sig: int, _frame: object) -> None:

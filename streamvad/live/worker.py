@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from streamvad import security
 from streamvad.config import CameraConfig, StreamVADConfig, TamperConfig, TransportConfig, WorkerConfig
 from streamvad.errors import ConfigError
 from streamvad.live.fleet import Fleet, load_fleet, owned
@@ -84,6 +85,7 @@ class VerdictSender:
         self._sock = zmq.Context.instance().socket(zmq.PUB)
         self._sock.setsockopt(zmq.SNDHWM, hwm)
         self._sock.setsockopt(zmq.LINGER, 2000)
+        security.secure(self._sock, [endpoint], bind=False)
         self._sock.connect(endpoint)
         self.quality = quality
 
@@ -145,7 +147,7 @@ class Worker:
                 "frames_in": dict(self._in), "frames_out": dict(self._out), "anomalous": dict(self._anomalous),
                 "stale": dict(self._stale), "learning": dict(self._learning), "foreign": dict(self._foreign),
                 "cameras": {c: self.fleet.state(c) for c in self.fleet.cameras}, "models": self._model_bytes,
-                "pending": self._pending, "malformed": self._malformed,
+                "pending": self._pending, "malformed": self._malformed, "auth_denied": security.denied(),
                 "batch_size": self.batch_sizes.as_dict(), "embed_s": self.embed_s.as_dict(),
                 "score_s": self.score_s.as_dict(), "latency_s": self.latency_s.as_dict(),
             }
@@ -298,6 +300,7 @@ def worker_main(cfg: StreamVADConfig, index: int, frames_endpoint: str, log_leve
     """Process entry point: load the model, serve until SIGTERM, drain, exit 0."""
     stop = threading.Event()
     setup_child(stop, log_level)
+    security.configure(cfg.transport)
     name = f"worker-{index}"
     holder: dict[str, Worker] = {}
 
