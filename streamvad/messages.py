@@ -10,11 +10,13 @@ where a counter goes. Later fields (model versions, new event types) are added h
 
 from __future__ import annotations
 
+from dataclasses import MISSING, fields
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model, model_validator
 
 from streamvad.config import WIRE_MAX_SIDE
+from streamvad.sources.status import SourceStatus
 from streamvad.types import TAMPER_TYPES
 
 WIRE_VERSION = 1
@@ -102,17 +104,14 @@ class _Status(_Header):
     state: Annotated[str, StringConstraints(max_length=64)]
 
 
-class ReaderStatus(_Status):
-    role: Literal["reader"]
-    online: bool = False
-    fps_in: Annotated[float, Field(ge=0.0)] = 0.0
-    frames_in: Count = 0
-    frames_emitted: Count = 0
-    frames_dropped: Count = 0
-    reconnects: Count = 0
-    sent: Count = 0
-    url: Text | None = None
-    last_error: Text | None = None
+# A reader reports its SourceStatus: the schema is derived from that dataclass's fields, so the two cannot drift.
+_READER_TYPES: dict[str, Any] = {"int": Count, "float": Annotated[float, Field(ge=0.0)], "bool": bool, "str": Text,
+                                 "float | None": float | None, "str | None": Text | None}
+ReaderStatus = create_model(
+    "ReaderStatus", __base__=_Status, role=(Literal["reader"], ...), sent=(Count, 0),
+    **{f.name: (_READER_TYPES[str(f.type)], None if f.default is MISSING else f.default)
+       for f in fields(SourceStatus) if f.name not in ("camera", "_arrivals")},
+)
 
 
 class WorkerStatus(_Status):
