@@ -182,6 +182,7 @@ def test_safe_unsafe_real_layout_recovers_cameras_by_scene(tmp_path: Path, scene
     cameras = [c.camera for c in split.train + split.test]
     assert len(set(cameras)) == len(cameras) and all(CAMERA_ID.match(c) and "cam1" in c for c in cameras)
     assert load_dataset("safe-unsafe", root).train == split.train  # deterministic
+    assert load_dataset("safe-unsafe", root, camera="auto").test == split.test  # the default, spelled out
     other_seeds = [{c.name for c in load_dataset("safe-unsafe", root, seed=s).train} for s in range(1, 6)]
     assert any(names != train for names in other_seeds)
     # the assignment goes beside the report, and reads back as cameras_file

@@ -309,7 +309,9 @@ def load(root: Path, *, split: Literal["study", "published"] = "study", camera: 
          camera_pattern: str = DEFAULT_CAMERA_PATTERN, cameras_file: Path | None = None,
          trim_file: Path | None = None, frame_interval_s: float = FRAME_INTERVAL_S, train_fraction: float = 0.7,
          seed: int = 0, unsafe_classes: Sequence[str] | None = None) -> DatasetSplit:
-    """The study's split (or the published one) of the Safe/Unsafe dataset under `root` (module docstring)."""
+    """The study's split (or the published one) of the Safe/Unsafe dataset under `root` (module docstring).
+    `camera="auto"` is the default spelled out: camera ids found as described, the study's camera 1 kept."""
+    camera = "1" if camera == "auto" else camera
     if split not in ("study", "published"):
         raise InputError(f"safe-unsafe: split must be study or published, got {split!r}")
     if not frame_interval_s > 0:
