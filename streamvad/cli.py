@@ -155,7 +155,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         result = run_throughput_bench(cameras=args.cameras, seconds=args.seconds, models=args.models,
                                       device=args.device, dtype=args.dtype, max_batch=args.max_batch,
-                                      capacity_readers=args.capacity_readers, train_seconds=args.train_seconds)
+                                      capacity_readers=args.capacity_readers, train_seconds=args.train_seconds,
+                                      with_curve=args.curve)
     write_json(result, args.json)
     print(json.dumps(result, indent=2))
     return 0
@@ -273,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--capacity-readers", type=int, help="throughput: unpaced readers feeding the capacity run")
     p.add_argument("--train-seconds", type=float, default=20.0,
                    help="throughput: normal footage the model is fitted on (4 fps; 600 ~ 2,400 training frames)")
+    p.add_argument("--curve", action="store_true",
+                   help="throughput: repeat the capacity run with every tcp:// hop on CURVE and report the ratio")
     p.add_argument("--fleet", type=int, metavar="N",
                    help="throughput: N cameras on N models against N cameras on one model (Ped2-sized models)")
     p.add_argument("--train-vectors", type=int, default=2000, help="throughput --fleet: memory rows per token")

@@ -30,10 +30,12 @@ from typing import Any
 
 import numpy as np
 
+from streamvad import security
 from streamvad.bench import environment
 from streamvad.config import (
     BackboneConfig,
     CameraConfig,
+    CurveConfig,
     NormalityConfig,
     StreamVADConfig,
     TransportConfig,
@@ -41,6 +43,7 @@ from streamvad.config import (
 )
 from streamvad.datasets.synthetic import make_scene
 from streamvad.errors import ConfigError
+from streamvad.security import ALLOWED, generate_keys
 from streamvad.transport import FramePuller, VerdictSubscriber
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,7 @@ def save_random_dinov2(out: Path, *, hidden: int = 384, layers: int = 12, heads:
 
 VIT_SHAPES = {"vit-s": (384, 12, 6), "vit-b": (768, 12, 12), "vit-l": (1024, 24, 16)}  # hidden, layers, heads
 MODELS = ("efficientnet-lite0", *VIT_SHAPES)
+CURVE_PAIRS = 3  # plain/CURVE capacity pairs; the ratio is of the medians (one run varies by ~10% on 2 cores)
 
 
 def backbone_for(name: str, workdir: Path, device: str = "auto", dtype: str = "auto",
@@ -107,6 +111,7 @@ def fit_small_model(backbone: BackboneConfig, workdir: Path, *, seconds: float =
 def _run_worker(cfg: StreamVADConfig, endpoint: str, stop: Any, ready: Any) -> None:
     from streamvad.live.worker import build_worker
 
+    security.configure(cfg.transport)
     worker = build_worker(cfg, 0, endpoint)
     stop_flag = threading.Event()
     threading.Thread(target=lambda: (stop.wait(), stop_flag.set()), daemon=True).start()
@@ -117,6 +122,7 @@ def _run_worker(cfg: StreamVADConfig, endpoint: str, stop: Any, ready: Any) -> N
 def _run_reader(camera: CameraConfig, transport: TransportConfig, status: str, stop: Any) -> None:
     from streamvad.live.reader import run_reader
 
+    security.configure(transport)
     stop_flag = threading.Event()
     threading.Thread(target=lambda: (stop.wait(), stop_flag.set()), daemon=True).start()
     run_reader(camera, transport, status_endpoint=status, stop=stop_flag)
@@ -131,12 +137,15 @@ def _dropped(status: FramePuller) -> int:
 
 
 def measure(models: Sequence[Path], backbone: BackboneConfig, clip: Path, cameras: int, seconds: float, *,
-            paced: bool, max_batch: int = 16) -> dict[str, Any]:
+            paced: bool, max_batch: int = 16, curve: Path | None = None) -> dict[str, Any]:
     """One run: `cameras` reader processes over one worker process for `seconds` of verdicts; camera i is
-    served against models[i % len(models)] (one model: every camera shares it)."""
+    served against models[i % len(models)] (one model: every camera shares it). With `curve` (a keys
+    directory), every tcp:// hop is on CURVE, as a site's is."""
     ctx = mp.get_context("spawn")
     transport = TransportConfig(frames=free_tcp_endpoint(), verdicts=free_tcp_endpoint(),
-                                policy="drop" if paced else "block", hwm=8)
+                                policy="drop" if paced else "block", hwm=8,
+                                curve=None if curve is None else CurveConfig(keys=curve), insecure=curve is None)
+    security.configure(transport)
     cams = [CameraConfig(id=f"cam{i}", url=str(clip), fps=CAMERA_FPS, loop=True, realtime=paced,
                          model=models[i % len(models)]) for i in range(cameras)]
     cfg = StreamVADConfig(cameras=cams, backbone=backbone, transport=transport,
@@ -171,6 +180,7 @@ def measure(models: Sequence[Path], backbone: BackboneConfig, clip: Path, camera
     sub.close()
     dropped = _dropped(status)
     status.close()
+    security.configure(None)
     lat = np.asarray(latencies) if latencies else np.zeros(1)
     return {"cameras": cameras, "paced": paced, "seconds": seconds, "frames": len(latencies),
             "frames_per_s": round(len(latencies) / seconds, 2),
@@ -181,11 +191,12 @@ def measure(models: Sequence[Path], backbone: BackboneConfig, clip: Path, camera
 
 def run_throughput_bench(cameras: list[int], seconds: float, models: list[str], *, device: str = "auto",
                          dtype: str = "auto", max_batch: int = 16, capacity_readers: int | None = None,
-                         train_seconds: float = 20.0) -> dict[str, Any]:
+                         train_seconds: float = 20.0, with_curve: bool = False) -> dict[str, Any]:
     """Figures per model: an unpaced capacity run, then one paced run per camera count.
 
     The capacity run uses `capacity_readers` unpaced readers (default: the smallest camera count); on a
-    GPU one reader cannot feed the worker, so give several.
+    GPU one reader cannot feed the worker, so give several. `with_curve` adds CURVE_PAIRS capacity runs without
+    and with every tcp:// hop on CURVE (security.py), alternated, and the ratio of their medians.
     """
     unknown = [m for m in models if m not in MODELS]
     if unknown:
@@ -206,10 +217,21 @@ def run_throughput_bench(cameras: list[int], seconds: float, models: list[str], 
                                max_batch=max_batch)
             runs = [measure([model_dir], backbone, clip, k, seconds, paced=True, max_batch=max_batch)
                     for k in cameras]
+            curve = None
+            if with_curve:  # capacity with every hop on CURVE and without, alternated so drift hits both alike
+                keys = generate_keys(work / "keys")[ALLOWED].parent
+                pairs = [[measure([model_dir], backbone, clip, settings["capacity_readers"], seconds, paced=False,
+                                  max_batch=max_batch, curve=k) for k in (None, keys)] for _ in range(CURVE_PAIRS)]
+                plain = [p[0]["frames_per_s"] for p in pairs]
+                secure = [p[1]["frames_per_s"] for p in pairs]
+                curve = {"plain_frames_per_s": plain, "curve_frames_per_s": secure,
+                         "capacity_ratio": round(float(np.median(secure)) / max(float(np.median(plain)), 1e-9), 3)}
             result["models"][name] = {
                 "backbone": backbone.model_dump(mode="json"),
                 "capacity_frames_per_s": capacity["frames_per_s"],
                 "max_cameras_at_4fps": int(capacity["frames_per_s"] // CAMERA_FPS),
                 "capacity_run": capacity, "runs": runs,
             }
+            if curve is not None:
+                result["models"][name]["curve"] = curve
     return result
