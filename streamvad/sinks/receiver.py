@@ -6,14 +6,21 @@ for writing that verification elsewhere. With a secret, a request whose signatur
 whose timestamp is outside the tolerance is answered 401 with the reason as a text body; an authentic
 one gets `answer()` (200). It runs in a thread (`start`/`stop`, on the same port again after a stop), so
 the tests build their scripted receiver (outages, Retry-After) on it in tests/receiver.py.
+
+Deliveries are at least once, so an accepted request whose `Idempotency-Key` was already accepted is answered
+200 again but marked `duplicate` (and `streamvad receive` prints it no more). A body larger than
+`max_body_bytes` is refused (413) unread, and a client that stalls mid-request is dropped after
+`read_timeout_s`, so neither a huge upload nor a slow one can tie the receiver up.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +38,7 @@ class Received:
     status: int
     reason: str | None = None  # why the signature check failed
     received_at: float = field(default_factory=time.time)
+    duplicate: bool = False  # an accepted repeat of an Idempotency-Key already accepted
 
     @property
     def json(self) -> Any:
@@ -55,14 +63,22 @@ def check_signature(secret: str, body: bytes, timestamp: str | None, signature: 
     return None
 
 
+_REMEMBERED_KEYS = 100_000  # idempotency keys kept for deduplication (oldest forgotten first)
+
+
 class WebhookReceiver:
     def __init__(self, secret: str | None = None, port: int = 0, host: str = "127.0.0.1",
-                 on_request: Callable[[Received], None] | None = None, tolerance_s: float = 300.0) -> None:
+                 on_request: Callable[[Received], None] | None = None, tolerance_s: float = 300.0,
+                 max_body_bytes: int = 1 << 20, read_timeout_s: float = 10.0) -> None:
         self.secret = secret
         self.port = port
         self.host = host
         self.on_request = on_request
         self.tolerance_s = tolerance_s
+        self.max_body_bytes = max_body_bytes
+        self.read_timeout_s = read_timeout_s
+        self._keys: OrderedDict[str, None] = OrderedDict()
+        self._keys_lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -77,12 +93,32 @@ class WebhookReceiver:
             return None if signature is None else "signed, but this receiver has no secret to check with"
         return check_signature(self.secret, body, timestamp, signature, self.tolerance_s)
 
+    def _seen(self, key: str | None) -> bool:
+        """Whether an accepted request already carried `key` (and remember it now)."""
+        if not key:
+            return False
+        with self._keys_lock:
+            if key in self._keys:
+                return True
+            self._keys[key] = None
+            if len(self._keys) > _REMEMBERED_KEYS:
+                self._keys.popitem(last=False)
+            return False
+
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = receiver.read_timeout_s  # the socket's: a stalled client is dropped, not waited for
+
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                length = self.headers.get("Content-Length", "")
+                if not length.isdigit() or int(length) > receiver.max_body_bytes:
+                    self.send_error(413 if length.isdigit() else 411,
+                                    f"body must have a Content-Length of at most {receiver.max_body_bytes} bytes")
+                    self.close_connection = True
+                    return
+                body = self.rfile.read(int(length))
                 reason = receiver._verify(body, self.headers.get("X-StreamVAD-Timestamp"),
                                           self.headers.get("X-StreamVAD-Signature"))
                 extra: dict[str, str] = {}
@@ -91,7 +127,10 @@ class WebhookReceiver:
                     status, text = 401, reason.encode("utf-8") + b"\n"
                 else:
                     status, extra = receiver.answer()
-                received = Received(self.path, dict(self.headers), body, reason is None, status, reason)
+                accepted = 200 <= status < 300
+                duplicate = accepted and receiver._seen(self.headers.get("Idempotency-Key"))
+                received = Received(self.path, dict(self.headers), body, reason is None, status, reason,
+                                    duplicate=duplicate)
                 receiver.record(received)
                 self.send_response(status)
                 for name, value in extra.items():
@@ -136,9 +175,17 @@ class WebhookReceiver:
         self.stop()
 
 
-def run_receiver(host: str, port: int, secret: str | None, tolerance_s: float = 300.0) -> int:
-    """Serve until interrupted, printing one JSON line per delivery with its signature check."""
-    def show(r: Received) -> None:
+class JsonLines:
+    """One JSON line per delivery (with its signature check) to `out`, whole lines even when deliveries arrive
+    concurrently; repeats of an accepted delivery are not printed again."""
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self._lock = threading.Lock()
+
+    def __call__(self, r: Received) -> None:
+        if r.duplicate:
+            return
         try:
             body: Any = r.json
         except ValueError:
@@ -146,9 +193,14 @@ def run_receiver(host: str, port: int, secret: str | None, tolerance_s: float = 
         line = {"signature_ok": r.signature_ok, "idempotency_key": r.headers.get("Idempotency-Key"), "body": body}
         if r.reason:
             line["reason"] = r.reason
-        print(json.dumps(line), flush=True)
+        with self._lock:
+            self.out.write(json.dumps(line) + "\n")
+            self.out.flush()
 
-    receiver = WebhookReceiver(secret, port, host, on_request=show, tolerance_s=tolerance_s).start()
+
+def run_receiver(host: str, port: int, secret: str | None, tolerance_s: float = 300.0) -> int:
+    """Serve until interrupted, printing one JSON line per delivery with its signature check."""
+    receiver = WebhookReceiver(secret, port, host, on_request=JsonLines(sys.stdout), tolerance_s=tolerance_s).start()
     print(f"listening on {receiver.url}", flush=True)
     try:
         while True:
