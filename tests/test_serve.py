@@ -58,7 +58,7 @@ def test_healthz_and_metrics_reflect_child_reports() -> None:
         assert resp.status_code == 503 and resp.json()["cameras"]["cam1"]["last_error"] == "EOF"
         state.update({"camera": "cam1", "role": "reader", "state": "running", "online": True, "frames_in": 40,
                       "frames_dropped": 3, "reconnects": 1, "sent": 12})
-        state.update({"camera": "events", "role": "events", "events": {"cam1": {"opened": 1}},
+        state.update({"camera": "events", "role": "events", "events": {"cam1": {"opened": 1}}, "sink_errors": 3,
                       "late": {"cam1": 4}, "restarts": {"cam1": 1}, "suppressed": {},
                       "webhooks": {"http://h/hook": {"delivered": 1, "retries": 2, "failures": 2, "dead": 0,
                                                      "pending": 1}}})
@@ -75,7 +75,8 @@ def test_healthz_and_metrics_reflect_child_reports() -> None:
                      'streamvad_webhook_pending{url="http://h/hook"} 1.0',
                      'streamvad_events_total{camera="cam1",kind="opened"} 1.0',
                      'streamvad_verdicts_late_total{camera="cam1"} 4.0',
-                     'streamvad_stream_restarts_total{camera="cam1"} 1.0'):
+                     'streamvad_stream_restarts_total{camera="cam1"} 1.0',
+                     'streamvad_sink_errors_total{process="events"} 3.0'):
             assert line in metrics, line
         for name in ("streamvad_batch_size_bucket", "streamvad_embed_seconds", "streamvad_score_seconds",
                      "streamvad_webhook_delivered_total", "streamvad_webhook_failures_total",

@@ -219,6 +219,8 @@ class StatusCollector:
                    for k in WEBHOOK_COUNTERS}
         pending = GaugeMetricFamily("streamvad_webhook_pending", "Webhook deliveries waiting in the spool",
                                     labels=["url"])
+        sink_errors = CounterMetricFamily("streamvad_sink_errors", "Event updates a sink failed to take (logged)",
+                                          labels=["process"])
         per_camera = {
             "late": CounterMetricFamily("streamvad_verdicts_late", "Verdicts too far out of order to count",
                                         labels=["camera"]),
@@ -227,7 +229,8 @@ class StatusCollector:
             "suppressed": CounterMetricFamily("streamvad_events_suppressed", "Event openings held back by cooldown",
                                               labels=["camera"]),
         }
-        for h in reports.values():
+        for name, h in reports.items():
+            sink_errors.add_metric([name], h.get("sink_errors", 0))
             for cam, kinds in (h.get("events") or {}).items():
                 for kind, n in kinds.items():
                     events.add_metric([cam, kind], n)
@@ -239,6 +242,7 @@ class StatusCollector:
                     webhook[k].add_metric([url], stats.get(k, 0))
                 pending.add_metric([url], stats.get("pending", 0))
         yield events
+        yield sink_errors
         yield from per_camera.values()
         yield from webhook.values()
         yield pending
