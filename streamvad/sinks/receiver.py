@@ -66,6 +66,13 @@ def check_signature(secret: str, body: bytes, timestamp: str | None, signature: 
 _REMEMBERED_KEYS = 100_000  # idempotency keys kept for deduplication (oldest forgotten first)
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's listen backlog is 5: a burst of concurrent deliveries (every camera alerting at once, a
+    # spool flushed after an outage) would be reset by the kernel before a thread could take it
+    request_queue_size = 128
+    daemon_threads = True
+
+
 class WebhookReceiver:
     def __init__(self, secret: str | None = None, port: int = 0, host: str = "127.0.0.1",
                  on_request: Callable[[Received], None] | None = None, tolerance_s: float = 300.0,
@@ -79,7 +86,7 @@ class WebhookReceiver:
         self.read_timeout_s = read_timeout_s
         self._keys: OrderedDict[str, None] = OrderedDict()
         self._keys_lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -146,7 +153,7 @@ class WebhookReceiver:
         return Handler
 
     def start(self) -> WebhookReceiver:
-        self._server = ThreadingHTTPServer((self.host, self.port), self._handler())
+        self._server = _Server((self.host, self.port), self._handler())
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
