@@ -87,7 +87,7 @@ class Curve:
         allowed = keys / ALLOWED
         if not allowed.is_dir():
             raise ConfigError(f"transport.curve.keys: {allowed} is missing (the client public keys to accept)")
-        self.allow = _AllowList({z for z in zmq.auth.load_certificates(allowed)})
+        self.allow = _AllowList(set(zmq.auth.load_certificates(allowed)))
         self._auth: ThreadAuthenticator | None = None
         self._lock = threading.Lock()
 

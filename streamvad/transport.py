@@ -39,7 +39,6 @@ from streamvad.types import Frame, FrameKey, Verdict
 log = logging.getLogger(__name__)
 
 MESSAGE_TYPES = ("frame", "verdict", "eos", "status")
-_NUM = (int, float)
 _DEFAULT_LINGER_MS = 1000  # long enough to flush an EOS on close, short enough not to hang an exit
 # Bounds on what a receiver accepts, so a hostile or broken sender cannot make it allocate without limit:
 # frames are at most WIRE_MAX_SIDE pixels a side (readers shrink to transport.frame_max_side, at most that),
@@ -279,19 +278,14 @@ def _socket(kind: int, endpoints: str | Sequence[str], bind: bool, linger_ms: in
     Returns the socket and its endpoint(s) as text, with a wildcard port ("tcp://127.0.0.1:*")
     resolved to the port actually bound, so the other side can be told where to connect.
     """
+    listed = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+    for endpoint in listed if bind else ():
+        if endpoint.startswith("ipc://"):
+            private_socket_dir(Path(endpoint[len("ipc://"):]).parent)
     sock = zmq.Context.instance().socket(kind)
     sock.setsockopt(zmq.LINGER, linger_ms)
-    if bind:
-        for endpoint in [endpoints] if isinstance(endpoints, str) else endpoints:
-            if endpoint.startswith("ipc://"):
-                try:
-                    private_socket_dir(Path(endpoint[len("ipc://"):]).parent)
-                except WireError:
-                    sock.close(0)
-                    raise
     for opt, value in options.items():
         sock.setsockopt(opt, value)
-    listed = [endpoints] if isinstance(endpoints, str) else list(endpoints)
     security.secure(sock, listed, bind)
     names = []
     for endpoint in listed:

@@ -78,7 +78,6 @@ class _Camera:
     seq: int = 0
     last_anomalous_pts: float = 0.0
     last_pts: float = float("-inf")
-    last_wall_time: float = 0.0
     last_arrival: float = 0.0  # wall-clock time the camera's last verdict reached the tracker
     cooldown_until: float = float("-inf")
     eos_pts: float | None = None  # an EOS waits for the verdict at this pts (its reader's last frame)...
@@ -121,7 +120,7 @@ class EventTracker:
         cam.last_arrival = max(cam.last_arrival, wall_time if arrived is None else arrived)
         if pts < cam.last_pts:
             return self._reordered(cam, _Seen(verdict, wall_time, frame))
-        cam.last_pts, cam.last_wall_time = pts, wall_time
+        cam.last_pts = pts
         if cam.event is not None and self._quiet_elapsed(cam, verdict):
             out.append(self._close(cam, closed_at=pts))
         cam.window.append(_Seen(verdict, wall_time, frame))

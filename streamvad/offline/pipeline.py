@@ -235,7 +235,7 @@ def replay(
     t0 = time.perf_counter()
     n = 0
     monitor = TamperMonitor(tamper or TamperConfig())
-    smoothers = {name: Smoother(engine.smooth_s) for name in scorers}  # each scorer's own window per camera
+    smoothers = {name: Smoother(engine.smoother.seconds) for name in scorers}  # each scorer's own window per camera
     try:
         wire = engine.info.frame_max_side, engine.info.jpeg_quality  # what the model was fitted on
         for read in batched(iter_frames(clips, sample_fps), backbone_batch(engine.backbone)):

@@ -122,7 +122,6 @@ class Engine:
         self.request = request
         self.info = info
         self.tracker = tracker
-        self.smooth_s = smooth_s
         self.smoother = Smoother(smooth_s)
         self.timings = Timings()
 
