@@ -195,6 +195,10 @@ class TransportConfig(_Section):
     # WIRE_MAX_SIDE (the most any receiver decodes; larger frames are shrunk to it).
     frame_max_side: int | None = Field(640, ge=32, le=WIRE_MAX_SIDE)
     status: str = Field(default_factory=lambda: f"ipc://{runtime_dir()}/status")  # every child reports here
+    # verdicts a worker keeps until the events process has committed them (acknowledged), and how long it
+    # waits for an acknowledgement before sending everything unacknowledged again
+    unacked_max: int = Field(10_000, ge=1)
+    resend_after_s: float = Field(5.0, gt=0.0)
     curve: CurveConfig | None = None  # authentication of tcp:// sockets; required for tcp:// unless insecure
     insecure: bool = False  # allow unauthenticated tcp:// (logged as a warning at start-up)
 
@@ -257,6 +261,8 @@ class EventsConfig(_Section):
     cooldown_s: float = Field(10.0, ge=0.0)
     eos_wait_s: float = Field(5.0, ge=0.0)
     restart_after_s: float = Field(10.0, ge=0.0)
+    # the events database (SQLite, WAL): events, each camera's tracking state, and the verdict link's progress
+    database: Path = Path("runs/events.db")
 
     @model_validator(mode="after")
     def _window(self) -> EventsConfig:

@@ -127,6 +127,9 @@ class WorkerStatus(_Status):
     pending: Count = 0
     malformed: Count = 0
     auth_denied: Count = 0
+    unacked: Count = 0
+    resent: Count = 0
+    lost: Count = 0
     batch_size: Histogram | None = None
     embed_s: Histogram | None = None
     score_s: Histogram | None = None
@@ -153,6 +156,40 @@ class EventsStatus(_Status):
     webhooks: dict[Text, WebhookStats] = {}
     sink_errors: Count = 0
     auth_denied: Count = 0
+
+
+SenderId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+
+
+class LinkHeader(BaseModel):
+    """What precedes each verdict (with its snapshot frame) or EOS on the worker-to-events link: the sending
+    worker's session, the message's sequence number there, and the oldest one the sender still holds
+    (everything older was acknowledged, or dropped from its bounded buffer and is not coming)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    v: Literal[1]
+    type: Literal["link"]
+    sender: SenderId
+    seq: Annotated[int, Field(ge=1)]
+    oldest: Annotated[int, Field(ge=1)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LinkHeader:
+        if self.oldest > self.seq:
+            raise ValueError(f"oldest ({self.oldest}) is after seq ({self.seq})")
+        return self
+
+
+class AckHeader(BaseModel):
+    """The events process's answer once it has committed a sender's messages up to `seq` to its database."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    v: Literal[1]
+    type: Literal["ack"]
+    sender: SenderId
+    seq: Count
 
 
 HEADERS: dict[str, type[_Header]] = {"frame": FrameHeader, "verdict": VerdictHeader, "eos": EosHeader}

@@ -12,13 +12,15 @@ reader waits, so every frame is scored). End of stream is an explicit message, n
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
 import logging
 import os
 import time
-from collections import Counter
+import uuid
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +34,7 @@ from pydantic import ValidationError
 from streamvad import security
 from streamvad.config import WIRE_MAX_SIDE, TransportConfig
 from streamvad.errors import StreamVADError
-from streamvad.messages import WIRE_VERSION, first_error, header_model
+from streamvad.messages import WIRE_VERSION, AckHeader, LinkHeader, first_error, header_model
 from streamvad.sources.shrink import limit_size
 from streamvad.types import Frame, FrameKey, Verdict
 
@@ -408,35 +410,172 @@ class FramePuller(_Receiver):
         return cls(cfg.frames, cfg.hwm, bind)
 
 
-class VerdictPublisher:
-    """Publishes verdicts (PUB, binds by default) to any number of sink processes.
+@dataclass
+class _Unacked:
+    seq: int
+    parts: list[bytes]  # the wire messages after the link header: [frame header, JPEG,] header, payload
+    sent_at: float | None = None  # monotonic; None: not yet handed to ZeroMQ (no events process connected)
 
-    PUB never blocks: a subscriber that falls `hwm` messages behind loses verdicts, which is the right
-    trade for a live system (scoring must not stall because a sink is slow).
+
+class VerdictLink:
+    """The worker's end of the verdict link (DEALER, connects to the events process): at-least-once delivery.
+
+    Every verdict (with its snapshot frame) and relayed EOS is numbered in this sender's session and kept
+    until the events process acknowledges it, which it does only once it has committed it to its database.
+    A killed events process therefore loses nothing it had received but not committed: what stays
+    unacknowledged for `resend_after_s` is sent again, in order, and the events process drops the repeats
+    by number. The buffer is bounded (`capacity` messages): past it the oldest are dropped and counted,
+    and each message tells the receiver the oldest number still held, so it knows what is gone for good.
     """
 
-    def __init__(self, endpoint: str, hwm: int = 1000, bind: bool = True,
+    def __init__(self, endpoint: str, *, capacity: int = 10_000, resend_after_s: float = 5.0, hwm: int = 1000,
                  linger_ms: int = _DEFAULT_LINGER_MS) -> None:
-        self._sock, self.endpoint = _socket(zmq.PUB, endpoint, bind, linger_ms, {zmq.SNDHWM: hwm})
-        self.sent = 0
+        options = {zmq.SNDHWM: hwm, zmq.IMMEDIATE: 1, zmq.MAXMSGSIZE: 1 << 16}
+        self._sock, self.endpoint = _socket(zmq.DEALER, endpoint, False, linger_ms, options)
+        self.sender = uuid.uuid4().hex
+        self.capacity, self.resend_after_s = capacity, resend_after_s
+        self._seq = 0
+        self._unacked: OrderedDict[int, _Unacked] = OrderedDict()
+        self._in_order = True  # everything numbered so far has been handed to ZeroMQ
+        self.resent = 0
+        self.lost = 0  # dropped unacknowledged from the full buffer
 
-    def publish(self, verdict: Verdict, frame_wall_time: float | None = None) -> None:
-        self._sock.send_multipart(encode_verdict(verdict, frame_wall_time))
-        self.sent += 1
+    @property
+    def unacked(self) -> int:
+        return len(self._unacked)
 
-    def publish_eos(self, camera: str) -> None:
-        self._sock.send_multipart(encode_eos(camera))
+    def send(self, parts: list[bytes]) -> None:
+        """Number `parts` (one or two encoded messages), keep them until acknowledged and send them now,
+        unless earlier ones still wait to go out (then `service` sends them all, in order)."""
+        self._seq += 1
+        self._unacked[self._seq] = entry = _Unacked(self._seq, parts)
+        if len(self._unacked) > self.capacity:
+            self._unacked.popitem(last=False)
+            self.lost += 1
+            if self.lost == 1 or self.lost % 1000 == 0:
+                log.error("verdict link to %s: %d unacknowledged verdicts dropped so far (buffer of %d full; is "
+                          "the events process down?)", self.endpoint, self.lost, self.capacity)
+        if self._in_order:
+            self._in_order = self._transmit(entry)
+
+    def _transmit(self, entry: _Unacked) -> bool:
+        oldest = next(iter(self._unacked))
+        link = _pack({"type": "link", "sender": self.sender, "seq": entry.seq, "oldest": oldest})[0]
+        try:
+            self._sock.send_multipart([link, *entry.parts], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        entry.sent_at = time.monotonic()
+        return True
+
+    def service(self) -> None:
+        """Take in acknowledgements and resend what is overdue; call it often (the worker does every loop)."""
+        while self._sock.poll(0, zmq.POLLIN):
+            parts = self._sock.recv_multipart()
+            try:
+                ack = AckHeader.model_validate_json(parts[0]) if len(parts) == 1 else None
+            except ValidationError:
+                ack = None
+            if ack is None or ack.sender != self.sender:
+                log.warning("verdict link to %s: ignoring a reply that is not an ack for this sender", self.endpoint)
+                continue
+            while self._unacked and next(iter(self._unacked)) <= ack.seq:
+                self._unacked.popitem(last=False)
+        if not self._unacked:
+            self._in_order = True
+            return
+        head = next(iter(self._unacked.values()))
+        if head.sent_at is None or time.monotonic() - head.sent_at >= self.resend_after_s:
+            self._resend()
+
+    def _resend(self) -> None:
+        """Go back N: send everything unacknowledged again, in order (the receiver takes them only in order)."""
+        for entry in self._unacked.values():
+            again = entry.sent_at is not None
+            if not self._transmit(entry):
+                self._in_order = False
+                return
+            self.resent += again
+        self._in_order = True
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for everything to be acknowledged; True if it was."""
+        deadline = time.monotonic() + timeout_s
+        while self._unacked and time.monotonic() < deadline:
+            self._sock.poll(50, zmq.POLLIN)
+            self.service()
+        return not self._unacked
 
     def close(self, linger_ms: int | None = None) -> None:
         self._sock.close(linger_ms)
 
 
-class VerdictSubscriber(_Receiver):
-    """Receives every verdict (SUB, connects by default). Like any SUB, it misses what was published
-    before its subscription reached the publisher (ZeroMQ's "slow joiner"). A bound SUB passes its
-    subscription to a publisher that connects later only while its own thread is in `recv` (ZeroMQ
-    handles socket commands lazily), so keep polling it rather than leaving it idle."""
+@dataclass
+class Delivery:
+    """Messages one link header carried (a verdict, its snapshot frame first if anomalous, or an EOS)."""
 
-    def __init__(self, endpoint: str | Sequence[str], hwm: int = 1000, bind: bool = False) -> None:
-        super().__init__(_socket(zmq.SUB, endpoint, bind, 0,
-                                 {zmq.RCVHWM: hwm, zmq.SUBSCRIBE: b"", zmq.MAXMSGSIZE: MAX_MESSAGE_BYTES}))
+    peer: bytes
+    link: LinkHeader
+    messages: list[Message]
+
+
+class VerdictInbox:
+    """The events process's end of the verdict link (ROUTER, binds): deliveries from any number of workers,
+    acknowledged by `ack` once committed. With `auto_ack` each is acknowledged on receipt (tools and tests
+    that keep no database). Malformed messages are logged, counted and skipped, never raised."""
+
+    def __init__(self, endpoint: str | Sequence[str], *, bind: bool = True, hwm: int = 1000,
+                 auto_ack: bool = False) -> None:
+        self._sock, self.endpoint = _socket(zmq.ROUTER, endpoint, bind, 0,
+                                            {zmq.RCVHWM: hwm, zmq.MAXMSGSIZE: 2 * MAX_MESSAGE_BYTES})
+        self.auto_ack = auto_ack
+        self._queue: list[Message] = []
+        self.received = 0
+        self.malformed = 0
+
+    def recv(self, timeout_ms: int | None = None) -> Delivery | None:
+        """The next well-formed delivery, or None when `timeout_ms` passes (None waits forever)."""
+        deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+        while True:
+            left = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            if not self._sock.poll(left, zmq.POLLIN):
+                return None
+            peer, *parts = self._sock.recv_multipart()
+            try:
+                delivery = self._decode(peer, parts)
+            except WireError as err:
+                self.malformed += 1
+                log.warning("dropped malformed message on %s (%d so far): %s", self.endpoint, self.malformed, err)
+                continue
+            self.received += 1
+            if self.auto_ack:
+                self.ack(delivery.peer, delivery.link.sender, delivery.link.seq)
+            return delivery
+
+    @staticmethod
+    def _decode(peer: bytes, parts: Sequence[bytes]) -> Delivery:
+        if len(parts) not in (3, 5):
+            raise WireError(f"expected a link header and one or two messages (3 or 5 parts), got {len(parts)}")
+        try:
+            link = LinkHeader.model_validate_json(parts[0])
+        except ValidationError as err:
+            raise WireError(first_error(err, "link")) from None
+        return Delivery(peer, link, [decode(parts[i:i + 2]) for i in range(1, len(parts), 2)])
+
+    def ack(self, peer: bytes, sender: str, seq: int) -> None:
+        """Tell `peer` that everything of `sender` up to `seq` is committed (dropped if the peer is gone)."""
+        with contextlib.suppress(zmq.ZMQError):  # the peer is gone: it resends, and the repeat is acknowledged then
+            self._sock.send_multipart([peer, _pack({"type": "ack", "sender": sender, "seq": seq})[0]],
+                                      flags=zmq.NOBLOCK)
+
+    def recv_message(self, timeout_ms: int | None = None) -> Message | None:
+        """The next message alone (tools and tests that only read verdicts; use with `auto_ack`)."""
+        if not self._queue:
+            delivery = self.recv(timeout_ms)
+            if delivery is None:
+                return None
+            self._queue.extend(delivery.messages)
+        return self._queue.pop(0)
+
+    def close(self) -> None:
+        self._sock.close()

@@ -33,7 +33,7 @@ from streamvad.live.reader import reader_main, run_reader
 from streamvad.live.serve import EventsProcess
 from streamvad.live.worker import worker_main
 from streamvad.sources import open_source
-from streamvad.transport import FramePuller, FramePusher, VerdictSubscriber
+from streamvad.transport import FramePuller, FramePusher, VerdictInbox
 from tests.test_worker import make_frame, tiny_model
 
 __all__ = ["tiny_model"]
@@ -61,7 +61,7 @@ def test_two_workers_four_cameras_four_models_each_scored_once_by_its_owner(tiny
     assert sorted(Counter(shard.values()).values()) == [2, 2]  # the hash splits these ids 2 + 2
     expected = {(c.id, f.index) for c in cameras for f in open_source(c.url, c.id, sample_fps=c.fps)}
 
-    verdicts = VerdictSubscriber(transport.verdicts, hwm=100_000, bind=True)
+    verdicts = VerdictInbox(transport.verdicts, hwm=100_000, auto_ack=True)
     status = FramePuller(transport.status, hwm=10_000, bind=True)
     ctx = mp.get_context("spawn")
     endpoints = worker_endpoints(transport.frames, WORKERS)
@@ -83,13 +83,13 @@ def test_two_workers_four_cameras_four_models_each_scored_once_by_its_owner(tiny
         for r in readers:
             r.start()
         while len(seen) < len(expected) and time.monotonic() < deadline:
-            msg = verdicts.recv(200)
+            msg = verdicts.recv_message(200)
             if msg is not None and msg.type == "verdict":
                 seen[(msg.verdict.key.camera, msg.verdict.key.index)] += 1
         for r in readers:
             r.join(30)
         time.sleep(1.0)  # a duplicate, if there were one, would arrive now
-        while (msg := verdicts.recv(100)) is not None:
+        while (msg := verdicts.recv_message(100)) is not None:
             if msg.type == "verdict":
                 seen[(msg.verdict.key.camera, msg.verdict.key.index)] += 1
         for w in workers:  # a stopped worker sends its final counts

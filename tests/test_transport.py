@@ -17,8 +17,6 @@ from streamvad.transport import (
     FramePuller,
     FramePusher,
     Message,
-    VerdictPublisher,
-    VerdictSubscriber,
     WireError,
     decode,
     decode_frame,
@@ -53,7 +51,7 @@ def ipc(tmp_path: Path, name: str) -> str:
     return f"ipc://{tmp_path / name}"
 
 
-def recv_all(puller: FramePuller | VerdictSubscriber, n: int, timeout_ms: int = 3000) -> list[Message]:
+def recv_all(puller: FramePuller, n: int, timeout_ms: int = 3000) -> list[Message]:
     out = []
     while len(out) < n:
         msg = puller.recv(timeout_ms)
@@ -328,28 +326,6 @@ def test_block_policy_delivers_everything_to_a_slow_worker() -> None:
     finally:
         reader.close()
         worker.close()
-
-
-def test_verdicts_pub_sub_round_trip() -> None:
-    pub = VerdictPublisher(TCP)
-    sub = VerdictSubscriber(pub.endpoint)
-    try:
-        verdict = make_verdict()
-        msg = None
-        for _ in range(50):  # the subscription takes a moment to reach the publisher (slow joiner)
-            pub.publish(verdict, frame_wall_time=99.0)
-            msg = sub.recv(100)
-            if msg is not None:
-                break
-        assert msg is not None and msg.verdict is not None
-        assert msg.verdict.key == verdict.key and msg.header["wall_time"] == 99.0
-        pub.publish_eos("cam1")
-        while (msg := sub.recv(1000)) is not None and msg.type != "eos":
-            pass
-        assert msg is not None and msg.type == "eos" and msg.camera == "cam1"
-    finally:
-        sub.close()
-        pub.close()
 
 
 def test_bad_endpoint_is_a_wire_error() -> None:

@@ -17,7 +17,7 @@ from streamvad.bench.throughput import fit_small_model, free_tcp_endpoint
 from streamvad.config import BackboneConfig, ServeConfig, StreamVADConfig, TransportConfig, WorkerConfig
 from streamvad.live.worker import Worker, patch_mask, worker_main
 from streamvad.scoring.engine import Engine, load_engine
-from streamvad.transport import FramePusher, VerdictSubscriber
+from streamvad.transport import FramePusher, VerdictInbox
 from streamvad.types import Frame
 
 IMAGE_SIZE = (96, 128)  # 6 x 8 patches on the stride-16 grid
@@ -47,10 +47,10 @@ def make_frame(camera: str, index: int, seed: int = 0) -> Frame:
 
 @contextmanager
 def running_worker(engine: Engine, cfg: WorkerConfig, policy: str = "block"
-                   ) -> Iterator[tuple[Worker, FramePusher, VerdictSubscriber]]:
+                   ) -> Iterator[tuple[Worker, FramePusher, VerdictInbox]]:
     """A Worker in a thread, a frame pusher (policy block) and a verdict subscriber bound on loopback."""
     transport = TransportConfig(frames=free_tcp_endpoint(), verdicts=free_tcp_endpoint(), policy=policy)
-    sub = VerdictSubscriber(transport.verdicts, bind=True)
+    sub = VerdictInbox(transport.verdicts, auto_ack=True)
     worker = Worker(engine, transport, cfg)
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
@@ -59,7 +59,7 @@ def running_worker(engine: Engine, cfg: WorkerConfig, policy: str = "block"
     pusher = FramePusher(transport.frames, policy="block")
     # A bound SUB forwards its subscription to a connecting PUB only while its own thread calls into it
     # (ZeroMQ processes socket commands lazily): poll it, or whatever the worker publishes first is dropped.
-    assert sub.recv(300) is None
+    assert sub.recv_message(300) is None
     try:
         yield worker, pusher, sub
     finally:
@@ -69,11 +69,11 @@ def running_worker(engine: Engine, cfg: WorkerConfig, policy: str = "block"
         sub.close()
 
 
-def verdict_keys(sub: VerdictSubscriber, n: int, timeout_s: float = 20.0) -> list[tuple[str, int]]:
+def verdict_keys(sub: VerdictInbox, n: int, timeout_s: float = 20.0) -> list[tuple[str, int]]:
     keys: list[tuple[str, int]] = []
     deadline = time.monotonic() + timeout_s
     while len(keys) < n and time.monotonic() < deadline:
-        msg = sub.recv(200)
+        msg = sub.recv_message(200)
         if msg is not None and msg.type == "verdict":
             keys.append((msg.verdict.key.camera, msg.verdict.key.index))
     return keys
@@ -155,7 +155,7 @@ def test_sigterm_drains_queued_frames(tiny_model: Path) -> None:
                                 status=free_tcp_endpoint(), policy="block")
     cfg = StreamVADConfig(model_dir=tiny_model, transport=transport, worker=WorkerConfig(max_batch=4),
                           serve=ServeConfig(drain_timeout_s=30))
-    sub = VerdictSubscriber(transport.verdicts, bind=True)
+    sub = VerdictInbox(transport.verdicts, auto_ack=True)
     proc = mp.get_context("spawn").Process(target=worker_main, args=(cfg, 0, transport.frames, 20))
     proc.start()
     pusher = FramePusher(transport.frames, policy="block")
@@ -200,7 +200,7 @@ def test_replay_scores_what_the_live_path_scores(tiny_model: Path, tmp_path: Pat
         transport = worker.transport.model_copy(update={"frame_max_side": 160, "jpeg_quality": 90})
         run_reader(CameraConfig(id="hd", url=str(folder), fps=30.0), transport)
         live = {}
-        while len(live) < 4 and (msg := sub.recv(10_000)) is not None:
+        while len(live) < 4 and (msg := sub.recv_message(10_000)) is not None:
             if msg.type == "verdict" and msg.verdict is not None:
                 live[msg.verdict.key.index] = msg.verdict.raw_score
     offline = replay(engine, clips_from_paths([folder]), sample_fps=None, progress=False).records["primary"]

@@ -44,7 +44,7 @@ from streamvad.config import (
 from streamvad.datasets.synthetic import make_scene
 from streamvad.errors import ConfigError
 from streamvad.security import ALLOWED, generate_keys
-from streamvad.transport import FramePuller, VerdictSubscriber
+from streamvad.transport import FramePuller, VerdictInbox
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def measure(models: Sequence[Path], backbone: BackboneConfig, clip: Path, camera
                          model=models[i % len(models)]) for i in range(cameras)]
     cfg = StreamVADConfig(cameras=cams, backbone=backbone, transport=transport,
                           worker=WorkerConfig(max_batch=max_batch))
-    sub = VerdictSubscriber(transport.verdicts, hwm=100_000, bind=True)
+    sub = VerdictInbox(transport.verdicts, hwm=100_000, auto_ack=True)
     status = FramePuller(free_tcp_endpoint(), hwm=10_000, bind=True)
     stop, ready = ctx.Event(), ctx.Event()
     worker = ctx.Process(target=_run_worker, args=(cfg, transport.frames, stop, ready), daemon=True)
@@ -164,12 +164,12 @@ def measure(models: Sequence[Path], backbone: BackboneConfig, clip: Path, camera
     started: set[str] = set()
     start_deadline = time.monotonic() + 300
     while len(started) < cameras and time.monotonic() < start_deadline:  # reader processes take a while
-        msg = sub.recv(200)
+        msg = sub.recv_message(200)
         if msg is not None and msg.type == "verdict":
             started.add(msg.camera)
     measure_until = time.monotonic() + 1.0 + seconds  # 1 s more for the last reader's first batches
     while time.monotonic() < measure_until:
-        msg = sub.recv(200)
+        msg = sub.recv_message(200)
         if msg is not None and msg.type == "verdict" and measure_until - time.monotonic() <= seconds:
             latencies.append(time.time() - float(msg.header["wall_time"]))
     stop.set()

@@ -19,6 +19,11 @@ has arrived: with several workers the EOS comes through whichever worker got it 
 verdicts other workers are still computing. The wait is bounded (`eos_wait_s`), since that frame may
 never be scored (dropped or shed as stale).
 
+A camera's tracking state (`state`) goes into the events database with every commit, and `restore` takes it
+back in a restarted events process, so an open event continues under its id instead of opening again. An
+event's id is derived from the verdict that opened it, so reprocessing the same verdicts after a crash
+gives the same event and the same delivery keys, which receivers drop as repeats.
+
 A reader restarted by the supervisor numbers its frames from pts 0 again. A verdict more than
 `restart_after_s` behind the camera's last pts is therefore taken as a new stream, not as a late one:
 otherwise every verdict of the new stream would be ignored until its pts passed the old run's.
@@ -26,20 +31,26 @@ otherwise every verdict of the new stream would be ignored until its pts passed 
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import json
 import logging
 import uuid
 from bisect import bisect_right
 from collections import Counter, deque
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from streamvad.config import EventsConfig
+from streamvad.transport import decode_verdict, encode_verdict
 from streamvad.types import Event, FrameKey, Verdict
 
 log = logging.getLogger(__name__)
+
+_EVENT_IDS = uuid.UUID("5f0b7d8e-3c1a-4e62-9d1e-7a4c2b9e6f10")  # namespace of event ids (uuid5)
 
 UpdateKind = Literal["opened", "updated", "closed"]
 
@@ -67,6 +78,26 @@ class _Seen:
     verdict: Verdict
     wall_time: float
     frame: np.ndarray | None
+
+
+def _finite(value: float) -> float | None:
+    return None if value in (float("inf"), float("-inf")) else value
+
+
+def event_from_dict(data: Mapping[str, Any]) -> Event:
+    """The inverse of `dataclasses.asdict` on an Event (its peak key is a FrameKey again)."""
+    return Event(**{**data, "peak_key": FrameKey(**data["peak_key"])})
+
+
+def _seen_state(seen: _Seen) -> dict[str, Any]:
+    header, payload = encode_verdict(seen.verdict)
+    return {"header": header.decode("utf-8"), "heatmap": base64.b64encode(payload).decode("ascii"),
+            "wall_time": seen.wall_time}
+
+
+def _seen_from(data: Mapping[str, Any]) -> _Seen:
+    verdict, _ = decode_verdict([data["header"].encode("utf-8"), base64.b64decode(data["heatmap"])])
+    return _Seen(verdict, float(data["wall_time"]), None)
 
 
 @dataclass
@@ -102,6 +133,36 @@ class EventTracker:
         if camera not in self._cams:
             self._cams[camera] = _Camera(window=deque(maxlen=self.cfg.open_m))
         return self._cams[camera]
+
+    def state(self, camera: str) -> dict[str, Any] | None:
+        """The camera's tracking state as JSON values (None: not tracked), for the events database. Frames are
+        left out (a restored event's next snapshot comes with its next peak)."""
+        cam = self._cams.get(camera)
+        if cam is None:
+            return None
+        return {"window": [_seen_state(s) for s in cam.window],
+                "event": None if cam.event is None else dataclasses.asdict(cam.event), "seq": cam.seq,
+                "last_anomalous_pts": cam.last_anomalous_pts, "last_pts": _finite(cam.last_pts),
+                "cooldown_until": _finite(cam.cooldown_until), "eos_pts": cam.eos_pts}
+
+    def restore(self, camera: str, state: Mapping[str, Any], now: float) -> None:
+        """Continue from `state(camera)` as saved by an earlier process; silence and an awaited end of stream
+        are timed from `now`, since the wall-clock time in between was this process not running."""
+        cam = self._cams[camera] = _Camera(window=deque(maxlen=self.cfg.open_m))
+        cam.window.extend(_seen_from(s) for s in state["window"][-self.cfg.open_m:])
+        cam.event = None if state["event"] is None else event_from_dict(state["event"])
+        cam.seq, cam.last_anomalous_pts = int(state["seq"]), float(state["last_anomalous_pts"])
+        cam.last_pts = float("-inf") if state["last_pts"] is None else float(state["last_pts"])
+        cam.cooldown_until = float("-inf") if state["cooldown_until"] is None else float(state["cooldown_until"])
+        cam.last_arrival = now
+        if state["eos_pts"] is not None:
+            cam.eos_pts, cam.eos_deadline = float(state["eos_pts"]), now + self.cfg.eos_wait_s
+        if cam.event is not None:
+            log.info("%s event %s on %s resumed (open since pts %.2f)", self.event_type, cam.event.id, camera,
+                     cam.event.start_pts)
+
+    def cameras(self) -> list[str]:
+        return list(self._cams)
 
     def current_event(self, camera: str) -> Event | None:
         cam = self._cams.get(camera)
@@ -190,8 +251,10 @@ class EventTracker:
     def _open(self, cam: _Camera) -> EventUpdate:
         hits = [s for s in cam.window if s.verdict.anomalous]
         first, peak = hits[0], max(hits, key=lambda s: s.verdict.score)
+        key = first.verdict.key
+        opened_by = json.dumps([self.event_type, key.camera, key.index, key.pts, first.wall_time])
         cam.event = Event(
-            id=uuid.uuid4().hex, camera=first.verdict.key.camera, start_pts=first.verdict.key.pts,
+            id=uuid.uuid5(_EVENT_IDS, opened_by).hex, camera=key.camera, start_pts=first.verdict.key.pts,
             end_pts=None, start_wall_time=first.wall_time, peak_score=peak.verdict.score,
             peak_key=peak.verdict.key, frame_count=len(hits), type=self.event_type,
         )

@@ -39,6 +39,7 @@ from streamvad import security
 from streamvad.config import CameraConfig, StreamVADConfig
 from streamvad.errors import ConfigError
 from streamvad.live.events import EventTracker, EventUpdate
+from streamvad.live.events_db import EventsDB
 from streamvad.live.fleet import bind_endpoint, camera_endpoint, check_models, owned, worker_endpoints
 from streamvad.live.health import HealthServer, ServeState
 from streamvad.live.reader import reader_main
@@ -47,8 +48,8 @@ from streamvad.live.worker import worker_main
 from streamvad.scoring.engine import ModelInfo
 from streamvad.sinks import SinkFanout, WebhookSink, build_sinks
 from streamvad.sources.shrink import limit_size
-from streamvad.transport import FramePuller, Message, VerdictSubscriber
-from streamvad.types import TAMPER_TYPES, FrameKey
+from streamvad.transport import Delivery, FramePuller, Message, VerdictInbox
+from streamvad.types import TAMPER_TYPES, Event, FrameKey
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 # (frames are shrunk to transport.frame_max_side first, whatever size a sender claims)
 _FRAME_STASH = 256
 _FRAME_STASH_BYTES = 64 << 20
+_BATCH = 256  # deliveries per commit at most
 _POLL_MS = 200
 _DROP_LOG_EVERY_S = 10.0
 _LOCAL_STATUS = "tcp://127.0.0.1:*"  # a role's children report to it here (the port is picked at bind)
@@ -65,19 +67,43 @@ ROLES: tuple[RoleName, ...] = ("all", "reader", "worker", "events")
 
 
 class EventsProcess:
-    """Verdicts from every worker -> EventTracker -> SinkFanout (snapshots before webhooks)."""
+    """Verdicts from every worker -> EventTracker -> SinkFanout (snapshots before webhooks), committed to the
+    events database before they are acknowledged (see `VerdictLink`).
+
+    Per batch of deliveries: sinks first, then one commit of the events, tracking state and link progress,
+    then the acks. A crash before the commit means the workers resend the batch and it is processed again
+    from the last committed state, giving the same events under the same ids, so a receiver sees repeats of
+    a delivery key at most (at least once); a crash after it means the resends are recognised and dropped.
+    """
 
     def __init__(self, cfg: StreamVADConfig) -> None:
         self.cfg = cfg
         self.tracker = EventTracker(cfg.events)
         # camera faults (verdict.tamper) are events of their own type, with their own hysteresis per camera
         self.faults = {kind: EventTracker(cfg.events, kind) for kind in TAMPER_TYPES}
+        self.db = EventsDB(cfg.events.database)
         self.sinks = SinkFanout(build_sinks(cfg.sinks))
         self.verdicts = 0
+        self.repeats = 0  # resent messages already committed
+        self.lost = 0  # messages a worker dropped from its full buffer before they were acknowledged
         self.events: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self._frames: OrderedDict[FrameKey, np.ndarray] = OrderedDict()
         self._stash_bytes = 0
         self._lock = threading.Lock()
+        self._touched: set[str] = set()  # cameras whose state changed since the last commit
+        self._changed: dict[str, Event] = {}  # events that changed since then, by id
+        self._acks: dict[str, tuple[bytes, int]] = {}  # sender -> (its peer, its last message taken in)
+        self._restore()
+
+    def _restore(self) -> None:
+        now = time.time()
+        trackers = {t.event_type: t for t in self._trackers()}
+        for (kind, camera), state in self.db.trackers().items():
+            if kind in trackers:
+                trackers[kind].restore(camera, state, now)
+        opened = sum(t.current_event(c) is not None for t in trackers.values() for c in t.cameras())
+        if opened:
+            log.info("events: resumed %d open event(s) from %s", opened, self.db.path)
 
     def _drop_frame(self, key: FrameKey) -> np.ndarray | None:
         image = self._frames.pop(key, None)
@@ -91,7 +117,28 @@ class EventsProcess:
             return {"state": "running", "verdicts": self.verdicts, "late": dict(self.tracker.late),
                     "restarts": dict(self.tracker.restarts), "suppressed": dict(self.tracker.suppressed),
                     "events": {c: dict(k) for c, k in self.events.items()}, "webhooks": hooks,
-                    "sink_errors": self.sinks.errors, "auth_denied": security.denied()}
+                    "sink_errors": self.sinks.errors, "failing_sinks": self.sinks.failing(),
+                    "repeats": self.repeats, "lost": self.lost, "auth_denied": security.denied()}
+
+    def accept(self, delivery: Delivery) -> None:
+        """Take a worker's delivery in order: a repeat of one already taken is only acknowledged again, one
+        past the next expected waits for the resend of what is missing (go back N)."""
+        link = delivery.link
+        taken = self._acks[link.sender][1] if link.sender in self._acks else self.db.acked(link.sender)
+        start = max(taken + 1, link.oldest)
+        if link.seq < start:
+            self.repeats += 1
+            self._acks[link.sender] = (delivery.peer, taken)
+            return
+        if link.seq > start:
+            return
+        if start > taken + 1:
+            self.lost += start - taken - 1
+            log.error("events: %d verdict(s) of sender %s never arrived (dropped from its full buffer)",
+                      start - taken - 1, link.sender)
+        for msg in delivery.messages:
+            self.handle(msg)
+        self._acks[link.sender] = (delivery.peer, link.seq)
 
     def handle(self, msg: Message) -> None:
         if msg.type == "frame" and msg.frame is not None:
@@ -112,12 +159,14 @@ class EventsProcess:
             if verdict.tamper is not None:  # a covered or moved camera is a fault, not a scene anomaly
                 verdict = dataclasses.replace(verdict, anomalous=False)
             self._emit(self.tracker.update(verdict, wall, image, arrived=now))
+            self._touched.add(msg.camera)
             with self._lock:
                 self.verdicts += 1
         elif msg.type == "eos":
             log.info("%s: end of stream after %s frames", msg.camera, msg.header.get("frames", "?"))
             for tracker in self._trackers():
                 self._emit(tracker.end_of_stream(msg.camera, msg.last_key, time.time()))
+            self._touched.add(msg.camera)
 
     def tick(self) -> None:
         """Closes events of cameras that went silent (a reader that died mid-event)."""
@@ -132,24 +181,49 @@ class EventsProcess:
             with self._lock:
                 kind = update.kind if update.event.type == "anomaly" else f"{update.event.type}_{update.kind}"
                 self.events[update.event.camera][kind] += 1
+            self._touched.add(update.event.camera)
+            self._changed[update.event.id] = update.event
             self.sinks.handle(update)
 
+    def commit(self, inbox: VerdictInbox | None = None) -> None:
+        """Commit what changed since the last commit, then acknowledge what it covers. A failed commit is
+        raised (the process exits and restarts from the last commit; the workers resend the rest)."""
+        if not (self._touched or self._changed or self._acks):
+            return
+        states = {(t.event_type, c): t.state(c) for t in self._trackers() for c in self._touched}
+        self.db.commit(self._changed.values(), states, {s: seq for s, (_peer, seq) in self._acks.items()})
+        if inbox is not None:
+            for sender, (peer, seq) in self._acks.items():
+                inbox.ack(peer, sender, seq)
+        self._touched.clear()
+        self._changed.clear()
+        self._acks.clear()
+
+    def _take(self, inbox: VerdictInbox, timeout_ms: int) -> None:
+        """Deliveries for one commit: what arrives within `timeout_ms`, and what is queued after it."""
+        delivery = inbox.recv(timeout_ms)
+        for _ in range(_BATCH):
+            if delivery is None:
+                return
+            self.accept(delivery)
+            delivery = inbox.recv(0)
+
     def run(self, stop: threading.Event) -> None:
-        sub = VerdictSubscriber(self.cfg.transport.verdicts, bind=True)
-        log.info("events: receiving verdicts on %s", sub.endpoint)
+        inbox = VerdictInbox(self.cfg.transport.verdicts, bind=True)
+        log.info("events: receiving verdicts on %s, database %s", inbox.endpoint, self.db.path)
         try:
             while not stop.is_set():
-                msg = sub.recv(_POLL_MS)
-                if msg is not None:
-                    self.handle(msg)
+                self._take(inbox, _POLL_MS)
                 self.tick()
-            while (msg := sub.recv(_POLL_MS)) is not None:  # what the stopped workers sent last
-                self.handle(msg)
+                self.commit(inbox)
+            self._take(inbox, _POLL_MS)  # what the stopped workers sent last
             for tracker in self._trackers():
                 self._emit(tracker.flush())
+            self.commit(inbox)
         finally:
-            sub.close()
+            inbox.close()
             self.sinks.close()
+            self.db.close()
 
 
 def events_main(cfg: StreamVADConfig, log_level: int) -> None:

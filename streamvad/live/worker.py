@@ -22,7 +22,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import zmq
 
 from streamvad import security
 from streamvad.config import CameraConfig, StreamVADConfig, TamperConfig, TransportConfig, WorkerConfig
@@ -33,7 +32,7 @@ from streamvad.live.supervisor import StatusReporter, setup_child
 from streamvad.live.tamper import TamperMonitor
 from streamvad.scoring.engine import Engine, FrameScorer
 from streamvad.sources.shrink import limit_size
-from streamvad.transport import FramePuller, Message, encode_frame, encode_verdict, relay
+from streamvad.transport import FramePuller, Message, VerdictLink, encode_frame, encode_verdict, relay
 from streamvad.types import Frame, Verdict
 
 log = logging.getLogger(__name__)
@@ -79,28 +78,26 @@ def camera_scorers(fleet: Fleet, masks: Mapping[str, Polygon]) -> dict[str, Fram
 
 
 class VerdictSender:
-    """PUB socket that connects to the events process (which binds), so any number of workers can join."""
+    """The worker's verdicts and relayed EOSs, over the acknowledged link to the events process (which binds,
+    so any number of workers can join); see `VerdictLink`."""
 
-    def __init__(self, endpoint: str, quality: int = 90, hwm: int = 1000) -> None:
-        self._sock = zmq.Context.instance().socket(zmq.PUB)
-        self._sock.setsockopt(zmq.SNDHWM, hwm)
-        self._sock.setsockopt(zmq.LINGER, 2000)
-        security.secure(self._sock, [endpoint], bind=False)
-        self._sock.connect(endpoint)
-        self.quality = quality
+    def __init__(self, transport: TransportConfig) -> None:
+        self.link = VerdictLink(transport.verdicts, capacity=transport.unacked_max,
+                                resend_after_s=transport.resend_after_s)
+        self.quality = transport.jpeg_quality
 
     def send(self, verdict: Verdict, frame: Frame) -> None:
-        if verdict.anomalous:
-            self._sock.send_multipart(encode_frame(frame, "jpeg", self.quality))
-        self._sock.send_multipart(encode_verdict(verdict, frame.wall_time))
+        """An anomalous verdict travels with its frame (JPEG), which the events process draws snapshots on."""
+        parts = encode_verdict(verdict, frame.wall_time)
+        self.link.send([*encode_frame(frame, "jpeg", self.quality), *parts] if verdict.anomalous else parts)
 
     def send_eos(self, eos: Message) -> None:
         """Forwards the reader's EOS header unchanged: only the events process, which sees every worker's
         verdicts, can tell when the camera's last frame has been scored."""
-        self._sock.send_multipart(relay(eos))
+        self.link.send(relay(eos))
 
     def close(self) -> None:
-        self._sock.close()
+        self.link.close()
 
 
 class Worker:
@@ -139,6 +136,7 @@ class Worker:
         self.score_s = Buckets(LATENCY_BUCKETS)
         self.latency_s = Buckets(LATENCY_BUCKETS)
         self.batches: list[list[str]] = []  # camera of each frame, per batch (recent ones, for tests/logs)
+        self.sender: VerdictSender | None = None  # while running
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -148,14 +146,19 @@ class Worker:
                 "stale": dict(self._stale), "learning": dict(self._learning), "foreign": dict(self._foreign),
                 "cameras": {c: self.fleet.state(c) for c in self.fleet.cameras}, "models": self._model_bytes,
                 "pending": self._pending, "malformed": self._malformed, "auth_denied": security.denied(),
+                **self._link_stats(),
                 "batch_size": self.batch_sizes.as_dict(), "embed_s": self.embed_s.as_dict(),
                 "score_s": self.score_s.as_dict(), "latency_s": self.latency_s.as_dict(),
             }
 
+    def _link_stats(self) -> dict[str, int]:
+        link = None if self.sender is None else self.sender.link
+        return {} if link is None else {"unacked": link.unacked, "resent": link.resent, "lost": link.lost}
+
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set, then drain what is queued (bounded by `drain_timeout_s`)."""
         puller = FramePuller(self.frames_endpoint, hwm=self.transport.hwm, bind=True)
-        sender = VerdictSender(self.transport.verdicts, self.transport.jpeg_quality)
+        sender = self.sender = VerdictSender(self.transport)
         self.ready.set()
         log.info("%s: pulling frames on %s, verdicts to %s (batch <= %d, wait <= %.0f ms)", self.name,
                  puller.endpoint, self.transport.verdicts, self.cfg.max_batch, self.cfg.max_wait_ms)
@@ -171,8 +174,13 @@ class Worker:
                 self._process(frames, sender)
                 for msg in eos:
                     sender.send_eos(msg)
+                sender.link.service()
                 if drain_until is not None and ((not frames and not eos) or time.monotonic() > drain_until):
                     break
+            assert drain_until is not None  # the loop ends only while draining
+            if not sender.link.flush(max(2.0, drain_until - time.monotonic())):
+                log.warning("%s: %d verdict(s) not acknowledged by the events process before stopping; they are lost",
+                            self.name, sender.link.unacked)
         finally:
             puller.close()
             sender.close()

@@ -48,15 +48,24 @@ class SinkFanout:
     def __init__(self, sinks: Sequence[Sink]) -> None:
         self.sinks = list(sinks)
         self.errors = 0
+        self._failing: dict[str, str] = {}  # sink -> its last error, until it next succeeds
+
+    def failing(self) -> dict[str, str]:
+        """Sinks whose last update failed, with the error: /healthz reports them (a full or unwritable disk)."""
+        return dict(self._failing)
 
     def handle(self, update: EventUpdate) -> None:
         for sink in self.sinks:
+            name = type(sink).__name__
             try:
                 sink.handle(update)
-            except Exception:
+            except Exception as err:
                 self.errors += 1
-                log.exception("sink %s failed on event %s (%s); other sinks continue",
-                              type(sink).__name__, update.event.id, update.kind)
+                self._failing[name] = f"{type(err).__name__}: {err}"[:300]
+                log.exception("sink %s failed on event %s (%s); other sinks continue", name, update.event.id,
+                              update.kind)
+            else:
+                self._failing.pop(name, None)
 
     __call__ = handle
 
