@@ -24,7 +24,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 import zmq
@@ -49,6 +49,7 @@ _DEFAULT_LINGER_MS = 1000  # long enough to flush an EOS on close, short enough 
 MAX_MESSAGE_BYTES = 3 * WIRE_MAX_SIDE * WIRE_MAX_SIDE + (1 << 20)
 
 MessageType = Literal["frame", "verdict", "eos", "status"]
+Received = TypeVar("Received")
 Policy = Literal["block", "drop"]
 
 
@@ -300,7 +301,7 @@ def _socket(kind: int, endpoints: str | Sequence[str], bind: bool, linger_ms: in
     return sock, ",".join(names)
 
 
-class _Receiver:
+class _Receiver(Generic[Received]):
     """Shared receive loop: malformed messages are logged, counted and skipped, never raised."""
 
     def __init__(self, sock_and_endpoint: tuple[zmq.Socket, str]) -> None:
@@ -308,7 +309,10 @@ class _Receiver:
         self.received = 0
         self.malformed = 0
 
-    def recv(self, timeout_ms: int | None = None) -> Message | None:
+    def _decode(self, parts: list[bytes]) -> Received:
+        raise NotImplementedError
+
+    def recv(self, timeout_ms: int | None = None) -> Received | None:
         """The next well-formed message, or None when `timeout_ms` passes (None waits forever)."""
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
         while True:
@@ -317,7 +321,7 @@ class _Receiver:
                 return None
             parts = self._sock.recv_multipart()
             try:
-                msg = decode(parts)
+                msg = self._decode(parts)
             except WireError as err:
                 self.malformed += 1
                 log.warning("dropped malformed message on %s (%d so far): %s",
@@ -397,8 +401,11 @@ class FramePusher:
         self._sock.close(linger_ms)
 
 
-class FramePuller(_Receiver):
+class FramePuller(_Receiver[Message]):
     """Receives frames (PULL), fair-queued across all connected readers. Workers normally bind."""
+
+    def _decode(self, parts: list[bytes]) -> Message:
+        return decode(parts)
 
     def __init__(self, endpoint: str | Sequence[str], hwm: int = 64, bind: bool = True,
                  linger_ms: int = 0) -> None:
@@ -519,48 +526,30 @@ class Delivery:
     messages: list[Message]
 
 
-class VerdictInbox:
+class VerdictInbox(_Receiver[Delivery]):
     """The events process's end of the verdict link (ROUTER, binds): deliveries from any number of workers,
     acknowledged by `ack` once committed. With `auto_ack` each is acknowledged on receipt (tools and tests
-    that keep no database). Malformed messages are logged, counted and skipped, never raised."""
+    that keep no database)."""
 
     def __init__(self, endpoint: str | Sequence[str], *, bind: bool = True, hwm: int = 1000,
                  auto_ack: bool = False) -> None:
-        self._sock, self.endpoint = _socket(zmq.ROUTER, endpoint, bind, 0,
-                                            {zmq.RCVHWM: hwm, zmq.MAXMSGSIZE: 2 * MAX_MESSAGE_BYTES})
+        super().__init__(_socket(zmq.ROUTER, endpoint, bind, 0,
+                                 {zmq.RCVHWM: hwm, zmq.MAXMSGSIZE: 2 * MAX_MESSAGE_BYTES}))
         self.auto_ack = auto_ack
         self._queue: list[Message] = []
-        self.received = 0
-        self.malformed = 0
 
-    def recv(self, timeout_ms: int | None = None) -> Delivery | None:
-        """The next well-formed delivery, or None when `timeout_ms` passes (None waits forever)."""
-        deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
-        while True:
-            left = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
-            if not self._sock.poll(left, zmq.POLLIN):
-                return None
-            peer, *parts = self._sock.recv_multipart()
-            try:
-                delivery = self._decode(peer, parts)
-            except WireError as err:
-                self.malformed += 1
-                log.warning("dropped malformed message on %s (%d so far): %s", self.endpoint, self.malformed, err)
-                continue
-            self.received += 1
-            if self.auto_ack:
-                self.ack(delivery.peer, delivery.link.sender, delivery.link.seq)
-            return delivery
-
-    @staticmethod
-    def _decode(peer: bytes, parts: Sequence[bytes]) -> Delivery:
-        if len(parts) not in (3, 5):
-            raise WireError(f"expected a link header and one or two messages (3 or 5 parts), got {len(parts)}")
+    def _decode(self, parts: list[bytes]) -> Delivery:
+        peer, *rest = parts
+        if len(rest) not in (3, 5):
+            raise WireError(f"expected a link header and one or two messages (3 or 5 parts), got {len(rest)}")
         try:
-            link = LinkHeader.model_validate_json(parts[0])
+            link = LinkHeader.model_validate_json(rest[0])
         except ValidationError as err:
             raise WireError(first_error(err, "link")) from None
-        return Delivery(peer, link, [decode(parts[i:i + 2]) for i in range(1, len(parts), 2)])
+        delivery = Delivery(peer, link, [decode(rest[i:i + 2]) for i in range(1, len(rest), 2)])
+        if self.auto_ack:
+            self.ack(peer, link.sender, link.seq)
+        return delivery
 
     def ack(self, peer: bytes, sender: str, seq: int) -> None:
         """Tell `peer` that everything of `sender` up to `seq` is committed (dropped if the peer is gone)."""

@@ -64,6 +64,7 @@ def test_cameras_without_a_model_are_learning_and_not_scored(tiny_model: Path, t
     assert list(stats["models"]) == [str(tiny_model)] and stats["models"][str(tiny_model)] > 0
     # /healthz shows each camera's state as its worker reports it
     state = ServeState()
+    state.expect("worker", "worker-0", "worker-0")
     state.update({"role": "worker", "camera": "worker-0", **stats})
     assert {c: v["model"] for c, v in state.health()[1]["cameras"].items()} == stats["cameras"]
 

@@ -175,7 +175,7 @@ def test_live_worker_scores_motion_as_replay_does(motion_model: Path, tmp_path: 
     with running_worker(engine, WorkerConfig(max_batch=4, max_wait_ms=200)) as (worker, _pusher, sub):
         run_reader(CameraConfig(id="walkway", url=str(clip), fps=4.0, realtime=False), worker.transport)
         live = {}
-        while len(live) < 32 and (msg := sub.recv(10_000)) is not None:
+        while len(live) < 32 and (msg := sub.recv_message(10_000)) is not None:
             if msg.type == "verdict" and msg.verdict is not None:
                 live[msg.verdict.key.index] = (msg.verdict.raw_score, msg.verdict.motion_score)
     offline = replay(load_engine(motion_model, scoring=scoring), clips_from_paths([clip]), sample_fps=4.0,

@@ -19,10 +19,12 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+import zmq
 
 from streamvad.bench.throughput import PLACE, free_tcp_endpoint
 from streamvad.datasets.synthetic import AnomalySpec, make_scene
 from streamvad.live.health import Buckets, HealthServer, ServeState
+from streamvad.transport import encode_status
 from tests.receiver import WebhookReceiver
 from tests.rtsp_server import RTSPTestServer, free_port, gstreamer_missing
 from tests.test_worker import tiny_model
@@ -45,7 +47,10 @@ def test_healthz_and_metrics_reflect_child_reports() -> None:
     server = HealthServer(state, port=0).start()
     try:
         assert _get(f"{server.url}/healthz").status_code == 503  # nothing reported yet
-        state.set_process("worker-0", alive=True, pid=1, restarts=0)
+        for role, name, process in (("worker", "worker-0", "worker-0"), ("reader", "cam1", "reader-cam1"),
+                                    ("events", "events", "events")):
+            state.expect(role, name, process)
+            state.set_process(process, alive=True, pid=1, restarts=0)
         latency = Buckets((0.1, 1.0))
         latency.observe(0.05)
         latency.observe(0.5)
@@ -63,7 +68,7 @@ def test_healthz_and_metrics_reflect_child_reports() -> None:
                       "webhooks": {"http://h/hook": {"delivered": 1, "retries": 2, "failures": 2, "dead": 0,
                                                      "pending": 1}}})
         resp = _get(f"{server.url}/healthz")
-        assert resp.status_code == 200 and resp.json()["workers"] == ["worker-0"]
+        assert resp.status_code == 200 and resp.json()["workers"] == {"worker-0": "ready"}
         metrics = _get(f"{server.url}/metrics").text
         for line in ('streamvad_worker_frames_out_total{camera="cam1",worker="worker-0"} 7.0',
                      'streamvad_frames_dropped_total{camera="cam1"} 3.0',
@@ -86,6 +91,76 @@ def test_healthz_and_metrics_reflect_child_reports() -> None:
         assert _get(f"{server.url}/healthz").status_code == 503
     finally:
         server.close()
+
+
+def test_healthz_is_503_with_the_reason_in_each_unhealthy_state() -> None:
+    """Each state over real HTTP: a worker loading or dead, the events process down, crash-looping, not
+    reporting or with a failing sink, a status from an unknown process; one of two workers dead is degraded."""
+    state = ServeState(stale_after_s=60)
+    server = HealthServer(state, port=0).start()
+
+    def healthz() -> tuple[int, dict[str, Any]]:
+        resp = _get(f"{server.url}/healthz")
+        return resp.status_code, resp.json()
+
+    def worker(name: str, status: str) -> None:
+        state.update({"camera": name, "role": "worker", "state": status, "cameras": {}})
+
+    def events(**fields: Any) -> None:
+        state.update({"camera": "events", "role": "events", "state": "running", **fields})
+
+    try:
+        for role, name, process in (("worker", "worker-0", "worker-0"), ("worker", "worker-1", "worker-1"),
+                                    ("reader", "cam1", "reader-cam1"), ("events", "events", "events")):
+            state.expect(role, name, process)
+            state.set_process(process, alive=True, pid=1, restarts=0)
+        state.update({"camera": "cam1", "role": "reader", "state": "running", "online": True})
+        events()
+        worker("worker-0", "loading")
+        worker("worker-1", "loading")
+        code, body = healthz()
+        assert code == 503 and body["reasons"] == ["worker-0 loading", "worker-1 loading"]
+        worker("worker-0", "ready")
+        worker("worker-1", "ready")
+        assert healthz()[0] == 200 and healthz()[1]["status"] == "ok"
+        state.set_process("worker-1", alive=False, pid=1, restarts=1)  # one shard of two dead: degraded
+        code, body = healthz()
+        assert (code, body["status"], body["workers"]) == (200, "degraded", {"worker-0": "ready", "worker-1": "dead"})
+        state.set_process("worker-0", alive=False, pid=1, restarts=1)
+        assert healthz()[0] == 503
+        for name in ("worker-0", "worker-1"):
+            state.set_process(name, alive=True, pid=2, restarts=1)
+        worker("worker-0", "loading")  # restarted, still loading its models
+        assert healthz()[1]["reasons"] == ["worker-0 loading"] and healthz()[0] == 200  # worker-1 carries on
+        worker("worker-0", "ready")
+
+        full = "OSError: [Errno 28] No space left on device"
+        events(failing_sinks={"JsonlSink": full})
+        code, body = healthz()
+        assert code == 503 and body["reasons"] == [f"sink JsonlSink failing: {full}"]
+        events()
+        state.set_process("events", alive=False, pid=1, restarts=1, failures=1)
+        assert healthz()[1]["reasons"] == ["events process down (restarting)"]
+        state.set_process("events", alive=True, pid=3, restarts=3, failures=3)
+        code, body = healthz()
+        assert code == 503 and body["reasons"] == ["events process crash-looping (3 crashes in a row, 3 restarts)"]
+        state.set_process("events", alive=True, pid=3, restarts=3, failures=0)
+        assert healthz()[0] == 200
+
+        state.update({"camera": "worker-7", "role": "worker", "state": "ready", "cameras": {"cam9": "scoring"}})
+        code, body = healthz()
+        assert code == 503 and body["reasons"] == ["status from unknown process worker-7 (role worker)"]
+        assert "worker-7" not in body["workers"] and "cam9" not in body["cameras"]  # refused, not listed
+        assert "streamvad_status_unknown_total 1.0" in _get(f"{server.url}/metrics").text
+    finally:
+        server.close()
+
+    stale = ServeState(stale_after_s=0.01)
+    stale.expect("events", "events", "events")
+    stale.set_process("events", alive=True, pid=1, restarts=0)
+    stale.update({"camera": "events", "role": "events", "state": "running"})
+    time.sleep(0.05)
+    assert stale.events_problems() == ["events process not reporting"]
 
 
 # --------------------------------------------------------------------------- serve as a subprocess
@@ -136,7 +211,7 @@ class PlayClock:
 
 
 def serve_config(tmp_path: Path, model: Path, cameras: list[dict[str, Any]], webhook_port: int,
-                 http_port: int) -> Path:
+                 http_port: int, **sections: dict[str, Any]) -> Path:
     doc = {
         "model_dir": str(model),
         "backbone": {"device": "cpu"},
@@ -154,6 +229,8 @@ def serve_config(tmp_path: Path, model: Path, cameras: list[dict[str, Any]], web
                   "spool": str(tmp_path / "spool")},
         "serve": {"http_port": http_port, "restart_backoff_s": 0.5, "stale_after_s": 3.0},
     }
+    for name, fields in sections.items():  # a test's changes to one section's fields
+        doc[name] = {**doc[name], **fields}
     path = tmp_path / "live.yaml"
     path.write_text(yaml.safe_dump(doc), encoding="utf-8")
     return path
@@ -203,9 +280,9 @@ class Serve:
 def serve_factory(tmp_path: Path, tiny_model: Path) -> Iterator[Callable[..., Serve]]:
     started: list[Serve] = []
 
-    def start(cameras: list[dict[str, Any]], webhook_port: int) -> Serve:
+    def start(cameras: list[dict[str, Any]], webhook_port: int, **sections: dict[str, Any]) -> Serve:
         http_port = free_port()
-        config = serve_config(tmp_path, tiny_model, cameras, webhook_port, http_port)
+        config = serve_config(tmp_path, tiny_model, cameras, webhook_port, http_port, **sections)
         started.append(Serve(config, http_port, tmp_path / "serve.log"))
         return started[-1]
 
@@ -311,3 +388,59 @@ def test_faults_rtsp_restart_receiver_outage_and_reader_crash(serve_factory: Cal
     finally:
         receiver.stop()
         rtsp.stop()
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_events_process_mid_incident_gives_one_event_delivered_once(
+        serve_factory: Callable[..., Serve], anomaly_clip: Path, tmp_path: Path) -> None:
+    """The events process is killed (SIGKILL) while the walker is on the lawn; the supervisor restarts it. The
+    worker resends what was not committed, the restarted process resumes the open event: one event, opened
+    once and closed once, whose deliveries reach the receiver once per key (repeats are marked as such)."""
+    with WebhookReceiver(secret=SECRET) as receiver:
+        serve = serve_factory([{"id": "gate", "url": str(anomaly_clip), "realtime": True}], receiver.port)
+        body = serve.wait("camera online", lambda b: _camera(b, "gate").get("online", False), 120)
+        assert receiver.wait_for(1, timeout=ANOMALY_AT + 20), f"no webhook:\n{serve.log.read_text()[-3000:]}"
+        os.kill(serve.health()[1]["processes"]["events"]["pid"], signal.SIGKILL)
+        serve.wait("events restarted", lambda b: b["processes"]["events"]["restarts"] == 1
+                   and b["processes"]["events"]["alive"], 30)
+        assert serve.proc.wait(90) == 0  # the clip ends: readers, workers (all acknowledged), events stop
+    hooks = [r for r in receiver.accepted() if not r.duplicate]
+    assert len({r.headers["Idempotency-Key"] for r in hooks}) == len(hooks)
+    assert {r.json["id"] for r in hooks} == {hooks[0].json["id"]}, [r.json for r in hooks]
+    kinds = [r.json["kind"] for r in hooks]
+    assert kinds.count("opened") == 1 and kinds.count("closed") == 1 and kinds[-1] == "closed", kinds
+    lines = [json.loads(ln) for ln in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert {ln["id"] for ln in lines} == {hooks[0].json["id"]}
+    assert body["processes"]["worker-0"]["restarts"] == 0
+    assert "resumed 1 open event(s)" in serve.log.read_text()
+
+
+@pytest.mark.slow
+def test_serve_healthz_503_on_an_events_crash_loop_and_on_a_status_from_an_unknown_process(
+        serve_factory: Callable[..., Serve], looped_clip: Path, tmp_path: Path) -> None:
+    """Real processes. The webhook spool is a path under a regular file (unwritable even as root, unlike a
+    chmod): the events process fails at start, again and again, and /healthz says so. A forged worker report on
+    the (insecure) status channel is refused, counted, and makes /healthz unavailable while it lasts."""
+    (tmp_path / "not-a-dir").write_text("x")
+    with WebhookReceiver(secret=SECRET) as receiver:
+        serve = serve_factory([{"id": "yard", "url": str(looped_clip), "loop": True, "realtime": True}],
+                              receiver.port, sinks={"spool": str(tmp_path / "not-a-dir" / "spool")})
+        body = serve.wait("events crash-looping", lambda b: any("crash-looping" in r for r in b.get("reasons", [])),
+                          90)
+        assert serve.health()[0] == 503 and body["workers"] == {"worker-0": "ready"}
+        assert "not-a-dir/spool" in serve.log.read_text()  # the cause, named in the log
+
+    status = yaml.safe_load((tmp_path / "live.yaml").read_text())["transport"]["status"]
+    forger = zmq.Context.instance().socket(zmq.PUSH)
+    forger.connect(status)
+    try:
+        for _ in range(20):
+            forger.send_multipart(encode_status("worker-9", "ready", role="worker", cameras={"ghost": "scoring"}))
+            time.sleep(0.1)
+        body = serve.wait("the forged report refused", lambda b: "status from unknown process worker-9 (role worker)"
+                          in b.get("reasons", []), 20)
+        assert "worker-9" not in body["workers"] and "ghost" not in body["cameras"]
+        assert serve.metric("streamvad_status_unknown_total") >= 1
+    finally:
+        forger.close(0)
+        serve.stop()

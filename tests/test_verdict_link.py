@@ -168,7 +168,7 @@ def test_repeats_of_committed_verdicts_are_acknowledged_and_not_counted(tmp_path
     try:
         for i in range(3):
             link.send(encode_verdict(verdict(i, False)))
-        [*got] = receive(inbox, 3)
+        got = receive(inbox, 3, link)  # the link sends once connected
         for d in got:
             proc.accept(d)
         proc.commit()  # committed, but the acks never left (the process died right after)

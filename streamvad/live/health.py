@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 WEBHOOK_COUNTERS = ("delivered", "retries", "failures", "dead")
+_CRASH_LOOP = 3  # consecutive crashes (without a stable run between) that make a child crash-looping
 
 
 @dataclass
@@ -73,25 +74,55 @@ class _Report:
 
 
 class ServeState:
-    """Latest status of every child, written by the supervisor loop and read by the HTTP thread."""
+    """Latest status of every child, written by the supervisor loop and read by the HTTP thread.
+
+    Only the children the supervisor started report here (`expect`): a status from any other process is
+    refused, counted, and makes /healthz unavailable for `stale_after_s`, since something on the status
+    channel is not what this supervisor runs (a stale process, a second supervisor, or a forger).
+    """
 
     def __init__(self, stale_after_s: float = 5.0) -> None:
         self.stale_after_s = stale_after_s
         self._lock = threading.Lock()
         self._reports: dict[tuple[str, str], _Report] = {}  # (role, name) -> last status
-        self._processes: dict[str, dict[str, Any]] = {}  # child name -> alive, pid, restarts
+        self._processes: dict[str, dict[str, Any]] = {}  # child name -> alive, pid, restarts, failures
+        self._expected: dict[tuple[str, str], str] = {}  # (role, name it reports as) -> child process name
+        self._unknown: dict[tuple[str, str], float] = {}  # (role, name) of refused reports -> when (monotonic)
+        self.unknown_reports = 0
+
+    def expect(self, role: str, name: str, process: str) -> None:
+        """The child `process` will report as `name` in `role`."""
+        with self._lock:
+            self._expected[(role, name)] = process
+
+    @staticmethod
+    def _key(header: Mapping[str, Any]) -> tuple[str, str]:
+        return str(header.get("role", "")), str(header["camera"])
+
+    def known(self, header: Mapping[str, Any]) -> bool:
+        """Whether the status comes from a child this supervisor started."""
+        with self._lock:
+            return self._key(header) in self._expected
 
     def update(self, header: Mapping[str, Any]) -> dict[str, Any] | None:
-        """Store a status header; returns the previous one of the same child (for change logs)."""
-        key = (str(header.get("role", "")), str(header["camera"]))
+        """Store a status header; returns the previous one of the same child (for change logs). A header from
+        a process that was not expected is refused (returns None)."""
+        key = self._key(header)
         with self._lock:
+            if key not in self._expected:
+                if key not in self._unknown:
+                    log.warning("status from unknown process %s (role %s) refused: this supervisor did not start it",
+                                key[1], key[0])
+                self._unknown[key] = time.monotonic()
+                self.unknown_reports += 1
+                return None
             old = self._reports.get(key)
             self._reports[key] = _Report(dict(header), time.monotonic())
         return None if old is None else old.header
 
-    def set_process(self, name: str, *, alive: bool, pid: int | None, restarts: int) -> None:
+    def set_process(self, name: str, *, alive: bool, pid: int | None, restarts: int, failures: int = 0) -> None:
         with self._lock:
-            self._processes[name] = {"alive": alive, "pid": pid, "restarts": restarts}
+            self._processes[name] = {"alive": alive, "pid": pid, "restarts": restarts, "failures": failures}
 
     def reports(self, role: str) -> dict[str, dict[str, Any]]:
         """Fresh reports of one role by child name; a report older than `stale_after_s` is left out."""
@@ -104,21 +135,68 @@ class ServeState:
         with self._lock:
             return {k: dict(v) for k, v in self._processes.items()}
 
-    def health(self) -> tuple[bool, dict[str, Any]]:
-        """Healthy = a worker process alive and reporting, and at least one camera online."""
+    def _expected_of(self, role: str) -> dict[str, str]:
+        with self._lock:
+            return {name: proc for (rl, name), proc in self._expected.items() if rl == role}
+
+    def worker_states(self) -> dict[str, str]:
+        """Each expected worker: "ready" (models loaded, serving), "loading", or "dead" (its process is not
+        running, or it has not reported for `stale_after_s`)."""
+        procs, reports = self.processes(), self.reports("worker")
+        states = {}
+        for name, proc in self._expected_of("worker").items():
+            if not procs.get(proc, {}).get("alive", False) or name not in reports:
+                states[name] = "dead"
+            else:
+                states[name] = "ready" if reports[name].get("state") == "ready" else "loading"
+        return states
+
+    def events_problems(self) -> list[str]:
+        """Why the events process is not healthy (empty: it is, or this process does not run it)."""
+        if not self._expected_of("events"):
+            return []
+        proc = self.processes().get("events", {})
+        if proc.get("failures", 0) >= _CRASH_LOOP:
+            return [f"events process crash-looping ({proc['failures']} crashes in a row, {proc['restarts']} restarts)"]
+        if not proc.get("alive", False):
+            return ["events process down (restarting)"]
+        report = self.reports("events").get("events")
+        if report is None:
+            return ["events process not reporting"]
+        return [f"sink {name} failing: {error}" for name, error in (report.get("failing_sinks") or {}).items()]
+
+    def unknown_problems(self) -> list[str]:
+        now = time.monotonic()
+        with self._lock:
+            recent = sorted(k for k, when in self._unknown.items() if now - when <= self.stale_after_s)
+        return [f"status from unknown process {name} (role {role})" for role, name in recent]
+
+    def cameras(self) -> dict[str, dict[str, Any]]:
         procs = self.processes()
-        workers = {n: h for n, h in self.reports("worker").items() if procs.get(n, {}).get("alive", True)}
         cameras = {}
         for name, h in self.reports("reader").items():
             cameras[name] = {k: h.get(k) for k in ("online", "url", "fps_in", "frames_in", "frames_emitted",
                                                    "frames_dropped", "reconnects", "last_error", "state")}
             cameras[name]["restarts"] = procs.get(f"reader-{name}", {}).get("restarts", 0)
-        for h in workers.values():  # scoring, or learning (no model yet): from the worker that owns the camera
+        for h in self.reports("worker").values():  # scoring, or learning (no model yet): from the camera's worker
             for name, model_state in (h.get("cameras") or {}).items():
                 cameras.setdefault(name, {"online": False})["model"] = model_state
-        ok = bool(workers) and any(c["online"] for c in cameras.values())
-        body = {"status": "ok" if ok else "unavailable", "workers": sorted(workers), "cameras": cameras,
-                "events_reporting": bool(self.reports("events")), "processes": procs}
+        return cameras
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Ready = at least one worker ready, a camera online, the events process up and reporting with its
+        sinks writable, and no status from an unknown process. Some workers not ready: "degraded" (200),
+        since the others' cameras are still watched; each worker's state is listed."""
+        workers = self.worker_states()
+        cameras = self.cameras()
+        problems = [f"{name} {state}" for name, state in sorted(workers.items()) if state != "ready"]
+        fatal = [*self.events_problems(), *self.unknown_problems()]
+        if not any(c["online"] for c in cameras.values()):
+            fatal.append("no camera online")
+        ok = "ready" in workers.values() and not fatal
+        status = "unavailable" if not ok else "degraded" if problems else "ok"
+        body = {"status": status, "reasons": problems + fatal, "workers": workers, "cameras": cameras,
+                "events_reporting": bool(self.reports("events")), "processes": self.processes()}
         return ok, body
 
 
@@ -138,6 +216,8 @@ class StatusCollector:
             for name, h in self.state.reports(role).items():
                 denied.add_metric([name], h.get("auth_denied", 0))
         yield denied
+        yield CounterMetricFamily("streamvad_status_unknown", "Status reports refused: not from a child this "
+                                  "supervisor started", value=self.state.unknown_reports)
         restarts = CounterMetricFamily("streamvad_process_restarts", "Child processes restarted by the watchdog",
                                        labels=["process"])
         for name, p in self.state.processes().items():
@@ -187,7 +267,15 @@ class StatusCollector:
         models = GaugeMetricFamily("streamvad_worker_models", "Normality models loaded by a worker", labels=["worker"])
         model_bytes = GaugeMetricFamily("streamvad_worker_model_bytes", "Memory of a loaded model's fitted state",
                                         labels=["worker", "model"])
+        unacked = GaugeMetricFamily("streamvad_worker_link_unacked", "Verdicts sent but not yet committed by the "
+                                    "events process", labels=["worker"])
+        resent = CounterMetricFamily("streamvad_worker_link_resent", "Verdicts sent again for want of an ack",
+                                     labels=["worker"])
+        link_lost = CounterMetricFamily("streamvad_worker_link_lost", "Unacknowledged verdicts dropped from the "
+                                        "worker's full buffer", labels=["worker"])
         for worker, h in reports.items():
+            for fam, key in ((unacked, "unacked"), (resent, "resent"), (link_lost, "lost")):
+                fam.add_metric([worker], h.get(key, 0))
             for fam, key in ((frames_in, "frames_in"), (frames_out, "frames_out"), (anomalous, "anomalous"),
                              (stale, "stale"), (learning, "learning"), (foreign, "foreign")):
                 for cam, n in (h.get(key) or {}).items():
@@ -198,7 +286,8 @@ class StatusCollector:
             models.add_metric([worker], len(loaded))
             for path, n in loaded.items():
                 model_bytes.add_metric([worker, path], n)
-        yield from (frames_in, frames_out, anomalous, stale, learning, foreign, malformed, depth, models, model_bytes)
+        yield from (frames_in, frames_out, anomalous, stale, learning, foreign, malformed, depth, models, model_bytes,
+                    unacked, resent, link_lost)
         histograms = {
             "batch_size": ("streamvad_batch_size", "Frames per scored batch"),
             "embed_s": ("streamvad_embed_seconds", "Backbone time per batch"),
@@ -221,6 +310,10 @@ class StatusCollector:
                                     labels=["url"])
         sink_errors = CounterMetricFamily("streamvad_sink_errors", "Event updates a sink failed to take (logged)",
                                           labels=["process"])
+        repeats = CounterMetricFamily("streamvad_events_repeats", "Resent verdicts already committed (dropped)",
+                                      labels=["process"])
+        lost = CounterMetricFamily("streamvad_events_lost", "Verdicts a worker dropped before they were committed",
+                                   labels=["process"])
         per_camera = {
             "late": CounterMetricFamily("streamvad_verdicts_late", "Verdicts too far out of order to count",
                                         labels=["camera"]),
@@ -231,6 +324,8 @@ class StatusCollector:
         }
         for name, h in reports.items():
             sink_errors.add_metric([name], h.get("sink_errors", 0))
+            repeats.add_metric([name], h.get("repeats", 0))
+            lost.add_metric([name], h.get("lost", 0))
             for cam, kinds in (h.get("events") or {}).items():
                 for kind, n in kinds.items():
                     events.add_metric([cam, kind], n)
@@ -241,8 +336,7 @@ class StatusCollector:
                 for k in WEBHOOK_COUNTERS:
                     webhook[k].add_metric([url], stats.get(k, 0))
                 pending.add_metric([url], stats.get("pending", 0))
-        yield events
-        yield sink_errors
+        yield from (events, sink_errors, repeats, lost)
         yield from per_camera.values()
         yield from webhook.values()
         yield pending

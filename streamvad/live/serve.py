@@ -322,14 +322,14 @@ class _RoleState(ServeState):
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         _ok, body = super().health()
-        alive = all(p["alive"] for p in body["processes"].values())
-        ok = {
-            "reader": any(c["online"] for c in body["cameras"].values()),
-            "worker": alive and any(h.get("state") == "ready" for h in self.reports("worker").values()),
-            "events": alive and body["events_reporting"],
-        }.get(self.role, True)
-        body.update(status="ok" if ok else "unavailable", role=self.role)
-        return ok, body
+        problems = {
+            "reader": [] if any(c["online"] for c in body["cameras"].values()) else ["no camera online"],
+            "worker": [f"{n} {s}" for n, s in body["workers"].items() if s != "ready"],
+            "events": self.events_problems(),
+        }.get(self.role, [])
+        problems += self.unknown_problems()
+        body.update(status="unavailable" if problems else "ok", reasons=problems, role=self.role)
+        return not problems, body
 
 
 class _Serve:
@@ -350,7 +350,10 @@ class _Serve:
         msg = status.recv(_POLL_MS)
         if msg is None or msg.type != "status":
             return
+        known = self.state.known(msg.header)
         old = self.state.update(msg.header)
+        if not known:
+            return
         role = msg.header.get("role")
         if role == "reader":
             self.status_log.reader(msg.header, old)
@@ -386,8 +389,12 @@ class _Serve:
         try:
             cfg = self._child_config(status.endpoint)
             if self.role.runs("events"):
+                self.state.expect("events", "events", "events")
                 self.sup.start(ChildSpec("events", "events", events_main, (cfg, self.level)))
+            for cam in self.cameras:
+                self.state.expect("reader", cam.id, f"reader-{cam.id}")
             for i, endpoint in self.workers.items():
+                self.state.expect("worker", f"worker-{i}", f"worker-{i}")
                 self.sup.start(ChildSpec(f"worker-{i}", "worker", worker_main, (cfg, i, endpoint, self.level)))
             if self.workers and not self._wait_workers(status):
                 code = 0 if self.stop.is_set() else 1

@@ -131,7 +131,7 @@ class Supervisor:
 
     def _publish(self, child: _Child) -> None:
         self.state.set_process(child.spec.name, alive=child.process.is_alive(), pid=child.process.pid,
-                               restarts=child.restarts)
+                               restarts=child.restarts, failures=child.failures)
 
     def watch(self) -> None:
         """Notice exits, schedule restarts with backoff, and perform the restarts that are due."""
