@@ -125,6 +125,7 @@ class WorkerStatus(_Status):
     cameras: dict[CameraId, Literal["learning", "scoring"]] = {}
     models: dict[Text, Count] = {}
     pending: Count = 0
+    idle_s: Annotated[float, Field(ge=0.0)] = 0.0
     malformed: Count = 0
     auth_denied: Count = 0
     unacked: Count = 0

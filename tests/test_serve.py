@@ -94,7 +94,7 @@ def test_healthz_and_metrics_reflect_child_reports() -> None:
 
 
 def test_healthz_is_503_with_the_reason_in_each_unhealthy_state() -> None:
-    """Each state over real HTTP: a worker loading or dead, the events process down, crash-looping, not
+    """Each state over real HTTP: a worker loading, stalled or dead, the events process down, crash-looping, not
     reporting or with a failing sink, a status from an unknown process; one of two workers dead is degraded."""
     state = ServeState(stale_after_s=60)
     server = HealthServer(state, port=0).start()
@@ -133,6 +133,9 @@ def test_healthz_is_503_with_the_reason_in_each_unhealthy_state() -> None:
         worker("worker-0", "loading")  # restarted, still loading its models
         assert healthz()[1]["reasons"] == ["worker-0 loading"] and healthz()[0] == 200  # worker-1 carries on
         worker("worker-0", "ready")
+        state.update({"camera": "worker-1", "role": "worker", "state": "ready", "pending": 4, "idle_s": 61.0})
+        assert healthz()[1]["workers"] == {"worker-0": "ready", "worker-1": "stalled"}  # a hung forward pass
+        worker("worker-1", "ready")
 
         full = "OSError: [Errno 28] No space left on device"
         events(failing_sinks={"JsonlSink": full})

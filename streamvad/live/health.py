@@ -140,15 +140,21 @@ class ServeState:
             return {name: proc for (rl, name), proc in self._expected.items() if rl == role}
 
     def worker_states(self) -> dict[str, str]:
-        """Each expected worker: "ready" (models loaded, serving), "loading", or "dead" (its process is not
-        running, or it has not reported for `stale_after_s`)."""
+        """Each expected worker: "ready" (models loaded, serving), "loading", "stalled" (frames in hand but no
+        batch scored for `stale_after_s`: a hung forward pass), or "dead" (its process is not running, or it has
+        not reported for `stale_after_s`). A worker whose cameras are all learning is ready."""
         procs, reports = self.processes(), self.reports("worker")
         states = {}
         for name, proc in self._expected_of("worker").items():
-            if not procs.get(proc, {}).get("alive", False) or name not in reports:
+            report = reports.get(name)
+            if not procs.get(proc, {}).get("alive", False) or report is None:
                 states[name] = "dead"
+            elif report.get("state") != "ready":
+                states[name] = "loading"
+            elif report.get("pending", 0) and report.get("idle_s", 0.0) > self.stale_after_s:
+                states[name] = "stalled"
             else:
-                states[name] = "ready" if reports[name].get("state") == "ready" else "loading"
+                states[name] = "ready"
         return states
 
     def events_problems(self) -> list[str]:

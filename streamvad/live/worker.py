@@ -130,6 +130,7 @@ class Worker:
         self._model_bytes = self.fleet.model_bytes()
         self._max_age_s = cfg.max_age_s if transport.policy == "drop" else None  # replay never sheds
         self._pending = 0
+        self._scored_at = time.monotonic()  # the last batch scored (or start): /healthz tells a hung worker by it
         self._malformed = 0
         self.batch_sizes = Buckets(BATCH_BUCKETS)
         self.embed_s = Buckets(LATENCY_BUCKETS)
@@ -145,7 +146,8 @@ class Worker:
                 "frames_in": dict(self._in), "frames_out": dict(self._out), "anomalous": dict(self._anomalous),
                 "stale": dict(self._stale), "learning": dict(self._learning), "foreign": dict(self._foreign),
                 "cameras": {c: self.fleet.state(c) for c in self.fleet.cameras}, "models": self._model_bytes,
-                "pending": self._pending, "malformed": self._malformed, "auth_denied": security.denied(),
+                "pending": self._pending, "idle_s": time.monotonic() - self._scored_at,
+                "malformed": self._malformed, "auth_denied": security.denied(),
                 **self._link_stats(),
                 "batch_size": self.batch_sizes.as_dict(), "embed_s": self.embed_s.as_dict(),
                 "score_s": self.score_s.as_dict(), "latency_s": self.latency_s.as_dict(),
@@ -259,6 +261,7 @@ class Worker:
                 self._anomalous[frame.camera] += int(verdict.anomalous)
                 self.latency_s.observe(now - frame.wall_time)
             self.batch_sizes.observe(len(frames))
+            self._scored_at = time.monotonic()
             self.batches = [*self.batches[-99:], [f.camera for f in frames]]
 
 
