@@ -428,9 +428,9 @@ def test_serve_healthz_503_on_an_events_crash_loop_and_on_a_status_from_an_unkno
     with WebhookReceiver(secret=SECRET) as receiver:
         serve = serve_factory([{"id": "yard", "url": str(looped_clip), "loop": True, "realtime": True}],
                               receiver.port, sinks={"spool": str(tmp_path / "not-a-dir" / "spool")})
-        body = serve.wait("events crash-looping", lambda b: any("crash-looping" in r for r in b.get("reasons", [])),
-                          90)
-        assert serve.health()[0] == 503 and body["workers"] == {"worker-0": "ready"}
+        body = serve.wait("events crash-looping, worker ready", lambda b: b.get("workers") == {"worker-0": "ready"}
+                          and any("crash-looping" in r for r in b.get("reasons", [])), 90)
+        assert serve.health()[0] == 503 and body["status"] == "unavailable"
         assert "not-a-dir/spool" in serve.log.read_text()  # the cause, named in the log
 
     status = yaml.safe_load((tmp_path / "live.yaml").read_text())["transport"]["status"]
