@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,48 @@ def cmd_requeue(args: argparse.Namespace) -> int:
     return 0
 
 
+def _duration(text: str) -> float:
+    """`30m`, `90s`, `1h` or plain seconds."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1.0)
+    try:
+        value = float(number) * unit
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a duration like 30m, 90s or 1h, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive duration, got {text!r}")
+    return value
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from streamvad.enrolment import enrol
+
+    res = enrol(_config(args), args.camera, args.duration, progress=not args.no_progress)
+    print(f"{res.camera}: version {res.version.name} is current ({res.frames} frames, {res.excluded} left out as "
+          f"anomalous, {res.seconds:.0f} s) -> {res.version.path}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from streamvad.enrolment import camera_store
+
+    _camera, store = camera_store(_config(args), args.camera)
+    if args.models_command == "list":
+        current = store.current()
+        for v in store.versions():
+            made = time.strftime("%Y-%m-%d %H:%M", time.localtime(v.created_at)) if v.created_at else "?"
+            facts = ", ".join(f"{k}={v.record[k]}" for k in ("recorded_frames", "n_holdout", "duration_s")
+                              if k in v.record)
+            print(f"{'*' if current and current.name == v.name else ' '} {v.name}  {made}  {facts}")
+        if not store.versions():
+            print(f"{args.camera}: no versions in {store.root} (the camera is learning)")
+        return 0
+    version = store.activate(args.version) if args.models_command == "activate" else store.rollback()
+    print(f"{args.camera}: version {version.name} is current; running workers switch to it within "
+          "worker.model_poll_s")
+    return 0
+
+
 def cmd_keys_generate(args: argparse.Namespace) -> int:
     from streamvad.security import generate_keys
 
@@ -293,6 +336,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--url", help="only this webhook (default: every webhook of the config)")
     p.set_defaults(func=cmd_requeue)
+
+    p = sub.add_parser("enroll", help="record a camera from its stream, fit it, make the fit its current version")
+    _add_common(p)
+    p.add_argument("--camera", required=True, help="the camera id in the config")
+    p.add_argument("--duration", type=_duration, required=True, help="stream time to record: 30m, 90s, 1h")
+    p.set_defaults(func=cmd_enroll)
+
+    p = sub.add_parser("models", help="a camera's model versions: list, activate, rollback")
+    models = p.add_subparsers(dest="models_command", required=True)
+    for name, text in (("list", "the versions, current marked *"), ("activate", "make VERSION current"),
+                       ("rollback", "make the version before the current one current")):
+        m = models.add_parser(name, help=text)
+        _add_common(m)
+        m.add_argument("camera")
+        if name == "activate":
+            m.add_argument("version")
+        m.set_defaults(func=cmd_models)
 
     p = sub.add_parser("keys", help="ZeroMQ CURVE keys for a site's tcp:// sockets (transport.curve.keys)")
     keys = p.add_subparsers(dest="keys_command", required=True)

@@ -209,6 +209,8 @@ class WorkerConfig(_Section):
     # Under the drop policy, frames older than this when the worker pulls them are shed (and counted):
     # a saturated worker then keeps alerts seconds-fresh instead of working through a backlog.
     max_age_s: float | None = Field(2.0, gt=0.0)
+    # how often each camera's model store is checked for a new current version (swapped in without a restart)
+    model_poll_s: float = Field(2.0, gt=0.0)
 
 
 class TamperConfig(_Section):

@@ -61,6 +61,7 @@ class VerdictHeader(_Header):
     decided_by: Annotated[str, StringConstraints(max_length=256)]
     motion_score: float | None = None
     tamper: Tamper | None = None
+    model_version: Annotated[str, StringConstraints(max_length=64)] | None = None
 
 
 class EosHeader(_Header):
@@ -124,6 +125,7 @@ class WorkerStatus(_Status):
     foreign: dict[CameraId, Count] = {}
     cameras: dict[CameraId, Literal["learning", "scoring"]] = {}
     models: dict[Text, Count] = {}
+    versions: dict[CameraId, Annotated[str, StringConstraints(max_length=64)]] = {}
     pending: Count = 0
     idle_s: Annotated[float, Field(ge=0.0)] = 0.0
     malformed: Count = 0

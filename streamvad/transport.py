@@ -119,7 +119,7 @@ def encode_verdict(verdict: Verdict, frame_wall_time: float | None = None) -> li
         "threshold": float(verdict.threshold), "decided_by": verdict.decided_by,
         "wall_time": None if frame_wall_time is None else float(frame_wall_time),
         "motion_score": None if verdict.motion_score is None else float(verdict.motion_score),
-        "tamper": verdict.tamper,
+        "tamper": verdict.tamper, "model_version": verdict.model_version,
     }
     return _pack(header, np.asarray(verdict.patch_confidences, dtype="<f2").tobytes())
 
@@ -214,6 +214,7 @@ def _verdict_from(header: dict[str, Any], payload: bytes) -> Verdict:
         patch_confidences=np.frombuffer(payload, dtype="<f2").astype(np.float32), grid=(h, w),
         unsafe_patches=header["unsafe_patches"], threshold=header["threshold"], decided_by=header["decided_by"],
         motion_score=header.get("motion_score"), tamper=header.get("tamper"),
+        model_version=header.get("model_version"),
     )
 
 

@@ -166,6 +166,7 @@ class Verdict:
     decided_by: str
     motion_score: float | None = None  # the motion part on its calibrated scale (1 = its threshold), if any
     tamper: str | None = None  # "covered" | "frozen" | "moved" when the camera itself is at fault (live/tamper.py)
+    model_version: str | None = None  # the camera's model version that scored it (streamvad/model_store.py)
 
     @property
     def n_patches(self) -> int:

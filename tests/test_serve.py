@@ -233,7 +233,7 @@ def serve_config(tmp_path: Path, model: Path, cameras: list[dict[str, Any]], web
         "serve": {"http_port": http_port, "restart_backoff_s": 0.5, "stale_after_s": 3.0},
     }
     for name, fields in sections.items():  # a test's changes to one section's fields
-        doc[name] = {**doc[name], **fields}
+        doc[name] = {**doc.get(name, {}), **fields}
     path = tmp_path / "live.yaml"
     path.write_text(yaml.safe_dump(doc), encoding="utf-8")
     return path
@@ -447,3 +447,44 @@ def test_serve_healthz_503_on_an_events_crash_loop_and_on_a_status_from_an_unkno
     finally:
         forger.close(0)
         serve.stop()
+
+
+@pytest.mark.slow
+def test_a_learning_camera_enrolled_from_its_stream_is_armed_without_a_restart(
+        serve_factory: Callable[..., Serve], looped_clip: Path, tmp_path: Path) -> None:
+    """`serve` runs gate (an empty model store: learning) and yard (the test model). `streamvad enroll` records
+    gate's first 8 s (normal), fits on the backbone yard's worker runs, and makes v0001 current: the worker
+    swaps it in, gate alerts on the walker that comes later in its loop, and yard is scored throughout."""
+    gate_clip = make_scene(tmp_path / "clips", seconds=20, fps=10, size=(120, 160), seed=7, place_seed=PLACE + 3,
+                           anomalies=[AnomalySpec("lawn_walker", 13.0, 20.0, seed=4)], name="gate").path
+    store = tmp_path / "models" / "gate"
+    store.mkdir(parents=True)
+    with WebhookReceiver(secret=SECRET) as receiver:
+        serve = serve_factory(
+            [{"id": "gate", "url": str(gate_clip), "loop": True, "realtime": True, "model": str(store)},
+             {"id": "yard", "url": str(looped_clip), "loop": True, "realtime": True}], receiver.port,
+            transport={"policy": "block"}, worker={"model_poll_s": 0.5},
+            normality={"k_min": 2, "k_max": 4, "k_candidates": 2, "silhouette_sample": 100, "hdbscan": "none",
+                       "chroma": False})
+        body = serve.wait("both online", lambda b: all(_camera(b, c).get("online") for c in ("gate", "yard")), 120)
+        assert _camera(body, "gate")["model"] == "learning"
+        yard_before = serve.metric('streamvad_worker_frames_out_total{camera="yard"')
+        done = subprocess.run([sys.executable, "-m", "streamvad", "enroll", "--config", str(tmp_path / "live.yaml"),
+                               "--camera", "gate", "--duration", "8s", "--no-progress"],
+                              capture_output=True, text=True, timeout=300, env={**os.environ, "WEBHOOK_SECRET": SECRET})
+        assert done.returncode == 0, done.stderr[-3000:]
+        body = serve.wait("gate armed", lambda b: _camera(b, "gate").get("model") == "scoring", 60)
+        assert _camera(body, "gate")["model_version"] == "v0001" and "model_version" not in _camera(body, "yard")
+        assert serve.metric('streamvad_worker_frames_out_total{camera="yard"') > yard_before  # scored throughout
+        hooks = receiver.wait_for(1, timeout=60)
+        gate_hooks = [h for h in receiver.accepted() if h.json["camera"] == "gate"]
+        deadline = time.monotonic() + 60
+        while not gate_hooks and time.monotonic() < deadline:
+            time.sleep(0.2)
+            gate_hooks = [h for h in receiver.accepted() if h.json["camera"] == "gate"]
+        assert gate_hooks, f"gate never alerted ({[h.json['camera'] for h in hooks]}):\n{serve.log.read_text()[-3000:]}"
+        assert gate_hooks[0].json["kind"] == "opened"
+        body = serve.health()[1]
+        assert body["processes"]["worker-0"]["restarts"] == 0 and body["processes"]["worker-0"]["alive"]
+        assert "now scored by model" in serve.log.read_text() and "(version v0001)" in serve.log.read_text()
+        assert serve.stop() == 0

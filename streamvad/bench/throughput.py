@@ -173,8 +173,10 @@ def measure(models: Sequence[Path], backbone: BackboneConfig, clip: Path, camera
         if msg is not None and msg.type == "verdict" and measure_until - time.monotonic() <= seconds:
             latencies.append(time.time() - float(msg.header["wall_time"]))
     stop.set()
+    deadline = time.monotonic() + 15
+    while any(p.is_alive() for p in [*readers, worker]) and time.monotonic() < deadline:
+        sub.recv_message(50)  # acknowledges what the stopping worker still sends, so it need not wait for acks
     for p in [*readers, worker]:
-        p.join(15)
         if p.is_alive():
             p.kill()
     sub.close()

@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import queue
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,6 +29,7 @@ from typing import Any
 from streamvad.backbones.base import Backbone
 from streamvad.config import CameraConfig, ScoringConfig, StreamVADConfig
 from streamvad.errors import ConfigError, StreamVADError
+from streamvad.model_store import ModelStore, version_name
 from streamvad.normality.model import BACKBONE_KEYS, backbone_differences
 from streamvad.scoring.engine import (
     MODEL_FILE,
@@ -97,10 +100,12 @@ def camera_endpoint(cfg: StreamVADConfig, camera: CameraConfig) -> str:
 
 
 def model_path(cfg: StreamVADConfig, camera: CameraConfig) -> Path | None:
-    """The camera's model directory, or None while it is learning (no model, or an empty model store).
+    """The camera's model directory, or None while it is learning (no model, or a model store with no current
+    version yet). The path is one model directory, or a store (streamvad/model_store.py) whose `current`
+    version is served.
 
-    A path that does not exist, or a non-empty directory that is not a model, is a ConfigError naming the
-    camera: a typo must not silently leave a camera unwatched.
+    A path that does not exist, or a non-empty directory that is neither a model nor a store, is a
+    ConfigError naming the camera: a typo must not silently leave a camera unwatched.
     """
     path = camera.model or cfg.model_dir
     field = f"cameras.{camera.id}.model" if camera.model else "model_dir"
@@ -109,13 +114,17 @@ def model_path(cfg: StreamVADConfig, camera: CameraConfig) -> Path | None:
     path = Path(path)
     if not path.is_dir():
         raise ConfigError(f"{field}: {path} does not exist (camera {camera.id}); fit a model there with "
-                          "`streamvad fit --out`, or create an empty directory to let the camera learn")
-    if not (path / MODEL_FILE).is_file():
-        if any(path.iterdir()):
-            raise ConfigError(f"{field}: {path} is not a StreamVAD model directory (no {MODEL_FILE}) and not "
-                              f"empty (camera {camera.id})")
-        return None
-    return path
+                          "`streamvad fit --out` or `streamvad enroll`, or create an empty directory to let the "
+                          "camera learn")
+    store = ModelStore(path)
+    try:
+        resolved = store.resolve()
+    except StreamVADError as err:
+        raise ConfigError(f"{field}: {err} (camera {camera.id})") from None
+    if resolved is None and not store.is_store():
+        raise ConfigError(f"{field}: {path} is neither a StreamVAD model directory (no {MODEL_FILE}) nor a model "
+                          f"store (camera {camera.id})")
+    return None if resolved is None else resolved[0]
 
 
 def _describe(identity: Mapping[str, Any]) -> str:
@@ -217,6 +226,7 @@ class Fleet:
             if engine.tracker is not None:
                 sub.motion = engine.tracker.observe([frames[rows[j]] for j in members])
             for j, verdict in zip(members, engine.smoother.apply(scorer.score(sub)), strict=True):
+                verdict.model_version = engine.version
                 out[rows[j]] = verdict
         self.timings = Timings(t1 - t0, time.perf_counter() - t1, len(rows))
         return out
@@ -224,6 +234,85 @@ class Fleet:
     def model_bytes(self) -> dict[str, int]:
         """Bytes of each loaded model's serving arrays, for /metrics."""
         return {str(path): engine.nbytes() for path, engine in self.engines.items()}
+
+    def versions(self) -> dict[str, str]:
+        """Camera -> the model version it is scored with (cameras on a versioned store)."""
+        return {c: e.version for c in self.cameras if (e := self.engine(c)) is not None and e.version is not None}
+
+    def swap(self, camera: str, path: Path, engine: Engine) -> None:
+        """Score `camera` with `engine` (model `path`) from the next batch on; a model no camera uses any more
+        is released. The engine must be built on this fleet's backbone (`ModelWatcher` loads it so)."""
+        request = self.request.union(engine.request)  # ValueError: the forward pass cannot give both
+        if self.backbone is None:
+            self.backbone = engine.backbone
+        self.request = request
+        old = self.cameras.get(camera)
+        self.engines[path], self.cameras[camera] = engine, path
+        self.scorers.pop(camera, None)
+        if old is not None and old not in self.cameras.values():
+            del self.engines[old]
+
+
+class ModelWatcher:
+    """Notices when a camera's model store points at another version and loads it off the scoring thread.
+
+    A thread polls each camera's store every `poll_s` (a readlink); a changed model is loaded in that thread
+    on the fleet's backbone, and `take()` hands the loaded ones to the worker, which swaps them in between
+    batches: no frame of any camera waits for the load, and none is scored twice. A version that fails to
+    load is logged once and the camera keeps its model.
+    """
+
+    def __init__(self, cfg: StreamVADConfig, cameras: Sequence[CameraConfig], fleet: Fleet,
+                 scoring: ScoringConfig | None, poll_s: float) -> None:
+        self.cfg, self.cameras, self.fleet, self.scoring, self.poll_s = cfg, list(cameras), fleet, scoring, poll_s
+        self._ready: queue.SimpleQueue[tuple[str, Path, Engine]] = queue.SimpleQueue()
+        self._wanted = {c.id: fleet.cameras.get(c.id) for c in self.cameras}  # what is loaded, or being swapped in
+        self._failed: set[Path] = set()
+        self._net = fleet.backbone  # every model on one backbone, the first loaded one's if all were learning
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="streamvad-models", daemon=True)
+
+    def start(self) -> ModelWatcher:
+        if self.cameras:
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            for camera in self.cameras:
+                self.check(camera)
+
+    def check(self, camera: CameraConfig) -> None:
+        """Load the camera's current model if it is not the one served (also called directly by tests)."""
+        try:
+            path = model_path(self.cfg, camera)
+        except StreamVADError as err:
+            log.warning("%s: model store unreadable, keeping the current model: %s", camera.id, err)
+            return
+        if path is None or path == self._wanted.get(camera.id) or path in self._failed:
+            return
+        try:
+            engine = load_engine(path, scoring=self.scoring, backbone=self.cfg.backbone, net=self._net)
+        except (StreamVADError, OSError, ValueError) as err:
+            self._failed.add(path)
+            log.error("%s: cannot load model %s, keeping the current one: %s", camera.id, path, err)
+            return
+        engine.version = version_name(path)
+        self._net = engine.backbone
+        self._wanted[camera.id] = path
+        self._ready.put((camera.id, path, engine))
+
+    def take(self) -> list[tuple[str, Path, Engine]]:
+        """The models loaded since the last call, to swap in now."""
+        out = []
+        while not self._ready.empty():
+            out.append(self._ready.get())
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(30.0)
 
 
 def load_fleet(cfg: StreamVADConfig, cameras: Sequence[CameraConfig],
@@ -244,6 +333,7 @@ def load_fleet(cfg: StreamVADConfig, cameras: Sequence[CameraConfig],
             engines[path] = load_engine(path, scoring=scoring, backbone=cfg.backbone, net=net)
         except StreamVADError as err:
             raise type(err)(f"{field}: {err}") from None
+        engines[path].version = version_name(path)
         net = engines[path].backbone
     learning = sorted(c for c, p in paths.items() if p is None)
     if learning:

@@ -187,6 +187,8 @@ class ServeState:
         for h in self.reports("worker").values():  # scoring, or learning (no model yet): from the camera's worker
             for name, model_state in (h.get("cameras") or {}).items():
                 cameras.setdefault(name, {"online": False})["model"] = model_state
+            for name, version in (h.get("versions") or {}).items():
+                cameras.setdefault(name, {"online": False})["model_version"] = version
         return cameras
 
     def health(self) -> tuple[bool, dict[str, Any]]:

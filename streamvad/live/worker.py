@@ -26,7 +26,7 @@ import numpy as np
 from streamvad import security
 from streamvad.config import CameraConfig, StreamVADConfig, TamperConfig, TransportConfig, WorkerConfig
 from streamvad.errors import ConfigError
-from streamvad.live.fleet import Fleet, load_fleet, owned
+from streamvad.live.fleet import Fleet, ModelWatcher, load_fleet, owned
 from streamvad.live.health import BATCH_BUCKETS, LATENCY_BUCKETS, Buckets
 from streamvad.live.supervisor import StatusReporter, setup_child
 from streamvad.live.tamper import TamperMonitor
@@ -110,14 +110,17 @@ class Worker:
     def __init__(self, fleet: Fleet | Engine, transport: TransportConfig, cfg: WorkerConfig, *,
                  frames_endpoint: str | None = None,
                  masks: Mapping[str, Polygon] | None = None, name: str = "worker-0",
-                 drain_timeout_s: float = 10.0, tamper: TamperConfig | None = None) -> None:
+                 drain_timeout_s: float = 10.0, tamper: TamperConfig | None = None,
+                 watcher: ModelWatcher | None = None) -> None:
         self.fleet = fleet if isinstance(fleet, Fleet) else Fleet.single(fleet)
         self.transport = transport
         self.cfg = cfg
         self.frames_endpoint = frames_endpoint or transport.frames
         self.name = name
         self.drain_timeout_s = drain_timeout_s
-        self.fleet.scorers = camera_scorers(self.fleet, masks or {})
+        self.masks = dict(masks or {})
+        self.fleet.scorers = camera_scorers(self.fleet, self.masks)
+        self.watcher = watcher  # new model versions, swapped in between batches
         self.tamper = TamperMonitor(tamper or TamperConfig())
         self.ready = threading.Event()
         self._lock = threading.Lock()
@@ -146,6 +149,7 @@ class Worker:
                 "frames_in": dict(self._in), "frames_out": dict(self._out), "anomalous": dict(self._anomalous),
                 "stale": dict(self._stale), "learning": dict(self._learning), "foreign": dict(self._foreign),
                 "cameras": {c: self.fleet.state(c) for c in self.fleet.cameras}, "models": self._model_bytes,
+                "versions": self.fleet.versions(),
                 "pending": self._pending, "idle_s": time.monotonic() - self._scored_at,
                 "malformed": self._malformed, "auth_denied": security.denied(),
                 **self._link_stats(),
@@ -161,6 +165,8 @@ class Worker:
         """Serve until `stop` is set, then drain what is queued (bounded by `drain_timeout_s`)."""
         puller = FramePuller(self.frames_endpoint, hwm=self.transport.hwm, bind=True)
         sender = self.sender = VerdictSender(self.transport)
+        if self.watcher is not None:
+            self.watcher.start()
         self.ready.set()
         log.info("%s: pulling frames on %s, verdicts to %s (batch <= %d, wait <= %.0f ms)", self.name,
                  puller.endpoint, self.transport.verdicts, self.cfg.max_batch, self.cfg.max_wait_ms)
@@ -170,6 +176,7 @@ class Worker:
                 if stop.is_set() and drain_until is None:
                     drain_until = time.monotonic() + self.drain_timeout_s
                     log.info("%s: stopping; draining queued frames", self.name)
+                self._swap_models()
                 frames, eos = self._collect(puller)
                 with self._lock:
                     self._malformed = puller.malformed
@@ -184,9 +191,28 @@ class Worker:
                 log.warning("%s: %d verdict(s) not acknowledged by the events process before stopping; they are lost",
                             self.name, sender.link.unacked)
         finally:
+            if self.watcher is not None:
+                self.watcher.close()
             puller.close()
             sender.close()
         log.info("%s: stopped after %d frames", self.name, sum(self._out.values()))
+
+    def _swap_models(self) -> None:
+        """Put the model versions the watcher loaded in service: between batches, so no frame is scored twice
+        or by a half-switched camera, and other cameras are untouched."""
+        for camera, path, engine in self.watcher.take() if self.watcher is not None else []:
+            try:
+                with self._lock:
+                    self.fleet.swap(camera, path, engine)
+                    self.fleet.scorers.update(camera_scorers(self.fleet, {camera: self.masks[camera]})
+                                              if camera in self.masks else {})
+                    self._model_bytes = self.fleet.model_bytes()
+            except (ValueError, ConfigError) as err:
+                log.error("%s: cannot serve model %s on this worker (%s); restart it to change its layers", camera,
+                          path, err)
+                continue
+            log.info("%s: camera %s now scored by model %s%s", self.name, camera, path,
+                     f" (version {engine.version})" if engine.version else "")
 
     def _collect(self, puller: FramePuller) -> tuple[list[Frame], list[Message]]:
         """One batch: up to max_batch frames, closed max_wait_ms after its first frame or at an EOS
@@ -288,8 +314,10 @@ def build_worker(cfg: StreamVADConfig, index: int = 0, frames_endpoint: str | No
     log.info("worker-%d: %d camera(s), %d model(s) loaded (%.0f MB)", index, len(cameras), len(fleet.engines),
              sum(fleet.model_bytes().values()) / 2**20)
     masks = {c.id: c.mask for c in cameras if c.mask}
-    return Worker(fleet, cfg.transport, cfg.worker, frames_endpoint=frames_endpoint,
-                  masks=masks, name=f"worker-{index}", drain_timeout_s=cfg.serve.drain_timeout_s, tamper=cfg.tamper)
+    watcher = ModelWatcher(cfg, cameras, fleet, scoring, cfg.worker.model_poll_s)
+    return Worker(fleet, cfg.transport, cfg.worker, frames_endpoint=frames_endpoint, masks=masks,
+                  name=f"worker-{index}", drain_timeout_s=cfg.serve.drain_timeout_s, tamper=cfg.tamper,
+                  watcher=watcher)
 
 
 def _check_motion_rate(cameras: Sequence[CameraConfig], fleet: Fleet) -> None:

@@ -124,6 +124,7 @@ class Engine:
         self.tracker = tracker
         self.smoother = Smoother(smooth_s)
         self.timings = Timings()
+        self.version: str | None = None  # its version in the camera's model store, which verdicts name
 
     def embed(self, frames: Sequence[Frame]) -> EmbeddingBatch:
         batch = embed_frames(self.backbone, frames, self.request)

@@ -1,0 +1,206 @@
+"""Enrol a camera from its own stream: record it, fit a model on it, add that as the store's next version.
+
+`streamvad enroll --config live.yaml --camera gate --duration 30m` reads the camera the way its reader does
+(same source, sampling rate and shrink; the fit applies the wire's JPEG round trip, so the model learns the
+pixels a worker will score), records `--duration` of stream time as contiguous segments (whole segments are the
+calibration hold-out, since neighbouring frames are near-duplicates), fits in a child process that is
+niced and runs one torch thread (a worker on the same box keeps its cores), and adds the result to the
+camera's model store as a new version, then makes it current. A running `serve` notices and swaps the
+camera's model between batches (live/fleet.py ModelWatcher): no restart.
+
+Enrolment footage is rarely all normal. When the camera already has a model, the frames it finds anomalous
+are left out of the new fit. Until something goes wrong the store is left as it was: the recording and the
+fit happen in a hidden folder inside the store, and only a finished fit becomes a version.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from tqdm import tqdm
+
+from streamvad.config import WIRE_MAX_SIDE, BackboneConfig, CameraConfig, StreamVADConfig
+from streamvad.datasets.base import Clip
+from streamvad.errors import ConfigError, InputError, StreamVADError
+from streamvad.live.fleet import model_path, owned, owner
+from streamvad.model_store import ModelStore, Version
+from streamvad.scoring.engine import ModelInfo
+from streamvad.sources import open_source
+from streamvad.sources.live import redact_url
+from streamvad.sources.shrink import limit_size
+
+log = logging.getLogger(__name__)
+
+MIN_SEGMENTS = 10  # with the default 10% hold-out, one whole segment is held out for calibration
+MIN_SEGMENT_FRAMES = 2
+SEGMENT_S = 60.0  # longer enrolments are cut into segments of about this length
+
+
+@dataclass
+class Enrolment:
+    camera: str
+    version: Version
+    frames: int
+    excluded: int  # frames the camera's previous model found anomalous, left out
+    seconds: float
+
+
+def camera_store(cfg: StreamVADConfig, camera_id: str) -> tuple[CameraConfig, ModelStore]:
+    """The camera and its model store, or one line saying why it cannot be enrolled."""
+    camera = next((c for c in cfg.cameras if c.id == camera_id), None)
+    if camera is None:
+        known = ", ".join(c.id for c in cfg.cameras) or "none"
+        raise ConfigError(f"--camera: no camera {camera_id!r} in cameras (configured: {known})")
+    root = camera.model or cfg.model_dir
+    if root is None:
+        raise ConfigError(f"cameras.{camera_id}.model: no model store to enrol into; set it to a directory "
+                          "(an empty one is a store with no version yet)")
+    store = ModelStore(Path(root))
+    if store.root.is_dir() and store.is_plain_model():
+        raise ConfigError(f"cameras.{camera_id}.model: {store.root} is one model directory, not a store of versions; "
+                          "point the camera at an empty directory to enrol into")
+    return camera, store
+
+
+def site_backbone(cfg: StreamVADConfig, camera: CameraConfig) -> BackboneConfig:
+    """The backbone the camera's worker runs: that of a model its other cameras are already served with (a
+    worker runs one backbone), with the fields the config sets explicitly on top, as `load_engine` does; the
+    config's own backbone when the worker serves no model yet."""
+    for other in owned(cfg, owner(camera, cfg.serve.workers)):
+        try:
+            path = model_path(cfg, other) if other.id != camera.id else None
+        except StreamVADError:
+            continue
+        if path is not None:
+            fitted = ModelInfo.load(path).backbone
+            return BackboneConfig.model_validate({**fitted.model_dump(), **cfg.backbone.model_dump(exclude_unset=True)})
+    return cfg.backbone
+
+
+def _segments(duration_s: float, fps: float) -> int:
+    """How many contiguous segments the recording is cut into; refuses a duration too short for a hold-out."""
+    n = max(MIN_SEGMENTS, round(duration_s / SEGMENT_S))
+    if duration_s * fps < n * MIN_SEGMENT_FRAMES:
+        least = MIN_SEGMENTS * MIN_SEGMENT_FRAMES / fps
+        raise InputError(f"--duration: {duration_s:g} s at {fps:g} fps is too short to keep whole segments aside for "
+                         f"calibration; enrol for at least {least:g} s")
+    return n
+
+
+def record(camera: CameraConfig, cfg: StreamVADConfig, duration_s: float, folder: Path, *,
+           progress: bool = True) -> list[Clip]:
+    """Record `duration_s` of the camera's stream time into `folder`, one image folder per segment, and return
+    the segments as clips. Frames are shrunk as a reader shrinks them and kept lossless (PNG): the fit then
+    applies the wire's JPEG round trip once, as a worker sees it (`as_transported`)."""
+    n = _segments(duration_s, camera.fps)
+    length = duration_s / n
+    frames = open_source(camera.url, camera.id, sample_fps=camera.fps, loop=camera.loop, realtime=camera.realtime)
+    first: float | None = None
+    counts = [0] * n
+    bar = tqdm(total=round(duration_s), desc=f"enrolling {camera.id}", unit="s", disable=not progress,
+               dynamic_ncols=True, leave=False)
+    try:
+        for frame in frames:
+            first = frame.pts if first is None else first
+            t = frame.pts - first
+            if t >= duration_s:
+                break
+            seg = min(int(t / length), n - 1)
+            shown = limit_size(frame, cfg.transport.frame_max_side or WIRE_MAX_SIDE)
+            (folder / f"seg-{seg:03d}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(shown.image).save(folder / f"seg-{seg:03d}" / f"{frame.index:08d}.png")
+            counts[seg] += 1
+            bar.update(round(t) - bar.n)
+    finally:
+        bar.close()
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()
+    if sum(c >= MIN_SEGMENT_FRAMES for c in counts) < MIN_SEGMENTS:
+        raise InputError(f"{redact_url(camera.url)}: the stream gave {sum(counts)} frames in "
+                         f"{0 if first is None else duration_s:g} s of enrolment; too few to fit and calibrate on")
+    return [Clip(f"seg-{i:03d}", folder / f"seg-{i:03d}", camera.id, "images", None, camera.fps)
+            for i, c in enumerate(counts) if c]
+
+
+def _drop_anomalous(previous: Path, clips: list[Clip], cfg: StreamVADConfig) -> int:
+    """Delete the recorded frames that the camera's current model finds anomalous; returns how many."""
+    from streamvad.offline.pipeline import replay
+    from streamvad.scoring.engine import load_engine
+
+    engine = load_engine(previous, backbone=cfg.backbone)
+    result = replay(engine, clips, sample_fps=None, progress=False)
+    dropped = 0
+    for rec in result.records["primary"]:
+        if rec["anomalous"]:
+            Path(rec["source"]).unlink(missing_ok=True)
+            dropped += 1
+    return dropped
+
+
+def _fit_child(cfg: StreamVADConfig, clips: list[Clip], out: Path, previous: Path | None,
+               result: Any) -> None:
+    """The fit, in its own process: niced and on one torch thread, so a worker on this box keeps its cores."""
+    import torch
+
+    from streamvad.offline.pipeline import fit
+
+    os.nice(10)
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    excluded = _drop_anomalous(previous, clips, cfg) if previous is not None else 0
+    kept = [c for c in clips if any(c.path.iterdir())]
+    res = fit(cfg, kept, out, sample_fps=None, progress=False)
+    result.put({"excluded": excluded, "n_train": res.n_train, "n_holdout": res.n_holdout,
+                "thresholds": res.thresholds})
+
+
+def enrol(cfg: StreamVADConfig, camera_id: str, duration_s: float, *, progress: bool = True) -> Enrolment:
+    """Record, fit and add a new current version to the camera's store (see the module docstring)."""
+    t0 = time.monotonic()
+    camera, store = camera_store(cfg, camera_id)
+    _segments(duration_s, camera.fps)  # refuse a too-short duration before touching anything
+    work = store.root / f".enrol-{int(time.time())}-{os.getpid()}"
+    try:
+        work.mkdir(parents=True)
+    except OSError as err:
+        raise InputError(f"{store.root}: cannot write to the model store ({err.strerror or err})") from None
+    try:
+        clips = record(camera, cfg, duration_s, work / "frames", progress=progress)
+        current = store.current()
+        cfg = cfg.model_copy(update={"backbone": site_backbone(cfg, camera)})
+        ctx = mp.get_context("spawn")
+        result = ctx.SimpleQueue()
+        child = ctx.Process(target=_fit_child, args=(cfg, clips, work / "model", current and current.path, result),
+                            name=f"streamvad-enrol-{camera_id}")
+        child.start()
+        child.join()
+        if child.exitcode != 0 or result.empty():
+            raise InputError(f"{camera_id}: the enrolment fit failed (exit code {child.exitcode}; see its log above); "
+                             f"the store {store.root} is unchanged")
+        fitted = result.get()
+        frames = sum(1 for c in clips for _ in c.path.iterdir())
+        version = store.add(work / "model", {
+            "camera": camera_id, "source": redact_url(camera.url), "duration_s": duration_s,
+            "recorded_frames": frames + fitted["excluded"], "excluded_anomalous": fitted["excluded"],
+            "segments": len(clips), "n_train": fitted["n_train"], "n_holdout": fitted["n_holdout"],
+            "thresholds": fitted["thresholds"], "previous": current and current.name,
+        })
+        store.activate(version.name)
+    except OSError as err:
+        raise InputError(f"{store.root}: cannot write to the model store ({err.strerror or err}); "
+                         "the current version is unchanged") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("%s: enrolled version %s on %d frames (%d left out as anomalous) in %.0f s", camera_id, version.name,
+             frames, fitted["excluded"], time.monotonic() - t0)
+    return Enrolment(camera_id, version, frames, fitted["excluded"], time.monotonic() - t0)

@@ -1,0 +1,218 @@
+"""Enrolment, the versioned model store and hot swap: a camera goes from learning to armed without a restart.
+
+Real ZeroMQ sockets, a real worker thread with its model watcher, real fits on EfficientNet-Lite0 features of
+synthetic scenes; the whole `serve` version is in test_serve.py.
+"""
+
+from __future__ import annotations
+
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from streamvad.bench.throughput import PLACE, free_tcp_endpoint
+from streamvad.cli import main
+from streamvad.config import CameraConfig, StreamVADConfig, TransportConfig, WorkerConfig
+from streamvad.datasets.synthetic import AnomalySpec, make_scene
+from streamvad.errors import StreamVADError
+from streamvad.live.worker import build_worker
+from streamvad.model_store import ModelStore
+from streamvad.transport import FramePusher, VerdictInbox
+from tests.test_worker import TEST_BACKBONE, make_frame, tiny_model
+
+__all__ = ["tiny_model"]
+
+
+def _store(root: Path, model: Path, versions: int) -> ModelStore:
+    """A store holding `versions` copies of `model`, the last one current."""
+    store = ModelStore(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(versions):
+        shutil.copytree(model, root / ".incoming")
+        store.activate(store.add(root / ".incoming", {"note": f"copy {i + 1}"}).name)
+    return store
+
+
+def test_store_versions_activate_and_rollback_switch_current_atomically(tiny_model: Path, tmp_path: Path) -> None:
+    store = _store(tmp_path / "gate", tiny_model, 3)
+    assert [v.name for v in store.versions()] == ["v0001", "v0002", "v0003"]
+    assert store.current().name == "v0003" and store.resolve() == (tmp_path / "gate" / "v0003", "v0003")
+    assert store.current().record["note"] == "copy 3" and store.current().created_at is not None
+    assert store.rollback().name == "v0002" and store.current().name == "v0002"
+    assert (tmp_path / "gate" / "current").is_symlink() and not list((tmp_path / "gate").glob(".current.*"))
+    with pytest.raises(StreamVADError, match=r"no model version 'v0009' \(versions: v0001, v0002, v0003\)"):
+        store.activate("v0009")
+    store.activate("v0001")
+    with pytest.raises(StreamVADError, match="no earlier version to roll back to"):
+        store.rollback()
+
+
+def _config_file(tmp_path: Path, cameras: list[dict[str, Any]], **extra: Any) -> Path:
+    doc = {"backbone": TEST_BACKBONE.model_dump(), "cameras": cameras,
+           "normality": {"k_min": 2, "k_max": 4, "k_candidates": 2, "silhouette_sample": 100, "hdbscan": "none",
+                         "chroma": False},
+           "transport": {"frames": free_tcp_endpoint(), "verdicts": free_tcp_endpoint(), "insecure": True},
+           **extra}
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return path
+
+
+def test_models_cli_lists_activates_and_rolls_back(tiny_model: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    _store(tmp_path / "gate", tiny_model, 2)
+    config = _config_file(tmp_path, [{"id": "gate", "url": "x.mp4", "model": str(tmp_path / "gate")}])
+    assert main(["models", "list", "--config", str(config), "gate"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("  v0001") and lines[1].startswith("* v0002")
+    assert main(["models", "rollback", "--config", str(config), "gate"]) == 0
+    assert "version v0001 is current" in capsys.readouterr().out
+    assert main(["models", "activate", "--config", str(config), "gate", "v0002"]) == 0
+    assert ModelStore(tmp_path / "gate").current().name == "v0002"
+    for argv, expected in ((["models", "activate", "gate", "v0007"], "no model version 'v0007'"),
+                           (["models", "list", "yard"], "--camera: no camera 'yard'")):
+        assert main([*argv[:2], "--config", str(config), *argv[2:]]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], err
+
+
+def test_a_new_current_version_is_swapped_in_between_batches_without_a_gap(tiny_model: Path, tmp_path: Path) -> None:
+    """Camera `new` starts learning and `old` on v0001. A version appears for `new` and `old` moves to v0002,
+    then rolls back: every frame of `old` is scored exactly once, in order, and verdicts name the version."""
+    old_store = _store(tmp_path / "old", tiny_model, 2)
+    old_store.activate("v0001")
+    (tmp_path / "new").mkdir()
+    transport = TransportConfig(frames=free_tcp_endpoint(), verdicts=free_tcp_endpoint(), policy="block",
+                                insecure=True)
+    cfg = StreamVADConfig(backbone=TEST_BACKBONE, transport=transport,
+                          worker=WorkerConfig(max_batch=4, max_wait_ms=20, max_age_s=None, model_poll_s=0.05),
+                          cameras=[CameraConfig(id=c, url="x.mp4", model=tmp_path / c) for c in ("old", "new")])
+    worker = build_worker(cfg)
+    assert worker.fleet.state("new") == "learning"
+    inbox = VerdictInbox(transport.verdicts, auto_ack=True)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    pusher = FramePusher(transport.frames, policy="block")
+    seen: dict[str, list[tuple[int, str | None]]] = {"old": [], "new": []}
+
+    def send_and_collect(start: int, n: int) -> None:
+        for i in range(start, start + n):
+            for camera in ("old", "new"):
+                pusher.send(make_frame(camera, i))
+        deadline = time.monotonic() + 60
+        while len(seen["old"]) < start + n:
+            assert time.monotonic() < deadline, f"verdicts of old: {len(seen['old'])} of {start + n}"
+            msg = inbox.recv_message(100)
+            if msg is not None and msg.verdict is not None:
+                seen[msg.camera].append((msg.verdict.key.index, msg.verdict.model_version))
+
+    def wait_version(camera: str, version: str) -> None:
+        deadline = time.monotonic() + 60
+        while worker.fleet.versions().get(camera) != version:
+            assert time.monotonic() < deadline, f"{camera} never switched to {version}"
+            time.sleep(0.02)
+
+    try:
+        assert worker.ready.wait(30)
+        send_and_collect(0, 8)
+        shutil.copytree(tiny_model, tmp_path / "new" / ".incoming")
+        new_store = ModelStore(tmp_path / "new")
+        new_store.activate(new_store.add(tmp_path / "new" / ".incoming", {}).name)
+        old_store.activate("v0002")
+        wait_version("new", "v0001")
+        wait_version("old", "v0002")
+        send_and_collect(8, 8)
+        old_store.rollback()
+        wait_version("old", "v0001")
+        send_and_collect(16, 8)
+    finally:
+        stop.set()
+        thread.join(30)
+        pusher.close(0)
+        inbox.close()
+    assert [i for i, _v in seen["old"]] == list(range(24))  # none dropped, none scored twice, in order
+    versions = [v for _i, v in seen["old"]]
+    assert versions == ["v0001"] * 8 + ["v0002"] * 8 + ["v0001"] * 8
+    assert seen["new"] and {v for _i, v in seen["new"]} == {"v0001"}
+    assert min(i for i, _v in seen["new"]) >= 8  # learning until its first version arrived
+
+
+@pytest.fixture(scope="module")
+def site_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test model's scene, normal for 12 s, then a walker on the lawn (the enrolment records the start)."""
+    return make_scene(tmp_path_factory.mktemp("enrol"), seconds=16, fps=10, size=(120, 160), seed=5,
+                      place_seed=PLACE, anomalies=[AnomalySpec("lawn_walker", 12.0, 16.0, seed=2)],
+                      name="gate").path
+
+
+def test_enroll_records_fits_and_makes_a_new_current_version(site_clip: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    config = _config_file(tmp_path, [{"id": "gate", "url": str(site_clip), "fps": 4.0,
+                                      "model": str(tmp_path / "models" / "gate")}])
+    assert main(["enroll", "--config", str(config), "--camera", "gate", "--duration", "8s", "--no-progress"]) == 0
+    assert "gate: version v0001 is current (32 frames" in capsys.readouterr().out
+    store = ModelStore(tmp_path / "models" / "gate")
+    record = store.current().record
+    assert (record["recorded_frames"], record["segments"], record["previous"]) == (32, 10, None)
+    assert record["n_holdout"] >= 2 and record["thresholds"]
+    assert not list(store.root.glob(".enrol-*"))  # the recording is gone, only the version stays
+
+    assert main(["enroll", "--config", str(config), "--camera", "gate", "--duration", "8s", "--no-progress"]) == 0
+    assert store.current().name == "v0002" and store.current().record["previous"] == "v0001"
+
+    cfg = StreamVADConfig.model_validate(yaml.safe_load(config.read_text()))
+    worker = build_worker(cfg)
+    assert worker.fleet.versions() == {"gate": "v0002"}
+
+
+def test_enroll_refuses_bad_input_in_one_line_and_leaves_the_current_version(
+        tiny_model: Path, site_clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _store(tmp_path / "gate", tiny_model, 1)
+    (tmp_path / "a-file").write_text("x")
+    config = _config_file(tmp_path, [
+        {"id": "gate", "url": str(site_clip), "fps": 4.0, "model": str(tmp_path / "gate")},
+        {"id": "plain", "url": str(site_clip), "model": str(tiny_model)},
+        {"id": "blocked", "url": str(site_clip), "model": str(tmp_path / "a-file" / "store")},
+    ])
+    for argv, expected in (
+            (["--camera", "yard", "--duration", "30s"], "--camera: no camera 'yard'"),
+            (["--camera", "gate", "--duration", "2s"], "--duration: 2 s at 4 fps is too short"),
+            (["--camera", "plain", "--duration", "30s"], "is one model directory, not a store"),
+            (["--camera", "blocked", "--duration", "30s"], "cannot write to the model store")):
+        assert main(["enroll", "--config", str(config), "--no-progress", *argv]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], err
+    assert ModelStore(tmp_path / "gate").current().name == "v0001"
+    assert [v.name for v in ModelStore(tmp_path / "gate").versions()] == ["v0001"]
+
+
+def test_enroll_on_a_full_disk_is_one_line_and_leaves_the_store_as_it_was(
+        tiny_model: Path, site_clip: Path, tmp_path: Path) -> None:
+    """A full disk without a small mount (CI runs as root, where chmod cannot make anything unwritable): the
+    process may write files of at most 4 kB (RLIMIT_FSIZE; Python ignores SIGXFSZ, so a write fails, EFBIG)."""
+    _store(tmp_path / "gate", tiny_model, 1)
+    gate = {"id": "gate", "url": str(site_clip), "fps": 4.0, "model": str(tmp_path / "gate")}
+    config = _config_file(tmp_path, [gate])
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    done = subprocess.run([sys.executable, "-m", "streamvad", "enroll", "--config", str(config), "--camera", "gate",
+                           "--duration", "8s", "--no-progress"], capture_output=True, text=True, timeout=300,
+                          preexec_fn=small_files)
+    assert done.returncode == 2, done.stderr[-2000:]
+    err = [ln for ln in done.stderr.splitlines() if ln.startswith("streamvad: error")]
+    assert len(err) == 1 and "cannot write to the model store (File too large)" in err[0], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    store = ModelStore(tmp_path / "gate")
+    assert [v.name for v in store.versions()] == ["v0001"] and store.current().name == "v0001"
+    assert not list(store.root.glob(".enrol-*"))
