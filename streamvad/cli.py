@@ -201,7 +201,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
     res = enrol(_config(args), args.camera, args.duration, progress=not args.no_progress)
     print(f"{res.camera}: version {res.version.name} is current ({res.frames} frames, {res.excluded} left out as "
-          f"anomalous, {res.seconds:.0f} s) -> {res.version.path}")
+          f"outliers or anomalous, {res.seconds:.0f} s) -> {res.version.path}")
     return 0
 
 

@@ -8,8 +8,9 @@ niced and runs one torch thread (a worker on the same box keeps its cores), and 
 camera's model store as a new version, then makes it current. A running `serve` notices and swaps the
 camera's model between batches (live/fleet.py ModelWatcher): no restart.
 
-Enrolment footage is rarely all normal. When the camera already has a model, the frames it finds anomalous
-are left out of the new fit. Until something goes wrong the store is left as it was: the recording and the
+Enrolment footage is rarely all normal. Frames unlike the rest of the enrolment (scored leave one segment
+out, `outlier_frames`) are left out of the fit, and so are, when the camera already has a model, the frames
+it finds anomalous. Until something goes wrong the store is left as it was: the recording and the
 fit happen in a hidden folder inside the store, and only a finished fit becomes a version.
 """
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
@@ -39,6 +41,8 @@ from streamvad.sources.shrink import limit_size
 
 log = logging.getLogger(__name__)
 
+OUTLIER_MADS = 5.0
+REFERENCE_FRAMES = 512  # frames of other segments each frame is compared with (a seeded sample)
 MIN_SEGMENTS = 10  # with the default 10% hold-out, one whole segment is held out for calibration
 MIN_SEGMENT_FRAMES = 2
 SEGMENT_S = 60.0  # longer enrolments are cut into segments of about this length
@@ -49,7 +53,7 @@ class Enrolment:
     camera: str
     version: Version
     frames: int
-    excluded: int  # frames the camera's previous model found anomalous, left out
+    excluded: int  # frames left out: outliers in the enrolment, or anomalous to the camera's previous model
     seconds: float
 
 
@@ -131,6 +135,49 @@ def record(camera: CameraConfig, cfg: StreamVADConfig, duration_s: float, folder
             for i, c in enumerate(counts) if c]
 
 
+def _robust_z(values: np.ndarray, axis: int = 0) -> np.ndarray:
+    median = np.median(values, axis=axis, keepdims=True)
+    mad = 1.4826 * np.median(np.abs(values - median), axis=axis, keepdims=True)
+    return (values - median) / np.maximum(mad, 1e-9)
+
+
+def outlier_frames(patches: np.ndarray, segments: np.ndarray, *, reference: int = REFERENCE_FRAMES,
+                   seed: int = 0) -> np.ndarray:
+    """Bool per frame: the frame is unlike the rest of the enrolment (scored leave one segment out).
+
+    Each patch's distance to the nearest same-position patch of the frames of *other* segments (a seeded sample
+    of at most `reference` frames) is put on its position's scale (robust z over all frames: a textured patch
+    varies more than the sky), and a frame scores its most unusual patch. Something that passed through once
+    (a person where nobody walks) is near nothing outside its own segment; the normal scene is near itself
+    everywhere. A frame scoring more than OUTLIER_MADS robust deviations above the frames' median is an
+    outlier. `patches` [N, P, D], `segments` [N]."""
+    n = patches.shape[0]
+    ref = np.sort(np.random.default_rng(seed).choice(n, size=min(reference, n), replace=False))
+    ref_patches, ref_segments = patches[ref], segments[ref]
+    ref_sq = np.einsum("rpd,rpd->pr", ref_patches, ref_patches)
+    nearest = np.empty(patches.shape[:2], dtype=np.float32)
+    for start in range(0, n, 64):
+        block = patches[start:start + 64]
+        dist = (np.einsum("bpd,bpd->bp", block, block)[:, :, None] + ref_sq[None]
+                - 2.0 * np.einsum("bpd,rpd->bpr", block, ref_patches))
+        own = segments[start:start + 64, None] == ref_segments[None, :]  # its own segment is no evidence
+        nearest[start:start + 64] = np.sqrt(np.maximum(np.where(own[:, None, :], np.inf, dist).min(axis=2), 0.0))
+    worst = _robust_z(nearest).max(axis=1)
+    return _robust_z(worst) > OUTLIER_MADS
+
+
+def _drop_outliers(clips: list[Clip], cfg: StreamVADConfig) -> int:
+    """Delete the recorded frames that are outliers against the rest of the enrolment; returns how many."""
+    from streamvad.backbones import build_backbone
+    from streamvad.offline.pipeline import embed_clips
+
+    embedded = embed_clips(build_backbone(cfg.backbone), clips, None, transport=cfg.transport, progress=False)
+    out = outlier_frames(embedded.batch.patches, embedded.clip_ids, seed=cfg.normality.seed)
+    for i in np.flatnonzero(out):
+        Path(embedded.sources[i]).unlink(missing_ok=True)
+    return int(out.sum())
+
+
 def _drop_anomalous(previous: Path, clips: list[Clip], cfg: StreamVADConfig) -> int:
     """Delete the recorded frames that the camera's current model finds anomalous; returns how many."""
     from streamvad.offline.pipeline import replay
@@ -158,9 +205,10 @@ def _fit_child(cfg: StreamVADConfig, clips: list[Clip], out: Path, previous: Pat
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     excluded = _drop_anomalous(previous, clips, cfg) if previous is not None else 0
+    outliers = _drop_outliers([c for c in clips if any(c.path.iterdir())], cfg)
     kept = [c for c in clips if any(c.path.iterdir())]
     res = fit(cfg, kept, out, sample_fps=None, progress=False)
-    result.put({"excluded": excluded, "n_train": res.n_train, "n_holdout": res.n_holdout,
+    result.put({"excluded": excluded, "outliers": outliers, "n_train": res.n_train, "n_holdout": res.n_holdout,
                 "thresholds": res.thresholds})
 
 
@@ -189,9 +237,11 @@ def enrol(cfg: StreamVADConfig, camera_id: str, duration_s: float, *, progress: 
                              f"the store {store.root} is unchanged")
         fitted = result.get()
         frames = sum(1 for c in clips for _ in c.path.iterdir())
+        left_out = fitted["excluded"] + fitted["outliers"]
         version = store.add(work / "model", {
             "camera": camera_id, "source": redact_url(camera.url), "duration_s": duration_s,
-            "recorded_frames": frames + fitted["excluded"], "excluded_anomalous": fitted["excluded"],
+            "recorded_frames": frames + left_out, "fitted_frames": frames, "excluded_anomalous": fitted["excluded"],
+            "excluded_outliers": fitted["outliers"],
             "segments": len(clips), "n_train": fitted["n_train"], "n_holdout": fitted["n_holdout"],
             "thresholds": fitted["thresholds"], "previous": current and current.name,
         })
@@ -201,6 +251,6 @@ def enrol(cfg: StreamVADConfig, camera_id: str, duration_s: float, *, progress: 
                          "the current version is unchanged") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    log.info("%s: enrolled version %s on %d frames (%d left out as anomalous) in %.0f s", camera_id, version.name,
-             frames, fitted["excluded"], time.monotonic() - t0)
-    return Enrolment(camera_id, version, frames, fitted["excluded"], time.monotonic() - t0)
+    log.info("%s: enrolled version %s on %d frames (%d left out) in %.0f s", camera_id, version.name, frames,
+             left_out, time.monotonic() - t0)
+    return Enrolment(camera_id, version, frames, left_out, time.monotonic() - t0)
