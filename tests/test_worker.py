@@ -48,7 +48,7 @@ def make_frame(camera: str, index: int, seed: int = 0) -> Frame:
 @contextmanager
 def running_worker(engine: Engine, cfg: WorkerConfig, policy: str = "block"
                    ) -> Iterator[tuple[Worker, FramePusher, VerdictInbox]]:
-    """A Worker in a thread, a frame pusher (policy block) and a verdict subscriber bound on loopback."""
+    """A Worker in a thread, a frame pusher (policy block) and a verdict inbox (acknowledging) bound on loopback."""
     transport = TransportConfig(frames=free_tcp_endpoint(), verdicts=free_tcp_endpoint(), policy=policy)
     sub = VerdictInbox(transport.verdicts, auto_ack=True)
     worker = Worker(engine, transport, cfg)
@@ -57,9 +57,7 @@ def running_worker(engine: Engine, cfg: WorkerConfig, policy: str = "block"
     thread.start()
     assert worker.ready.wait(10)
     pusher = FramePusher(transport.frames, policy="block")
-    # A bound SUB forwards its subscription to a connecting PUB only while its own thread calls into it
-    # (ZeroMQ processes socket commands lazily): poll it, or whatever the worker publishes first is dropped.
-    assert sub.recv_message(300) is None
+    assert sub.recv_message(300) is None  # nothing is sent before a frame is
     try:
         yield worker, pusher, sub
     finally:
