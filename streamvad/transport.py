@@ -566,6 +566,3 @@ class VerdictInbox(_Receiver[Delivery]):
                 return None
             self._queue.extend(delivery.messages)
         return self._queue.pop(0)
-
-    def close(self) -> None:
-        self._sock.close()

@@ -283,7 +283,7 @@ class ModelWatcher:
                 self.check(camera)
 
     def check(self, camera: CameraConfig) -> None:
-        """Load the camera's current model if it is not the one served (also called directly by tests)."""
+        """Load the camera's current model if it is not the one served or being swapped in."""
         try:
             path = model_path(self.cfg, camera)
         except StreamVADError as err:

@@ -158,8 +158,10 @@ class Worker:
             }
 
     def _link_stats(self) -> dict[str, int]:
-        link = None if self.sender is None else self.sender.link
-        return {} if link is None else {"unacked": link.unacked, "resent": link.resent, "lost": link.lost}
+        if self.sender is None:
+            return {}
+        link = self.sender.link
+        return {"unacked": link.unacked, "resent": link.resent, "lost": link.lost}
 
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set, then drain what is queued (bounded by `drain_timeout_s`)."""
