@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from streamvad.config import StreamVADConfig, load_config
-from streamvad.errors import ConfigError, StreamVADError
+from streamvad.config import NormalityConfig, StreamVADConfig, load_config
+from streamvad.errors import ConfigError, InputError, StreamVADError
 
 log = logging.getLogger("streamvad")
 
@@ -61,6 +61,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from streamvad.offline.pipeline import clips_from_paths, fit
 
     cfg = _config(args)
+    if args.memory_budget_mb is not None:
+        if args.memory_budget_mb < 0:
+            raise ConfigError(f"--memory-budget-mb: expected MiB >= 0 (0: every vector), got {args.memory_budget_mb}")
+        budget = None if args.memory_budget_mb == 0 else args.memory_budget_mb
+        cfg = cfg.model_copy(update={"normality": NormalityConfig.model_validate(
+            {**cfg.normality.model_dump(), "memory_budget_mb": budget})})
     if args.dataset:
         if args.sources:
             raise ConfigError("fit: give either --dataset/--root or SOURCE paths, not both")
@@ -77,6 +83,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     thresholds = ", ".join(f"{k}={v:.3f}" for k, v in res.thresholds.items()) or "none (no held-out frames)"
     print(f"fitted {res.kind} model on {res.n_train} frames ({res.n_holdout} held out) in {res.seconds:.0f} s "
           f"-> {res.model_dir}\nthresholds from normal frames it was not fitted on: {thresholds}")
+    if res.stages:
+        stages = ", ".join(f"{k} {v:.1f} s" for k, v in res.stages.items())
+        memory = f"; serving memory {res.serving_bytes / 2**20:.1f} MiB" if res.serving_bytes else ""
+        print(f"stages: {stages}{memory}")
     return 0
 
 
@@ -199,7 +209,20 @@ def _duration(text: str) -> float:
 def cmd_enroll(args: argparse.Namespace) -> int:
     from streamvad.enrolment import enrol
 
-    res = enrol(_config(args), args.camera, args.duration, progress=not args.no_progress)
+    cfg = _config(args)
+    if args.serve:
+        from streamvad import security
+        from streamvad.messages import WIRE_VERSION, EnrolRequest
+        from streamvad.transport import control_request
+
+        security.configure(cfg.transport)
+        reply = control_request(cfg.transport.control, EnrolRequest(
+            v=WIRE_VERSION, type="enrol", camera=args.camera, duration_s=float(args.duration)))
+        if not reply.ok:
+            raise InputError(f"serve refused: {reply.message}")
+        print(reply.message)
+        return 0
+    res = enrol(cfg, args.camera, args.duration, progress=not args.no_progress)
     print(f"{res.camera}: version {res.version.name} is current ({res.frames} frames, {res.excluded} left out as "
           f"outliers or anomalous, {res.seconds:.0f} s) -> {res.version.path}")
     return 0
@@ -265,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", choices=["uniformaly", "generalad", "s2vad"])
     p.add_argument("--sample-fps", type=float, help="frames per second to sample (0 = every frame)")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
+    p.add_argument("--memory-budget-mb", type=float, metavar="MB",
+                   help="override normality.memory_budget_mb (0: keep every training vector)")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("replay", help="score recorded sources, one JSON line per frame")
@@ -341,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--camera", required=True, help="the camera id in the config")
     p.add_argument("--duration", type=_duration, required=True, help="stream time to record: 30m, 90s, 1h")
+    p.add_argument("--serve", action="store_true",
+                   help="ask the running serve (transport.control) to enrol; progress shows in its /healthz")
     p.set_defaults(func=cmd_enroll)
 
     p = sub.add_parser("models", help="a camera's model versions: list, activate, rollback")

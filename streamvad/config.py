@@ -87,6 +87,10 @@ class NormalityConfig(_Section):
     # At most this many training frames in the appearance memory, chosen by greedy k-center over whole patch
     # maps (normality/coreset.py): a worker streams each camera's memory once per batch. None: every frame.
     max_train_frames: int | None = Field(None, ge=2)
+    # Serving memory of one camera's model (appearance and motion), in MiB: each token keeps the greedy
+    # k-center coreset of its training vectors that fits (stored float16). None: every vector of every frame.
+    # 48: a Ped2 model keeps 134 vectors per token, and fit, Chroma record and search pay per kept vector
+    memory_budget_mb: float | None = Field(48.0, gt=0.0)
     # Clip folds for calibration: every training clip is also scored by the memory without its fold, so
     # thresholds see thousands of normal frames as new footage, not only the held-out clips
     folds: int = Field(4, ge=2)
@@ -195,6 +199,8 @@ class TransportConfig(_Section):
     # WIRE_MAX_SIDE (the most any receiver decodes; larger frames are shrunk to it).
     frame_max_side: int | None = Field(640, ge=32, le=WIRE_MAX_SIDE)
     status: str = Field(default_factory=lambda: f"ipc://{runtime_dir()}/status")  # every child reports here
+    # serve's control socket (REQ/REP): `streamvad enroll --serve` asks the running serve to enrol a camera
+    control: str = Field(default_factory=lambda: f"ipc://{runtime_dir()}/control")
     # verdicts a worker keeps until the events process has committed them (acknowledged), and how long it
     # waits for an acknowledgement before sending everything unacknowledged again
     unacked_max: int = Field(10_000, ge=1)
@@ -211,6 +217,17 @@ class WorkerConfig(_Section):
     max_age_s: float | None = Field(2.0, gt=0.0)
     # how often each camera's model store is checked for a new current version (swapped in without a restart)
     model_poll_s: float = Field(2.0, gt=0.0)
+
+
+class DriftConfig(_Section):
+    """When a camera's live scores part from its model's hold-out for good: re-enrolment is suggested
+    (streamvad/live/drift.py)."""
+
+    enabled: bool = True
+    window: int = Field(2400, ge=10)  # the camera's last scores compared (2400: 10 min at 4 fps)
+    min_frames: int = Field(240, ge=10)  # scores needed before a verdict on drift
+    ks: float = Field(0.5, gt=0.0, le=1.0)  # Kolmogorov-Smirnov distance from the hold-out that suggests re-enrolling
+    every: int = Field(20, ge=1)  # frames between two comparisons
 
 
 class TamperConfig(_Section):
@@ -301,6 +318,7 @@ class StreamVADConfig(_Section):
     transport: TransportConfig = TransportConfig()
     worker: WorkerConfig = WorkerConfig()
     tamper: TamperConfig = TamperConfig()
+    drift: DriftConfig = DriftConfig()
     events: EventsConfig = EventsConfig()
     sinks: SinksConfig = SinksConfig()
     serve: ServeConfig = ServeConfig()

@@ -20,8 +20,11 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,8 @@ from streamvad.sources.live import redact_url
 from streamvad.sources.shrink import limit_size
 
 log = logging.getLogger(__name__)
+
+Report = Callable[..., None]  # hears of an enrolment's progress: report(phase=..., recorded_s=...)
 
 OUTLIER_MADS = 5.0
 REFERENCE_FRAMES = 512  # frames of other segments each frame is compared with (a seeded sample)
@@ -100,7 +105,7 @@ def _segments(duration_s: float, fps: float) -> int:
 
 
 def record(camera: CameraConfig, cfg: StreamVADConfig, duration_s: float, folder: Path, *,
-           progress: bool = True) -> list[Clip]:
+           progress: bool = True, report: Report | None = None) -> list[Clip]:
     """Record `duration_s` of the camera's stream time into `folder`, one image folder per segment, and return
     the segments as clips. Frames are shrunk as a reader shrinks them and kept lossless (PNG): the fit then
     applies the wire's JPEG round trip once, as a worker sees it (`as_transported`)."""
@@ -123,6 +128,8 @@ def record(camera: CameraConfig, cfg: StreamVADConfig, duration_s: float, folder
             Image.fromarray(shown.image).save(folder / f"seg-{seg:03d}" / f"{frame.index:08d}.png")
             counts[seg] += 1
             bar.update(round(t) - bar.n)
+            if report is not None:
+                report(phase="recording", recorded_s=round(t, 1))
     finally:
         bar.close()
         close = getattr(frames, "close", None)
@@ -208,22 +215,37 @@ def _fit_child(cfg: StreamVADConfig, clips: list[Clip], out: Path, previous: Pat
     outliers = _drop_outliers([c for c in clips if any(c.path.iterdir())], cfg)
     kept = [c for c in clips if any(c.path.iterdir())]
     res = fit(cfg, kept, out, sample_fps=None, progress=False)
+    scores = res.holdout_scores
+    quantiles = {f"p{q}": scores[min(len(scores) - 1, round(q / 100 * (len(scores) - 1)))] for q in (50, 90, 99)}
     result.put({"excluded": excluded, "outliers": outliers, "n_train": res.n_train, "n_holdout": res.n_holdout,
-                "thresholds": res.thresholds})
+                "thresholds": res.thresholds, "holdout_scores": quantiles if scores else {},
+                "serving_bytes": res.serving_bytes, "stages": res.stages})
 
 
-def enrol(cfg: StreamVADConfig, camera_id: str, duration_s: float, *, progress: bool = True) -> Enrolment:
-    """Record, fit and add a new current version to the camera's store (see the module docstring)."""
-    t0 = time.monotonic()
+def check_enrolment(cfg: StreamVADConfig, camera_id: str, duration_s: float) -> tuple[CameraConfig, ModelStore]:
+    """The camera and its store, once an enrolment of `duration_s` is known to make sense (else one line)."""
     camera, store = camera_store(cfg, camera_id)
     _segments(duration_s, camera.fps)  # refuse a too-short duration before touching anything
+    return camera, store
+
+
+def enrol(cfg: StreamVADConfig, camera_id: str, duration_s: float, *, progress: bool = True,
+          report: Report | None = None) -> Enrolment:
+    """Record, fit and add a new current version to the camera's store (see the module docstring); `report`
+    hears of each phase (recording, with the stream seconds recorded; fitting)."""
+    t0 = time.monotonic()
+    camera, store = check_enrolment(cfg, camera_id, duration_s)
     work = store.root / f".enrol-{int(time.time())}-{os.getpid()}"
     try:
         work.mkdir(parents=True)
     except OSError as err:
         raise InputError(f"{store.root}: cannot write to the model store ({err.strerror or err})") from None
     try:
-        clips = record(camera, cfg, duration_s, work / "frames", progress=progress)
+        started = datetime.now(UTC).isoformat(timespec="seconds")
+        clips = record(camera, cfg, duration_s, work / "frames", progress=progress, report=report)
+        recorded = [started, datetime.now(UTC).isoformat(timespec="seconds")]
+        if report is not None:
+            report(phase="fitting")
         current = store.current()
         cfg = cfg.model_copy(update={"backbone": site_backbone(cfg, camera)})
         ctx = mp.get_context("spawn")
@@ -231,7 +253,12 @@ def enrol(cfg: StreamVADConfig, camera_id: str, duration_s: float, *, progress: 
         child = ctx.Process(target=_fit_child, args=(cfg, clips, work / "model", current and current.path, result),
                             name=f"streamvad-enrol-{camera_id}")
         child.start()
-        child.join()
+        try:
+            child.join()
+        finally:
+            if child.is_alive():  # interrupted (serve stopping): the fit goes with it
+                child.terminate()
+                child.join()
         if child.exitcode != 0 or result.empty():
             raise InputError(f"{camera_id}: the enrolment fit failed (exit code {child.exitcode}; see its log above); "
                              f"the store {store.root} is unchanged")
@@ -243,7 +270,9 @@ def enrol(cfg: StreamVADConfig, camera_id: str, duration_s: float, *, progress: 
             "recorded_frames": frames + left_out, "fitted_frames": frames, "excluded_anomalous": fitted["excluded"],
             "excluded_outliers": fitted["outliers"],
             "segments": len(clips), "n_train": fitted["n_train"], "n_holdout": fitted["n_holdout"],
-            "thresholds": fitted["thresholds"], "previous": current and current.name,
+            "thresholds": fitted["thresholds"], "previous": current and current.name, "recorded": recorded,
+            "holdout_scores": fitted["holdout_scores"], "serving_bytes": fitted["serving_bytes"],
+            "fit_seconds": fitted["stages"],
         })
         store.activate(version.name)
     except OSError as err:
@@ -254,3 +283,30 @@ def enrol(cfg: StreamVADConfig, camera_id: str, duration_s: float, *, progress: 
     log.info("%s: enrolled version %s on %d frames (%d left out) in %.0f s", camera_id, version.name, frames,
              left_out, time.monotonic() - t0)
     return Enrolment(camera_id, version, frames, left_out, time.monotonic() - t0)
+
+
+def enrolment_main(cfg: StreamVADConfig, camera_id: str, duration_s: float, log_level: int) -> None:
+    """Process entry of an enrolment `serve` runs on a control message: it reports its phase to the supervisor
+    (/healthz shows it under the camera) and exits 0 once the new version is current, 2 if it failed."""
+    from streamvad import security
+    from streamvad.live.supervisor import StatusReporter, Terminated, setup_child
+
+    stop = threading.Event()
+    setup_child(stop, log_level, interrupt=True)
+    security.configure(cfg.transport)
+    state: dict[str, Any] = {"state": "running", "phase": "starting", "duration_s": duration_s}
+    reporter = StatusReporter(cfg.transport.status, camera_id, "enrolment", lambda: dict(state),
+                              cfg.serve.status_interval_s).start()
+    code = 2
+    try:
+        res = enrol(cfg, camera_id, duration_s, progress=False, report=state.update)
+        state.update(state="done", phase="done", version=res.version.name, recorded_s=duration_s)
+        code = 0
+    except StreamVADError as err:
+        state.update(state="failed", phase="failed", error=str(err))
+        log.error("%s", err)
+    except Terminated:
+        state.update(state="failed", phase="failed", error="serve stopped before the enrolment ended")
+    finally:
+        reporter.close()
+    raise SystemExit(code)

@@ -126,6 +126,8 @@ class WorkerStatus(_Status):
     cameras: dict[CameraId, Literal["learning", "scoring"]] = {}
     models: dict[Text, Count] = {}
     versions: dict[CameraId, Annotated[str, StringConstraints(max_length=64)]] = {}
+    drift: dict[CameraId, Annotated[float, Field(ge=0.0, le=1.0)]] = {}  # KS distance from the hold-out
+    reenrol: list[CameraId] = []  # cameras whose drift suggests re-enrolling
     pending: Count = 0
     idle_s: Annotated[float, Field(ge=0.0)] = 0.0
     malformed: Count = 0
@@ -159,6 +161,38 @@ class EventsStatus(_Status):
     webhooks: dict[Text, WebhookStats] = {}
     sink_errors: Count = 0
     auth_denied: Count = 0
+
+
+class EnrolmentStatus(_Status):
+    """An enrolment `serve` runs for a camera (`camera` is the camera): where it is, and how it ended."""
+
+    role: Literal["enrolment"]
+    phase: Literal["starting", "recording", "fitting", "done", "failed"] = "starting"
+    recorded_s: Annotated[float, Field(ge=0.0)] = 0.0
+    duration_s: Annotated[float, Field(gt=0.0)] = 1.0
+    version: Annotated[str, StringConstraints(max_length=64)] | None = None
+    error: Text | None = None
+
+
+class EnrolRequest(BaseModel):
+    """A control message to `serve`: enrol `camera` from its stream for `duration_s` of stream time."""
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid", frozen=True)
+
+    v: Literal[1]
+    type: Literal["enrol"]
+    camera: CameraId
+    duration_s: Annotated[float, Field(gt=0.0, le=7 * 86400.0)]
+
+
+class ControlReply(BaseModel):
+    """`serve`'s answer to a control message: accepted or not, and why, in one line."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    v: Literal[1]
+    ok: bool
+    message: Text
 
 
 SenderId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
@@ -196,7 +230,8 @@ class AckHeader(BaseModel):
 
 
 HEADERS: dict[str, type[_Header]] = {"frame": FrameHeader, "verdict": VerdictHeader, "eos": EosHeader}
-STATUS_ROLES: dict[str, type[_Status]] = {"reader": ReaderStatus, "worker": WorkerStatus, "events": EventsStatus}
+STATUS_ROLES: dict[str, type[_Status]] = {"reader": ReaderStatus, "worker": WorkerStatus, "events": EventsStatus,
+                                          "enrolment": EnrolmentStatus}
 
 
 def header_model(header: dict[str, Any]) -> type[_Header]:

@@ -21,7 +21,7 @@ import os
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
@@ -34,7 +34,15 @@ from pydantic import ValidationError
 from streamvad import security
 from streamvad.config import WIRE_MAX_SIDE, TransportConfig
 from streamvad.errors import StreamVADError
-from streamvad.messages import WIRE_VERSION, AckHeader, LinkHeader, first_error, header_model
+from streamvad.messages import (
+    WIRE_VERSION,
+    AckHeader,
+    ControlReply,
+    EnrolRequest,
+    LinkHeader,
+    first_error,
+    header_model,
+)
 from streamvad.sources.shrink import limit_size
 from streamvad.types import Frame, FrameKey, Verdict
 
@@ -300,6 +308,47 @@ def _socket(kind: int, endpoints: str | Sequence[str], bind: bool, linger_ms: in
             raise WireError(f"cannot {'bind' if bind else 'connect'} {endpoint}: {err}") from None
         names.append(sock.getsockopt_string(zmq.LAST_ENDPOINT) if bind else endpoint)
     return sock, ",".join(names)
+
+
+class ControlServer:
+    """`serve`'s control socket (REP, bound): each request (an `EnrolRequest`) gets one `ControlReply`; a malformed
+    one is answered with what is wrong with it, and counted."""
+
+    def __init__(self, endpoint: str) -> None:
+        self._sock, self.endpoint = _socket(zmq.REP, endpoint, True, 0, {zmq.MAXMSGSIZE: 1 << 16})
+        self.malformed = 0
+
+    def serve_one(self, handle: Callable[[EnrolRequest], tuple[bool, str]], timeout_ms: int = 0) -> bool:
+        """Answer one request if one arrives within `timeout_ms`; whether one did."""
+        if not self._sock.poll(timeout_ms, zmq.POLLIN):
+            return False
+        raw = self._sock.recv()
+        try:
+            ok, message = handle(EnrolRequest.model_validate_json(raw))
+        except ValidationError as err:
+            self.malformed += 1
+            ok, message = False, first_error(err, "control")
+            log.warning("control: refused a malformed request (%d so far): %s", self.malformed, message)
+        self._sock.send(ControlReply(v=WIRE_VERSION, ok=ok, message=message).model_dump_json().encode())
+        return True
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def control_request(endpoint: str, request: EnrolRequest, timeout_s: float = 10.0) -> ControlReply:
+    """Send one control message to a running `serve` and wait for its answer."""
+    sock, _ = _socket(zmq.REQ, endpoint, False, 0, {})
+    try:
+        sock.send(request.model_dump_json().encode())
+        if not sock.poll(int(timeout_s * 1000), zmq.POLLIN):
+            raise WireError(f"no answer on {endpoint} within {timeout_s:g} s: is `serve` running with this config?")
+        try:
+            return ControlReply.model_validate_json(sock.recv())
+        except ValidationError as err:
+            raise WireError(f"{endpoint}: not a control reply ({first_error(err, 'reply')})") from None
+    finally:
+        sock.close(0)
 
 
 class _Receiver(Generic[Received]):

@@ -79,9 +79,10 @@ def test_fit_writes_prefixed_collections_to_server_and_from_chroma_rebuilds(chro
     assert coll.count() == Q and client.get_collection("gate-v2-patch_002").count() == Q // 2
     assert coll.metadata["streamvad_model"] == "lobby" and coll.metadata["streamvad_token"] == "patch_002"
     rec = coll.get(ids=["patch_002-7"], include=["embeddings", "metadatas"])
-    np.testing.assert_allclose(rec["embeddings"][0], lobby.train[3, 7])
+    np.testing.assert_allclose(rec["embeddings"][0], lobby.train[3, 7], rtol=1e-6)
     assert rec["metadatas"][0] == {"cluster": int(lobby.clusters[3, 7]),
-                                   "loc_dens": pytest.approx(float(lobby.loc_dens[3, 7])), "source": "cam/7.jpg"}
+                                   "loc_dens": pytest.approx(float(lobby.loc_dens[3, 7])), "source": "cam/7.jpg",
+                                   "frame": 7}
 
     model_dir = tmp_path / "lobby" / "normality"
     for f in ("train.npy", "clusters.npy", "loc_dens.npy"):

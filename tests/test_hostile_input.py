@@ -176,3 +176,51 @@ def test_ipc_sockets_are_bound_only_in_a_private_directory(tmp_path: Path) -> No
     cfg = StreamVADConfig().transport
     assert all(e.startswith("ipc://") and e.rsplit("/", 1)[0].endswith(("/streamvad", f"/streamvad-{os.getuid()}"))
                for e in (cfg.frames, cfg.verdicts, cfg.status))
+
+
+def test_the_control_socket_answers_a_malformed_request_and_counts_it() -> None:
+    """serve's control socket must answer every request (REP), so garbage gets an error back, is counted, and
+    the next well-formed request is handled as usual."""
+    import threading
+
+    from streamvad.bench.throughput import free_tcp_endpoint
+    from streamvad.messages import WIRE_VERSION, EnrolRequest
+    from streamvad.transport import ControlServer, control_request
+
+    server = ControlServer(free_tcp_endpoint())
+    handled: list[EnrolRequest] = []
+
+    def handle(request: EnrolRequest) -> tuple[bool, str]:
+        handled.append(request)
+        return True, f"{request.camera}: ok"
+
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            server.serve_one(handle, 50)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        sock = zmq.Context.instance().socket(zmq.REQ)
+        sock.connect(server.endpoint)
+        for garbage in (b"\xff\x00 not json", json.dumps({"v": 1, "type": "enrol", "camera": "a\nb",
+                                                            "duration_s": 30}).encode(),
+                        json.dumps({"v": 1, "type": "enrol", "camera": "gate", "duration_s": -5}).encode()):
+            sock.send(garbage)
+            assert sock.poll(5000), "no answer"
+            reply = json.loads(sock.recv())
+            assert reply["ok"] is False and reply["message"].startswith("control header"), reply
+        sock.close(0)
+        good = control_request(server.endpoint, EnrolRequest(v=WIRE_VERSION, type="enrol", camera="gate",
+                                                             duration_s=30.0))
+        assert good.ok and good.message == "gate: ok" and [r.camera for r in handled] == ["gate"]
+        assert server.malformed == 3
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+    with pytest.raises(WireError, match=r"no answer on .* is `serve` running"):
+        control_request(free_tcp_endpoint(), EnrolRequest(v=WIRE_VERSION, type="enrol", camera="gate",
+                                                          duration_s=30.0), timeout_s=0.5)

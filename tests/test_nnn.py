@@ -82,7 +82,7 @@ def _fit(tmp_path: Path) -> NormalityModel:
     cfg = NormalityConfig(k_min=2, k_max=3, k_candidates=2, silhouette_sample=30, hdbscan="none", chroma=False,
                           nnn_neighbours=8, nnn_block=3)
     model = NormalityModel.fit(patches.mean(1), patches, cfg, sources=[f"f{i}" for i in range(60)],
-                               backbone={"name": "test", "grid": [2, 2], "dim": 6})
+                               backbone={"name": "test", "grid": [2, 2], "dim": 6}, nnn=True)
     model.save(tmp_path / "model")
     return model
 
@@ -91,8 +91,9 @@ def test_model_keeps_its_neighbourhoods_and_builds_them_when_missing(tmp_path: P
     model = _fit(tmp_path)
     assert (tmp_path / "model" / nnn.NNN_FILE).is_file()
     loaded = NormalityModel.load(tmp_path / "model")
+    assert loaded.nnn is None  # serving holds the neighbourhoods only once an nnn scorer asks for them
+    np.testing.assert_array_equal(loaded.nnn_state().neighbours, model.nnn_state().neighbours)
     assert loaded.nnn is not None
-    np.testing.assert_array_equal(loaded.nnn.neighbours, model.nnn_state().neighbours)
     (tmp_path / "model" / nnn.NNN_FILE).unlink()  # a model fitted before the scorer existed
     older = NormalityModel.load(tmp_path / "model")
     assert older.nnn is None

@@ -193,9 +193,9 @@ def test_chroma_collections_and_from_chroma_round_trip(tmp_path: Path) -> None:
     coll = client.get_collection("patch_002")
     assert coll.count() == 60
     rec = coll.get(ids=["patch_002-7"], include=["embeddings", "metadatas"])
-    np.testing.assert_allclose(rec["embeddings"][0], model.train[3, 7])
+    np.testing.assert_allclose(rec["embeddings"][0], model.train[3, 7], rtol=1e-6)
     assert rec["metadatas"][0] == {"cluster": int(model.clusters[3, 7]), "loc_dens": pytest.approx(
-        float(model.loc_dens[3, 7])), "source": "cam/7.jpg"}
+        float(model.loc_dens[3, 7])), "source": "cam/7.jpg", "frame": 7}
     # serving files gone: Chroma alone rebuilds them
     for f in ("train.npy", "clusters.npy", "loc_dens.npy"):
         (tmp_path / f).unlink()
@@ -241,7 +241,7 @@ def test_global_of_another_width_is_projected_and_survives_save_load(tmp_path: P
     model = NormalityModel.fit(g, p, cfg, sources=[str(i) for i in range(q)], backbone=BACKBONE)
     assert model.global_dim == global_dim and model.dim == 8
     queries = model.token_queries(g[:3], p[:3])
-    np.testing.assert_allclose(queries[:, 0], model.train[0, :3], atol=1e-5)
+    np.testing.assert_allclose(queries[:, 0], model.train[0, :3], rtol=1e-3, atol=1e-3)  # a float16 memory
     if global_dim < 8:  # zero-padding keeps distances exactly
         np.testing.assert_allclose(np.linalg.norm(queries[0, 0] - queries[1, 0]), np.linalg.norm(g[0] - g[1]),
                                    rtol=1e-5)

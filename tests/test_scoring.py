@@ -24,7 +24,7 @@ def fit(cfg: NormalityConfig | None = None) -> NormalityModel:
     g, p = clustered_embeddings(Q, N, D, n_modes=3, seed=1)
     cfg = cfg or NormalityConfig(k_min=2, k_max=6, k_candidates=5, silhouette_sample=60, hdbscan="none",
                                  chroma=False)
-    return NormalityModel.fit(g, p, cfg, sources=[str(i) for i in range(Q)], backbone=BACKBONE)
+    return NormalityModel.fit(g, p, cfg, sources=[str(i) for i in range(Q)], backbone=BACKBONE, nnn=True)
 
 
 
@@ -165,7 +165,8 @@ def test_out_of_fold_calibration_scores_training_clips_as_new_footage(model: Nor
         rest = np.setdiff1d(np.arange(Q), rows)
         chunks = tokens.out_of_fold(rows, chunk=5)  # several chunks of one fold, one blocked memory
         oof = np.concatenate([c["distance"].ratio for c in chunks]) * tokens.scales["distance"]
-        expected = np.stack([np.linalg.norm(model.train[:, rest] - model.train[:, [r]], axis=-1).min(-1) for r in rows])
+        train = model.train.astype(np.float32)  # the float16 memory, widened as the search widens it
+        expected = np.stack([np.linalg.norm(train[:, rest] - train[:, [r]], axis=-1).min(-1) for r in rows])
         np.testing.assert_allclose(oof, expected, rtol=1e-4, atol=1e-4)
         oof_top.append(expected[:, 1:].max(1))  # topk of 5% of 16 patches is the largest one
     cfg = study(method="distance", rule="topk", calibration_quantile=0.9)

@@ -452,9 +452,10 @@ def test_serve_healthz_503_on_an_events_crash_loop_and_on_a_status_from_an_unkno
 @pytest.mark.slow
 def test_a_learning_camera_enrolled_from_its_stream_is_armed_without_a_restart(
         serve_factory: Callable[..., Serve], looped_clip: Path, tmp_path: Path) -> None:
-    """`serve` runs gate (an empty model store: learning) and yard (the test model). `streamvad enroll` records
-    gate's first 8 s (normal), fits on the backbone yard's worker runs, and makes v0001 current: the worker
-    swaps it in, gate alerts on the walker that comes later in its loop, and yard is scored throughout."""
+    """`serve` runs gate (an empty model store: learning) and yard (the test model). `streamvad enroll --serve`
+    asks serve to enrol gate: its enrolment child records gate's first 8 s (normal), fits on the backbone yard's
+    worker runs, and makes v0001 current, /healthz showing each phase. The worker swaps it in, gate alerts on
+    the walker that comes later in its loop, and yard is scored throughout."""
     gate_clip = make_scene(tmp_path / "clips", seconds=20, fps=10, size=(120, 160), seed=7, place_seed=PLACE + 3,
                            anomalies=[AnomalySpec("lawn_walker", 13.0, 20.0, seed=4)], name="gate").path
     store = tmp_path / "models" / "gate"
@@ -469,10 +470,32 @@ def test_a_learning_camera_enrolled_from_its_stream_is_armed_without_a_restart(
         body = serve.wait("both online", lambda b: all(_camera(b, c).get("online") for c in ("gate", "yard")), 120)
         assert _camera(body, "gate")["model"] == "learning"
         yard_before = serve.metric('streamvad_worker_frames_out_total{camera="yard"')
-        done = subprocess.run([sys.executable, "-m", "streamvad", "enroll", "--config", str(tmp_path / "live.yaml"),
-                               "--camera", "gate", "--duration", "8s", "--no-progress"],
-                              capture_output=True, text=True, timeout=300, env={**os.environ, "WEBHOOK_SECRET": SECRET})
-        assert done.returncode == 0, done.stderr[-3000:]
+
+        def ask(camera: str, duration: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "streamvad", "enroll", "--serve", "--config",
+                                   str(tmp_path / "live.yaml"), "--camera", camera, "--duration", duration],
+                                  capture_output=True, text=True, timeout=60,
+                                  env={**os.environ, "WEBHOOK_SECRET": SECRET})
+
+        done = ask("gate", "8s")
+        assert done.returncode == 0 and "gate: enrolling 8 s of its stream" in done.stdout, done.stderr[-3000:]
+        again = ask("gate", "8s")  # one at a time per camera
+        assert again.returncode == 2 and "an enrolment is already running" in again.stderr, again.stderr[-3000:]
+        unknown = ask("yard2", "8s")
+        assert unknown.returncode == 2 and len(unknown.stderr.strip().splitlines()) == 1, unknown.stderr
+        phases = []
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            enrolment = _camera(serve.health()[1], "gate").get("enrolment") or {}
+            phases.append((enrolment.get("phase"), enrolment.get("recorded_s")))
+            if enrolment.get("phase") in ("done", "failed"):
+                break
+            time.sleep(0.2)
+        assert phases[-1][0] == "done" and enrolment["version"] == "v0001", (phases, serve.log.read_text()[-3000:])
+        seen = [p for p, _ in phases]
+        assert "recording" in seen and "fitting" in seen and seen.index("recording") < seen.index("fitting")
+        recorded = [t for p, t in phases if p == "recording"]
+        assert recorded == sorted(recorded) and 0 < recorded[-1] <= 8.0  # progress on stream time, in order
         body = serve.wait("gate armed", lambda b: _camera(b, "gate").get("model") == "scoring", 60)
         assert _camera(body, "gate")["model_version"] == "v0001" and "model_version" not in _camera(body, "yard")
         assert serve.metric('streamvad_worker_frames_out_total{camera="yard"') > yard_before  # scored throughout
@@ -486,5 +509,6 @@ def test_a_learning_camera_enrolled_from_its_stream_is_armed_without_a_restart(
         assert gate_hooks[0].json["kind"] == "opened"
         body = serve.health()[1]
         assert body["processes"]["worker-0"]["restarts"] == 0 and body["processes"]["worker-0"]["alive"]
+        assert body["processes"]["enrol-gate"]["alive"] is False and body["processes"]["enrol-gate"]["restarts"] == 0
         assert "now scored by model" in serve.log.read_text() and "(version v0001)" in serve.log.read_text()
         assert serve.stop() == 0

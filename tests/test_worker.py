@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -46,12 +47,13 @@ def make_frame(camera: str, index: int, seed: int = 0) -> Frame:
 
 
 @contextmanager
-def running_worker(engine: Engine, cfg: WorkerConfig, policy: str = "block"
+def running_worker(engine: Engine, cfg: WorkerConfig, policy: str = "block", **options: Any,
                    ) -> Iterator[tuple[Worker, FramePusher, VerdictInbox]]:
-    """A Worker in a thread, a frame pusher (policy block) and a verdict inbox (acknowledging) bound on loopback."""
+    """A Worker (given `options`) in a thread, a frame pusher (policy block) and a verdict inbox (acknowledging)
+    bound on loopback."""
     transport = TransportConfig(frames=free_tcp_endpoint(), verdicts=free_tcp_endpoint(), policy=policy)
     sub = VerdictInbox(transport.verdicts, auto_ack=True)
-    worker = Worker(engine, transport, cfg)
+    worker = Worker(engine, transport, cfg, **options)
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     thread.start()

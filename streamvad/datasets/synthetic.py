@@ -61,6 +61,21 @@ class AnomalySpec:
         return self.start_s <= t < self.end_s
 
 
+@dataclass(frozen=True)
+class Dusk:
+    """Daylight fading from `start_s` to `end_s` to `level` of it, turning blue as it goes (street lights, a
+    camera's night mode), and staying so: normal footage under two light regimes and the change between."""
+
+    start_s: float
+    end_s: float
+    level: float = 0.4
+    tint: tuple[float, float, float] = (0.75, 0.9, 1.25)  # per RGB channel, reached at the end
+
+    def gain(self, t: float) -> np.ndarray:
+        done = min(1.0, max(0.0, (t - self.start_s) / max(1e-6, self.end_s - self.start_s)))
+        return (1.0 - done * (1.0 - self.level)) * (1.0 + done * (np.asarray(self.tint) - 1.0))
+
+
 @dataclass
 class SceneClip:
     """A rendered clip and its exact ground truth, per native frame."""
@@ -97,8 +112,9 @@ class Scene:
     """The scene of one clip: render(i) draws native frame i, boxes(i) says where anomalies are."""
 
     def __init__(self, *, seconds: float, fps: float, size: tuple[int, int], anomalies: Sequence[AnomalySpec],
-                 seed: int, place_seed: int | None = None) -> None:
+                 seed: int, place_seed: int | None = None, dusk: Dusk | None = None) -> None:
         self.fps = fps
+        self.dusk = dusk
         self.size = size
         self.frames = round(seconds * fps)
         self.seed = seed
@@ -230,6 +246,8 @@ class Scene:
         boxes = [box for spec in self.anomalies if spec.active(t)
                  if (box := self._draw_anomaly(img, spec, t)) is not None]
         light = 1.0 + 0.03 * math.sin(2 * math.pi * t / 17.0)  # slow daylight drift
+        if self.dusk is not None:
+            light = light * self.dusk.gain(t)
         noise = np.random.default_rng([self.seed, i, 104729]).normal(0.0, 2.0, img.shape)
         return np.clip(img * light + noise, 0, 255).astype(np.uint8), boxes
 
@@ -278,11 +296,12 @@ def _write_mp4(path: Path, frames: Sequence[np.ndarray] | np.ndarray, fps: float
 
 def make_scene(out_dir: Path, *, seconds: float, fps: float = 10, size: tuple[int, int] = (240, 360),
                anomalies: Sequence[AnomalySpec] = (), seed: int = 0, fmt: Literal["mp4", "frames"] = "mp4",
-               name: str = "scene", place_seed: int | None = None) -> SceneClip:
+               name: str = "scene", place_seed: int | None = None, dusk: Dusk | None = None) -> SceneClip:
     """Renders a clip to out_dir/<name>.mp4 (or out_dir/<name>/000000.png ...) with its ground truth."""
     if size[0] % 2 or size[1] % 2:
         raise ValueError(f"make_scene: size {size} must be even for yuv420p video")
-    scene = Scene(seconds=seconds, fps=fps, size=size, anomalies=anomalies, seed=seed, place_seed=place_seed)
+    scene = Scene(seconds=seconds, fps=fps, size=size, anomalies=anomalies, seed=seed, place_seed=place_seed,
+                  dusk=dusk)
     rendered = [scene.render(i) for i in range(scene.frames)]
     images = [img for img, _ in rendered]
     boxes = [b for _, b in rendered]

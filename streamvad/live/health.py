@@ -189,6 +189,12 @@ class ServeState:
                 cameras.setdefault(name, {"online": False})["model"] = model_state
             for name, version in (h.get("versions") or {}).items():
                 cameras.setdefault(name, {"online": False})["model_version"] = version
+            for name, ks in (h.get("drift") or {}).items():
+                camera = cameras.setdefault(name, {"online": False})
+                camera["drift"], camera["reenrol_suggested"] = ks, name in (h.get("reenrol") or [])
+        for name, h in self.reports("enrolment").items():
+            cameras.setdefault(name, {"online": False})["enrolment"] = {
+                k: h.get(k) for k in ("phase", "recorded_s", "duration_s", "version", "error")}
         return cameras
 
     def health(self) -> tuple[bool, dict[str, Any]]:
@@ -203,7 +209,9 @@ class ServeState:
             fatal.append("no camera online")
         ok = "ready" in workers.values() and not fatal
         status = "unavailable" if not ok else "degraded" if problems else "ok"
-        body = {"status": status, "reasons": problems + fatal, "workers": workers, "cameras": cameras,
+        advice = [f"{name}: re-enrol suggested (its live scores have parted from its model's hold-out: KS "
+                  f"{c['drift']:.2f})" for name, c in sorted(cameras.items()) if c.get("reenrol_suggested")]
+        body = {"status": status, "reasons": problems + fatal, "advice": advice, "workers": workers, "cameras": cameras,
                 "events_reporting": bool(self.reports("events")), "processes": self.processes()}
         return ok, body
 
@@ -294,8 +302,16 @@ class StatusCollector:
             models.add_metric([worker], len(loaded))
             for path, n in loaded.items():
                 model_bytes.add_metric([worker, path], n)
+        drift = GaugeMetricFamily("streamvad_score_drift", "Kolmogorov-Smirnov distance of a camera's recent scores "
+                                  "from its model's hold-out", labels=["camera"])
+        reenrol = GaugeMetricFamily("streamvad_reenrol_suggested", "1 while a camera's drift suggests re-enrolling",
+                                    labels=["camera"])
+        for h in reports.values():
+            for cam, ks in (h.get("drift") or {}).items():
+                drift.add_metric([cam], ks)
+                reenrol.add_metric([cam], float(cam in (h.get("reenrol") or [])))
         yield from (frames_in, frames_out, anomalous, stale, learning, foreign, malformed, depth, models, model_bytes,
-                    unacked, resent, link_lost)
+                    unacked, resent, link_lost, drift, reenrol)
         histograms = {
             "batch_size": ("streamvad_batch_size", "Frames per scored batch"),
             "embed_s": ("streamvad_embed_seconds", "Backbone time per batch"),

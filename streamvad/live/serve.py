@@ -37,7 +37,8 @@ import numpy as np
 
 from streamvad import security
 from streamvad.config import CameraConfig, StreamVADConfig
-from streamvad.errors import ConfigError
+from streamvad.enrolment import check_enrolment, enrolment_main
+from streamvad.errors import ConfigError, StreamVADError
 from streamvad.live.events import EventTracker, EventUpdate
 from streamvad.live.events_db import EventsDB
 from streamvad.live.fleet import bind_endpoint, camera_endpoint, check_models, owned, worker_endpoints
@@ -45,10 +46,11 @@ from streamvad.live.health import HealthServer, ServeState
 from streamvad.live.reader import reader_main
 from streamvad.live.supervisor import ChildSpec, StatusReporter, Supervisor, setup_child
 from streamvad.live.worker import worker_main
+from streamvad.messages import EnrolRequest
 from streamvad.scoring.engine import ModelInfo
 from streamvad.sinks import SinkFanout, WebhookSink, build_sinks
 from streamvad.sources.shrink import limit_size
-from streamvad.transport import Delivery, FramePuller, Message, VerdictInbox
+from streamvad.transport import ControlServer, Delivery, FramePuller, Message, VerdictInbox
 from streamvad.types import TAMPER_TYPES, Event, FrameKey
 
 log = logging.getLogger(__name__)
@@ -345,6 +347,23 @@ class _Serve:
         self.stop = threading.Event()
         self.status_log = _StatusLog()
         self.ready: set[str] = set()
+        self.child_cfg = cfg  # what children get (`_child_config`), set in `run`
+
+    def _control(self, request: EnrolRequest) -> tuple[bool, str]:
+        """A control message: enrol a camera in a child process of its own (phase and progress in /healthz)."""
+        name = f"enrol-{request.camera}"
+        running = self.sup.children.get(name)
+        if running is not None and running.process.is_alive():
+            return False, f"{request.camera}: an enrolment is already running (see /healthz)"
+        try:
+            check_enrolment(self.cfg, request.camera, request.duration_s)
+        except StreamVADError as err:
+            return False, str(err)
+        self.state.expect("enrolment", request.camera, name)
+        self.sup.start(ChildSpec(name, "enrolment", enrolment_main,
+                                 (self.child_cfg, request.camera, request.duration_s, self.level), once=True))
+        log.info("control: enrolling %s for %g s of its stream", request.camera, request.duration_s)
+        return True, f"{request.camera}: enrolling {request.duration_s:g} s of its stream (progress in /healthz)"
 
     def _receive(self, status: FramePuller) -> None:
         msg = status.recv(_POLL_MS)
@@ -385,9 +404,10 @@ class _Serve:
         status = FramePuller(self.cfg.transport.status if self.role.name == "all" else _LOCAL_STATUS,
                              hwm=1000, bind=True)
         health = HealthServer(self.state, self.cfg.serve.http_host, self.cfg.serve.http_port).start()
+        control = ControlServer(self.cfg.transport.control) if self.role.runs("worker") else None
         code = 0
         try:
-            cfg = self._child_config(status.endpoint)
+            cfg = self.child_cfg = self._child_config(status.endpoint)
             if self.role.runs("events"):
                 self.state.expect("events", "events", "events")
                 self.sup.start(ChildSpec("events", "events", events_main, (cfg, self.level)))
@@ -407,6 +427,8 @@ class _Serve:
                          len(self.workers))
                 while not self.stop.is_set() and not self.sup.all_finished("reader"):
                     self._receive(status)
+                    if control is not None:
+                        control.serve_one(self._control)
                     self.sup.watch()
                 if not self.stop.is_set():
                     log.info("all sources ended; shutting down")
@@ -414,10 +436,13 @@ class _Serve:
             self._shutdown()
             health.close()
             status.close()
+            if control is not None:
+                control.close()
         return code
 
     def _shutdown(self) -> None:
-        log.info("shutting down: readers, then workers (draining), then events (flushing sinks)")
+        log.info("shutting down: enrolments, readers, then workers (draining), then events (flushing sinks)")
+        self.sup.stop("enrolment", timeout_s=10.0)
         self.sup.stop("reader", timeout_s=10.0)
         self.sup.stop("worker", timeout_s=self.cfg.serve.drain_timeout_s + 5.0)
         self.sup.stop("events", timeout_s=15.0)

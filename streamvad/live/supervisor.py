@@ -93,9 +93,10 @@ class ChildSpec:
     """A child process: `target(*args)` is a module-level function (spawn pickles it by name)."""
 
     name: str
-    role: str  # "reader" | "worker" | "events"
+    role: str  # "reader" | "worker" | "events" | "enrolment"
     target: Callable[..., None]
     args: tuple[Any, ...] = ()
+    once: bool = False  # a job (an enrolment), not a service: never restarted, however it ended
 
 
 @dataclass
@@ -156,6 +157,10 @@ class Supervisor:
         if code == 0 and child.spec.role == "reader":
             child.finished = True
             log.info("%s: source ended", child.spec.name)
+            return
+        if child.spec.once:
+            child.finished = True
+            log.log(logging.INFO if code == 0 else logging.ERROR, "%s ended (exit code %s)", child.spec.name, code)
             return
         delay = min(self.backoff_max_s, self.backoff_s * 2.0 ** child.failures)
         child.failures += 1

@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from streamvad import security
-from streamvad.config import CameraConfig, StreamVADConfig, TamperConfig, TransportConfig, WorkerConfig
+from streamvad.config import CameraConfig, DriftConfig, StreamVADConfig, TamperConfig, TransportConfig, WorkerConfig
 from streamvad.errors import ConfigError
+from streamvad.live.drift import DriftMonitor
 from streamvad.live.fleet import Fleet, ModelWatcher, load_fleet, owned
 from streamvad.live.health import BATCH_BUCKETS, LATENCY_BUCKETS, Buckets
 from streamvad.live.supervisor import StatusReporter, setup_child
@@ -111,7 +112,7 @@ class Worker:
                  frames_endpoint: str | None = None,
                  masks: Mapping[str, Polygon] | None = None, name: str = "worker-0",
                  drain_timeout_s: float = 10.0, tamper: TamperConfig | None = None,
-                 watcher: ModelWatcher | None = None) -> None:
+                 watcher: ModelWatcher | None = None, drift: DriftConfig | None = None) -> None:
         self.fleet = fleet if isinstance(fleet, Fleet) else Fleet.single(fleet)
         self.transport = transport
         self.cfg = cfg
@@ -122,6 +123,7 @@ class Worker:
         self.fleet.scorers = camera_scorers(self.fleet, self.masks)
         self.watcher = watcher  # new model versions, swapped in between batches
         self.tamper = TamperMonitor(tamper or TamperConfig())
+        self.drift = DriftMonitor(drift or DriftConfig())  # live scores against each model's hold-out
         self.ready = threading.Event()
         self._lock = threading.Lock()
         self._in: Counter[str] = Counter()
@@ -150,6 +152,7 @@ class Worker:
                 "stale": dict(self._stale), "learning": dict(self._learning), "foreign": dict(self._foreign),
                 "cameras": {c: self.fleet.state(c) for c in self.fleet.cameras}, "models": self._model_bytes,
                 "versions": self.fleet.versions(),
+                "drift": self.drift.distances(), "reenrol": self.drift.suggested(),
                 "pending": self._pending, "idle_s": time.monotonic() - self._scored_at,
                 "malformed": self._malformed, "auth_denied": security.denied(),
                 **self._link_stats(),
@@ -287,6 +290,8 @@ class Worker:
                     continue
                 self._out[frame.camera] += 1
                 self._anomalous[frame.camera] += int(verdict.anomalous)
+                self.drift.observe(frame.camera, self.fleet.engine(frame.camera), verdict.raw_score,
+                                   verdict.decided_by)
                 self.latency_s.observe(now - frame.wall_time)
             self.batch_sizes.observe(len(frames))
             self._scored_at = time.monotonic()
@@ -319,7 +324,7 @@ def build_worker(cfg: StreamVADConfig, index: int = 0, frames_endpoint: str | No
     watcher = ModelWatcher(cfg, cameras, fleet, scoring, cfg.worker.model_poll_s)
     return Worker(fleet, cfg.transport, cfg.worker, frames_endpoint=frames_endpoint, masks=masks,
                   name=f"worker-{index}", drain_timeout_s=cfg.serve.drain_timeout_s, tamper=cfg.tamper,
-                  watcher=watcher)
+                  watcher=watcher, drift=cfg.drift)
 
 
 def _check_motion_rate(cameras: Sequence[CameraConfig], fleet: Fleet) -> None:

@@ -44,6 +44,12 @@ def _steps(cell: int, around: list[int], grid: tuple[int, int]) -> np.ndarray:
     return np.array([math.hypot(a // w - r, a % w - c) for a in around], dtype=np.float32)
 
 
+def motion_memory_bound(grid: tuple[int, int], cfg: MotionConfig) -> int:
+    """The most bytes a fitted motion model serves: every cell full (`memory_per_cell` velocities of 3 floats)
+    and its scale; what a memory budget sets aside before the appearance part is sized."""
+    return grid[0] * grid[1] * (12 * cfg.memory_per_cell + 4)
+
+
 def _active(motion: MotionField, cfg: MotionConfig) -> np.ndarray:
     """[B, N]: the cells whose velocity counts (enough of them moved, in a frame that has motion)."""
     return (motion.fraction >= cfg.min_fraction) & motion.valid[:, None]

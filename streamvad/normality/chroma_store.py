@@ -1,8 +1,9 @@
 """ChromaDB as the system of record of a fitted model.
 
-One collection per token ("global", "patch_000", ...), one record per training vector with id
-"<token>-<row>" and metadata {cluster, loc_dens, source}. Serving never reads Chroma (the .npy and
-hnsw files are faster to load and query); Chroma keeps the vectors queryable by other tools and lets
+One collection per token ("global", "patch_000", ...), one record per memory row (every training vector,
+or the token's coreset of them) with id "<token>-<row>" and metadata {cluster, loc_dens, source, frame}.
+Serving never reads Chroma (the .npy and hnsw files are faster to load and query); Chroma keeps the
+vectors queryable by other tools and lets
 the serving files be rebuilt (`NormalityModel.from_chroma`).
 
 Two places to keep them (`ChromaLocation`): an embedded store in the model directory, or a Chroma
@@ -99,10 +100,12 @@ def write(
     clusters: np.ndarray,
     loc_dens: np.ndarray,
     sources: list[str],
+    frames: np.ndarray,
     tokens: Iterable[int] | None = None,
     progress: bool | None = None,
 ) -> None:
-    """(Re)create the collections of `tokens` (default all) from training vectors and metadata.
+    """(Re)create the collections of `tokens` (default all) from memory rows and metadata; `frames` [T, M]
+    is the training frame (index into `sources`) of each row.
 
     Existing collections of the same name are replaced, so saving twice never duplicates records.
     Adds go in batches of the client's maximum batch size. `progress` None: a bar only on a terminal.
@@ -124,15 +127,17 @@ def write(
                 ids=[f"{token_name(t)}-{r}" for r in rows],
                 embeddings=x[lo : rows.stop],
                 metadatas=[
-                    {"cluster": int(clusters[t, r]), "loc_dens": float(loc_dens[t, r]), "source": sources[r]}
+                    {"cluster": int(clusters[t, r]), "loc_dens": float(loc_dens[t, r]),
+                     "source": sources[frames[t, r]], "frame": int(frames[t, r])}
                     for r in rows
                 ],
             )
     log.info("wrote %d Chroma collections of %d vectors to %s", len(todo), q, location)
 
 
-def read(location: ChromaLocation, n_tokens: int, n_train: int, dim: int) -> dict[str, Any]:
-    """Every token's vectors [T, Q, D], clusters [T, Q], local densities [T, Q] and sources [Q].
+def read(location: ChromaLocation, n_tokens: int, n_train: int, dim: int, n_frames: int) -> dict[str, Any]:
+    """Every token's vectors [T, M, D], clusters, local densities and source frames [T, M], and the names of
+    the `n_frames` training frames (those no token kept are "").
 
     Records are put back in row order from their ids; a missing collection or record is an
     InputError naming it.
@@ -144,7 +149,8 @@ def read(location: ChromaLocation, n_tokens: int, n_train: int, dim: int) -> dic
     train = np.zeros((n_tokens, n_train, dim), dtype=np.float32)
     clusters = np.zeros((n_tokens, n_train), dtype=np.int32)
     loc_dens = np.zeros((n_tokens, n_train), dtype=np.float32)
-    sources = [""] * n_train
+    frames = np.zeros((n_tokens, n_train), dtype=np.int32)
+    sources = [""] * n_frames
     for t in range(n_tokens):
         try:
             coll = collection(client, t, prefix=location.prefix)
@@ -159,7 +165,8 @@ def read(location: ChromaLocation, n_tokens: int, n_train: int, dim: int) -> dic
             train[t, rows] = np.asarray(got["embeddings"], dtype=np.float32)
             clusters[t, rows] = [m["cluster"] for m in got["metadatas"]]
             loc_dens[t, rows] = [m["loc_dens"] for m in got["metadatas"]]
-            if t == 0:
-                for r, m in zip(rows, got["metadatas"], strict=True):
-                    sources[r] = str(m.get("source", ""))
-    return {"train": train, "clusters": clusters, "loc_dens": loc_dens, "sources": sources}
+            for r, m in zip(rows, got["metadatas"], strict=True):
+                frames[t, r] = frame = int(m.get("frame", r))  # records written before coresets: row r is frame r
+                if 0 <= frame < n_frames:
+                    sources[frame] = str(m.get("source", ""))
+    return {"train": train, "clusters": clusters, "loc_dens": loc_dens, "frames": frames, "sources": sources}

@@ -4,8 +4,11 @@ On disk (one directory):
 - manifest.json: format version, backbone manifest, grid, N, D, Q, k and silhouette per token,
   calibrated thresholds, library versions, creation time, the NormalityConfig used. Written last
   (atomically), so a directory with a manifest is a complete model.
-- train.npy [T, Q, D] float32, clusters.npy [T, Q] int32, loc_dens.npy [T, Q] float32, sources.json:
-  the serving arrays (token 0 = global, token i = patch i - 1).
+- train.npy [T, M, D] float16 (older models: float32; distances are always computed in float32),
+  clusters.npy [T, M] int32, loc_dens.npy [T, M] float32: the serving arrays (token 0 = global, token
+  i = patch i - 1), M rows per token; sources.json: the Q training frames.
+- frames.npy [T, M] int32: which training frame each row came from, when the memory is a per-token
+  coreset (`normality.memory_budget_mb`; see `memory_rows`); without it row r of every token is frame r.
 - global_proj.npz: mean and [D_global, D] projection of the global embedding, when the backbone's
   global width differs from its patch width (see `GlobalProjection`).
 - hnsw/<token>.bin: one hnswlib index per token when fitted with `index: hnsw`.
@@ -23,11 +26,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing as mp
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from importlib import metadata
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +44,7 @@ from tqdm import tqdm
 from streamvad.config import NormalityConfig
 from streamvad.errors import InputError, ModelMismatchError
 from streamvad.normality import chroma_store, hdbscan_, hnsw_index, kmeans, knnn
+from streamvad.normality.coreset import coreset_rows, token_coreset
 from streamvad.normality.nnn import NNN_FILE, NNNState
 from streamvad.normality.tokens import chunk_size, token_block
 
@@ -45,6 +52,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+FRAMES = "frames.npy"
 PROJECTION = "global_proj.npz"
 BACKBONE_KEYS = ("name", "model", "fingerprint", "image_size", "grid", "dim")
 _LIBRARIES = ("streamvad", "torch", "numpy", "scikit-learn", "hdbscan", "hnswlib", "chromadb")
@@ -142,9 +150,9 @@ class GlobalProjection:
 class NormalityModel:
     """Per-token normal data and what serving needs from it. Token 0 is global, token i patch i - 1."""
 
-    train: np.ndarray  # [T, Q, D] float32
-    clusters: np.ndarray  # [T, Q] int32 k-Means cluster of each training vector
-    loc_dens: np.ndarray  # [T, Q] float32 local density of each training vector
+    train: np.ndarray  # [T, M, D] float16 (float32 in older models)
+    clusters: np.ndarray  # [T, M] int32 k-Means cluster of each training vector
+    loc_dens: np.ndarray  # [T, M] float32 local density of each training vector
     k: np.ndarray  # [T] chosen k
     silhouette: np.ndarray  # [T] silhouette of the chosen k (NaN if not scored)
     grid: tuple[int, int]
@@ -160,6 +168,8 @@ class NormalityModel:
     chroma_server: dict[str, str] | None = None  # {"url", "prefix"} when the collections live on a server
     created_at: str = ""
     versions: dict[str, str] = field(default_factory=_versions)
+    frames: np.ndarray | None = None  # [T, M] training frame of each row (a coreset); None: row r is frame r
+    serving_bytes: int = 0  # what serving holds in memory (recorded at save)
 
     @property
     def n_tokens(self) -> int:
@@ -171,7 +181,18 @@ class NormalityModel:
 
     @property
     def n_train(self) -> int:
+        """Memory rows per token (the training frames, or each token's coreset of them)."""
         return int(self.train.shape[1])
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.sources)
+
+    def frame_of(self) -> np.ndarray:
+        """[T, M]: the training frame (index into `sources`) each memory row came from."""
+        if self.frames is not None:
+            return self.frames
+        return np.broadcast_to(np.arange(self.n_train, dtype=np.int32), (self.n_tokens, self.n_train))
 
     @property
     def dim(self) -> int:
@@ -198,25 +219,45 @@ class NormalityModel:
         backbone: dict[str, Any],
         device: str = "cpu",
         progress: bool | None = None,
+        max_bytes: int | None = None,
+        nnn: bool = False,
+        density: bool = True,
     ) -> NormalityModel:
         """Fit k-Means (k by silhouette), local densities, optional HDBSCAN and hnsw indexes.
 
         `global_` is [Q, D] and `patches` [Q, N, D] (may be an np.memmap; it is read once, in
-        chunks). `progress` None shows tqdm bars only on a terminal.
+        chunks). `progress` None shows tqdm bars only on a terminal. `max_bytes`: serving memory the
+        appearance model may use; when every frame does not fit, each token keeps the k-center coreset
+        of its vectors that does (training frames of a video are near-duplicates, so a tenth of them
+        covers what all of them do). `nnn`: build the original k-NNN's neighbourhoods now (a scorer
+        that needs them builds them on first use otherwise). `density` False: HDBSCAN is left to a later
+        `fit_density` (a fit that writes Chroma meanwhile, which does not record it).
         """
         q, n, d = patches.shape
         if global_.ndim != 2 or global_.shape[0] != q or len(sources) != q:
             raise InputError(f"fit: global {global_.shape}, patches {patches.shape} and {len(sources)} sources "
                              "disagree (expected global [Q, D_global], patches [Q, N, D], Q sources)")
-        projection = GlobalProjection.fit(global_, d) if global_.shape[1] != d else None
+        global_dim = global_.shape[1]
+        projection = GlobalProjection.fit(global_, d) if global_dim != d else None
         if projection is not None:
             global_ = projection(global_)
         grid = _grid(backbone, n)
         n_tokens = n + 1
-        train = np.empty((n_tokens, q, d), dtype=np.float32)
-        step = chunk_size(4 * q * d, 256 << 20)
-        for lo in range(0, n_tokens, step):
-            train[lo : lo + step] = token_block(global_, patches, lo, min(n_tokens, lo + step))
+        rows = q if max_bytes is None else min(q, memory_rows(max_bytes, n_tokens, d, cfg, global_dim, q))
+        frames = None
+        if rows < q:  # chosen from the embeddings as they are: the full token-major memory is never built
+            t0 = time.perf_counter()
+            frames = token_coreset(global_, patches, rows, cfg.seed).astype(np.int32)
+            train = coreset_rows(global_, patches, frames)
+            log.info("memory: %d of %d training vectors per token (k-center coreset within %.0f MB), chosen in "
+                     "%.1f s", rows, q, max_bytes / 2**20, time.perf_counter() - t0)
+        else:
+            train = np.empty((n_tokens, q, d), dtype=np.float32)
+            step = chunk_size(4 * q * d, 256 << 20)
+            for lo in range(0, n_tokens, step):
+                train[lo : lo + step] = token_block(global_, patches, lo, min(n_tokens, lo + step))
+        train = _serving(train)
+        q = rows
         block = partial(_rows, train)
         candidates = kmeans.k_candidates(cfg.k_min, cfg.k_max, cfg.k_candidates, q)
         log.info("fitting %d tokens x %d vectors (D=%d), k in %s", n_tokens, q, d, candidates)
@@ -225,33 +266,62 @@ class NormalityModel:
                                    sample=cfg.silhouette_sample, seed=cfg.seed, device=device,
                                    progress=bar.update)
         loc = knnn.local_density(block, km.labels, cfg.density_m, device)
-        tokens = _hdbscan_tokens(cfg.hdbscan, n_tokens)
-        clusterers = hdbscan_.fit_tokens(block, tokens, cfg.hdbscan_min_cluster_size,
-                                         cfg.hdbscan_min_samples) if tokens else {}
         indexes = hnsw_index.build_all(block, n_tokens, cfg.seed) if cfg.index == "hnsw" else None
-        state = NNNState.fit(train, cfg.nnn_neighbours, cfg.nnn_block, seed=cfg.seed, device=device)
-        return cls(train=train, clusters=km.labels, loc_dens=loc, k=km.k, silhouette=km.silhouette,
-                   grid=grid, backbone=dict(backbone), sources=list(sources), config=cfg,
-                   hdbscan=clusterers, indexes=indexes, projection=projection, nnn=state,
-                   created_at=datetime.now(UTC).isoformat())
+        model = cls(train=train, clusters=km.labels, loc_dens=loc, k=km.k, silhouette=km.silhouette,
+                    grid=grid, backbone=dict(backbone), sources=list(sources), config=cfg,
+                    indexes=indexes, projection=projection, frames=frames, created_at=datetime.now(UTC).isoformat())
+        if nnn:
+            model.nnn_state()
+        if density:
+            model.fit_density(global_, patches, projected=True)
+        return model
+
+    def fit_density(self, global_: np.ndarray, patches: np.ndarray, *, projected: bool = False) -> None:
+        """HDBSCAN on the configured tokens, from every training frame (global_ [Q, D_global], projected already
+        when `projected`, and patches [Q, N, D]): density clustering needs the density, which a coreset spread
+        to cover the vectors does not keep."""
+        tokens = _hdbscan_tokens(self.config.hdbscan, self.n_tokens)
+        if not tokens:
+            return
+        if self.projection is not None and not projected:
+            global_ = self.projection(global_)
+        self.hdbscan = hdbscan_.fit_tokens(partial(token_block, global_, patches), tokens,
+                                           self.config.hdbscan_min_cluster_size, self.config.hdbscan_min_samples)
+
+    def has_nnn(self) -> bool:
+        """Whether the original k-NNN's neighbourhoods exist (in memory or in the model directory)."""
+        return self.nnn is not None or (self.path is not None and (self.path / NNN_FILE).is_file())
 
     def nnn_state(self) -> NNNState:
-        """The original k-NNN's neighbourhoods, built now (and kept) for a model fitted without them."""
+        """The original k-NNN's neighbourhoods: read from the model directory on first use (serving holds them
+        only for an `nnn` scorer), or built now (and kept) for a model saved without them."""
+        nnn_file = None if self.path is None else self.path / NNN_FILE
+        if self.nnn is None and nnn_file is not None and nnn_file.is_file():
+            self.nnn = NNNState.load(nnn_file, self.n_tokens, self.n_train, self.dim)
         if self.nnn is None:
-            log.info("model %s has no k-NNN neighbourhoods (fitted by an older StreamVAD); building them",
-                     self.path)
+            log.info("model %s has no k-NNN neighbourhoods (scoring.method was not nnn at fit time); building them",
+                     self.path or "(unsaved)")
             cfg = self.config
-            self.nnn = NNNState.fit(self.train, cfg.nnn_neighbours, cfg.nnn_block, seed=cfg.seed)
+            self.nnn = NNNState.fit(self.train.astype(np.float32), cfg.nnn_neighbours, cfg.nnn_block, seed=cfg.seed)
         return self.nnn
 
-    def save(self, directory: str | Path, *, write_chroma: bool = True, progress: bool | None = None) -> None:
-        """Write the model to `directory`; Chroma too when config.chroma and `write_chroma`."""
-        directory = Path(directory)
+    def save_memory(self, directory: Path) -> None:
+        """The memory and what each row carries (what Chroma records): fixed once the model is fitted."""
         directory.mkdir(parents=True, exist_ok=True)
         np.save(directory / "train.npy", self.train)
         np.save(directory / "clusters.npy", self.clusters)
         np.save(directory / "loc_dens.npy", self.loc_dens)
+        if self.frames is not None:
+            np.save(directory / FRAMES, self.frames)
         (directory / "sources.json").write_text(json.dumps(self.sources), encoding="utf-8")
+
+    def save(self, directory: str | Path, *, write_chroma: bool = True, progress: bool | None = None,
+             memory: bool = True) -> None:
+        """Write the model to `directory`; Chroma too when config.chroma and `write_chroma`. `memory` False: the
+        memory was saved already (`save_memory`, which a Chroma writer may be reading)."""
+        directory = Path(directory)
+        if memory:
+            self.save_memory(directory)
         if self.indexes is not None:
             hnsw_index.save_all(self.indexes, directory / "hnsw")
         if self.hdbscan:
@@ -261,13 +331,37 @@ class NormalityModel:
         if self.nnn is not None:
             self.nnn.save(directory)
         if self.config.chroma and write_chroma:
-            if self.config.chroma_url is not None:
-                prefix = self.config.chroma_prefix or chroma_store.default_prefix(directory)
-                self.chroma_server = {"url": self.config.chroma_url, "prefix": prefix}
-            chroma_store.write(_chroma_location(directory, self.chroma_server), partial(_rows, self.train),
-                               self.clusters, self.loc_dens, self.sources, progress=progress)
+            self.write_chroma(self.chroma_location(directory), progress)
         self.path = directory
+        self.serving_bytes = _serving_bytes(directory, self.n_tokens * self.n_train)
         self.save_manifest()
+
+    def chroma_location(self, directory: Path) -> chroma_store.ChromaLocation:
+        """Where this model's collections go: embedded in `directory`, or on the configured server (recorded for
+        the manifest, so call it before `save`'s manifest is written)."""
+        if self.config.chroma_url is not None:
+            prefix = self.config.chroma_prefix or chroma_store.default_prefix(directory)
+            self.chroma_server = {"url": self.config.chroma_url, "prefix": prefix}
+        return _chroma_location(directory, self.chroma_server)
+
+    def write_chroma(self, location: chroma_store.ChromaLocation, progress: bool | None = None) -> None:
+        """The system of record: every memory row with its metadata."""
+        chroma_store.write(location, partial(_rows, self.train), self.clusters, self.loc_dens, self.sources,
+                           self.frame_of(), progress=progress)
+
+    def chroma_writer(self, directory: Path) -> BaseProcess:
+        """Chroma written by a process of its own from the saved memory, started now.
+
+        What Chroma records never changes once the model is clustered (thresholds are not in it), and its
+        client holds the GIL while it writes (a third of a millisecond a vector), so a fit saves the memory
+        (`save_memory`), starts this, and calibrates on its other core; `save(..., memory=False)` afterwards.
+        """
+        location = self.chroma_location(directory)
+        self.save_memory(directory)
+        proc = mp.get_context("spawn").Process(target=_write_saved_chroma, args=(directory, location),
+                                               name="streamvad-chroma")
+        proc.start()
+        return proc
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -278,6 +372,9 @@ class NormalityModel:
             "dim": self.dim,
             "global_dim": self.global_dim,
             "n_train": self.n_train,
+            "n_frames": self.n_frames,
+            "coreset": self.frames is not None,
+            "serving_bytes": self.serving_bytes,
             "index": self.config.index,
             "hdbscan_tokens": sorted(int(t) for t in self.hdbscan),
             "k": [int(v) for v in self.k],
@@ -315,7 +412,8 @@ class NormalityModel:
             "train": _load_npy(directory / "train.npy", (t, q, d), "f"),
             "clusters": _load_npy(directory / "clusters.npy", (t, q), "iu"),
             "loc_dens": _load_npy(directory / "loc_dens.npy", (t, q), "f"),
-            "sources": _load_sources(directory / "sources.json", q),
+            "sources": _load_sources(directory / "sources.json", man.get("n_frames", q)),
+            "frames": _load_frames(directory, man, (t, q)),
         }
         indexes = hnsw_index.load_all(directory / "hnsw", t, d, q) if man["index"] == "hnsw" else None
         return cls._from_parts(directory, man, arrays, indexes)
@@ -335,7 +433,9 @@ class NormalityModel:
         server = man.get("chroma_server")
         if server is not None and url is not None:
             server = {**server, "url": url}
-        arrays = chroma_store.read(_chroma_location(directory, server), t, q, d)
+        arrays = chroma_store.read(_chroma_location(directory, server), t, q, d, man.get("n_frames", q))
+        arrays["frames"] = arrays["frames"] if man.get("coreset") else None
+        arrays["train"] = _serving(arrays["train"])  # Chroma keeps float32 copies of the float16 rows: exact
         indexes = None
         if man["index"] == "hnsw":
             indexes = hnsw_index.build_all(partial(_rows, arrays["train"]), t, man["config"].get("seed", 0))
@@ -346,8 +446,6 @@ class NormalityModel:
         cls, directory: Path, man: dict[str, Any], arrays: dict[str, Any], indexes: list[Any] | None
     ) -> NormalityModel:
         proj = directory / PROJECTION
-        nnn_file = directory / NNN_FILE
-        t, q, d = man["n_patches"] + 1, man["n_train"], man["dim"]
         try:
             config = NormalityConfig.model_validate(man["config"])
         except ValidationError as err:
@@ -360,9 +458,9 @@ class NormalityModel:
             thresholds={k: float(v) for k, v in man["thresholds"].items()},
             hdbscan=hdbscan_.load(directory) if man["hdbscan_tokens"] else {}, indexes=indexes,
             projection=GlobalProjection.load(proj) if man.get("global_dim", man["dim"]) != man["dim"] else None,
-            nnn=NNNState.load(nnn_file, t, q, d) if nnn_file.is_file() else None,
+            nnn=None,
             path=directory, chroma_server=man.get("chroma_server"), created_at=man["created_at"],
-            versions=man["versions"],
+            versions=man["versions"], frames=arrays["frames"], serving_bytes=int(man.get("serving_bytes", 0)),
         )
 
 
@@ -378,8 +476,71 @@ def _chroma_location(directory: Path, server: dict[str, str] | None) -> chroma_s
     return chroma_store.ChromaLocation(url=server["url"], prefix=server["prefix"])
 
 
+def _write_saved_chroma(directory: Path, location: chroma_store.ChromaLocation) -> None:
+    """Process entry (`NormalityModel.chroma_writer`): Chroma from the memory files in `directory`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    train = np.load(directory / "train.npy", mmap_mode="r")
+    frames = np.load(directory / FRAMES) if (directory / FRAMES).is_file() else np.broadcast_to(
+        np.arange(train.shape[1], dtype=np.int32), train.shape[:2])
+    sources = json.loads((directory / "sources.json").read_text(encoding="utf-8"))
+    chroma_store.write(location, partial(_rows, train), np.load(directory / "clusters.npy"),
+                       np.load(directory / "loc_dens.npy"), sources, frames, progress=False)
+
+
 def _rows(train: np.ndarray, start: int, stop: int) -> np.ndarray:
-    return train[start:stop]
+    """Tokens [start, stop) of the memory in float32, what every fitting step computes in."""
+    return np.asarray(train[start:stop], dtype=np.float32)
+
+
+def _serving(train: np.ndarray) -> np.ndarray:
+    """The memory as served: float16 (half the bytes; distances stay float32), unless a value overflows it."""
+    half = train.astype(np.float16)
+    if np.isfinite(half).all():
+        return half
+    log.warning("memory: embeddings exceed float16's range; serving it in float32 (twice the memory)")
+    return train
+
+
+def memory_rows(max_bytes: int, n_tokens: int, dim: int, cfg: NormalityConfig, global_dim: int,
+                n_frames: int) -> int:
+    """How many vectors per token fit in `max_bytes` of serving memory (at least 2).
+
+    Per row and token: the float16 vector, its float32 squared norm (computed at load), local density, cluster
+    and source frame; an hnsw index adds a float32 copy and its links. Fixed: the global projection, and each
+    HDBSCAN token's clusterer (float64 points of every training frame, and its tree).
+    """
+    per_row = n_tokens * (2 * dim + 16)
+    if cfg.index == "hnsw":
+        per_row += n_tokens * (4 * dim + 8 * hnsw_index.LINKS + 16)
+    fixed = 4 * (global_dim + 1) * dim if global_dim != dim else 0
+    fixed += len(_hdbscan_tokens(cfg.hdbscan, n_tokens)) * n_frames * (8 * dim + 64)
+    rows = (max_bytes - fixed) // per_row
+    if rows < 2:
+        log.warning("normality.memory_budget_mb: %.1f MiB leaves no room for the memory (the global projection "
+                    "and HDBSCAN take %.1f MiB); keeping 2 vectors per token, over budget",
+                    max_bytes / 2**20, fixed / 2**20)
+    return max(2, rows)
+
+
+def _serving_bytes(directory: Path, n_rows: int) -> int:
+    """Bytes serving holds: the files a load reads (arrays, indexes, clusterers) plus the squared norms it derives."""
+    files = ["train.npy", "clusters.npy", "loc_dens.npy", FRAMES, hdbscan_.FILE, PROJECTION]
+    size = sum((directory / f).stat().st_size for f in files if (directory / f).is_file())
+    hnsw = directory / "hnsw"
+    if hnsw.is_dir():
+        size += sum(p.stat().st_size for p in hnsw.iterdir())
+    return size + 4 * n_rows
+
+
+def _load_frames(directory: Path, man: dict[str, Any], shape: tuple[int, int]) -> np.ndarray | None:
+    if not man.get("coreset"):
+        return None
+    frames = _load_npy(directory / FRAMES, shape, "iu")
+    if frames.size and (frames.min() < 0 or frames.max() >= man["n_frames"]):
+        raise InputError(f"{directory / FRAMES}: frame indices outside the {man['n_frames']} training frames; "
+                         "the model is corrupt")
+    return frames.astype(np.int32)
 
 
 _REQUIRED = ("format", "backbone", "grid", "n_patches", "dim", "n_train", "index", "hdbscan_tokens", "k",

@@ -155,6 +155,9 @@ class FitResult:
     n_holdout: int
     thresholds: dict[str, float]
     seconds: float
+    stages: dict[str, float]  # seconds of each stage (embed, cluster, hdbscan, motion, calibrate, write)
+    serving_bytes: int  # memory serving the model holds (0: not measured)
+    holdout_scores: list[float]  # the served scorer's raw scores of the hold-out, as recorded (quantiles)
 
 
 def fit(
@@ -171,9 +174,24 @@ def fit(
     backbone = build_backbone(cfg.backbone)
     kind = model_kind(detector or KNNN)
     fitted = kind.fit(cfg, backbone, clips, sample_fps, out, progress)
+    scores = _quantiles(fitted.holdout_scores)
     ModelInfo(kind.name, cfg.backbone, cfg.scoring, sample_fps, cfg.transport.frame_max_side,
-              cfg.transport.jpeg_quality, fitted.holdout).save(out)
-    return FitResult(out, kind.name, fitted.n_train, fitted.n_holdout, fitted.thresholds, time.perf_counter() - t0)
+              cfg.transport.jpeg_quality, fitted.holdout,
+              fit={"seconds": fitted.seconds, "serving_bytes": fitted.serving_bytes, "holdout_scores": scores,
+                   "holdout_decided_by": fitted.holdout_decided_by}).save(out)
+    return FitResult(out, kind.name, fitted.n_train, fitted.n_holdout, fitted.thresholds, time.perf_counter() - t0,
+                     fitted.seconds, fitted.serving_bytes, scores)
+
+
+def _quantiles(scores: Sequence[float], most: int = 1000) -> list[float]:
+    """At most `most` evenly spaced quantiles of `scores` (all of them, sorted, when fewer): what a model keeps
+    of its hold-out's score distribution."""
+    if not len(scores):
+        return []
+    values = np.sort(np.asarray(scores, dtype=np.float64))
+    if len(values) > most:
+        values = np.quantile(values, np.linspace(0.0, 1.0, most))
+    return [round(float(v), 6) for v in values]
 
 
 def rule_variants(engine: Engine, names: Sequence[str]) -> dict[str, FrameScorer]:

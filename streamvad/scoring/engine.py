@@ -59,6 +59,8 @@ class ModelInfo:
     jpeg_quality: int | None = None
     holdout: tuple[str, ...] = ()  # names of the clips kept aside to calibrate (never trained on)
     files: dict[str, str] = field(default_factory=dict)  # relative path -> SHA-256 (scoring/integrity.py)
+    # what the fit measured: {"seconds": {stage: s}, "serving_bytes": n} (scoring/kinds.py Fitted)
+    fit: dict[str, Any] = field(default_factory=dict)
 
     def save(self, model_dir: Path) -> None:
         """Written last by `fit`: it records the SHA-256 of every file the fit wrote before it."""
@@ -74,6 +76,7 @@ class ModelInfo:
             "jpeg_quality": self.jpeg_quality,
             "holdout": list(self.holdout),
             "files": self.files,
+            "fit": self.fit,
         }
         (model_dir / MODEL_FILE).write_text(json.dumps(doc, indent=2), encoding="utf-8")
 
@@ -93,7 +96,7 @@ class ModelInfo:
             return cls(str(doc["kind"]), BackboneConfig.model_validate(doc["backbone"]),
                        ScoringConfig.model_validate(doc["scoring"]), doc.get("sample_fps"),
                        doc.get("frame_max_side"), doc.get("jpeg_quality"), tuple(map(str, doc.get("holdout", ()))),
-                       {str(k): str(v) for k, v in dict(doc.get("files") or {}).items()})
+                       {str(k): str(v) for k, v in dict(doc.get("files") or {}).items()}, dict(doc.get("fit") or {}))
         except (json.JSONDecodeError, KeyError, ValueError, TypeError, AttributeError) as err:
             raise InputError(f"{path}: unreadable model description ({str(err).splitlines()[0]})") from None
 

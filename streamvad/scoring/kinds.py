@@ -11,18 +11,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+import torch
 
 from streamvad.backbones.base import Backbone
 from streamvad.compute import resolve_device
 from streamvad.config import ScoringConfig, StreamVADConfig
-from streamvad.errors import ConfigError, ModelMismatchError
+from streamvad.errors import ConfigError, InputError, ModelMismatchError
 from streamvad.motion import FusedScorer, MotionModel, MotionTracker
-from streamvad.motion.model import calibrate_motion
+from streamvad.motion.model import FILE as MOTION_FILE
+from streamvad.motion.model import calibrate_motion, motion_memory_bound
 from streamvad.normality.coreset import frame_coreset
 from streamvad.scoring.folds import clip_folds, holdout_mask
 from streamvad.types import FeatureRequest
@@ -40,13 +42,31 @@ MOTION_DIR = "motion"
 
 @dataclass
 class Fitted:
-    """What a fit reports: its calibrated thresholds, how many frames trained and calibrated, and which clips
-    were held out (by name, so `eval` can replay them as unseen normal footage)."""
+    """What a fit reports: its calibrated thresholds, how many frames trained and calibrated, which clips
+    were held out (by name, so `eval` can replay them as unseen normal footage), the seconds of each stage
+    and the bytes serving the model holds (0: not measured)."""
 
     thresholds: dict[str, float]
     n_train: int
     n_holdout: int
     holdout: tuple[str, ...]
+    seconds: dict[str, float] = field(default_factory=dict)
+    serving_bytes: int = 0
+    holdout_scores: list[float] = field(default_factory=list)  # the served scorer's raw scores of the hold-out
+    holdout_decided_by: str = ""  # ... and that scorer (Verdict.decided_by)
+
+
+class Timer:
+    """Seconds of consecutive stages: `lap(name)` ends the stage that began at the last lap."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._t, 2)
+        self._t = now
 
 
 @dataclass
@@ -97,23 +117,62 @@ class KnnKind:
             out: Path, progress: bool) -> Fitted:
         from streamvad.normality.model import NormalityModel
         from streamvad.offline.pipeline import embed_clips
-        from streamvad.scoring.knn import calibrate
+        from streamvad.scoring.knn import Frames, calibrate
 
         motion = cfg.normality.motion if cfg.normality.motion.enabled else None
+        timer = Timer()
         embedded = embed_clips(backbone, clips, sample_fps, transport=cfg.transport, progress=progress, motion=motion)
         hold = holdout_mask(embedded.clip_ids, len(clips), cfg.normality.holdout_fraction)
         train, held = embedded.rows(~hold), embedded.rows(hold)
+        timer.lap("embed")
         memory = _memory_frames(train, cfg.normality.max_train_frames, cfg.normality.seed)
+        budget = cfg.normality.memory_budget_mb
+        motion_bytes = 0 if motion is None else motion_memory_bound(backbone.grid, motion)
         model = NormalityModel.fit(memory.batch.global_, memory.batch.patches, cfg.normality, sources=memory.sources,
-                                   backbone=backbone.manifest())
-        folds = [np.flatnonzero(f) for f in clip_folds(memory.clip_ids, cfg.normality.folds)]
-        if len(held.sources) or folds:
-            model.set_thresholds(calibrate(model, held.batch.global_, held.batch.patches, cfg.scoring, folds=folds))
-        model.save(out / "normality")
-        thresholds = dict(model.thresholds)
-        if train.batch.motion is not None:
-            thresholds["motion"] = _fit_motion(cfg, backbone.grid, train, held, out / MOTION_DIR)
-        return Fitted(thresholds, len(train.sources), len(held.sources), _held_out_names(clips, held.clip_ids))
+                                   backbone=backbone.manifest(), nnn=cfg.scoring.method == "nnn", density=False,
+                                   max_bytes=None if budget is None else int(budget * 2**20) - motion_bytes)
+        timer.lap("cluster")
+        thresholds: dict[str, float] = {}
+        # the system of record is final once clustered: its own process writes it while HDBSCAN, motion and
+        # calibration run on one core fewer (Chroma's writer is the longest part, and a busy core slows it)
+        chroma = model.chroma_writer(out / "normality") if cfg.normality.chroma else None
+        threads = torch.get_num_threads()
+        if chroma is not None:
+            torch.set_num_threads(max(1, threads - 1))
+        try:
+            model.fit_density(memory.batch.global_, memory.batch.patches)
+            timer.lap("hdbscan")
+            if train.batch.motion is not None:
+                thresholds["motion"] = _fit_motion(cfg, backbone.grid, train, held, out / MOTION_DIR)
+                motion_bytes = (out / MOTION_DIR / MOTION_FILE).stat().st_size
+            timer.lap("motion")
+            folds = [np.flatnonzero(f) for f in clip_folds(memory.clip_ids, cfg.normality.folds)]
+            if len(held.sources) or folds:
+                model.set_thresholds(calibrate(model, held.batch.global_, held.batch.patches, cfg.scoring,
+                                               folds=folds, train=Frames(memory.batch.global_, memory.batch.patches)))
+            timer.lap("calibrate")
+        finally:
+            torch.set_num_threads(threads)
+            if chroma is not None:
+                chroma.join()
+        if chroma is not None and chroma.exitcode != 0:
+            raise InputError(f"{out / 'normality'}: writing the Chroma system of record failed (exit code "
+                             f"{chroma.exitcode}; see its log above)")
+        model.save(out / "normality", write_chroma=False, memory=chroma is None)
+        timer.lap("write")
+        reference = self._holdout_scores(out, cfg.scoring, backbone, held)
+        return Fitted({**model.thresholds, **thresholds}, len(train.sources), len(held.sources),
+                      _held_out_names(clips, held.clip_ids), timer.laps, model.serving_bytes + motion_bytes,
+                      *reference)
+
+    def _holdout_scores(self, out: Path, cfg: ScoringConfig, backbone: Backbone, held: Embedded,
+                        ) -> tuple[list[float], str]:
+        """The served scorer's decision scores of the hold-out, and the scorer: what drift compares live
+        scores with (live/drift.py)."""
+        if not len(held.sources):
+            return [], ""
+        verdicts = self.load(out, cfg, backbone, "cpu", None).scorer.score(held.batch)
+        return [v.raw_score for v in verdicts], verdicts[0].decided_by
 
     def load(self, model_dir: Path, cfg: ScoringConfig, net: Backbone, device: str, mask: np.ndarray | None,
              ) -> Served:

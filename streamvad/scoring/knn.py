@@ -55,6 +55,14 @@ class TokenScores:
 
 
 @dataclass
+class Frames:
+    """Frame-major embeddings of some frames: global_ [Q, D_global], patches [Q, N, D]."""
+
+    global_: np.ndarray
+    patches: np.ndarray
+
+
+@dataclass
 class Search:
     """One batch's nearest-neighbour search, token-major: queries [T, B, D], distance to the nearest
     training vector [T, B], rows of the k nearest [T, B, k] (nearest first)."""
@@ -69,21 +77,23 @@ class TokenScorer:
 
     Training vectors, their squared norms and local densities live on `device` as tensors; with an
     hnsw model a thread pool is kept for the per-token queries. The original k-NNN's state is set up
-    on first use only.
+    on first use only. A float16 memory stays float16 in memory; each block of tokens is widened to
+    float32 for its distances, so the copy lasts one block.
     """
 
     def __init__(self, model: NormalityModel, device: str = "cpu") -> None:
         self.model = model
         self.device = torch.device(device)
         self._train = torch.from_numpy(model.train).to(self.device)  # [T, M, D], shares memory on CPU
-        self._sq = (self._train * self._train).sum(-1, keepdim=True)  # [T, M, 1]
+        self._sq = torch.cat([(b.float() ** 2).sum(-1, keepdim=True) for b in self._train.split(32)])  # [T, M, 1]
         self._loc = torch.from_numpy(model.loc_dens).to(self.device)
         self._floor = torch.from_numpy(density_floor(model.loc_dens)).to(self.device).unsqueeze(1)
         self.scales = {method: method_scale(model, method) for method in SCALED}
         self._nnn: NNNScorer | None = None
         self._k = 1  # neighbours per search: the most any caller has asked for, so later batches search once
         self._pool = ThreadPoolExecutor(torch.get_num_threads()) if model.indexes is not None else None
-        self._step = chunk_size(4 * model.n_train * 64, 128 << 20)  # tokens per [t, M, B<=64] block
+        widened = model.dim if self._train.dtype != torch.float32 else 0
+        self._step = chunk_size(4 * model.n_train * (64 + widened), 64 << 20)  # tokens per [t, M, B<=64] block
         self._last: tuple[np.ndarray, np.ndarray, np.ndarray, Search] | None = None
 
     def close(self) -> None:
@@ -105,7 +115,7 @@ class TokenScorer:
         for lo in range(0, q.shape[0], step):
             hi = lo + step
             # ||q||^2 is the same for every candidate, so ranking needs only ||t||^2 - 2 t.q
-            d = torch.baddbmm(sq[lo:hi], self._train[lo:hi], q[lo:hi].transpose(1, 2), alpha=-2.0)
+            d = torch.baddbmm(sq[lo:hi], self._train[lo:hi].float(), q[lo:hi].transpose(1, 2), alpha=-2.0)
             out.append(d.argmin(1).unsqueeze(-1) if k == 1 else d.topk(k, dim=1, largest=False).indices.transpose(1, 2))
         return torch.cat(out)
 
@@ -115,23 +125,30 @@ class TokenScorer:
         rows = self._nearest(q, k, sq)
         return Search(q, gather_dists(self._train, rows[..., :1], q).squeeze(-1), rows)
 
-    def out_of_fold(self, fold: np.ndarray, chunk: int = 64) -> Iterator[dict[str, TokenScores]]:
+    def out_of_fold(self, fold: np.ndarray, chunk: int = 64, train: Frames | None = None,
+                    ) -> Iterator[dict[str, TokenScores]]:
         """Scores of the training frames `fold` against the memory without them, by each CROSS_FIT method,
         `chunk` frames at a time.
 
         A training frame's nearest normal vector is itself, so its own score says nothing about new
         footage; with its whole fold (a group of clips) left out of the search it is scored as a new
-        clip would be by the served model (same memory, same local densities).
+        clip would be by the served model (same memory, same local densities). `train` holds the training
+        frames `fold` indexes; a memory of every frame can do without it, a coreset cannot (it lacks most).
         """
         sq = self._sq.clone()
-        sq[:, torch.from_numpy(fold).to(self.device)] = math.inf
+        sq[torch.from_numpy(np.isin(self.model.frame_of(), fold)).to(self.device)] = math.inf
+        if train is None and self.model.frames is not None:
+            raise ConfigError("out-of-fold calibration of a coreset memory needs the training frames' embeddings")
         for lo in range(0, len(fold), chunk):
-            found = self._search(self.model.train[:, fold[lo : lo + chunk]].transpose(1, 0, 2), 1, sq)
+            rows = fold[lo : lo + chunk]
+            queries = (self.model.train[:, rows].transpose(1, 0, 2) if train is None
+                       else self.model.token_queries(train.global_[rows], train.patches[rows]))
+            found = self._search(queries, 1, sq)
             yield {method: self._from_search(found, method) for method in CROSS_FIT}
 
     def _nnn_scorer(self) -> NNNScorer:
         if self._nnn is None:
-            self._nnn = NNNScorer(self.model.nnn_state(), self._train, self.device)
+            self._nnn = NNNScorer(self.model.nnn_state(), self._train.float(), self.device)
         return self._nnn
 
     def _from_search(self, found: Search, method: str) -> TokenScores:
@@ -317,6 +334,7 @@ def calibrate(
     cfg: ScoringConfig,
     *,
     folds: Sequence[np.ndarray] = (),
+    train: Frames | None = None,
     chunk: int = 64,
 ) -> dict[str, float]:
     """Thresholds for every method/rule the model supports, from NORMAL frames it was not fitted on.
@@ -326,6 +344,7 @@ def calibrate(
     `global_` [B, D] and `patches` [B, N, D] are the hold-out embeddings; a Scorer's mask is used.
     `folds` (training rows per fold of whole clips) adds every training frame, scored out of fold, to
     the CROSS_FIT methods: a couple of held-out clips underestimate the tail of new footage's scores.
+    `train` holds the training frames the folds index (see `TokenScorer.out_of_fold`).
     """
     if isinstance(scorer_or_model, Scorer):
         tokens, mask, own = scorer_or_model.tokens, scorer_or_model.mask, False
@@ -347,11 +366,12 @@ def calibrate(
                 raws.setdefault(f"{method}/{rule}", []).append(aggregate(ts, mask, rule, cfg)[1])
 
     try:
-        methods = [m for m in METHODS if _available_rules(tokens.model, m)]
+        # the original k-NNN costs eigen-decompositions per patch: calibrated only for a model fitted for it
+        methods = [m for m in METHODS if _available_rules(tokens.model, m) and (m != "nnn" or tokens.model.has_nnn())]
         for lo in range(0, len(global_), chunk):
             add(tokens.scores_all(global_[lo : lo + chunk], patches[lo : lo + chunk], methods))
         for fold in folds:
-            for by_method in tokens.out_of_fold(fold, chunk):
+            for by_method in tokens.out_of_fold(fold, chunk, train):
                 add(by_method)
     finally:
         if own:
