@@ -123,6 +123,7 @@ class WorkerStatus(_Status):
     stale: dict[CameraId, Count] = {}
     learning: dict[CameraId, Count] = {}
     foreign: dict[CameraId, Count] = {}
+    missing: dict[CameraId, Count] = {}
     cameras: dict[CameraId, Literal["learning", "scoring"]] = {}
     models: dict[Text, Count] = {}
     versions: dict[CameraId, Annotated[str, StringConstraints(max_length=64)]] = {}

@@ -499,6 +499,8 @@ def test_a_learning_camera_enrolled_from_its_stream_is_armed_without_a_restart(
         body = serve.wait("gate armed", lambda b: _camera(b, "gate").get("model") == "scoring", 60)
         assert _camera(body, "gate")["model_version"] == "v0001" and "model_version" not in _camera(body, "yard")
         assert serve.metric('streamvad_worker_frames_out_total{camera="yard"') > yard_before  # scored throughout
+        missing = 'streamvad_worker_missing_frames_total{camera="yard"'  # yard's frame indices had no gap
+        assert missing in _get(f"{serve.base}/metrics").text and serve.metric(missing) == 0
         hooks = receiver.wait_for(1, timeout=60)
         gate_hooks = [h for h in receiver.accepted() if h.json["camera"] == "gate"]
         deadline = time.monotonic() + 60

@@ -99,6 +99,14 @@ def test_batches_close_at_max_batch_and_mix_cameras(engine: Engine) -> None:
     assert worker.stats()["frames_out"] == {"cam0": 4, "cam1": 3, "cam2": 3}
 
 
+def test_frames_a_reader_numbered_but_the_worker_never_got_are_counted(engine: Engine) -> None:
+    with running_worker(engine, WorkerConfig(max_batch=1, max_wait_ms=10)) as (worker, pusher, sub):
+        for i in (0, 1, 2, 5, 6, 0, 1):  # 3 and 4 lost on the way; then the camera's stream restarted
+            pusher.send(make_frame("cam", i))
+        assert len(verdict_keys(sub, 7)) == 7
+    assert worker.stats()["missing"] == {"cam": 2}
+
+
 def test_partial_batch_waits_max_wait_then_goes(engine: Engine) -> None:
     with running_worker(engine, WorkerConfig(max_batch=8, max_wait_ms=400)) as (worker, pusher, sub):
         t0 = time.monotonic()

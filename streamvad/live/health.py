@@ -278,6 +278,8 @@ class StatusCollector:
                                        "Frames of cameras with no model yet (not scored)", labels=["worker", "camera"])
         foreign = CounterMetricFamily("streamvad_worker_foreign_frames",
                                       "Frames of cameras another worker owns, dropped", labels=["worker", "camera"])
+        missing = CounterMetricFamily("streamvad_worker_missing_frames", "Frames a reader numbered that never "
+                                      "reached the worker (gaps in the frame index)", labels=["worker", "camera"])
         depth = GaugeMetricFamily("streamvad_worker_queue_depth", "Frames received but not yet scored",
                                   labels=["worker"])
         models = GaugeMetricFamily("streamvad_worker_models", "Normality models loaded by a worker", labels=["worker"])
@@ -293,7 +295,7 @@ class StatusCollector:
             for fam, key in ((unacked, "unacked"), (resent, "resent"), (link_lost, "lost")):
                 fam.add_metric([worker], h.get(key, 0))
             for fam, key in ((frames_in, "frames_in"), (frames_out, "frames_out"), (anomalous, "anomalous"),
-                             (stale, "stale"), (learning, "learning"), (foreign, "foreign")):
+                             (stale, "stale"), (learning, "learning"), (foreign, "foreign"), (missing, "missing")):
                 for cam, n in (h.get(key) or {}).items():
                     fam.add_metric([worker, cam], n)
             malformed.add_metric([worker], h.get("malformed", 0))
@@ -310,8 +312,8 @@ class StatusCollector:
             for cam, ks in (h.get("drift") or {}).items():
                 drift.add_metric([cam], ks)
                 reenrol.add_metric([cam], float(cam in (h.get("reenrol") or [])))
-        yield from (frames_in, frames_out, anomalous, stale, learning, foreign, malformed, depth, models, model_bytes,
-                    unacked, resent, link_lost, drift, reenrol)
+        yield from (frames_in, frames_out, anomalous, stale, learning, foreign, missing, malformed, depth, models,
+                    model_bytes, unacked, resent, link_lost, drift, reenrol)
         histograms = {
             "batch_size": ("streamvad_batch_size", "Frames per scored batch"),
             "embed_s": ("streamvad_embed_seconds", "Backbone time per batch"),

@@ -132,6 +132,10 @@ class Worker:
         self._stale: Counter[str] = Counter()
         self._learning: Counter[str] = Counter()  # frames of cameras with no model yet (not scored)
         self._foreign: Counter[str] = Counter()  # frames of cameras another worker owns (misrouted; dropped)
+        # frames a camera's reader numbered but this worker never received (a jump in Frame.index; a restarted
+        # stream numbering from 0 again is not one)
+        self._missing: Counter[str] = Counter()
+        self._last_index: dict[str, int] = {}
         self._model_bytes = self.fleet.model_bytes()
         self._max_age_s = cfg.max_age_s if transport.policy == "drop" else None  # replay never sheds
         self._pending = 0
@@ -150,6 +154,7 @@ class Worker:
                 "state": "ready" if self.ready.is_set() else "loading",
                 "frames_in": dict(self._in), "frames_out": dict(self._out), "anomalous": dict(self._anomalous),
                 "stale": dict(self._stale), "learning": dict(self._learning), "foreign": dict(self._foreign),
+                "missing": dict(self._missing),
                 "cameras": {c: self.fleet.state(c) for c in self.fleet.cameras}, "models": self._model_bytes,
                 "versions": self.fleet.versions(),
                 "drift": self.drift.distances(), "reenrol": self.drift.suggested(),
@@ -233,6 +238,7 @@ class Worker:
             if msg.type == "frame" and msg.frame is not None:
                 with self._lock:
                     self._in[msg.frame.camera] += 1
+                    self._count_missing(msg.frame)
                     if not self.fleet.serves(msg.frame.camera):
                         self._misrouted(msg.frame.camera)
                         continue
@@ -249,6 +255,11 @@ class Worker:
             else:
                 log.debug("%s: ignoring %s message from %s on the frame queue", self.name, msg.type, msg.camera)
         return frames, eos
+
+    def _count_missing(self, frame: Frame) -> None:
+        last = self._last_index.get(frame.camera)
+        self._missing[frame.camera] += 0 if last is None or frame.index <= last else frame.index - last - 1
+        self._last_index[frame.camera] = frame.index
 
     def _misrouted(self, camera: str) -> None:
         if not self._foreign[camera]:
