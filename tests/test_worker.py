@@ -64,7 +64,12 @@ def running_worker(engine: Engine, cfg: WorkerConfig, policy: str = "block", **o
         yield worker, pusher, sub
     finally:
         stop.set()
-        thread.join(10)
+        # keep acknowledging while it drains: a stopping worker waits for the acks of what it sent (an EOS the
+        # test did not read, say), and a thread still running at exit aborts the interpreter
+        deadline = time.monotonic() + 30
+        while thread.is_alive() and time.monotonic() < deadline:
+            sub.recv_message(100)
+        thread.join(1)
         pusher.close(0)
         sub.close()
 
