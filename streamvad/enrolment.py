@@ -216,9 +216,9 @@ def _fit_child(cfg: StreamVADConfig, clips: list[Clip], out: Path, previous: Pat
     kept = [c for c in clips if any(c.path.iterdir())]
     res = fit(cfg, kept, out, sample_fps=None, progress=False)
     scores = res.holdout_scores
-    quantiles = {f"p{q}": scores[min(len(scores) - 1, round(q / 100 * (len(scores) - 1)))] for q in (50, 90, 99)}
+    quantiles = {f"p{q}": float(np.quantile(scores, q / 100, method="nearest")) for q in (50, 90, 99)} if scores else {}
     result.put({"excluded": excluded, "outliers": outliers, "n_train": res.n_train, "n_holdout": res.n_holdout,
-                "thresholds": res.thresholds, "holdout_scores": quantiles if scores else {},
+                "thresholds": res.thresholds, "holdout_scores": quantiles,
                 "serving_bytes": res.serving_bytes, "stages": res.stages})
 
 

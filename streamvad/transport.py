@@ -324,11 +324,13 @@ class ControlServer:
             return False
         raw = self._sock.recv()
         try:
-            ok, message = handle(EnrolRequest.model_validate_json(raw))
+            request = EnrolRequest.model_validate_json(raw)
         except ValidationError as err:
             self.malformed += 1
             ok, message = False, first_error(err, "control")
             log.warning("control: refused a malformed request (%d so far): %s", self.malformed, message)
+        else:
+            ok, message = handle(request)
         self._sock.send(ControlReply(v=WIRE_VERSION, ok=ok, message=message).model_dump_json().encode())
         return True
 

@@ -190,9 +190,7 @@ class NormalityModel:
 
     def frame_of(self) -> np.ndarray:
         """[T, M]: the training frame (index into `sources`) each memory row came from."""
-        if self.frames is not None:
-            return self.frames
-        return np.broadcast_to(np.arange(self.n_train, dtype=np.int32), (self.n_tokens, self.n_train))
+        return self.frames if self.frames is not None else _rows_are_frames(self.train.shape[:2])
 
     @property
     def dim(self) -> int:
@@ -481,11 +479,15 @@ def _write_saved_chroma(directory: Path, location: chroma_store.ChromaLocation) 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     train = np.load(directory / "train.npy", mmap_mode="r")
-    frames = np.load(directory / FRAMES) if (directory / FRAMES).is_file() else np.broadcast_to(
-        np.arange(train.shape[1], dtype=np.int32), train.shape[:2])
+    frames = np.load(directory / FRAMES) if (directory / FRAMES).is_file() else _rows_are_frames(train.shape[:2])
     sources = json.loads((directory / "sources.json").read_text(encoding="utf-8"))
     chroma_store.write(location, partial(_rows, train), np.load(directory / "clusters.npy"),
                        np.load(directory / "loc_dens.npy"), sources, frames, progress=False)
+
+
+def _rows_are_frames(shape: tuple[int, ...]) -> np.ndarray:
+    """[T, M] frame of each row of a memory of every training frame: row r is frame r, for every token."""
+    return np.broadcast_to(np.arange(shape[1], dtype=np.int32), shape)
 
 
 def _rows(train: np.ndarray, start: int, stop: int) -> np.ndarray:
