@@ -56,17 +56,21 @@ def _sample_fps(args: argparse.Namespace, default: float | None) -> float | None
     return None if args.sample_fps <= 0 else args.sample_fps
 
 
+def _memory_budget(value: float, option: str = "--memory-budget-mb") -> float | None:
+    """A memory budget option in MiB: 0 keeps every vector (None)."""
+    if value < 0:
+        raise ConfigError(f"{option}: expected MiB >= 0 (0: every vector), got {value}")
+    return None if value == 0 else value
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from streamvad.datasets.base import load_dataset
     from streamvad.offline.pipeline import clips_from_paths, fit
 
     cfg = _config(args)
     if args.memory_budget_mb is not None:
-        if args.memory_budget_mb < 0:
-            raise ConfigError(f"--memory-budget-mb: expected MiB >= 0 (0: every vector), got {args.memory_budget_mb}")
-        budget = None if args.memory_budget_mb == 0 else args.memory_budget_mb
         cfg = cfg.model_copy(update={"normality": NormalityConfig.model_validate(
-            {**cfg.normality.model_dump(), "memory_budget_mb": budget})})
+            {**cfg.normality.model_dump(), "memory_budget_mb": _memory_budget(args.memory_budget_mb)})})
     if args.dataset:
         if args.sources:
             raise ConfigError("fit: give either --dataset/--root or SOURCE paths, not both")
@@ -159,8 +163,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     elif args.fleet:
         from streamvad.bench.fleet import run_fleet_bench
 
+        budget = NormalityConfig().memory_budget_mb if args.memory_budget_mb is None \
+            else _memory_budget(args.memory_budget_mb)
         result = run_fleet_bench(args.fleet, args.seconds, train_vectors=args.train_vectors,
-                                 max_batch=args.max_batch, device=args.device)
+                                 memory_budget_mb=budget, max_batch=args.max_batch, device=args.device)
     else:
         from streamvad.bench.throughput import run_throughput_bench
 
@@ -346,13 +352,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="throughput: repeat the capacity run with every tcp:// hop on CURVE and report the ratio")
     p.add_argument("--fleet", type=int, metavar="N",
                    help="throughput: N cameras on N models against N cameras on one model (Ped2-sized models)")
-    p.add_argument("--train-vectors", type=int, default=2000, help="throughput --fleet: memory rows per token")
+    p.add_argument("--train-vectors", type=int, default=2000,
+                   help="throughput --fleet: training frames per model (vectors per token before the memory budget)")
+    p.add_argument("--memory-budget-mb", type=float,
+                   help="throughput --fleet: serving memory per model as `fit` sizes it (default "
+                        "normality.memory_budget_mb; 0: every training vector)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("receive", help="a webhook receiver that checks signatures and prints deliveries")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--secret", help="HMAC secret the webhooks are signed with")
+    p.add_argument("--secret", help="HMAC secret the webhooks are signed with (a whsec_ secret: Standard Webhooks)")
     p.add_argument("--tolerance", type=float, default=300.0,
                    help="seconds a signed timestamp may differ from this clock before a request is refused (401)")
     p.set_defaults(func=cmd_receive)

@@ -7,6 +7,7 @@ Unknown keys are errors (a typo must not silently fall back to a default), `${VA
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from pathlib import Path
@@ -131,6 +132,10 @@ class ScoringConfig(_Section):
     # fused: a frame is anomalous when its appearance OR its motion passes its calibrated threshold;
     # appearance / motion: one of the two alone (motion needs a model fitted with normality.motion).
     motion: Literal["fused", "appearance", "motion"] = "fused"
+    # how `fused` joins the two parts, each divided by its own threshold: max (the larger decides: either part
+    # alone flags a frame) or sum (both parts add evidence, against the sum's own threshold, calibrated at fit
+    # on the same normal frames); tools/fusion_validation.py compares them on training clips
+    fusion: Literal["max", "sum"] = "max"
     # a frame's score is the mean over this many seconds of its camera's stream; 0 (the default): each frame
     # alone. Opt-in: it helps long anomalies and costs short ones (scoring/smoothing.py)
     smooth_s: float = Field(0.0, ge=0.0, le=10.0)
@@ -292,15 +297,51 @@ class EventsConfig(_Section):
 
 class WebhookConfig(_Section):
     url: str = Field(pattern=r"^https?://")
-    secret: str | None = None  # HMAC-SHA256 key for the X-StreamVAD-Signature header
+    # streamvad: the X-StreamVAD-Signature header (secret: any string); standard: Standard Webhooks
+    # (webhook-id / webhook-timestamp / webhook-signature, secret: "whsec_" + base64 key), which receivers can
+    # verify with the standardwebhooks libraries of any language
+    format: Literal["streamvad", "standard"] = "streamvad"
+    secret: str | None = None  # the HMAC-SHA256 key
     timeout_s: float = Field(5.0, gt=0.0)
     max_attempts: int = Field(0, ge=0)  # 0: retry until delivered
     backoff_s: float = Field(0.5, gt=0.0)
     backoff_max_s: float = Field(30.0, gt=0.0)
 
+    @model_validator(mode="after")
+    def _standard_secret(self) -> WebhookConfig:
+        if self.format == "standard" and not _is_whsec(self.secret):
+            raise ValueError("format standard needs a secret 'whsec_' + the base64 of a key of at least 16 bytes "
+                             "(e.g. whsec_$(openssl rand -base64 32))")
+        return self
+
+
+def _is_whsec(secret: str | None) -> bool:
+    """Whether `secret` is a Standard Webhooks secret: "whsec_" + base64 of a key of at least 16 bytes."""
+    if secret is None or not secret.startswith("whsec_"):
+        return False
+    try:
+        return len(base64.b64decode(secret.removeprefix("whsec_"), validate=True)) >= 16
+    except ValueError:
+        return False
+
+
+class MqttConfig(_Section):
+    """An MQTT broker that gets every event update (sinks/mqtt.py: topics in the Frigate / Home Assistant style)."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(1883, ge=1, le=65535)
+    topic_prefix: str = Field("streamvad", pattern=r"^[^+#\s]+$")  # MQTT wildcards cannot be in a topic
+    client_id: str | None = None  # None: streamvad-<pid>
+    username: str | None = None
+    password: str | None = None
+    qos: int = Field(1, ge=0, le=2)
+    keepalive_s: int = Field(30, ge=5)
+    max_queued: int = Field(10_000, ge=1)  # messages kept while the broker is unreachable; more are dropped
+
 
 class SinksConfig(_Section):
     webhooks: list[WebhookConfig] = Field(default_factory=list)
+    mqtt: MqttConfig | None = None
     jsonl: Path | None = None
     snapshots: Path | None = None
     spool: Path = Path("runs/spool")  # disk-backed webhook queue

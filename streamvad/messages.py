@@ -152,6 +152,14 @@ class WebhookStats(BaseModel):
     pending: Count = 0
 
 
+class MqttStats(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    published: Count = 0
+    dropped: Count = 0
+    connected: Annotated[int, Field(ge=0, le=1)] = 0
+
+
 class EventsStatus(_Status):
     role: Literal["events"]
     verdicts: Count = 0
@@ -160,6 +168,7 @@ class EventsStatus(_Status):
     restarts: dict[CameraId, Count] = {}
     suppressed: dict[CameraId, Count] = {}
     webhooks: dict[Text, WebhookStats] = {}
+    mqtt: MqttStats | None = None
     sink_errors: Count = 0
     auth_denied: Count = 0
 

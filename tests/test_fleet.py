@@ -199,3 +199,23 @@ def test_each_camera_alerts_on_its_own_scene_only_with_its_own_model(
     shared = _events_of({**base, "cameras": cameras(tiny_model)}, tmp_path, "shared")
     assert [e["start_pts"] < 1.0 for e in shared["b"]] == [True], shared["b"]  # B's normal scene alerts at once
     assert [e["start_pts"] >= ANOMALY_AT for e in shared["a"]] == [True]  # A, on its own model, is unchanged
+
+
+def test_the_fleet_bench_serves_models_of_the_size_fit_would(tiny_model: Path, tmp_path: Path) -> None:
+    """The fleet bench's models are what `fit` serves for that much footage: Ped2's 2,000 training frames
+    within the 48 MiB budget are a coreset of ~140 vectors per token, without a budget all 2,000; each grown
+    copy loads (checksums, float16 memory) with the rows asked for and its own noise."""
+    from streamvad.bench.fleet import grow_model, served_vectors
+    from streamvad.normality.model import NormalityModel
+
+    ped2 = {"n_tokens": 331, "dim": 432, "motion_bytes": 15 * 22 * (12 * 256 + 4)}
+    budgeted = served_vectors(2000, memory_budget_mb=48.0, **ped2)
+    assert 100 <= budgeted <= 200  # make ped2's compact model keeps 134 (its global projection takes more)
+    assert served_vectors(2000, memory_budget_mb=None, **ped2) == 2000
+    assert served_vectors(100, memory_budget_mb=48.0, **ped2) == 100  # little footage fits whole
+    first, second = (grow_model(tiny_model, tmp_path / f"m{i}", 30, seed=i) for i in range(2))
+    engine = load_engine(first)  # the grown files' checksums are recorded
+    a, b = (NormalityModel.load(m / "normality") for m in (first, second))
+    assert a.n_train == b.n_train == 30 and a.train.dtype == np.float16
+    assert not np.array_equal(a.train, b.train)
+    assert engine.scorer is not None

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from streamvad.bench.throughput import fit_small_model
-from streamvad.config import BackboneConfig, CameraConfig, MotionConfig, StreamVADConfig, WorkerConfig
+from streamvad.config import BackboneConfig, CameraConfig, MotionConfig, ScoringConfig, StreamVADConfig, WorkerConfig
 from streamvad.datasets.synthetic import AnomalySpec, make_scene
 from streamvad.errors import ConfigError, InputError
 from streamvad.motion import FusedScorer, MotionModel, MotionTracker
@@ -146,20 +146,33 @@ def _scene(root: Path, name: str, anomalies: list[AnomalySpec], seed: int) -> Pa
                       name=name, anomalies=anomalies).path
 
 
-def test_fused_score_is_the_larger_of_appearance_and_motion_on_their_scales(motion_model: Path, tmp_path: Path) -> None:
+def test_fused_score_is_the_max_or_the_sum_of_appearance_and_motion_on_their_scales(motion_model: Path,
+                                                                                     tmp_path: Path) -> None:
     from streamvad.offline.pipeline import clips_from_paths, replay, rule_variants
 
     engine = load_engine(motion_model)
     assert isinstance(engine.scorer, FusedScorer) and engine.tracker is not None
-    scorers = rule_variants(engine, ["distance/topk+motion", "distance/topk", "motion"])
+    # the sum's threshold, cut from the same normal frames as the parts', is at least theirs (motion >= 0)
+    sum_at = engine.scorer.motion.sum_thresholds["distance/topk"]
+    assert sum_at >= 1.0 and set(engine.scorer.motion.sum_thresholds) >= {"knnn/majority", "knnn/topk"}
+    names = ["distance/topk+motion:max", "distance/topk+motion:sum", "distance/topk", "motion"]
     clip = _scene(tmp_path, "cyclist", [AnomalySpec("cyclist", 2.0, 8.0, seed=1)], seed=21)
-    recs = replay(engine, clips_from_paths([clip]), sample_fps=4.0, scorers=scorers, progress=False).records
-    fused, app, motion = (recs[k] for k in ("distance/topk+motion", "distance/topk", "motion"))
+    recs = replay(engine, clips_from_paths([clip]), sample_fps=4.0, scorers=rule_variants(engine, names),
+                  progress=False).records
+    fused, summed, app, motion = (recs[k] for k in names)
     assert fused[0]["motion_score"] == 0.0  # the first frame has nothing to compare with
-    for f, a, m in zip(fused, app, motion, strict=True):
-        assert f["raw_score"] == pytest.approx(max(a["raw_score"] / a["threshold"], m["raw_score"]), abs=1e-5)
-        assert f["threshold"] == 1.0 and f["anomalous"] == (f["raw_score"] > 1.0)
+    for f, s, a, m in zip(fused, summed, app, motion, strict=True):
+        unit = a["raw_score"] / a["threshold"]
+        assert f["raw_score"] == pytest.approx(max(unit, m["raw_score"]), abs=1e-5)
+        assert s["raw_score"] == pytest.approx((unit + m["raw_score"]) / sum_at, abs=1e-5)
+        for v in (f, s):
+            assert v["threshold"] == 1.0 and v["anomalous"] == (v["raw_score"] > 1.0)
     assert max(m["raw_score"] for m in motion) > 1.0
+    assert any(s["anomalous"] for s in summed)
+    with pytest.raises(ConfigError, match=r"^scoring\.fusion: sum needs the threshold of nnn/topk \+ motion"):
+        load_engine(motion_model, scoring=ScoringConfig(method="nnn", fusion="sum", frame_threshold=1.0))
+    with pytest.raises(ConfigError, match="expected \\+motion, \\+motion:max or \\+motion:sum"):
+        rule_variants(engine, ["distance/topk+motion:mean"])
 
 
 @pytest.mark.parametrize("smooth_s", [0.0, 0.5])

@@ -129,7 +129,7 @@ def test_save_load_and_hnsw_give_identical_scores(tmp_path: Path) -> None:
 def test_calibrated_thresholds_come_from_normal_holdout(model: NormalityModel) -> None:
     cfg = study(calibration_quantile=0.9)
     holdout = frames(spread=0.35, seed=3, b=40)
-    thresholds = calibrate(model, holdout.global_, holdout.patches, cfg)
+    thresholds = calibrate(model, holdout.global_, holdout.patches, cfg).thresholds
     rules = ("majority", "topk", "global", "any_k")
     methods = ("knnn", "distance", "nnn")
     assert set(thresholds) == {f"{m}/{r}" for m in methods for r in rules} | {"distance/scale", "nnn/scale"}
@@ -172,15 +172,19 @@ def test_out_of_fold_calibration_scores_training_clips_as_new_footage(model: Nor
     cfg = study(method="distance", rule="topk", calibration_quantile=0.9)
     holdout = frames(spread=0.35, seed=3, b=8)
     held = tokens.scores(holdout.global_, holdout.patches, "distance").ratio * tokens.scales["distance"]
-    crossed = calibrate(model, holdout.global_, holdout.patches, cfg, folds=folds)
+    calibration = calibrate(model, holdout.global_, holdout.patches, cfg, folds=folds)
+    crossed = calibration.thresholds
     # the threshold is cut from the pooled hold-out and out-of-fold scores, in raw distance units
     pooled = np.concatenate([held[:, 1:].max(1), *oof_top])
     assert crossed["distance/topk"] * crossed["distance/scale"] == pytest.approx(np.quantile(pooled, 0.9), rel=1e-4)
+    # and each frame's score on the threshold's unit scale, hold-out first, then fold by fold (what fusion
+    # with motion calibrates its own threshold on)
+    np.testing.assert_allclose(calibration.unit_scores["distance/topk"], pooled / np.quantile(pooled, 0.9), rtol=1e-4)
     # nnn and hdbscan keep their hold-out thresholds: their fitted state has seen the folds
-    assert crossed["nnn/topk"] == calibrate(model, holdout.global_, holdout.patches, cfg)["nnn/topk"]
+    assert crossed["nnn/topk"] == calibrate(model, holdout.global_, holdout.patches, cfg).thresholds["nnn/topk"]
     with pytest.raises(ConfigError, match="hold-out set is empty"):
         calibrate(model, holdout.global_[:0], holdout.patches[:0], cfg)
-    assert "distance/topk" in calibrate(model, holdout.global_[:0], holdout.patches[:0], cfg, folds=folds)
+    assert "distance/topk" in calibrate(model, holdout.global_[:0], holdout.patches[:0], cfg, folds=folds).thresholds
 
 
 def test_hdbscan_method_scores_global_token(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -191,13 +195,13 @@ def test_hdbscan_method_scores_global_token(tmp_path: Path, caplog: pytest.LogCa
     verdicts = score(model, batch, method="hdbscan", rule="global", frame_threshold=0.9)
     assert verdicts[0].global_confidence == 1.0 and verdicts[0].anomalous
     assert all(0.0 <= v.score <= 1.0 for v in verdicts)
-    assert set(calibrate(model, batch.global_, batch.patches, study())) >= {"hdbscan/global",
+    assert set(calibrate(model, batch.global_, batch.patches, study()).thresholds) >= {"hdbscan/global",
                                                                                    "knnn/majority"}
     with pytest.raises(ConfigError, match="needs HDBSCAN on every token"):
         Scorer(model, study(method="hdbscan", rule="majority"))
     batch.global_[:] += 50.0  # a hold-out that is all HDBSCAN noise: the threshold can never be exceeded
     with caplog.at_level(logging.WARNING, logger="streamvad.scoring.knn"):
-        assert calibrate(model, batch.global_, batch.patches, study())["hdbscan/global"] == 1.0
+        assert calibrate(model, batch.global_, batch.patches, study()).thresholds["hdbscan/global"] == 1.0
     assert "hdbscan/global threshold is 1.0" in caplog.text and "can never flag a frame" in caplog.text
 
 

@@ -32,17 +32,24 @@ GRID = (15, 22)  # configs/ped2.yaml: 240x352 on EfficientNet-Lite0's stride 16
 PACE_PX = 1.2  # a Ped2 walker's pace, pixels per native (10 fps) frame
 
 
-def load_clip(folder: Path, step: int) -> np.ndarray:
-    """Grey frames [T, 240, 360] after a JPEG q90 round trip, every `step`-th native frame."""
+def load_clip(folder: Path, step: int, wire: bool = True) -> np.ndarray:
+    """Grey frames [T, 240, 360], every `step`-th native frame, after a JPEG q90 round trip when `wire`."""
     out = []
     for path in sorted(folder.glob("*.jpg"))[::step]:
-        buf = io.BytesIO()
-        Image.open(path).convert("RGB").save(buf, "JPEG", quality=90)
-        out.append(np.asarray(Image.open(buf).convert("L")))
+        image = Image.open(path).convert("RGB")
+        if wire:
+            buf = io.BytesIO()
+            image.save(buf, "JPEG", quality=90)
+            image = Image.open(buf)
+        out.append(np.asarray(image.convert("L")))
     return np.stack(out)
 
 
-def paste_fast_walker(frames: np.ndarray, donor: np.ndarray, step: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def paste_walker(frames: np.ndarray, donor: np.ndarray, step: int, seed: int, pace: tuple[float, float] = (2.0, 2.5),
+                 scale: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """A walker cut out of `donor` (its foreground pixels only, against the donor's median background), `scale`
+    times its size, crossing the walkway at `pace` times a walker's pace for the middle third of `frames`;
+    returns the frames and their 0/1 labels."""
     rng = np.random.default_rng(seed)
     moving = cv2.absdiff(cv2.GaussianBlur(donor[10], (5, 5), 0), cv2.GaussianBlur(donor[11], (5, 5), 0)) > 12
     ys, xs = np.nonzero(moving[100:200])
@@ -51,7 +58,11 @@ def paste_fast_walker(frames: np.ndarray, donor: np.ndarray, step: int, seed: in
     y0, x0 = int(np.clip(ys[j] + 100 - h // 2, 0, 240 - h)), int(np.clip(xs[j] - w // 2, 0, 360 - w))
     crop = donor[10, y0:y0 + h, x0:x0 + w]
     fg = np.abs(crop.astype(float) - np.median(donor[::5], axis=0)[y0:y0 + h, x0:x0 + w]) > 15
-    row, speed = int(rng.integers(110, 190)), float(rng.uniform(2.0, 2.5)) * PACE_PX
+    if scale > 1:
+        crop, fg = np.kron(crop, np.ones((scale, scale), crop.dtype)), np.kron(fg, np.ones((scale, scale), bool))
+        h, w = h * scale, w * scale
+    row, speed = int(rng.integers(110, 190)), float(rng.uniform(*pace)) * PACE_PX
+    row = int(np.clip(row, h // 2, 240 - h + h // 2))
     rightward = rng.random() < 0.5
     out, labels = frames.copy(), np.zeros(len(frames), dtype=int)
     first, last = len(frames) // 3, 2 * len(frames) // 3
@@ -86,7 +97,7 @@ def validate(root: Path, step: int, cfg: MotionConfig, folds: int = 4, smooth_s:
     normal = {n: motion_of(n, frames[n], step, cfg) for n in names}
     synthetic = {}
     for i, n in enumerate(names):
-        pasted, labels = paste_fast_walker(frames[n], frames[names[(i + 1) % len(names)]], step, seed=i + 1)
+        pasted, labels = paste_walker(frames[n], frames[names[(i + 1) % len(names)]], step, seed=i + 1)
         synthetic[n] = (motion_of(n, pasted, step, cfg), labels)
     oof, syn = [], []
     for k in range(folds):

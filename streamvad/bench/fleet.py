@@ -3,13 +3,14 @@
 What per-camera models cost a worker: every batch still has one backbone forward pass, but its rows are
 scored in one search per model instead of one search for all, and each model's memory is its own (no
 cache shared between cameras). Both runs use EfficientNet-Lite0 (real weights, multi-scale features as in
-configs/ped2.yaml) at Ped2's 240x352 input (15x22 = 330 patches, D 432) and models of Ped2's size
-(`train_vectors` per token, ~2,000 in `make ped2`).
+configs/ped2.yaml) at Ped2's 240x352 input (15x22 = 330 patches, D 432) and models of Ped2's size: fitted on
+`train_vectors` frames per token (~2,000 in `make ped2`) and served as `fit` serves them, within
+`normality.memory_budget_mb` (the per-token coreset; `memory_budget_mb` None keeps every vector).
 
 Fitting N models of that size on CPU would take hours, so one model is fitted on synthetic normal footage
-and grown to `train_vectors` rows per token by resampling its rows with a little noise; each of the N
-copies gets its own noise, so the worker holds N distinct memories of the real size. Search cost depends
-on the sizes, not on what the rows mean; the motion part comes from the fit unchanged.
+and grown to the served rows per token by resampling its rows with a little noise; each of the N copies gets
+its own noise, so the worker holds N distinct memories of the real size. Search cost depends on the sizes,
+not on what the rows mean; the motion part comes from the fit unchanged.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ import numpy as np
 
 from streamvad.bench import environment
 from streamvad.bench.throughput import _CLIP_FPS, _CLIP_SIZE, CAMERA_FPS, PLACE, fit_small_model, measure
-from streamvad.config import BackboneConfig
+from streamvad.config import BackboneConfig, NormalityConfig
 from streamvad.datasets.synthetic import make_scene
-from streamvad.normality.model import NormalityModel
+from streamvad.motion.model import motion_memory_bound
+from streamvad.normality.model import NormalityModel, memory_rows, serving_memory
 from streamvad.scoring.engine import ModelInfo
 from streamvad.scoring.kinds import MOTION_DIR
 
@@ -42,9 +44,9 @@ def grow_model(source: Path, out: Path, train_vectors: int, seed: int) -> Path:
     model = NormalityModel.load(source / "normality")
     rng = np.random.default_rng(seed)
     rows = rng.integers(0, model.n_train, train_vectors)
-    spread = float(model.train.std())
+    spread = float(model.train.std(dtype=np.float64))
     train = model.train[:, rows] + rng.normal(0.0, 0.01 * spread, (model.n_tokens, train_vectors, model.dim))
-    model.train = train.astype(np.float32)
+    model.train = serving_memory(train)
     model.clusters, model.loc_dens = model.clusters[:, rows], model.loc_dens[:, rows]
     model.sources = [model.sources[r] for r in rows]
     model.nnn = None  # the original k-NNN's tables would be the copied rows'; built on first use if asked for
@@ -56,7 +58,18 @@ def grow_model(source: Path, out: Path, train_vectors: int, seed: int) -> Path:
     return out
 
 
-def run_fleet_bench(cameras: int = 8, seconds: float = 20.0, *, train_vectors: int = 2000, max_batch: int = 16,
+def served_vectors(train_vectors: int, n_tokens: int, dim: int, memory_budget_mb: float | None,
+                   motion_bytes: int) -> int:
+    """Rows per token that `fit` keeps of `train_vectors` training frames within the budget (motion included)."""
+    if memory_budget_mb is None:
+        return train_vectors
+    cfg = NormalityConfig(memory_budget_mb=memory_budget_mb)
+    budget = int(memory_budget_mb * 2**20) - motion_bytes
+    return min(train_vectors, memory_rows(budget, n_tokens, dim, cfg, dim, train_vectors))
+
+
+def run_fleet_bench(cameras: int = 8, seconds: float = 20.0, *, train_vectors: int = 2000,
+                    memory_budget_mb: float | None = NormalityConfig().memory_budget_mb, max_batch: int = 16,
                     device: str = "auto") -> dict[str, Any]:
     """Capacity (unpaced readers, policy block) of one worker with `cameras` cameras sharing one model and
     with one model per camera, and the relative cost of the second."""
@@ -65,17 +78,21 @@ def run_fleet_bench(cameras: int = 8, seconds: float = 20.0, *, train_vectors: i
         work = Path(tmp)
         clip = make_scene(work / "clips", seconds=10, fps=_CLIP_FPS, size=_CLIP_SIZE, seed=7, place_seed=PLACE,
                           name="live").path
-        log.info("bench fleet: fitting a model, then growing %d copies to %d vectors per token", cameras,
-                 train_vectors)
         fitted = fit_small_model(backbone, work / "fit", seconds=20.0)
-        models = [grow_model(fitted, work / f"model-{i}", train_vectors, seed=i) for i in range(cameras)]
+        small = NormalityModel.load(fitted / "normality")
+        rows = served_vectors(train_vectors, small.n_tokens, small.dim, memory_budget_mb,
+                              motion_memory_bound(small.grid, NormalityConfig().motion))  # the fit's settings
+        log.info("bench fleet: fitting a model, then growing %d copies to %d vectors per token (%d training "
+                 "frames within %s MiB)", cameras, rows, train_vectors, memory_budget_mb)
+        models = [grow_model(fitted, work / f"model-{i}", rows, seed=i) for i in range(cameras)]
         model_bytes = int(sum(f.stat().st_size for f in (models[0] / "normality").glob("*.npy")))
         shared = measure(models[:1], backbone, clip, cameras, seconds, paced=False, max_batch=max_batch)
         own = measure(models, backbone, clip, cameras, seconds, paced=False, max_batch=max_batch)
     ratio = own["frames_per_s"] / shared["frames_per_s"] if shared["frames_per_s"] else float("nan")
     return {
         "environment": environment(), "camera_fps": CAMERA_FPS,
-        "settings": {"cameras": cameras, "seconds": seconds, "train_vectors": train_vectors, "max_batch": max_batch,
+        "settings": {"cameras": cameras, "seconds": seconds, "train_vectors": train_vectors,
+                     "memory_budget_mb": memory_budget_mb, "served_vectors_per_token": rows, "max_batch": max_batch,
                      "backbone": backbone.model_dump(mode="json"), "model_bytes_on_disk": model_bytes},
         "shared_model": {"capacity_frames_per_s": shared["frames_per_s"], "run": shared},
         "model_per_camera": {"capacity_frames_per_s": own["frames_per_s"], "run": own},

@@ -348,8 +348,15 @@ class StatusCollector:
             "suppressed": CounterMetricFamily("streamvad_events_suppressed", "Event openings held back by cooldown",
                                               labels=["camera"]),
         }
+        mqtt = {"published": CounterMetricFamily("streamvad_mqtt_published", "Messages handed to the MQTT client"),
+                "dropped": CounterMetricFamily("streamvad_mqtt_dropped",
+                                               "MQTT messages dropped: the queue for an unreachable broker was full"),
+                "connected": GaugeMetricFamily("streamvad_mqtt_connected", "1 while connected to the MQTT broker")}
         for name, h in reports.items():
             sink_errors.add_metric([name], h.get("sink_errors", 0))
+            for k, fam in mqtt.items():
+                if h.get("mqtt"):
+                    fam.add_metric([], h["mqtt"].get(k, 0))
             repeats.add_metric([name], h.get("repeats", 0))
             lost.add_metric([name], h.get("lost", 0))
             for cam, kinds in (h.get("events") or {}).items():
@@ -366,6 +373,7 @@ class StatusCollector:
         yield from per_camera.values()
         yield from webhook.values()
         yield pending
+        yield from mqtt.values()
 
 
 def _add_histogram(fam: HistogramMetricFamily, labels: list[str], b: Buckets) -> None:

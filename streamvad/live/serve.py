@@ -48,7 +48,7 @@ from streamvad.live.supervisor import ChildSpec, StatusReporter, Supervisor, set
 from streamvad.live.worker import worker_main
 from streamvad.messages import EnrolRequest
 from streamvad.scoring.engine import ModelInfo
-from streamvad.sinks import SinkFanout, WebhookSink, build_sinks
+from streamvad.sinks import MqttSink, SinkFanout, WebhookSink, build_sinks
 from streamvad.sources.shrink import limit_size
 from streamvad.transport import ControlServer, Delivery, FramePuller, Message, VerdictInbox
 from streamvad.types import TAMPER_TYPES, Event, FrameKey
@@ -116,9 +116,10 @@ class EventsProcess:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             hooks = {s.cfg.url: s.stats() for s in self.sinks.sinks if isinstance(s, WebhookSink)}
+            mqtt = next((s.stats() for s in self.sinks.sinks if isinstance(s, MqttSink)), None)
             return {"state": "running", "verdicts": self.verdicts, "late": dict(self.tracker.late),
                     "restarts": dict(self.tracker.restarts), "suppressed": dict(self.tracker.suppressed),
-                    "events": {c: dict(k) for c, k in self.events.items()}, "webhooks": hooks,
+                    "events": {c: dict(k) for c, k in self.events.items()}, "webhooks": hooks, "mqtt": mqtt,
                     "sink_errors": self.sinks.errors, "failing_sinks": self.sinks.failing(),
                     "repeats": self.repeats, "lost": self.lost, "auth_denied": security.denied()}
 

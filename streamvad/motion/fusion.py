@@ -1,10 +1,18 @@
 """Appearance and motion in one verdict, each on the scale its own calibration gave it.
 
-Both parts are divided by their thresholds, calibrated on normal footage at the same quantile, and
-the fused raw score is the larger of the two: a frame is anomalous when it looks wrong OR moves
-wrong, and the fused threshold is 1 by construction, so neither part can drown the other whatever
-its units. With two parts at quantile q, at most 2(1 - q) of normal frames pass (union bound); the
-fit reports what the hold-out actually gives.
+Both parts are divided by their thresholds, calibrated on normal footage at the same quantile, so neither
+can drown the other whatever its units. `scoring.fusion` joins them:
+
+- `max`: the larger of the two, against 1: a frame is anomalous when it looks wrong OR moves wrong. With
+  two parts at quantile q at most 2(1 - q) of normal frames pass (union bound).
+- `sum`: their sum, divided by the sum's own threshold (the same quantile of the sum over the normal frames
+  both parts were calibrated on, `MotionModel.sum_thresholds`), so the fused threshold is 1 again. Each part
+  adds evidence: a crowded normal scene that lifts appearance a little, with ordinary motion, stays below a
+  cyclist in it whose appearance is a little off and whose motion is far off, which `max` ranks the other
+  way round. This is the sum rule of classifier combination, the one least hurt by errors in the parts'
+  estimates (Kittler et al., On combining classifiers, 1998).
+
+Verdicts keep `raw_score` as the value compared with the threshold, and `motion_score` as the motion part's.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from streamvad.motion.model import MotionModel
 from streamvad.types import EmbeddingBatch, Verdict
 
 Mode = Literal["fused", "motion"]
+Fusion = Literal["max", "sum"]
 
 
 @runtime_checkable
@@ -40,12 +49,15 @@ def _on_unit_scale(v: Verdict) -> float:
 class FusedScorer:
     """An appearance scorer's verdicts, fused with (or replaced by) the motion model's score."""
 
-    def __init__(self, appearance: MaskableScorer, motion: MotionModel, mode: Mode = "fused") -> None:
+    def __init__(self, appearance: MaskableScorer, motion: MotionModel, mode: Mode = "fused",
+                 sum_at: float | None = None) -> None:
+        """`sum_at`: fuse by the sum, with this threshold (see the module docstring); None: by the max."""
         if motion.threshold is None:
             raise ValueError("FusedScorer: the motion model has no calibrated threshold")
         self.appearance = appearance
         self.motion = motion
         self.mode = mode
+        self.sum_at = sum_at
         self.mask = appearance.mask
         self.threshold = 1.0
         self._motion_at = float(motion.threshold)
@@ -64,11 +76,14 @@ class FusedScorer:
             if self.mode == "motion":
                 raw, patches, by = m, h, f"motion@{self._motion_at:.2f}"
             else:
-                raw = max(_on_unit_scale(v), m)
-                patches, by = np.maximum(v.patch_confidences, h), f"{v.decided_by}+motion@{self._motion_at:.2f}"
+                a = _on_unit_scale(v)
+                raw = max(a, m) if self.sum_at is None else (a + m) / self.sum_at
+                by = f"{v.decided_by}+motion@{self._motion_at:.2f}"
+                by += "" if self.sum_at is None else f":sum@{self.sum_at:.2f}"
+                patches = np.maximum(v.patch_confidences, h)
             out.append(replace(v, score=min(raw, 1.0), raw_score=raw, anomalous=raw > self.threshold,
                                patch_confidences=patches, threshold=self.threshold, decided_by=by, motion_score=m))
         return out
 
     def with_mask(self, mask: np.ndarray | None) -> FusedScorer:
-        return FusedScorer(self.appearance.with_mask(mask), self.motion, self.mode)
+        return FusedScorer(self.appearance.with_mask(mask), self.motion, self.mode, self.sum_at)

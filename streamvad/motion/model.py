@@ -66,12 +66,14 @@ class MotionModel:
     seen at (times `neighbour_cost`), rows padded with copies of the first; and the calibrated threshold."""
 
     def __init__(self, memory: np.ndarray, scale: np.ndarray, grid: tuple[int, int], cfg: MotionConfig,
-                 threshold: float | None = None) -> None:
+                 threshold: float | None = None, sum_thresholds: dict[str, float] | None = None) -> None:
         self.memory = memory
         self.scale = scale
         self.grid = grid
         self.cfg = cfg
         self.threshold = threshold
+        # per appearance "method/rule": the threshold of appearance + motion, each on its unit scale (fusion: sum)
+        self.sum_thresholds = dict(sum_thresholds or {})
 
     @classmethod
     def fit(cls, motion: MotionField, grid: tuple[int, int], cfg: MotionConfig) -> MotionModel:
@@ -125,7 +127,8 @@ class MotionModel:
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         np.savez(directory / FILE, memory=self.memory, scale=self.scale)
-        meta = {"grid": list(self.grid), "config": self.cfg.model_dump(mode="json"), "threshold": self.threshold}
+        meta = {"grid": list(self.grid), "config": self.cfg.model_dump(mode="json"), "threshold": self.threshold,
+                "sum_thresholds": self.sum_thresholds}
         (directory / META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
     @classmethod
@@ -135,9 +138,10 @@ class MotionModel:
             grid = (int(meta["grid"][0]), int(meta["grid"][1]))
             cfg = MotionConfig.model_validate({k: v for k, v in meta["config"].items() if k != "folds"})  # moved up
             threshold = None if meta.get("threshold") is None else float(meta["threshold"])
+            sums = {str(k): float(v) for k, v in meta.get("sum_thresholds", {}).items()}
             with np.load(directory / FILE, allow_pickle=False) as z:
                 memory, scale = z["memory"].astype(np.float32), z["scale"].astype(np.float32)
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise InputError(f"{directory}: unreadable motion model ({str(err).splitlines()[0]})") from None
         n = grid[0] * grid[1]
         if memory.ndim != 3 or memory.shape[0] != n or memory.shape[2] != 3 or scale.shape != (n,):
@@ -145,7 +149,9 @@ class MotionModel:
                              f"got {memory.shape} and {scale.shape}")
         if not (np.isfinite(memory).all() and np.isfinite(scale).all() and (scale > 0).all()):
             raise InputError(f"{directory / FILE}: memory and scale must be finite with positive scales")
-        return cls(memory, scale, grid, cfg, threshold)
+        if not all(math.isfinite(v) and v > 0 for v in sums.values()):
+            raise InputError(f"{directory / META}: sum_thresholds must be finite and positive, got {sums}")
+        return cls(memory, scale, grid, cfg, threshold, sums)
 
 
 def calibrate_motion(motion: MotionField, clip_ids: np.ndarray, grid: tuple[int, int], cfg: MotionConfig,

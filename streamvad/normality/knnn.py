@@ -24,7 +24,7 @@ def gather_dists(x: torch.Tensor, rows: torch.Tensor, queries: torch.Tensor) -> 
     so neighbours are picked with the fast formula and their distances recomputed directly.
     """
     t, b, j = rows.shape
-    picked = x.gather(1, rows.reshape(t, b * j, 1).expand(-1, -1, x.shape[-1])).reshape(t, b, j, -1)
+    picked = x[torch.arange(t, device=x.device).unsqueeze(1), rows.reshape(t, b * j)].reshape(t, b, j, -1)
     return (picked - queries.unsqueeze(2)).norm(dim=-1)
 
 

@@ -254,7 +254,7 @@ class NormalityModel:
             step = chunk_size(4 * q * d, 256 << 20)
             for lo in range(0, n_tokens, step):
                 train[lo : lo + step] = token_block(global_, patches, lo, min(n_tokens, lo + step))
-        train = _serving(train)
+        train = serving_memory(train)
         q = rows
         block = partial(_rows, train)
         candidates = kmeans.k_candidates(cfg.k_min, cfg.k_max, cfg.k_candidates, q)
@@ -433,7 +433,7 @@ class NormalityModel:
             server = {**server, "url": url}
         arrays = chroma_store.read(_chroma_location(directory, server), t, q, d, man.get("n_frames", q))
         arrays["frames"] = arrays["frames"] if man.get("coreset") else None
-        arrays["train"] = _serving(arrays["train"])  # Chroma keeps float32 copies of the float16 rows: exact
+        arrays["train"] = serving_memory(arrays["train"])  # Chroma keeps float32 copies of the float16 rows: exact
         indexes = None
         if man["index"] == "hnsw":
             indexes = hnsw_index.build_all(partial(_rows, arrays["train"]), t, man["config"].get("seed", 0))
@@ -495,7 +495,7 @@ def _rows(train: np.ndarray, start: int, stop: int) -> np.ndarray:
     return np.asarray(train[start:stop], dtype=np.float32)
 
 
-def _serving(train: np.ndarray) -> np.ndarray:
+def serving_memory(train: np.ndarray) -> np.ndarray:
     """The memory as served: float16 (half the bytes; distances stay float32), unless a value overflows it."""
     half = train.astype(np.float16)
     if np.isfinite(half).all():

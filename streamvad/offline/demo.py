@@ -25,7 +25,8 @@ from streamvad.scoring.engine import load_engine
 
 log = logging.getLogger(__name__)
 
-DEMO_RULES = ("distance/topk+motion", "distance/topk", "motion", "knnn/majority", "knnn/topk", "knnn/global")
+DEMO_RULES = ("distance/topk+motion", "distance/topk+motion:sum", "distance/topk", "motion", "knnn/majority",
+              "knnn/topk", "knnn/global")
 LONG_NORMAL_S = 300.0
 
 # The demo's few hundred frames are too few for HDBSCAN's study setting (clusters of >= 40), and

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from streamvad.datasets.base import Clip
     from streamvad.offline.pipeline import Embedded
     from streamvad.scoring.engine import Engine, FrameScorer
+    from streamvad.scoring.knn import Calibration
 
 log = logging.getLogger(__name__)
 
@@ -142,14 +143,23 @@ class KnnKind:
         try:
             model.fit_density(memory.batch.global_, memory.batch.patches)
             timer.lap("hdbscan")
+            motion_model = None
             if train.batch.motion is not None:
-                thresholds["motion"] = _fit_motion(cfg, backbone.grid, train, held, out / MOTION_DIR)
-                motion_bytes = (out / MOTION_DIR / MOTION_FILE).stat().st_size
+                motion_model, motion_held, motion_oof = _fit_motion(cfg, backbone.grid, train, held)
+                thresholds["motion"] = float(motion_model.threshold or 0.0)
             timer.lap("motion")
             folds = [np.flatnonzero(f) for f in clip_folds(memory.clip_ids, cfg.normality.folds)]
             if len(held.sources) or folds:
-                model.set_thresholds(calibrate(model, held.batch.global_, held.batch.patches, cfg.scoring,
-                                               folds=folds, train=Frames(memory.batch.global_, memory.batch.patches)))
+                calibration = calibrate(model, held.batch.global_, held.batch.patches, cfg.scoring, folds=folds,
+                                        train=Frames(memory.batch.global_, memory.batch.patches))
+                model.set_thresholds(calibration.thresholds)
+                if motion_model is not None:
+                    order = [motion_held] + ([motion_oof[f] for f in folds] if memory is train else [])
+                    motion_model.sum_thresholds = sum_thresholds(calibration, np.concatenate(order),
+                                                                 cfg.scoring.calibration_quantile)
+            if motion_model is not None:
+                motion_model.save(out / MOTION_DIR)
+                motion_bytes = (out / MOTION_DIR / MOTION_FILE).stat().st_size
             timer.lap("calibrate")
         finally:
             torch.set_num_threads(threads)
@@ -184,7 +194,8 @@ class KnnKind:
         motion = _load_motion(model_dir, cfg, net.grid)
         if motion is None:
             return Served(scorer, FeatureRequest())
-        fused = FusedScorer(scorer, motion, "motion" if cfg.motion == "motion" else "fused")
+        fused = FusedScorer(scorer, motion, "motion" if cfg.motion == "motion" else "fused",
+                            _sum_at(motion, cfg, cfg.fusion, model_dir))
         return Served(fused, FeatureRequest(), MotionTracker(net.grid, motion.cfg))
 
     def fitted_backbone(self, model_dir: Path) -> dict[str, Any]:
@@ -194,7 +205,8 @@ class KnnKind:
 
     def variants(self, engine: Engine, names: Sequence[str]) -> dict[str, FrameScorer]:
         """Names are "rule" or "method/rule" (e.g. "majority", "topk", "hdbscan/global") for appearance alone,
-        "method/rule+motion" fused with the model's motion part, and "motion" for motion alone."""
+        "method/rule+motion" fused with the model's motion part (as `scoring.fusion` says, or
+        "method/rule+motion:max" / ":sum"), and "motion" for motion alone."""
         from streamvad.scoring.knn import Scorer
 
         fused = engine.scorer if isinstance(engine.scorer, FusedScorer) else None
@@ -202,7 +214,9 @@ class KnnKind:
         assert isinstance(base, Scorer)
         out: dict[str, FrameScorer] = {}
         for name in names:
-            appearance, plus, _ = name.partition("+motion")
+            appearance, plus, tail = name.partition("+motion")
+            if tail not in ("", ":max", ":sum"):
+                raise ConfigError(f"--rules: {name!r}: expected +motion, +motion:max or +motion:sum")
             if (plus or name == "motion") and fused is None:
                 raise ConfigError(f"--rules: {name!r} needs a model fitted with motion (normality.motion)")
             if name == "motion" and fused is not None:
@@ -214,7 +228,11 @@ class KnnKind:
                 update["method"] = method
             cfg = ScoringConfig.model_validate({**base.cfg.model_dump(), **update})
             scorer = Scorer(base.model, cfg, mask=base.mask, tokens=base.tokens)
-            out[name] = FusedScorer(scorer, fused.motion) if plus and fused is not None else scorer
+            if plus and fused is not None:
+                fusion = tail[1:] or base.cfg.fusion
+                out[name] = FusedScorer(scorer, fused.motion, sum_at=_sum_at(fused.motion, cfg, fusion, "being served"))
+            else:
+                out[name] = scorer
         return out
 
 
@@ -281,20 +299,47 @@ def _memory_frames(train: Embedded, cap: int | None, seed: int) -> Embedded:
     return train.rows(keep)
 
 
-def _fit_motion(cfg: StreamVADConfig, grid: tuple[int, int], train: Embedded, held: Embedded, out: Path) -> float:
-    """Fit the motion part on the training frames and calibrate it on every normal frame it was not fitted on."""
+def _fit_motion(cfg: StreamVADConfig, grid: tuple[int, int], train: Embedded, held: Embedded,
+                ) -> tuple[MotionModel, np.ndarray, np.ndarray]:
+    """The motion part fitted on the training frames and calibrated on every normal frame it was not fitted on;
+    with the hold-out's scores and the training frames' out-of-fold scores, each divided by the threshold."""
     t0 = time.perf_counter()
     mcfg = cfg.normality.motion
     motion, held_motion = train.batch.motion, held.batch.motion
     assert motion is not None
     model = MotionModel.fit(motion, grid, mcfg)
-    extra = [] if held_motion is None else [model.score(held_motion)[held_motion.valid]]
-    model.threshold, _ = calibrate_motion(motion, train.clip_ids, grid, mcfg,
-                                          cfg.scoring.calibration_quantile, cfg.normality.folds, extra)
-    model.save(out)
+    held_scores = np.zeros(len(held.sources), dtype=np.float32) if held_motion is None else model.score(held_motion)
+    extra = [] if held_motion is None else [held_scores[held_motion.valid]]
+    model.threshold, oof = calibrate_motion(motion, train.clip_ids, grid, mcfg, cfg.scoring.calibration_quantile,
+                                            cfg.normality.folds, extra)
     log.info("motion: threshold %.3f (quantile %.3f of out-of-fold and held-out normal frames), fitted in %.1f s",
              model.threshold, cfg.scoring.calibration_quantile, time.perf_counter() - t0)
-    return model.threshold
+    return model, held_scores / model.threshold, oof / model.threshold
+
+
+def sum_thresholds(appearance: Calibration, motion: np.ndarray, quantile: float) -> dict[str, float]:
+    """The threshold of appearance + motion (each on its threshold's unit scale) per appearance rule: the same
+    quantile of the sum over the normal frames both were calibrated on. `motion` is in the order of the
+    appearance's unit scores (the hold-out, then each fold's rows); where one has fewer frames (a rule scored on
+    the hold-out alone, or motion of a capped memory's folds), the frames both have: the hold-out first."""
+    out = {}
+    for key, scores in appearance.unit_scores.items():
+        n = min(len(scores), len(motion))
+        out[key] = float(np.quantile(scores[:n] + motion[:n], quantile))
+    return out
+
+
+def _sum_at(motion: MotionModel, cfg: ScoringConfig, fusion: str, model: Path | str) -> float | None:
+    """The sum fusion's threshold for cfg's appearance rule, or None for `max`; a model fitted without one (by an
+    older StreamVAD, or for a rule it did not calibrate) is refused with one line."""
+    if fusion == "max":
+        return None
+    key = f"{cfg.method}/{cfg.rule}"
+    if key not in motion.sum_thresholds:
+        raise ConfigError(f"scoring.fusion: sum needs the threshold of {key} + motion, which the model {model} "
+                          f"does not have (it has {sorted(motion.sum_thresholds) or 'none'}); refit it, or set "
+                          "scoring.fusion: max")
+    return motion.sum_thresholds[key]
 
 
 def _load_motion(model_dir: Path, cfg: ScoringConfig, grid: tuple[int, int]) -> MotionModel | None:

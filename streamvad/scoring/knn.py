@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -63,6 +64,16 @@ class Frames:
 
 
 @dataclass
+class Calibration:
+    """Thresholds per "method/rule", and each rule's normal scores divided by its threshold, frame by frame:
+    the hold-out's frames in order, then (for the CROSS_FIT methods) each fold's training rows in order. Fusion
+    with motion calibrates its own threshold on the same frames (scoring/kinds.py)."""
+
+    thresholds: dict[str, float]
+    unit_scores: dict[str, np.ndarray]
+
+
+@dataclass
 class Search:
     """One batch's nearest-neighbour search, token-major: queries [T, B, D], distance to the nearest
     training vector [T, B], rows of the k nearest [T, B, k] (nearest first)."""
@@ -72,13 +83,30 @@ class Search:
     rows: torch.Tensor
 
 
+_workspace = threading.local()
+
+
+def widened(block: torch.Tensor) -> torch.Tensor:
+    """`block` in float32, converted into a buffer this thread keeps per device; the result is valid until the
+    thread's next call. A fresh tensor per call would fault in its pages on every batch, once per camera model:
+    38 ms against 5 ms for a Ped2-sized compact model on a 2-core CPU, which made per-camera models cost a
+    worker 43% of its capacity (README, fleet mode)."""
+    if block.dtype == torch.float32:
+        return block
+    buffers: dict[torch.device, torch.Tensor] = _workspace.__dict__.setdefault("buffers", {})
+    buf = buffers.get(block.device)
+    if buf is None or buf.numel() < block.numel():
+        buf = buffers[block.device] = torch.empty(block.numel(), dtype=torch.float32, device=block.device)
+    return buf[: block.numel()].view(block.shape).copy_(block)
+
+
 class TokenScorer:
     """Nearest-neighbour state of a model, prepared once so each call is just the search.
 
     Training vectors, their squared norms and local densities live on `device` as tensors; with an
     hnsw model a thread pool is kept for the per-token queries. The original k-NNN's state is set up
     on first use only. A float16 memory stays float16 in memory; each block of tokens is widened to
-    float32 for its distances, so the copy lasts one block.
+    float32 for its distances into one reused buffer (`widened`), so the copy lasts one block.
     """
 
     def __init__(self, model: NormalityModel, device: str = "cpu") -> None:
@@ -115,7 +143,7 @@ class TokenScorer:
         for lo in range(0, q.shape[0], step):
             hi = lo + step
             # ||q||^2 is the same for every candidate, so ranking needs only ||t||^2 - 2 t.q
-            d = torch.baddbmm(sq[lo:hi], self._train[lo:hi].float(), q[lo:hi].transpose(1, 2), alpha=-2.0)
+            d = torch.baddbmm(sq[lo:hi], widened(self._train[lo:hi]), q[lo:hi].transpose(1, 2), alpha=-2.0)
             out.append(d.argmin(1).unsqueeze(-1) if k == 1 else d.topk(k, dim=1, largest=False).indices.transpose(1, 2))
         return torch.cat(out)
 
@@ -336,7 +364,7 @@ def calibrate(
     folds: Sequence[np.ndarray] = (),
     train: Frames | None = None,
     chunk: int = 64,
-) -> dict[str, float]:
+) -> Calibration:
     """Thresholds for every method/rule the model supports, from NORMAL frames it was not fitted on.
 
     Each is the cfg.calibration_quantile quantile of the frames' raw_score (see module docstring),
@@ -376,7 +404,9 @@ def calibrate(
     finally:
         if own:
             tokens.close()
-    out = {key: float(np.quantile(np.concatenate(v), cfg.calibration_quantile)) for key, v in raws.items()}
+    normal = {key: np.concatenate(v) for key, v in raws.items()}
+    out = {key: float(np.quantile(v, cfg.calibration_quantile)) for key, v in normal.items()}
+    unit = {key: v / out[key] for key, v in normal.items() if out[key] > 0}  # before rescaling: the ratio holds
     for method, ratios in patch_ratios.items():  # thresholds on the calibrated scale (aggregates are linear in it)
         if not ratios:
             continue
@@ -390,4 +420,4 @@ def calibrate(
         log.warning("calibration: %s threshold is 1.0, the most its confidence can be (over %.0f%% of held-out "
                     "normal frames are HDBSCAN noise), so it can never flag a frame; lower "
                     "scoring.calibration_quantile or use another method", key, 100 * (1 - cfg.calibration_quantile))
-    return out
+    return Calibration(out, unit)

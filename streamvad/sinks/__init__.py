@@ -1,4 +1,4 @@
-"""Where event updates go: snapshots, a JSONL log and webhooks, behind one `handle(update)` call.
+"""Where event updates go: snapshots, a JSONL log, webhooks and MQTT, behind one `handle(update)` call.
 
 `build_sinks` orders snapshots first so the sinks after it can name the snapshot file; `SinkFanout`
 isolates sinks from each other, so a full disk or a bug in one never silences the others.
@@ -15,13 +15,14 @@ from streamvad.config import SinksConfig
 from streamvad.live.events import EventUpdate
 from streamvad.sinks.base import Sink, update_record
 from streamvad.sinks.jsonl import JsonlSink
+from streamvad.sinks.mqtt import MqttSink
 from streamvad.sinks.snapshots import SnapshotSink
 from streamvad.sinks.webhook import WebhookSink, requeue_dead, sign
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JsonlSink", "Sink", "SinkFanout", "SnapshotSink", "WebhookSink", "build_sinks", "requeue_dead", "sign",
-           "update_record", "webhook_spool"]
+__all__ = ["JsonlSink", "MqttSink", "Sink", "SinkFanout", "SnapshotSink", "WebhookSink", "build_sinks",
+           "requeue_dead", "sign", "update_record", "webhook_spool"]
 
 
 def webhook_spool(cfg: SinksConfig, url: str) -> Path:
@@ -39,6 +40,8 @@ def build_sinks(cfg: SinksConfig) -> list[Sink]:
         sinks.append(JsonlSink(cfg.jsonl))
     for hook in cfg.webhooks:
         sinks.append(WebhookSink(hook, webhook_spool(cfg, hook.url)))
+    if cfg.mqtt is not None:
+        sinks.append(MqttSink(cfg.mqtt))
     return sinks
 
 

@@ -1,4 +1,5 @@
-"""A webhook receiver: checks StreamVAD's HMAC signatures and records what arrives.
+"""A webhook receiver: checks StreamVAD's HMAC signatures (or Standard Webhooks' ones, when its secret is a
+`whsec_` secret) and records what arrives.
 
 Operators run it (`streamvad receive`) to try an alert integration before pointing webhooks at the
 real incident system, and the compose stack uses it as its receiver; `check_signature` is the reference
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from streamvad.sinks.webhook import sign
+from streamvad.sinks.webhook import sign, sign_standard
 
 
 @dataclass
@@ -56,7 +57,27 @@ def check_signature(secret: str, body: bytes, timestamp: str | None, signature: 
         return "X-StreamVAD-Timestamp header missing or not unix seconds"
     if not hmac.compare_digest(sign(timestamp, body, secret), signature):
         return "signature does not match the body and timestamp (wrong secret, or either was altered)"
-    age = (time.time() if now is None else now) - int(timestamp)
+    return _too_old(int(timestamp), tolerance_s, now)
+
+
+def check_standard_signature(secret: str, body: bytes, msg_id: str | None, timestamp: str | None,
+                             signatures: str | None, tolerance_s: float = 300.0, now: float | None = None,
+                             ) -> str | None:
+    """`check_signature` for the Standard Webhooks headers: `webhook-signature` lists space-separated
+    `v1,<base64>` signatures (several while a secret is rotated), one of which must be `sign_standard` of the
+    `webhook-id`, `webhook-timestamp` and body."""
+    if not (msg_id and signatures):
+        return "missing webhook-id or webhook-signature header"
+    if not timestamp or not (timestamp.isascii() and timestamp.isdigit()):
+        return "webhook-timestamp header missing or not unix seconds"
+    expected = sign_standard(msg_id, timestamp, body, secret)
+    if not any(hmac.compare_digest(expected, candidate) for candidate in signatures.split()):
+        return "no v1 signature matches the id, timestamp and body (wrong secret, or one was altered)"
+    return _too_old(int(timestamp), tolerance_s, now)
+
+
+def _too_old(timestamp: int, tolerance_s: float, now: float | None) -> str | None:
+    age = (time.time() if now is None else now) - timestamp
     if abs(age) > tolerance_s:
         when = f"{age:.0f} s old" if age > 0 else f"{-age:.0f} s in the future"
         return f"timestamp {when}, outside the {tolerance_s:g} s tolerance (replayed, or clocks differ)"
@@ -93,12 +114,18 @@ class WebhookReceiver:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/hook"
 
-    def _verify(self, body: bytes, timestamp: str | None, signature: str | None) -> str | None:
+    def _verify(self, body: bytes, headers: Any) -> str | None:
         """-> why the request is not authentic, or None. Without a secret nothing can be checked: only
-        an unsigned request counts as matching."""
+        an unsigned request counts as matching. A `whsec_` secret checks the Standard Webhooks headers."""
+        signature = headers.get("X-StreamVAD-Signature") or headers.get("webhook-signature")
         if self.secret is None:
             return None if signature is None else "signed, but this receiver has no secret to check with"
-        return check_signature(self.secret, body, timestamp, signature, self.tolerance_s)
+        if self.secret.startswith("whsec_"):
+            return check_standard_signature(self.secret, body, headers.get("webhook-id"),
+                                            headers.get("webhook-timestamp"), headers.get("webhook-signature"),
+                                            self.tolerance_s)
+        return check_signature(self.secret, body, headers.get("X-StreamVAD-Timestamp"),
+                               headers.get("X-StreamVAD-Signature"), self.tolerance_s)
 
     def _seen(self, key: str | None) -> bool:
         """Whether an accepted request already carried `key` (and remember it now)."""
@@ -126,8 +153,7 @@ class WebhookReceiver:
                     self.close_connection = True
                     return
                 body = self.rfile.read(int(length))
-                reason = receiver._verify(body, self.headers.get("X-StreamVAD-Timestamp"),
-                                          self.headers.get("X-StreamVAD-Signature"))
+                reason = receiver._verify(body, self.headers)
                 extra: dict[str, str] = {}
                 text = b""
                 if reason is not None and receiver.secret is not None:  # refused whatever answer() would say

@@ -64,6 +64,18 @@ def sign(timestamp: str, body: bytes, secret: str) -> str:
     return "sha256=" + hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
 
 
+def sign_standard(msg_id: str, timestamp: str, body: bytes, secret: str) -> str:
+    """The Standard Webhooks `webhook-signature` value (https://www.standardwebhooks.com): `v1,` + base64
+    HMAC-SHA256 of `msg_id + "." + timestamp + "." + body`, keyed by the base64 key after `whsec_` in `secret`.
+
+    The id and the timestamp are signed as well, so neither a replay under a fresh timestamp nor a body moved
+    to another delivery id passes a receiver that checks both.
+    """
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    message = f"{msg_id}.{timestamp}.".encode("ascii") + body
+    return "v1," + base64.b64encode(hmac.new(key, message, hashlib.sha256).digest()).decode("ascii")
+
+
 def parse_retry_after(value: str | None, now: float) -> float | None:
     """Seconds to wait from a `Retry-After` value (delta-seconds or HTTP-date, RFC 9110 §10.2.3), or None
     when absent or malformed (the caller then falls back to its own backoff)."""
@@ -234,7 +246,10 @@ class WebhookSink:
         timestamp = str(int(time.time()))
         headers = {"Content-Type": "application/json", "Idempotency-Key": key,
                    "X-StreamVAD-Timestamp": timestamp, "User-Agent": "streamvad-webhook"}
-        if self.cfg.secret:
+        if self.cfg.format == "standard" and self.cfg.secret:  # the id is the same on every retry
+            headers.update({"webhook-id": key, "webhook-timestamp": timestamp,
+                            "webhook-signature": sign_standard(key, timestamp, body, self.cfg.secret)})
+        elif self.cfg.secret:
             headers["X-StreamVAD-Signature"] = sign(timestamp, body, self.cfg.secret)
         try:
             response = client.post(self.cfg.url, content=body, headers=headers)
