@@ -26,7 +26,6 @@ from streamvad.motion.model import MotionModel
 from streamvad.types import EmbeddingBatch, Verdict
 
 Mode = Literal["fused", "motion"]
-Fusion = Literal["max", "sum"]
 
 
 @runtime_checkable
