@@ -219,3 +219,22 @@ def test_the_fleet_bench_serves_models_of_the_size_fit_would(tiny_model: Path, t
     assert a.n_train == b.n_train == 30 and a.train.dtype == np.float16
     assert not np.array_equal(a.train, b.train)
     assert engine.scorer is not None
+
+
+def test_a_worker_leaves_the_cores_to_torch(tiny_model: Path) -> None:
+    """A serving process runs numpy's BLAS and OpenCV on one thread each once its worker is built: their thread
+    pools spin between torch's batched searches and took the cores from them (README, fleet mode). A fresh
+    interpreter, so what other tests did to this one does not count."""
+    probe = (
+        "import json, sys, cv2\n"
+        "from threadpoolctl import threadpool_info\n"
+        "from streamvad.config import StreamVADConfig\n"
+        "from streamvad.live.worker import build_worker\n"
+        "cfg = StreamVADConfig.model_validate({'model_dir': sys.argv[1], 'backbone': {'device': 'cpu'}})\n"
+        "build_worker(cfg)\n"
+        "blas = [p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas']\n"
+        "print(json.dumps({'blas': blas, 'cv2': cv2.getNumThreads()}))\n")
+    done = subprocess.run([sys.executable, "-c", probe, str(tiny_model)], capture_output=True, text=True,
+                          timeout=120, check=True)
+    threads = json.loads(done.stdout.strip().splitlines()[-1])
+    assert threads["blas"] and set(threads["blas"]) == {1} and threads["cv2"] == 1, threads

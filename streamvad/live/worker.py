@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from streamvad import security
+from streamvad.compute import leave_cores_to_torch
 from streamvad.config import CameraConfig, DriftConfig, StreamVADConfig, TamperConfig, TransportConfig, WorkerConfig
 from streamvad.errors import ConfigError
 from streamvad.live.drift import DriftMonitor
@@ -315,7 +316,9 @@ def _wire_form(max_side: int | None, quality: int | None) -> str:
 
 
 def build_worker(cfg: StreamVADConfig, index: int = 0, frames_endpoint: str | None = None) -> Worker:
-    """Load the models of worker `index`'s cameras (runtime backbone settings from `cfg.backbone`)."""
+    """Load the models of worker `index`'s cameras (runtime backbone settings from `cfg.backbone`); the process
+    is a serving one from here on (`leave_cores_to_torch`)."""
+    leave_cores_to_torch()
     cameras = owned(cfg, index)
     if not cfg.cameras and cfg.model_dir is None:
         raise ConfigError("model_dir: serve needs a fitted model directory (run `streamvad fit`)")
