@@ -54,6 +54,10 @@ class MotionConfig(_Section):
     neighbour_cost: float = Field(1.0, ge=0.0)
     top_cells: int = Field(2, ge=1)  # frame motion score: mean of the most anomalous cells (crowds do not dilute it)
     max_gap_s: float = Field(1.0, gt=0.0)  # a frame further than this from the previous one is scored on appearance
+    # a frame's motion score is the mean of its camera's over this much stream time (its own included): an object
+    # that moves wrong does so frame after frame, while a flow vector's jitter does not (thresholds are cut from
+    # the same windowed score of normal footage; 0: every frame alone)
+    smooth_s: float = Field(0.5, ge=0.0)
     # the least a motion threshold can be: within half a cell's normal speed of a normal velocity is never
     # anomalous, even where normal footage moved so little that the calibration quantile is ~0
     min_threshold: float = Field(0.5, gt=0.0)

@@ -3,6 +3,8 @@ and scored the same live (real reader, real ZeroMQ, worker) as in replay."""
 
 from __future__ import annotations
 
+import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -114,15 +116,20 @@ def test_k_center_keeps_rare_velocities_within_the_budget() -> None:
     assert len(kept) == 32 and np.isclose(kept, [1.0, 1.0]).all(1).any()
 
 
-def test_calibration_uses_out_of_fold_normal_scores() -> None:
+def test_calibration_uses_out_of_fold_normal_scores_windowed_as_served() -> None:
     normal = _lanes(400, np.random.default_rng(2))
     clips = np.repeat(np.arange(8), 50)
-    cfg = CFG.model_copy(update={"min_threshold": 1e-6})
-    threshold, oof = calibrate_motion(normal, clips, GRID, cfg, 0.99, 4)
+    pts = np.tile(np.arange(50) / 4, 8)  # eight clips of 12.5 s at 4 fps
+    frames = CFG.model_copy(update={"min_threshold": 1e-6, "smooth_s": 0.0})
+    _, alone = calibrate_motion(normal, clips, pts, GRID, frames, 0.99, 4)
+    threshold, oof = calibrate_motion(normal, clips, pts, GRID, frames.model_copy(update={"smooth_s": 0.5}), 0.99, 4)
     assert oof.shape == (400,) and (oof > 0).any()
+    # each frame's score is its clip's mean over 0.5 s (itself and the frame before), never across clips
+    expected = np.array([alone[i] if i % 50 == 0 else (alone[i] + alone[i - 1]) / 2 for i in range(400)])
+    assert oof == pytest.approx(expected, abs=1e-6)
     assert threshold == pytest.approx(np.quantile(oof, 0.99))
     # where normal footage barely moves the quantile is ~0, and the floor keeps near-normal motion quiet
-    assert calibrate_motion(normal, clips, GRID, CFG, 0.99, 4)[0] == max(CFG.min_threshold, threshold)
+    assert calibrate_motion(normal, clips, pts, GRID, CFG, 0.99, 4)[0] == max(CFG.min_threshold, threshold)
 
 
 def test_saved_model_round_trips_and_bad_files_are_one_line_errors(tmp_path: Path) -> None:
@@ -132,6 +139,10 @@ def test_saved_model_round_trips_and_bad_files_are_one_line_errors(tmp_path: Pat
     back = MotionModel.load(tmp_path / "motion")
     probe = _one_mover(2 * GRID[1], 0.3)
     assert back.threshold == 0.7 and back.score(probe) == pytest.approx(model.score(probe))
+    meta = json.loads((tmp_path / "motion" / "motion.json").read_text())
+    del meta["config"]["smooth_s"]  # fitted before motion was windowed: its threshold is of single frames
+    (tmp_path / "motion" / "motion.json").write_text(json.dumps(meta))
+    assert MotionModel.load(tmp_path / "motion").cfg.smooth_s == 0.0
     np.savez(tmp_path / "motion" / "motion.npz", memory=model.memory * np.nan, scale=model.scale)
     with pytest.raises(InputError, match=r"motion\.npz: memory and scale must be finite"):
         MotionModel.load(tmp_path / "motion")
@@ -173,6 +184,26 @@ def test_fused_score_is_the_max_or_the_sum_of_appearance_and_motion_on_their_sca
         load_engine(motion_model, scoring=ScoringConfig(method="nnn", fusion="sum", frame_threshold=1.0))
     with pytest.raises(ConfigError, match="expected \\+motion, \\+motion:max or \\+motion:sum"):
         rule_variants(engine, ["distance/topk+motion:mean"])
+
+
+def test_the_motion_part_is_the_mean_over_the_models_window_of_stream_time(motion_model: Path, tmp_path: Path) -> None:
+    """A served motion score is the mean of the camera's motion scores over the model's smooth_s (0.5 s: at 4 fps
+    the frame and the one before), while the appearance part stays the frame's own."""
+    from streamvad.offline.pipeline import clips_from_paths, replay
+
+    engine = load_engine(motion_model)
+    fused = engine.scorer
+    assert isinstance(fused, FusedScorer) and fused.motion.cfg.smooth_s == 0.5
+    m = fused.motion
+    framewise = MotionModel(m.memory, m.scale, m.grid, m.cfg.model_copy(update={"smooth_s": 0.0}), m.threshold)
+    clip = clips_from_paths([_scene(tmp_path, "cyclist", [AnomalySpec("cyclist", 2.0, 8.0, seed=1)], seed=21)])
+    scorers = {"windowed": FusedScorer(fused.appearance, fused.motion, "motion"),
+               "frames": FusedScorer(fused.appearance, framewise, "motion")}
+    recs = replay(engine, clip, sample_fps=4.0, scorers=scorers, progress=False).records
+    alone = [r["motion_score"] for r in recs["frames"]]
+    assert [r["motion_score"] for r in recs["windowed"]] == pytest.approx(
+        [alone[0], *((a + b) / 2 for a, b in itertools.pairwise(alone))], abs=1e-6)
+    assert max(alone) > 0
 
 
 @pytest.mark.parametrize("smooth_s", [0.0, 0.5])

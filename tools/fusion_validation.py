@@ -36,7 +36,8 @@ from streamvad.offline.pipeline import fit, replay, rule_variants
 from streamvad.scoring.engine import load_engine
 
 FUSIONS = {"max": np.maximum, "sum": np.add}
-KINDS = {"fast": {"pace": (2.0, 2.5), "scale": 1}, "large": {"pace": (0.8, 1.2), "scale": 2}}
+KINDS = {"fast": {"pace": (2.0, 2.5), "scale": 1}, "large": {"pace": (0.8, 1.2), "scale": 2},
+         "still": {"pace": (0.0, 0.0), "scale": 2}}
 
 
 def write_clip(folder: Path, frames: np.ndarray) -> Path:
@@ -58,62 +59,64 @@ def scores(engine: Any, clip: Any, fps: float | None) -> dict[str, np.ndarray]:
             "label": np.array([r["label"] or 0 for r in recs["motion"]])}
 
 
-def validate(root: Path, out: Path, step: int, folds: int) -> dict[str, Any]:
+def validate(root: Path, out: Path, step: int, folds: int) -> dict[str, np.ndarray]:
+    """Every replayed frame of every fold: its clip, kind ("normal" or a pasted kind), label, both parts on their
+    unit scales and the fold model's sum threshold (frames without motion, each clip's first, are left out)."""
     cfg = load_config(Path(__file__).parents[1] / "configs" / "ped2.yaml")
     cfg = cfg.model_copy(update={"normality": cfg.normality.model_copy(update={"chroma": False})})  # scores only
     clips = sorted((root / "training" / "frames").iterdir())
     names = [c.name for c in clips]
     fps = 10.0 / step
-    pooled: dict[str, list[np.ndarray]] = {"normal_a": [], "normal_m": []}
-    per_clip: dict[str, dict[str, float]] = {}
-    for kind in KINDS:
-        pooled[f"{kind}_a"], pooled[f"{kind}_m"] = [], []
+    rows: dict[str, list[np.ndarray]] = {k: [] for k in ("clip", "kind", "label", "appearance", "motion", "sum_at")}
+
+    def add(clip: str, kind: str, s: dict[str, np.ndarray], sum_at: float) -> None:
+        ok = s["moving"]
+        for key, value in (("clip", clip), ("kind", kind), ("sum_at", sum_at)):
+            rows[key].append(np.full(int(ok.sum()), value))
+        for key in ("label", "appearance", "motion"):
+            rows[key].append(s[key][ok])
+
     for k in range(folds):
         held = names[k::folds]
         train = [clip_from_path(c, c.name, c.name) for c in clips if c.name not in held]
         model = out / f"fold{k}"
         fit(cfg, train, model, sample_fps=fps, progress=False)
         engine = load_engine(model)
+        sum_at = engine.scorer.motion.sum_thresholds["distance/topk"]
         for i, name in enumerate(held):
             raw = load_clip(root / "training" / "frames" / name, 1, wire=False)
             donor = load_clip(root / "training" / "frames" / names[(names.index(name) + 1) % len(names)], 1, False)
-            normal = scores(engine, clip_from_path(write_clip(out / "clips" / name, raw), name, name), fps)
-            ok = normal["moving"]
-            pooled["normal_a"].append(normal["appearance"][ok])
-            pooled["normal_m"].append(normal["motion"][ok])
+            add(name, "normal", scores(engine, clip_from_path(write_clip(out / "clips" / name, raw), name, name), fps),
+                sum_at)
             for kind, how in KINDS.items():
                 pasted, labels = paste_walker(raw, donor, 1, seed=100 * k + i + 1, **how)
                 path = write_clip(out / "clips" / f"{name}-{kind}", pasted)
                 clip = clip_from_path(path, f"{name}-{kind}", f"{name}-{kind}", labels=labels.tolist())
-                s = scores(engine, clip, fps)
-                y, ok = s["label"], s["moving"]
-                pooled[f"{kind}_a"].append(s["appearance"][ok & (y == 1)])
-                pooled[f"{kind}_m"].append(s["motion"][ok & (y == 1)])
-                per_clip[f"{name}-{kind}"] = {
-                    fusion: round(float(roc_auc_score(y[ok], f(s["appearance"], s["motion"])[ok])), 4)
-                    for fusion, f in FUSIONS.items()}
+                add(f"{name}-{kind}", kind, scores(engine, clip, fps), sum_at)
         logging.info("fold %d of %d done", k + 1, folds)
-    cat = {key: np.concatenate(v) for key, v in pooled.items()}
-    np.savez(out / "unit_scores.npz", **cat)  # every frame's two parts on their unit scales, to try other fusions
-    result: dict[str, Any] = {"step": step, "normal_frames": len(cat["normal_a"])}
-    for kind in KINDS:
-        y = np.r_[np.zeros(len(cat["normal_a"])), np.ones(len(cat[f"{kind}_a"]))]
-        row = {"appearance": np.r_[cat["normal_a"], cat[f"{kind}_a"]],
-               "motion": np.r_[cat["normal_m"], cat[f"{kind}_m"]]}
-        aurocs = {part: float(roc_auc_score(y, v)) for part, v in row.items()}
-        aurocs.update({fusion: float(roc_auc_score(y, f(row["appearance"], row["motion"])))
-                       for fusion, f in FUSIONS.items()})
-        result[kind] = {"frames": int(y.sum()), "auroc": {k: round(v, 4) for k, v in aurocs.items()}}
-    both = {}
-    for fusion, f in FUSIONS.items():
-        normal = f(cat["normal_a"], cat["normal_m"])
-        anomalous = np.concatenate([f(cat[f"{kind}_a"], cat[f"{kind}_m"]) for kind in KINDS])
-        both[fusion] = round(float(roc_auc_score(np.r_[np.zeros(len(normal)), np.ones(len(anomalous))],
-                                                 np.r_[normal, anomalous])), 4)
-    result["both_kinds_auroc"] = both
+    return {key: np.concatenate(v) for key, v in rows.items()}
+
+
+def summarise(table: dict[str, np.ndarray]) -> dict[str, Any]:
+    """AUROC of normal against pasted frames, per fusion: pooled per kind, pooled over every kind, and per
+    pasted clip (its own normal and pasted frames)."""
+    a, m = table["appearance"], table["motion"]
+    fused = {"appearance": a, "motion": m, **{name: f(a, m) for name, f in FUSIONS.items()}}
+    normal = table["kind"] == "normal"
+    result: dict[str, Any] = {"normal_frames": int(normal.sum())}
+    for kind in [*KINDS, "all"]:
+        pasted = (table["label"] == 1) & (True if kind == "all" else table["kind"] == kind)
+        y = np.r_[np.zeros(int(normal.sum())), np.ones(int(pasted.sum()))]
+        result[kind] = {"frames": int(pasted.sum()), "auroc": {
+            name: round(float(roc_auc_score(y, np.r_[v[normal], v[pasted]])), 4) for name, v in fused.items()}}
+    per_clip = {}
+    for clip in np.unique(table["clip"][~normal]):
+        rows = table["clip"] == clip
+        per_clip[str(clip)] = {name: round(float(roc_auc_score(table["label"][rows], v[rows])), 4)
+                               for name, v in fused.items()}
+    result["per_clip_mean_auroc"] = {name: round(float(np.mean([c[name] for c in per_clip.values()])), 4)
+                                     for name in fused}
     result["per_clip_auroc"] = per_clip
-    result["per_clip_mean_auroc"] = {fusion: round(float(np.mean([c[fusion] for c in per_clip.values()])), 4)
-                                     for fusion in FUSIONS}
     return result
 
 
@@ -125,7 +128,9 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=4)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    result = validate(args.root, args.out, args.step, args.folds)
+    table = validate(args.root, args.out, args.step, args.folds)
+    np.savez(args.out / "frames.npz", **table)  # every frame's two parts on their unit scales, to try other fusions
+    result = {"step": args.step, **summarise(table)}
     (args.out / "fusion_validation.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     print(json.dumps({k: v for k, v in result.items() if k != "per_clip_auroc"}, indent=2))
 

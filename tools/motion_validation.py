@@ -4,8 +4,9 @@ For each setting (`--set key=value` on normality.motion), every training clip is
 fitted on the other clips (4 folds), which gives the normal score tail, and the same clips are scored again
 with a synthetic anomaly pasted in: a walker cut out of another clip (its foreground pixels only, against
 that clip's median background) crossing the walkway at 2-2.5x a walker's pace for the middle third of the
-clip. Reported: AUROC of normal against synthetic frames, the normal 99th percentile, and the recall at it;
-with `--smooth S`, scores are first averaged over S seconds of stream, as the worker does (scoring.smooth_s).
+clip. Scores are averaged over `smooth_s` of each clip's stream, as serving does (`--set smooth_s=0` scores
+frames alone). Reported: AUROC of normal against synthetic frames, the normal 99th percentile, and the recall
+at it.
 The test clips are never read. Frames go through the wire's JPEG round trip, as in `make ped2`.
 
     python tools/motion_validation.py --root ../shared/data/ucsd_ped2 --step 2 --set min_fraction=0.3
@@ -25,7 +26,7 @@ from sklearn.metrics import roc_auc_score
 
 from streamvad.config import MotionConfig
 from streamvad.motion import MotionModel, MotionTracker
-from streamvad.scoring.smoothing import Smoother
+from streamvad.scoring.smoothing import causal_means
 from streamvad.types import Frame, MotionField
 
 GRID = (15, 22)  # configs/ped2.yaml: 240x352 on EfficientNet-Lite0's stride 16
@@ -82,15 +83,12 @@ def motion_of(name: str, frames: np.ndarray, step: int, cfg: MotionConfig) -> Mo
                             for i, g in enumerate(frames)])
 
 
-def smoothed(name: str, scores: np.ndarray, step: int, seconds: float) -> np.ndarray:
-    """The clip's frame scores as the worker reports them: each the mean over its last `seconds` of stream."""
-    smoother = Smoother(seconds)
-    if seconds <= 0:
-        return scores
-    return np.array([smoother.mean(name, i * step / 10, s, s)[1] for i, s in enumerate(scores.tolist())])
+def windowed(name: str, scores: np.ndarray, step: int, seconds: float) -> np.ndarray:
+    """The clip's frame scores as served: each the mean over its last `seconds` of stream (`smooth_s`)."""
+    return causal_means(scores, [name] * len(scores), np.arange(len(scores)) * step / 10, seconds)
 
 
-def validate(root: Path, step: int, cfg: MotionConfig, folds: int = 4, smooth_s: float = 0.0) -> dict[str, float]:
+def validate(root: Path, step: int, cfg: MotionConfig, folds: int = 4) -> dict[str, float]:
     clips = sorted((root / "training" / "frames").iterdir())
     frames = {c.name: load_clip(c, step) for c in clips}
     names = list(frames)
@@ -104,9 +102,10 @@ def validate(root: Path, step: int, cfg: MotionConfig, folds: int = 4, smooth_s:
         held = names[k::folds]
         model = MotionModel.fit(MotionField.concat([normal[n] for n in names if n not in held]), GRID, cfg)
         for n in held:
-            oof.append(smoothed(n, model.score(normal[n]), step, smooth_s)[normal[n].valid])
+            oof.append(windowed(n, model.score(normal[n]), step, cfg.smooth_s)[normal[n].valid])
             field, labels = synthetic[n]
-            syn.append(smoothed(n, model.score(field), step, smooth_s)[field.valid & (labels[: len(field.valid)] == 1)])
+            pasted = field.valid & (labels[: len(field.valid)] == 1)
+            syn.append(windowed(n, model.score(field), step, cfg.smooth_s)[pasted])
     normal_scores, anomalous = np.concatenate(oof), np.concatenate(syn)
     p99 = float(np.quantile(normal_scores, 0.99))
     y = np.r_[np.zeros(len(normal_scores)), np.ones(len(anomalous))]
@@ -119,14 +118,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("../shared/data/ucsd_ped2"))
     parser.add_argument("--step", type=int, default=1, help="every n-th native frame (2 = 5 fps)")
-    parser.add_argument("--smooth", type=float, default=0.0, help="scoring.smooth_s: seconds of stream averaged")
     parser.add_argument("--set", action="append", default=[], help="normality.motion field=value (repeatable)")
     args = parser.parse_args()
     cv2.setNumThreads(1)
     overrides = dict(item.split("=", 1) for item in args.set)
     cfg = MotionConfig.model_validate(overrides)
-    result = validate(args.root, args.step, cfg, smooth_s=args.smooth)
-    print(json.dumps({"step": args.step, "smooth_s": args.smooth, "motion": overrides, **result}, indent=2))
+    result = validate(args.root, args.step, cfg)
+    print(json.dumps({"step": args.step, "motion": overrides, **result}, indent=2))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,11 @@ can drown the other whatever its units. `scoring.fusion` joins them:
   way round. This is the sum rule of classifier combination, the one least hurt by errors in the parts'
   estimates (Kittler et al., On combining classifiers, 1998).
 
-Verdicts keep `raw_score` as the value compared with the threshold, and `motion_score` as the motion part's.
+The motion part is the mean of the camera's motion scores over the model's `smooth_s` of stream time (a
+`Smoother` per scorer, keyed by camera: frames of a camera come to its scorer in order), so one jittery flow
+vector cannot decide while an object that keeps moving wrong does; the appearance part stays frame by frame,
+so an object that appears at rest is judged at once. Verdicts keep `raw_score` as the value compared with the
+threshold, and `motion_score` as the (windowed) motion part's.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 
 from streamvad.motion.model import MotionModel
+from streamvad.scoring.smoothing import Smoother
 from streamvad.types import EmbeddingBatch, Verdict
 
 Mode = Literal["fused", "motion"]
@@ -60,6 +65,7 @@ class FusedScorer:
         self.mask = appearance.mask
         self.threshold = 1.0
         self._motion_at = float(motion.threshold)
+        self._window = Smoother(motion.cfg.smooth_s)
 
     def score(self, batch: EmbeddingBatch) -> list[Verdict]:
         verdicts = self.appearance.score(batch)
@@ -71,7 +77,7 @@ class FusedScorer:
         heat = np.minimum(cells, 1.0).astype(np.float32)
         out = []
         for v, m, h in zip(verdicts, motion, heat, strict=True):
-            m = float(m)
+            m = self._window.mean(v.key.camera, v.key.pts, float(m), float(m))[0]
             if self.mode == "motion":
                 raw, patches, by = m, h, f"motion@{self._motion_at:.2f}"
             else:

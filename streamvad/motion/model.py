@@ -11,7 +11,8 @@ where nothing moved in the normal footage keeps the site-wide typical speed and 
 velocity, standing still, so any motion there (someone crossing a lawn) scores by its speed.
 
 The frame's motion score is the mean of the `top_cells` highest cell scores: one fast object decides,
-and a crowd of normal walkers does not dilute it or add up.
+and a crowd of normal walkers does not dilute it or add up. Served, it is averaged over the camera's last
+`smooth_s` of stream time (motion/fusion.py), and the threshold is cut from normal footage windowed alike.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from streamvad.config import MotionConfig
 from streamvad.errors import InputError
 from streamvad.normality.coreset import k_center
 from streamvad.scoring.folds import clip_folds
+from streamvad.scoring.smoothing import causal_means
 from streamvad.types import MotionField
 
 log = logging.getLogger(__name__)
@@ -136,7 +138,9 @@ class MotionModel:
         try:
             meta = json.loads((directory / META).read_text(encoding="utf-8"))
             grid = (int(meta["grid"][0]), int(meta["grid"][1]))
-            cfg = MotionConfig.model_validate({k: v for k, v in meta["config"].items() if k != "folds"})  # moved up
+            # "folds" moved up; a model fitted before the motion window had none, and its threshold is unwindowed
+            cfg = MotionConfig.model_validate({"smooth_s": 0.0, **{k: v for k, v in meta["config"].items()
+                                                                   if k != "folds"}})
             threshold = None if meta.get("threshold") is None else float(meta["threshold"])
             sums = {str(k): float(v) for k, v in meta.get("sum_thresholds", {}).items()}
             with np.load(directory / FILE, allow_pickle=False) as z:
@@ -154,13 +158,15 @@ class MotionModel:
         return cls(memory, scale, grid, cfg, threshold, sums)
 
 
-def calibrate_motion(motion: MotionField, clip_ids: np.ndarray, grid: tuple[int, int], cfg: MotionConfig,
-                     quantile: float, folds: int, extra: Sequence[np.ndarray] = ()) -> tuple[float, np.ndarray]:
+def calibrate_motion(motion: MotionField, clip_ids: np.ndarray, pts: np.ndarray, grid: tuple[int, int],
+                     cfg: MotionConfig, quantile: float, folds: int, extra: Sequence[np.ndarray] = (),
+                     ) -> tuple[float, np.ndarray]:
     """(threshold, out-of-fold scores) from normal footage only.
 
     Motion is cheap to fit, so every training clip is scored by a model fitted without it (clips in
     `folds` folds, see clip_folds): thousands of normal frames estimate the score tail instead of a couple of
-    held-out clips. `extra` adds scores of frames that were never trained on (the hold-out).
+    held-out clips. The scores are windowed over `smooth_s` of each clip's stream time (`pts`), as serving
+    windows them. `extra` adds windowed scores of frames that were never trained on (the hold-out).
     """
     scores = np.zeros(len(clip_ids), dtype=np.float32)
     scored = np.zeros(len(clip_ids), dtype=bool)
@@ -168,6 +174,7 @@ def calibrate_motion(motion: MotionField, clip_ids: np.ndarray, grid: tuple[int,
         model = MotionModel.fit(motion.select(np.flatnonzero(~held)), grid, cfg)
         scores[held] = model.score(motion.select(np.flatnonzero(held)))
         scored |= held
+    scores = causal_means(scores, clip_ids, pts, cfg.smooth_s)
     pooled = np.concatenate([scores[scored & motion.valid], *extra])
     threshold = float(np.quantile(pooled, quantile)) if pooled.size else 0.0
     if threshold < cfg.min_threshold:

@@ -27,6 +27,7 @@ from streamvad.motion.model import FILE as MOTION_FILE
 from streamvad.motion.model import calibrate_motion, motion_memory_bound
 from streamvad.normality.coreset import frame_coreset
 from streamvad.scoring.folds import clip_folds, holdout_mask
+from streamvad.scoring.smoothing import causal_means
 from streamvad.types import FeatureRequest
 
 if TYPE_CHECKING:
@@ -302,19 +303,27 @@ def _memory_frames(train: Embedded, cap: int | None, seed: int) -> Embedded:
 def _fit_motion(cfg: StreamVADConfig, grid: tuple[int, int], train: Embedded, held: Embedded,
                 ) -> tuple[MotionModel, np.ndarray, np.ndarray]:
     """The motion part fitted on the training frames and calibrated on every normal frame it was not fitted on;
-    with the hold-out's scores and the training frames' out-of-fold scores, each divided by the threshold."""
+    with the hold-out's scores and the training frames' out-of-fold scores (each windowed over the stream as
+    served), each divided by the threshold."""
     t0 = time.perf_counter()
     mcfg = cfg.normality.motion
     motion, held_motion = train.batch.motion, held.batch.motion
     assert motion is not None
     model = MotionModel.fit(motion, grid, mcfg)
-    held_scores = np.zeros(len(held.sources), dtype=np.float32) if held_motion is None else model.score(held_motion)
+    held_scores = np.zeros(len(held.sources), dtype=np.float32)
+    if held_motion is not None:
+        held_scores = causal_means(model.score(held_motion), held.clip_ids, _pts(held), mcfg.smooth_s)
     extra = [] if held_motion is None else [held_scores[held_motion.valid]]
-    model.threshold, oof = calibrate_motion(motion, train.clip_ids, grid, mcfg, cfg.scoring.calibration_quantile,
-                                            cfg.normality.folds, extra)
-    log.info("motion: threshold %.3f (quantile %.3f of out-of-fold and held-out normal frames), fitted in %.1f s",
-             model.threshold, cfg.scoring.calibration_quantile, time.perf_counter() - t0)
+    model.threshold, oof = calibrate_motion(motion, train.clip_ids, _pts(train), grid, mcfg,
+                                            cfg.scoring.calibration_quantile, cfg.normality.folds, extra)
+    log.info("motion: threshold %.3f (quantile %.3f of out-of-fold and held-out normal frames, each the mean over "
+             "%.2f s of its stream), fitted in %.1f s", model.threshold, cfg.scoring.calibration_quantile,
+             mcfg.smooth_s, time.perf_counter() - t0)
     return model, held_scores / model.threshold, oof / model.threshold
+
+
+def _pts(frames: Embedded) -> np.ndarray:
+    return np.array([k.pts for k in frames.batch.keys], dtype=np.float64)
 
 
 def sum_thresholds(appearance: Calibration, motion: np.ndarray, quantile: float) -> dict[str, float]:

@@ -22,6 +22,8 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
 
+import numpy as np
+
 from streamvad.types import Verdict
 
 _EPS = 1e-6  # pts are floats: a frame exactly `smooth_s` old has left the window
@@ -46,7 +48,9 @@ class Smoother:
         return out
 
     def mean(self, camera: str, pts: float, score: float, raw: float) -> tuple[float, float]:
-        """(score, raw score) of `camera`'s window ending with this frame."""
+        """(score, raw score) of `camera`'s window ending with this frame (the frame's own with no window)."""
+        if self.seconds <= 0:
+            return score, raw
         recent = self._recent.setdefault(camera, deque())
         if recent and pts < recent[-1][0]:
             recent.clear()
@@ -54,3 +58,12 @@ class Smoother:
         while recent[0][0] <= pts - self.seconds + _EPS:
             recent.popleft()
         return sum(r[1] for r in recent) / len(recent), sum(r[2] for r in recent) / len(recent)
+
+
+def causal_means(values: np.ndarray, streams: Sequence[object], pts: np.ndarray, seconds: float) -> np.ndarray:
+    """Each value replaced by the mean of its stream's values over the last `seconds` of pts, up to and
+    including it, as a `Smoother` fed the same rows in order gives them: what calibration applies to normal
+    frames so that a threshold is cut from the statistic that serving compares with it."""
+    window = Smoother(seconds)
+    return np.array([window.mean(str(stream), float(t), float(v), float(v))[0]
+                     for stream, t, v in zip(streams, pts, values, strict=True)], dtype=np.float32)
