@@ -163,12 +163,25 @@ class CameraConfig(_Section):
     model: Path | None = None
     # The worker that scores this camera (0 .. serve.workers - 1); None: a stable hash of the id picks it
     worker: int | None = Field(None, ge=0)
+    # Privacy: polygons in [0,1] image coords blurred in every picture that leaves the worker (snapshots, clips,
+    # console tiles, webhook payloads); scoring still sees them, unless `mask` leaves them out too
+    privacy: list[list[tuple[float, float]]] = Field(default_factory=list)
 
     @field_validator("mask")
     @classmethod
     def _polygon(cls, v: list[tuple[float, float]] | None) -> list[tuple[float, float]] | None:
         if v is not None and len(v) < 3:
             raise ValueError("a mask polygon needs at least 3 points")
+        return v
+
+    @field_validator("privacy")
+    @classmethod
+    def _polygons(cls, v: list[list[tuple[float, float]]]) -> list[list[tuple[float, float]]]:
+        for polygon in v:
+            if len(polygon) < 3:
+                raise ValueError("a privacy polygon needs at least 3 points")
+            if not all(0.0 <= x <= 1.0 and 0.0 <= y <= 1.0 for x, y in polygon):
+                raise ValueError("privacy polygon points are (x, y) fractions of the image, in [0, 1]")
         return v
 
 
@@ -251,11 +264,32 @@ class TamperConfig(_Section):
     frozen_s: float = Field(10.0, ge=0.0)
 
 
-class ServeConfig(_Section):
-    """The `serve` process: health/metrics HTTP, how many workers, how crashed children come back."""
+class AuthConfig(_Section):
+    """Who may use the console and the API (/healthz and /metrics stay open). With neither a token nor a user,
+    serve makes a random token at start and logs the console's address with it, as Jupyter does."""
 
-    http_host: str = "127.0.0.1"
-    http_port: int = Field(9108, ge=0, le=65535)  # /healthz and /metrics; 0 picks a free port (logged)
+    token: str | None = Field(None, min_length=16)  # an API token (Authorization: Bearer ...), e.g. ${STREAMVAD_TOKEN}
+    # user name -> password hash from `streamvad hash-password` (scrypt), for the console's login form
+    users: dict[str, str] = Field(default_factory=dict)
+    session_hours: float = Field(12.0, gt=0.0)  # a console login lasts this long
+
+    @field_validator("users")
+    @classmethod
+    def _hashes(cls, v: dict[str, str]) -> dict[str, str]:
+        for user, hashed in v.items():
+            if not hashed.startswith("scrypt$"):
+                raise ValueError(f"user {user!r}: expected a hash from `streamvad hash-password` (scrypt$...), "
+                                 "never a plain password")
+        return v
+
+
+class ServeConfig(_Section):
+    """The `serve` process: the console, API, health/metrics HTTP, how many workers, how crashed children come
+    back."""
+
+    http_host: str = "127.0.0.1"  # the console and API: loopback unless you put it behind a proxy or open it
+    http_port: int = Field(9108, ge=0, le=65535)  # console, /api, /healthz and /metrics; 0 picks a free port (logged)
+    auth: AuthConfig = AuthConfig()
     # >1: worker i binds transport.frames with port + i (tcp), suffix -i (ipc) or {worker} replaced by i, and
     # scores only its own cameras (cameras[].worker, or a stable hash of the camera id)
     workers: int = Field(1, ge=1)
@@ -291,6 +325,14 @@ class EventsConfig(_Section):
     restart_after_s: float = Field(10.0, ge=0.0)
     # the events database (SQLite, WAL): events, each camera's tracking state, and the verdict link's progress
     database: Path = Path("runs/events.db")
+    # what the console shows: each event's peak frame, heatmap and clip, and each camera's latest frame
+    media: Path = Path("runs/media")
+    media_max_side: int = Field(640, ge=64, le=4096)  # pictures leave the worker at most this large
+    preview_s: float = Field(1.0, gt=0.0)  # the console's live tile of a camera is refreshed this often
+    clips: bool = True  # keep an MP4 of each event: every sampled frame goes to the events process for it
+    clip_pre_s: float = Field(5.0, ge=0.0)  # the clip starts this long before the event opened
+    clip_post_s: float = Field(5.0, ge=0.0)  # and ends this long after it closed
+    retention_days: float | None = Field(30.0, gt=0.0)  # events and their media older than this are deleted
 
     @model_validator(mode="after")
     def _window(self) -> EventsConfig:

@@ -201,7 +201,7 @@ def _drop_anomalous(previous: Path, clips: list[Clip], cfg: StreamVADConfig) -> 
 
 
 def _fit_child(cfg: StreamVADConfig, clips: list[Clip], out: Path, previous: Path | None,
-               result: Any) -> None:
+               result: Any, privacy: list[list[tuple[float, float]]]) -> None:
     """The fit, in its own process: niced and on one torch thread, so a worker on this box keeps its cores."""
     import torch
 
@@ -214,7 +214,7 @@ def _fit_child(cfg: StreamVADConfig, clips: list[Clip], out: Path, previous: Pat
     excluded = _drop_anomalous(previous, clips, cfg) if previous is not None else 0
     outliers = _drop_outliers([c for c in clips if any(c.path.iterdir())], cfg)
     kept = [c for c in clips if any(c.path.iterdir())]
-    res = fit(cfg, kept, out, sample_fps=None, progress=False)
+    res = fit(cfg, kept, out, sample_fps=None, progress=False, privacy=privacy)  # in the exemplar pictures
     scores = res.holdout_scores
     quantiles = {f"p{q}": float(np.quantile(scores, q / 100, method="nearest")) for q in (50, 90, 99)} if scores else {}
     result.put({"excluded": excluded, "outliers": outliers, "n_train": res.n_train, "n_holdout": res.n_holdout,
@@ -250,8 +250,8 @@ def enrol(cfg: StreamVADConfig, camera_id: str, duration_s: float, *, progress: 
         cfg = cfg.model_copy(update={"backbone": site_backbone(cfg, camera)})
         ctx = mp.get_context("spawn")
         result = ctx.SimpleQueue()
-        child = ctx.Process(target=_fit_child, args=(cfg, clips, work / "model", current and current.path, result),
-                            name=f"streamvad-enrol-{camera_id}")
+        child = ctx.Process(target=_fit_child, name=f"streamvad-enrol-{camera_id}",
+                            args=(cfg, clips, work / "model", current and current.path, result, camera.privacy))
         child.start()
         try:
             child.join()

@@ -46,6 +46,17 @@ class FrameHeader(_Header):
     encoding: Literal["jpeg", "raw"]
 
 
+class EvidenceShape(BaseModel):
+    """What follows a verdict's patch confidences in its payload: `patches` int32 patch indices, their embeddings
+    (`patches` x `dim` float16) and, with `motion`, their velocities (`patches` x 2 float32); see types.Evidence."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    patches: Annotated[int, Field(ge=1, le=WIRE_MAX_SIDE)]
+    dim: Annotated[int, Field(ge=1, le=8192)]
+    motion: bool
+
+
 class VerdictHeader(_Header):
     type: Literal["verdict"]
     index: Count
@@ -62,6 +73,7 @@ class VerdictHeader(_Header):
     motion_score: float | None = None
     tamper: Tamper | None = None
     model_version: Annotated[str, StringConstraints(max_length=64)] | None = None
+    evidence: EvidenceShape | None = None
 
 
 class EosHeader(_Header):

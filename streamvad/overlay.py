@@ -1,4 +1,4 @@
-"""Draw a patch-grid heatmap over a frame, for snapshots, replay heatmaps and reports.
+"""Draw over a frame: a patch-grid heatmap (snapshots, replay heatmaps, reports) and privacy blurs.
 
 Kept in numpy + Pillow (no OpenCV) so the CPU image and CI stay small; the colour map is a fixed
 blue-to-red ramp so an operator reads the same colour the same way in every snapshot.
@@ -6,11 +6,15 @@ blue-to-red ramp so an operator reads the same colour the same way in every snap
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
+from streamvad.types import Polygon
+
+_PIXELATE = 24  # a privacy region keeps at most this many blocks across the picture's longer side
 # Anchor colours of the ramp at 0, 0.25, 0.5, 0.75, 1 (dark blue, cyan, green, yellow, red).
 _RAMP = np.array(
     [[0, 0, 140], [0, 190, 255], [40, 220, 60], [255, 220, 0], [230, 20, 20]], dtype=np.float32
@@ -51,3 +55,20 @@ def save_jpeg(image: np.ndarray, path: str | Path, quality: int = 90) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(p, format="JPEG", quality=quality)
     return p
+
+
+def privacy_blur(image: np.ndarray, polygons: Sequence[Polygon]) -> np.ndarray:
+    """`image` with every polygon ((x, y) in [0, 1] of its width and height) pixelated, then blurred: coarse
+    blocks carry no face or plate, and the blur hides their edges."""
+    if not polygons:
+        return image
+    h, w = image.shape[:2]
+    region = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(region)
+    for polygon in polygons:
+        draw.polygon([(x * (w - 1), y * (h - 1)) for x, y in polygon], fill=255)
+    picture = Image.fromarray(image)
+    scale = max(w, h) / _PIXELATE
+    blocks = picture.resize((max(1, round(w / scale)), max(1, round(h / scale))), Image.Resampling.BOX)
+    hidden = blocks.resize((w, h), Image.Resampling.NEAREST).filter(ImageFilter.GaussianBlur(scale / 2))
+    return np.asarray(Image.composite(hidden, picture, region))

@@ -44,7 +44,7 @@ from streamvad.messages import (
     header_model,
 )
 from streamvad.sources.shrink import limit_size
-from streamvad.types import Frame, FrameKey, Verdict
+from streamvad.types import Evidence, Frame, FrameKey, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +117,15 @@ def encode_frame(frame: Frame, encoding: Literal["jpeg", "raw"] = "jpeg", qualit
 
 
 def encode_verdict(verdict: Verdict, frame_wall_time: float | None = None) -> list[bytes]:
-    """Verdict -> [header, float16 patch confidences]; `frame_wall_time` lets sinks measure latency."""
+    """Verdict -> [header, float16 patch confidences, then its evidence if any]; `frame_wall_time` lets sinks
+    measure latency."""
     k = verdict.key
+    payload = np.asarray(verdict.patch_confidences, dtype="<f2").tobytes()
+    shape = None
+    if (ev := verdict.evidence) is not None:
+        shape = {"patches": len(ev.patches), "dim": int(ev.vectors.shape[1]), "motion": ev.velocities is not None}
+        payload += np.asarray(ev.patches, dtype="<i4").tobytes() + np.asarray(ev.vectors, dtype="<f2").tobytes()
+        payload += b"" if ev.velocities is None else np.asarray(ev.velocities, dtype="<f4").tobytes()
     header = {
         "type": "verdict", "camera": k.camera, "index": int(k.index), "pts": float(k.pts),
         "score": float(verdict.score), "raw_score": float(verdict.raw_score),
@@ -127,9 +134,9 @@ def encode_verdict(verdict: Verdict, frame_wall_time: float | None = None) -> li
         "threshold": float(verdict.threshold), "decided_by": verdict.decided_by,
         "wall_time": None if frame_wall_time is None else float(frame_wall_time),
         "motion_score": None if verdict.motion_score is None else float(verdict.motion_score),
-        "tamper": verdict.tamper, "model_version": verdict.model_version,
+        "tamper": verdict.tamper, "model_version": verdict.model_version, "evidence": shape,
     }
-    return _pack(header, np.asarray(verdict.patch_confidences, dtype="<f2").tobytes())
+    return _pack(header, payload)
 
 
 def encode_eos(camera: str, last: FrameKey | None = None, frames: int | None = None) -> list[bytes]:
@@ -212,17 +219,33 @@ def _frame_from(header: dict[str, Any], payload: bytes) -> Frame:
                  image=image, label=header.get("label"), source=header["source"])
 
 
+def _evidence_from(shape: dict[str, Any], payload: bytes, n_patches: int) -> Evidence:
+    k, dim = shape["patches"], shape["dim"]
+    need = 4 * k + 2 * k * dim + (8 * k if shape["motion"] else 0)
+    if len(payload) != need:
+        raise WireError(f"verdict evidence is {len(payload)} bytes, {k} patches of {dim} dims need {need}")
+    patches = np.frombuffer(payload[: 4 * k], dtype="<i4").astype(np.int64)
+    if patches.min() < 0 or patches.max() >= n_patches:
+        raise WireError(f"verdict evidence names patches outside the grid's {n_patches}")
+    vectors = np.frombuffer(payload[4 * k: 4 * k + 2 * k * dim], dtype="<f2").reshape(k, dim).copy()
+    velocities = np.frombuffer(payload[4 * k + 2 * k * dim:], dtype="<f4").reshape(k, 2).copy() if shape["motion"] \
+        else None
+    return Evidence(patches, vectors, velocities)
+
+
 def _verdict_from(header: dict[str, Any], payload: bytes) -> Verdict:
     h, w = header["grid"]
-    if len(payload) != 2 * h * w:
+    if len(payload) < 2 * h * w or (header.get("evidence") is None and len(payload) != 2 * h * w):
         raise WireError(f"verdict payload is {len(payload)} bytes, grid {h}x{w} needs {2 * h * w} (float16)")
+    shape = header.get("evidence")
     return Verdict(
         key=FrameKey(header["camera"], header["index"], header["pts"]), score=header["score"],
         raw_score=header["raw_score"], anomalous=header["anomalous"], global_confidence=header["global_confidence"],
-        patch_confidences=np.frombuffer(payload, dtype="<f2").astype(np.float32), grid=(h, w),
+        patch_confidences=np.frombuffer(payload[: 2 * h * w], dtype="<f2").astype(np.float32), grid=(h, w),
         unsafe_patches=header["unsafe_patches"], threshold=header["threshold"], decided_by=header["decided_by"],
         motion_score=header.get("motion_score"), tamper=header.get("tamper"),
         model_version=header.get("model_version"),
+        evidence=None if shape is None else _evidence_from(shape, payload[2 * h * w:], h * w),
     )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+Polygon = Sequence[tuple[float, float]]  # (x, y) in [0, 1] of the image's width and height (masks, privacy)
 TAMPER_TYPES = ("covered", "frozen", "moved")  # camera faults, each its own event type (see live/tamper.py)
 
 
@@ -144,6 +145,23 @@ class EmbeddingBatch:
 
 
 @dataclass
+class Evidence:
+    """What an anomalous frame looked like where it was anomalous, kept so the operator can act on it later
+    without the frame: the embeddings of its most anomalous patches and, where motion was measured there, their
+    velocities. "Mark as normal" adds them to the camera's memory; the console finds the nearest normal
+    exemplar of the peak patch with them.
+
+    `patches` [K] are patch indices (row-major on the grid), most anomalous first; `vectors` [K, D] float16;
+    `velocities` [K, 2] float32 in frame heights per second, NaN where the cell did not count as moving (or
+    None when the model has no motion part).
+    """
+
+    patches: np.ndarray
+    vectors: np.ndarray
+    velocities: np.ndarray | None = None
+
+
+@dataclass
 class Verdict:
     """The decision for one frame.
 
@@ -167,6 +185,7 @@ class Verdict:
     motion_score: float | None = None  # the motion part on its calibrated scale (1 = its threshold), if any
     tamper: str | None = None  # "covered" | "frozen" | "moved" when the camera itself is at fault (live/tamper.py)
     model_version: str | None = None  # the camera's model version that scored it (streamvad/model_store.py)
+    evidence: Evidence | None = None  # of an anomalous frame scored live (see Evidence)
 
     @property
     def n_patches(self) -> int:
@@ -198,3 +217,9 @@ class Event:
     snapshot_paths: list[str] = field(default_factory=list)
     state: str = "open"  # "open" | "closed"
     type: str = "anomaly"  # "anomaly", or the camera fault: "covered" | "frozen" | "moved"
+    end_wall_time: float | None = None  # capture time of the last anomalous frame, once closed
+    model_version: str | None = None  # the camera's model version that scored the peak frame
+    # the console's pictures (events.media): the peak frame, the heatmap drawn on it, and the event's MP4
+    snapshot: str | None = None
+    heatmap: str | None = None
+    clip: str | None = None

@@ -22,8 +22,9 @@ import yaml
 import zmq
 
 from streamvad.bench.throughput import PLACE, free_tcp_endpoint
+from streamvad.console.server import ConsoleServer
 from streamvad.datasets.synthetic import AnomalySpec, make_scene
-from streamvad.live.health import Buckets, HealthServer, ServeState
+from streamvad.live.health import Buckets, ServeState
 from streamvad.transport import encode_status
 from tests.receiver import WebhookReceiver
 from tests.rtsp_server import RTSPTestServer, free_port, gstreamer_missing
@@ -44,7 +45,7 @@ def _get(url: str) -> httpx.Response:
 
 def test_healthz_and_metrics_reflect_child_reports() -> None:
     state = ServeState(stale_after_s=60)
-    server = HealthServer(state, port=0).start()
+    server = ConsoleServer(state, port=0).start()
     try:
         assert _get(f"{server.url}/healthz").status_code == 503  # nothing reported yet
         for role, name, process in (("worker", "worker-0", "worker-0"), ("reader", "cam1", "reader-cam1"),
@@ -97,7 +98,7 @@ def test_healthz_is_503_with_the_reason_in_each_unhealthy_state() -> None:
     """Each state over real HTTP: a worker loading, stalled or dead, the events process down, crash-looping, not
     reporting or with a failing sink, a status from an unknown process; one of two workers dead is degraded."""
     state = ServeState(stale_after_s=60)
-    server = HealthServer(state, port=0).start()
+    server = ConsoleServer(state, port=0).start()
 
     def healthz() -> tuple[int, dict[str, Any]]:
         resp = _get(f"{server.url}/healthz")

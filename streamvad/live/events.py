@@ -46,7 +46,7 @@ import numpy as np
 
 from streamvad.config import EventsConfig
 from streamvad.transport import decode_verdict, encode_verdict
-from streamvad.types import Event, FrameKey, Verdict
+from streamvad.types import Event, Evidence, FrameKey, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class EventUpdate:
     peak_heatmap: np.ndarray | None
     seq: int = 0
     snapshot_path: str | None = None
+    peak_evidence: Evidence | None = None  # the peak verdict's (types.Evidence), for the events database
 
     @property
     def idempotency_key(self) -> str:
@@ -90,7 +91,8 @@ def event_from_dict(data: Mapping[str, Any]) -> Event:
 
 
 def _seen_state(seen: _Seen) -> dict[str, Any]:
-    header, payload = encode_verdict(seen.verdict)
+    """A window entry as JSON values, without its evidence (the peak's is in the events table)."""
+    header, payload = encode_verdict(dataclasses.replace(seen.verdict, evidence=None))
     return {"header": header.decode("utf-8"), "heatmap": base64.b64encode(payload).decode("ascii"),
             "wall_time": seen.wall_time}
 
@@ -106,8 +108,10 @@ class _Camera:
     event: Event | None = None
     peak_frame: np.ndarray | None = None
     peak_heatmap: np.ndarray | None = None
+    peak_evidence: Evidence | None = None
     seq: int = 0
     last_anomalous_pts: float = 0.0
+    last_anomalous_wall: float = 0.0
     last_pts: float = float("-inf")
     last_arrival: float = 0.0  # wall-clock time the camera's last verdict reached the tracker
     cooldown_until: float = float("-inf")
@@ -142,7 +146,8 @@ class EventTracker:
             return None
         return {"window": [_seen_state(s) for s in cam.window],
                 "event": None if cam.event is None else dataclasses.asdict(cam.event), "seq": cam.seq,
-                "last_anomalous_pts": cam.last_anomalous_pts, "last_pts": _finite(cam.last_pts),
+                "last_anomalous_pts": cam.last_anomalous_pts, "last_anomalous_wall": cam.last_anomalous_wall,
+                "last_pts": _finite(cam.last_pts),
                 "cooldown_until": _finite(cam.cooldown_until), "eos_pts": cam.eos_pts}
 
     def restore(self, camera: str, state: Mapping[str, Any], now: float) -> None:
@@ -152,6 +157,7 @@ class EventTracker:
         cam.window.extend(_seen_from(s) for s in state["window"][-self.cfg.open_m:])
         cam.event = None if state["event"] is None else event_from_dict(state["event"])
         cam.seq, cam.last_anomalous_pts = int(state["seq"]), float(state["last_anomalous_pts"])
+        cam.last_anomalous_wall = float(state.get("last_anomalous_wall", 0.0))  # absent in states before v2
         cam.last_pts = float("-inf") if state["last_pts"] is None else float(state["last_pts"])
         cam.cooldown_until = float("-inf") if state["cooldown_until"] is None else float(state["cooldown_until"])
         cam.last_arrival = now
@@ -257,9 +263,11 @@ class EventTracker:
             id=uuid.uuid5(_EVENT_IDS, opened_by).hex, camera=key.camera, start_pts=first.verdict.key.pts,
             end_pts=None, start_wall_time=first.wall_time, peak_score=peak.verdict.score,
             peak_key=peak.verdict.key, frame_count=len(hits), type=self.event_type,
+            model_version=peak.verdict.model_version,
         )
         cam.peak_frame, cam.peak_heatmap = peak.frame, peak.verdict.heatmap.copy()
-        cam.last_anomalous_pts = hits[-1].verdict.key.pts
+        cam.peak_evidence = peak.verdict.evidence
+        cam.last_anomalous_pts, cam.last_anomalous_wall = hits[-1].verdict.key.pts, hits[-1].wall_time
         cam.seq = 0
         log.info("%s event %s opened on %s at pts %.2f (peak %.3f)", self.event_type, cam.event.id,
                  cam.event.camera, cam.event.start_pts, cam.event.peak_score)
@@ -271,18 +279,21 @@ class EventTracker:
         assert cam.event is not None
         pts = seen.verdict.key.pts
         cam.event.frame_count += 1
-        cam.last_anomalous_pts = max(cam.last_anomalous_pts, pts)
+        if pts >= cam.last_anomalous_pts:
+            cam.last_anomalous_pts, cam.last_anomalous_wall = pts, seen.wall_time
         if pts < cam.event.start_pts:
             cam.event.start_pts, cam.event.start_wall_time = pts, seen.wall_time
         if seen.verdict.score <= cam.event.peak_score:
             return []
         cam.event.peak_score, cam.event.peak_key = seen.verdict.score, seen.verdict.key
+        cam.event.model_version = seen.verdict.model_version
         cam.peak_frame, cam.peak_heatmap = seen.frame, seen.verdict.heatmap.copy()
+        cam.peak_evidence = seen.verdict.evidence
         return [self._emit(cam, "updated")]
 
     def _close(self, cam: _Camera, closed_at: float) -> EventUpdate:
         assert cam.event is not None
-        cam.event.end_pts = cam.last_anomalous_pts
+        cam.event.end_pts, cam.event.end_wall_time = cam.last_anomalous_pts, cam.last_anomalous_wall
         cam.event.state = "closed"
         cam.cooldown_until = closed_at + self.cfg.cooldown_s
         cam.window.clear()  # the anomalies that opened this event must not reopen the next one
@@ -290,14 +301,15 @@ class EventTracker:
                  cam.event.camera, cam.event.start_pts, cam.event.end_pts, cam.event.frame_count,
                  cam.event.peak_score)
         update = self._emit(cam, "closed")
-        cam.event, cam.peak_frame, cam.peak_heatmap = None, None, None
+        cam.event, cam.peak_frame, cam.peak_heatmap, cam.peak_evidence = None, None, None, None
         return update
 
     def _emit(self, cam: _Camera, kind: UpdateKind) -> EventUpdate:
         """A copy of the event, so later changes do not alter what a sink queued; the snapshot path
         list is shared on purpose so paths recorded by the snapshot sink accumulate on the event."""
         assert cam.event is not None
-        update = EventUpdate(kind, dataclasses.replace(cam.event), cam.peak_frame, cam.peak_heatmap, cam.seq)
+        update = EventUpdate(kind, dataclasses.replace(cam.event), cam.peak_frame, cam.peak_heatmap, cam.seq,
+                             peak_evidence=cam.peak_evidence)
         cam.seq += 1
         return update
 

@@ -40,6 +40,7 @@ from streamvad.scoring.engine import (
     fitted_backbone,
     load_engine,
 )
+from streamvad.scoring.evidence import evidence_of
 from streamvad.types import FeatureRequest, Frame, Verdict
 
 log = logging.getLogger(__name__)
@@ -225,8 +226,11 @@ class Fleet:
             sub = batch.select(members)
             if engine.tracker is not None:
                 sub.motion = engine.tracker.observe([frames[rows[j]] for j in members])
-            for j, verdict in zip(members, engine.smoother.apply(scorer.score(sub)), strict=True):
+            min_fraction = None if engine.tracker is None else engine.tracker.cfg.min_fraction
+            for local, (j, verdict) in enumerate(zip(members, engine.smoother.apply(scorer.score(sub)), strict=True)):
                 verdict.model_version = engine.version
+                if verdict.anomalous:
+                    verdict.evidence = evidence_of(sub, local, verdict, min_fraction)
                 out[rows[j]] = verdict
         self.timings = Timings(t1 - t0, time.perf_counter() - t1, len(rows))
         return out

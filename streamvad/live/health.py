@@ -1,4 +1,5 @@
-"""What the serve process knows about its children, served as /healthz (JSON) and /metrics (Prometheus).
+"""What the serve process knows about its children, served as /healthz (JSON) and /metrics (Prometheus) by the
+console's app (console/api.py).
 
 Readers, workers and the events process each send a status snapshot every second (cumulative
 counters, histogram buckets) to the supervisor; `ServeState` keeps the latest one per child and
@@ -8,18 +9,14 @@ that restarts simply starts its counters again (Prometheus treats that as a coun
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 log = logging.getLogger(__name__)
 
@@ -382,56 +379,3 @@ def _add_histogram(fam: HistogramMetricFamily, labels: list[str], b: Buckets) ->
         running += n
         cumulative.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
     fam.add_metric(labels, cumulative, sum_value=b.total)
-
-
-class HealthServer:
-    """/healthz and /metrics on a stdlib HTTP server in a daemon thread of the serve process."""
-
-    def __init__(self, state: ServeState, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.state = state
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(StatusCollector(state))
-        self._server = ThreadingHTTPServer((host, port), self._handler())
-        self._server.daemon_threads = True
-        self.host, self.port = host, int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="streamvad-health", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self) -> HealthServer:
-        self._thread.start()
-        log.info("health and metrics on %s/healthz and %s/metrics", self.url, self.url)
-        return self
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/healthz":
-                    ok, body = server.state.health()
-                    self._reply(200 if ok else 503, "application/json", json.dumps(body).encode("utf-8"))
-                elif path == "/metrics":
-                    self._reply(200, CONTENT_TYPE_LATEST, generate_latest(server.registry))
-                else:
-                    self._reply(404, "text/plain", b"not found: try /healthz or /metrics\n")
-
-            def _reply(self, status: int, content_type: str, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                log.debug("http %s", format % args)
-
-        return Handler

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import queue
 import signal
 import threading
 import time
 from collections import Counter, OrderedDict, defaultdict
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -37,12 +39,15 @@ import numpy as np
 
 from streamvad import security
 from streamvad.config import CameraConfig, StreamVADConfig
+from streamvad.console.api import Site
+from streamvad.console.server import ConsoleServer
 from streamvad.enrolment import check_enrolment, enrolment_main
 from streamvad.errors import ConfigError, StreamVADError
 from streamvad.live.events import EventTracker, EventUpdate
 from streamvad.live.events_db import EventsDB
 from streamvad.live.fleet import bind_endpoint, camera_endpoint, check_models, owned, worker_endpoints
-from streamvad.live.health import HealthServer, ServeState
+from streamvad.live.health import ServeState
+from streamvad.live.media import EventMedia
 from streamvad.live.reader import reader_main
 from streamvad.live.supervisor import ChildSpec, StatusReporter, Supervisor, setup_child
 from streamvad.live.worker import worker_main
@@ -51,7 +56,7 @@ from streamvad.scoring.engine import ModelInfo
 from streamvad.sinks import MqttSink, SinkFanout, WebhookSink, build_sinks
 from streamvad.sources.shrink import limit_size
 from streamvad.transport import ControlServer, Delivery, FramePuller, Message, VerdictInbox
-from streamvad.types import TAMPER_TYPES, Event, FrameKey
+from streamvad.types import TAMPER_TYPES, Event, Evidence, FrameKey, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,8 @@ _FRAME_STASH = 256
 _FRAME_STASH_BYTES = 64 << 20
 _BATCH = 256  # deliveries per commit at most
 _POLL_MS = 200
+_API_WAIT_S = 10.0  # the console waits this long for the main loop to take its request
+_PRUNE_EVERY_S = 3600.0  # how often old events are deleted (events.retention_days)
 _DROP_LOG_EVERY_S = 10.0
 _LOCAL_STATUS = "tcp://127.0.0.1:*"  # a role's children report to it here (the port is picked at bind)
 
@@ -84,7 +91,8 @@ class EventsProcess:
         # camera faults (verdict.tamper) are events of their own type, with their own hysteresis per camera
         self.faults = {kind: EventTracker(cfg.events, kind) for kind in TAMPER_TYPES}
         self.db = EventsDB(cfg.events.database)
-        self.sinks = SinkFanout(build_sinks(cfg.sinks))
+        self.media = EventMedia(cfg.events)  # first: the sinks after it name its pictures
+        self.sinks = SinkFanout([self.media, *build_sinks(cfg.sinks)])
         self.verdicts = 0
         self.repeats = 0  # resent messages already committed
         self.lost = 0  # messages a worker dropped from its full buffer before they were acknowledged
@@ -94,6 +102,8 @@ class EventsProcess:
         self._lock = threading.Lock()
         self._touched: set[str] = set()  # cameras whose state changed since the last commit
         self._changed: dict[str, Event] = {}  # events that changed since then, by id
+        self._evidence: dict[str, Evidence] = {}  # peak evidence of those whose peak changed
+        self._pruned_at = float("-inf")
         self._acks: dict[str, tuple[bytes, int]] = {}  # sender -> (its peer, its last message taken in)
         self._restore()
 
@@ -156,6 +166,8 @@ class EventsProcess:
             now = time.time()
             wall = msg.header.get("wall_time") or now
             verdict = msg.verdict
+            if image is not None:
+                self._observe(verdict, image)
             for kind, tracker in self.faults.items():
                 self._emit(tracker.update(dataclasses.replace(verdict, anomalous=verdict.tamper == kind), wall, image,
                                           arrived=now))
@@ -169,12 +181,31 @@ class EventsProcess:
             log.info("%s: end of stream after %s frames", msg.camera, msg.header.get("frames", "?"))
             for tracker in self._trackers():
                 self._emit(tracker.end_of_stream(msg.camera, msg.last_key, time.time()))
+            self.media.end_of_stream(msg.camera)
             self._touched.add(msg.camera)
 
+    def _observe(self, verdict: Verdict, image: np.ndarray) -> None:
+        """The console's live tile and event clips; a full disk costs pictures, never verdicts."""
+        try:
+            self.media.observe(verdict, image)
+        except OSError as err:
+            self.sinks.errors += 1
+            log.error("events: cannot write the pictures of %s under %s: %s", verdict.key.camera,
+                      self.cfg.events.media, err)
+
     def tick(self) -> None:
-        """Closes events of cameras that went silent (a reader that died mid-event)."""
+        """Closes events of cameras that went silent (a reader that died mid-event), ends their clips, and once
+        an hour deletes events and pictures older than `events.retention_days`."""
         for tracker in self._trackers():
             self._emit(tracker.expire(time.time()))
+        self.media.tick(self.cfg.events.silence_s)
+        days = self.cfg.events.retention_days
+        if days is not None and time.monotonic() - self._pruned_at >= _PRUNE_EVERY_S:
+            self._pruned_at = time.monotonic()
+            files = self.db.prune(time.time() - days * 86400.0)
+            self.media.delete(files)
+            if files:
+                log.info("events: deleted the events older than %g days and %d picture(s)", days, len(files))
 
     def _trackers(self) -> list[EventTracker]:
         return [self.tracker, *self.faults.values()]
@@ -186,6 +217,8 @@ class EventsProcess:
                 self.events[update.event.camera][kind] += 1
             self._touched.add(update.event.camera)
             self._changed[update.event.id] = update.event
+            if update.peak_evidence is not None and update.kind != "closed":
+                self._evidence[update.event.id] = update.peak_evidence
             self.sinks.handle(update)
 
     def commit(self, inbox: VerdictInbox | None = None) -> None:
@@ -194,12 +227,14 @@ class EventsProcess:
         if not (self._touched or self._changed or self._acks):
             return
         states = {(t.event_type, c): t.state(c) for t in self._trackers() for c in self._touched}
-        self.db.commit(self._changed.values(), states, {s: seq for s, (_peer, seq) in self._acks.items()})
+        self.db.commit(self._changed.values(), states, {s: seq for s, (_peer, seq) in self._acks.items()},
+                       self._evidence)
         if inbox is not None:
             for sender, (peer, seq) in self._acks.items():
                 inbox.ack(peer, sender, seq)
         self._touched.clear()
         self._changed.clear()
+        self._evidence.clear()
         self._acks.clear()
 
     def _take(self, inbox: VerdictInbox, timeout_ms: int) -> None:
@@ -349,6 +384,7 @@ class _Serve:
         self.status_log = _StatusLog()
         self.ready: set[str] = set()
         self.child_cfg = cfg  # what children get (`_child_config`), set in `run`
+        self._api_requests: queue.Queue[tuple[EnrolRequest, Future[tuple[bool, str]]]] = queue.Queue()
 
     def _control(self, request: EnrolRequest) -> tuple[bool, str]:
         """A control message: enrol a camera in a child process of its own (phase and progress in /healthz)."""
@@ -365,6 +401,20 @@ class _Serve:
                                  (self.child_cfg, request.camera, request.duration_s, self.level), once=True))
         log.info("control: enrolling %s for %g s of its stream", request.camera, request.duration_s)
         return True, f"{request.camera}: enrolling {request.duration_s:g} s of its stream (progress in /healthz)"
+
+    def _enrol_from_api(self, request: EnrolRequest) -> tuple[bool, str]:
+        """The console's enrol button: handled on the main thread, which owns the supervisor."""
+        done: Future[tuple[bool, str]] = Future()
+        self._api_requests.put((request, done))
+        try:
+            return done.result(timeout=_API_WAIT_S)
+        except TimeoutError:
+            return False, "serve is busy starting or stopping; try again in a moment"
+
+    def _serve_api(self) -> None:
+        while not self._api_requests.empty():
+            request, done = self._api_requests.get()
+            done.set_result(self._control(request))
 
     def _receive(self, status: FramePuller) -> None:
         msg = status.recv(_POLL_MS)
@@ -404,7 +454,9 @@ class _Serve:
     def run(self) -> int:
         status = FramePuller(self.cfg.transport.status if self.role.name == "all" else _LOCAL_STATUS,
                              hwm=1000, bind=True)
-        health = HealthServer(self.state, self.cfg.serve.http_host, self.cfg.serve.http_port).start()
+        site = Site(self.cfg, self.state, self._enrol_from_api if self.role.runs("worker") else None) \
+            if self.role.runs("events") else None
+        health = ConsoleServer(self.state, self.cfg.serve.http_host, self.cfg.serve.http_port, site).start()
         control = ControlServer(self.cfg.transport.control) if self.role.runs("worker") else None
         code = 0
         try:
@@ -430,6 +482,7 @@ class _Serve:
                     self._receive(status)
                     if control is not None:
                         control.serve_one(self._control)
+                    self._serve_api()
                     self.sup.watch()
                 if not self.stop.is_set():
                     log.info("all sources ended; shutting down")

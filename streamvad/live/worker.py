@@ -25,21 +25,29 @@ import numpy as np
 
 from streamvad import security
 from streamvad.compute import leave_cores_to_torch
-from streamvad.config import CameraConfig, DriftConfig, StreamVADConfig, TamperConfig, TransportConfig, WorkerConfig
+from streamvad.config import (
+    CameraConfig,
+    DriftConfig,
+    EventsConfig,
+    StreamVADConfig,
+    TamperConfig,
+    TransportConfig,
+    WorkerConfig,
+)
 from streamvad.errors import ConfigError
 from streamvad.live.drift import DriftMonitor
 from streamvad.live.fleet import Fleet, ModelWatcher, load_fleet, owned
 from streamvad.live.health import BATCH_BUCKETS, LATENCY_BUCKETS, Buckets
+from streamvad.live.pictures import PicturePolicy
 from streamvad.live.supervisor import StatusReporter, setup_child
 from streamvad.live.tamper import TamperMonitor
 from streamvad.scoring.engine import Engine, FrameScorer
 from streamvad.sources.shrink import limit_size
 from streamvad.transport import FramePuller, Message, VerdictLink, encode_frame, encode_verdict, relay
-from streamvad.types import Frame, Verdict
+from streamvad.types import Frame, Polygon, Verdict
 
 log = logging.getLogger(__name__)
 
-Polygon = Sequence[tuple[float, float]]
 _IDLE_POLL_MS = 100  # how often an idle worker looks at its stop flag
 
 
@@ -83,15 +91,18 @@ class VerdictSender:
     """The worker's verdicts and relayed EOSs, over the acknowledged link to the events process (which binds,
     so any number of workers can join); see `VerdictLink`."""
 
-    def __init__(self, transport: TransportConfig) -> None:
+    def __init__(self, transport: TransportConfig, pictures: PicturePolicy) -> None:
         self.link = VerdictLink(transport.verdicts, capacity=transport.unacked_max,
                                 resend_after_s=transport.resend_after_s)
         self.quality = transport.jpeg_quality
+        self.pictures = pictures
 
     def send(self, verdict: Verdict, frame: Frame) -> None:
-        """An anomalous verdict travels with its frame (JPEG), which the events process draws snapshots on."""
+        """A verdict travels with its frame (JPEG, shrunk and privacy-blurred) when the policy says so: always
+        when anomalous (snapshots), and for clips and the console's live tiles."""
         parts = encode_verdict(verdict, frame.wall_time)
-        self.link.send([*encode_frame(frame, "jpeg", self.quality), *parts] if verdict.anomalous else parts)
+        picture = self.pictures.picture(verdict, frame)
+        self.link.send(parts if picture is None else [*encode_frame(picture, "jpeg", self.quality), *parts])
 
     def send_eos(self, eos: Message) -> None:
         """Forwards the reader's EOS header unchanged: only the events process, which sees every worker's
@@ -113,8 +124,10 @@ class Worker:
                  frames_endpoint: str | None = None,
                  masks: Mapping[str, Polygon] | None = None, name: str = "worker-0",
                  drain_timeout_s: float = 10.0, tamper: TamperConfig | None = None,
-                 watcher: ModelWatcher | None = None, drift: DriftConfig | None = None) -> None:
+                 watcher: ModelWatcher | None = None, drift: DriftConfig | None = None,
+                 pictures: PicturePolicy | None = None) -> None:
         self.fleet = fleet if isinstance(fleet, Fleet) else Fleet.single(fleet)
+        self.pictures = pictures or PicturePolicy(EventsConfig(), {})
         self.transport = transport
         self.cfg = cfg
         self.frames_endpoint = frames_endpoint or transport.frames
@@ -175,7 +188,7 @@ class Worker:
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set, then drain what is queued (bounded by `drain_timeout_s`)."""
         puller = FramePuller(self.frames_endpoint, hwm=self.transport.hwm, bind=True)
-        sender = self.sender = VerdictSender(self.transport)
+        sender = self.sender = VerdictSender(self.transport, self.pictures)
         if self.watcher is not None:
             self.watcher.start()
         self.ready.set()
@@ -338,7 +351,8 @@ def build_worker(cfg: StreamVADConfig, index: int = 0, frames_endpoint: str | No
     watcher = ModelWatcher(cfg, cameras, fleet, scoring, cfg.worker.model_poll_s)
     return Worker(fleet, cfg.transport, cfg.worker, frames_endpoint=frames_endpoint, masks=masks,
                   name=f"worker-{index}", drain_timeout_s=cfg.serve.drain_timeout_s, tamper=cfg.tamper,
-                  watcher=watcher, drift=cfg.drift)
+                  watcher=watcher, drift=cfg.drift,
+                  pictures=PicturePolicy(cfg.events, {c.id: c.privacy for c in cameras}))
 
 
 def _check_motion_rate(cameras: Sequence[CameraConfig], fleet: Fleet) -> None:

@@ -356,10 +356,7 @@ class NormalityModel:
         """
         location = self.chroma_location(directory)
         self.save_memory(directory)
-        proc = mp.get_context("spawn").Process(target=_write_saved_chroma, args=(directory, location),
-                                               name="streamvad-chroma")
-        proc.start()
-        return proc
+        return chroma_process(directory, location)
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -472,6 +469,15 @@ def _chroma_location(directory: Path, server: dict[str, str] | None) -> chroma_s
     if server is None:
         return chroma_store.ChromaLocation(directory=directory / "chroma")
     return chroma_store.ChromaLocation(url=server["url"], prefix=server["prefix"])
+
+
+def chroma_process(directory: Path, location: chroma_store.ChromaLocation) -> BaseProcess:
+    """Chroma written at `location` from the memory files saved in `directory`, by a process of its own, started
+    now (its client holds the GIL while it writes)."""
+    proc = mp.get_context("spawn").Process(target=_write_saved_chroma, args=(directory, location),
+                                           name="streamvad-chroma")
+    proc.start()
+    return proc
 
 
 def _write_saved_chroma(directory: Path, location: chroma_store.ChromaLocation) -> None:

@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +31,14 @@ from streamvad.errors import InputError
 from streamvad.live.tamper import TamperMonitor
 from streamvad.motion import MotionTracker
 from streamvad.offline.event_metrics import ClipVerdicts, event_metrics
+from streamvad.offline.exemplars import thumbnail
 from streamvad.overlay import overlay_heatmap, save_jpeg
 from streamvad.scoring.engine import Engine, FrameScorer, ModelInfo, embed_frames
 from streamvad.scoring.kinds import KNNN, model_kind
 from streamvad.scoring.smoothing import Smoother
 from streamvad.sources.images import list_images
 from streamvad.transport import as_transported
-from streamvad.types import EmbeddingBatch, FeatureRequest, Frame, Verdict
+from streamvad.types import EmbeddingBatch, FeatureRequest, Frame, Polygon, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +85,12 @@ class Embedded:
     batch: EmbeddingBatch
     clip_ids: np.ndarray  # [Q] index into the clip list
     sources: list[str]
+    thumbnails: list[bytes] = field(default_factory=list)  # each frame's exemplar picture, when asked for
 
     def rows(self, mask: np.ndarray) -> Embedded:
         idx = np.flatnonzero(mask)
-        return Embedded(self.batch.select(idx), self.clip_ids[idx], [self.sources[i] for i in idx])
+        return Embedded(self.batch.select(idx), self.clip_ids[idx], [self.sources[i] for i in idx],
+                        [self.thumbnails[i] for i in idx] if self.thumbnails else [])
 
 
 def embed_batches(
@@ -117,9 +120,12 @@ def embed_batches(
 
 def embed_clips(backbone: Backbone, clips: Sequence[Clip], sample_fps: float | None, *,
                 transport: TransportConfig | None = None, progress: bool = True,
-                motion: MotionConfig | None = None) -> Embedded:
+                motion: MotionConfig | None = None, thumbnails: bool = False,
+                privacy: Sequence[Polygon] = ()) -> Embedded:
     """Global and patch embeddings of every sampled frame of `clips`, one row per frame; with `motion`,
-    each frame's motion since the previous frame of its clip, measured as the live worker measures it."""
+    each frame's motion since the previous frame of its clip, measured as the live worker measures it; with
+    `thumbnails`, each frame's exemplar picture (privacy-blurred)."""
+    pictures: list[bytes] = []
     batches: list[EmbeddingBatch] = []
     clip_ids: list[int] = []
     sources: list[str] = []
@@ -133,10 +139,12 @@ def embed_clips(backbone: Backbone, clips: Sequence[Clip], sample_fps: float | N
                 tracker.forget(frames[0].camera)
                 last_clip = ci
             batch.motion = tracker.observe(frames)
+        if thumbnails:
+            pictures.extend(thumbnail(f, privacy) for f in frames)
         batches.append(batch)
     if not batches:
         raise no_frames(clips)
-    return Embedded(EmbeddingBatch.concat(batches), np.asarray(clip_ids), sources)
+    return Embedded(EmbeddingBatch.concat(batches), np.asarray(clip_ids), sources, pictures)
 
 
 def no_frames(clips: Sequence[Clip]) -> InputError:
@@ -168,12 +176,14 @@ def fit(
     sample_fps: float | None,
     detector: str | None = None,
     progress: bool = True,
+    privacy: Sequence[Polygon] = (),
 ) -> FitResult:
-    """Fit a k-NNN normality model (default) or an image detector on normal clips and save it to `out`."""
+    """Fit a k-NNN normality model (default) or an image detector on normal clips and save it to `out`; `privacy`:
+    the camera's privacy polygons, blurred in the exemplar pictures the model keeps."""
     t0 = time.perf_counter()
     backbone = build_backbone(cfg.backbone)
     kind = model_kind(detector or KNNN)
-    fitted = kind.fit(cfg, backbone, clips, sample_fps, out, progress)
+    fitted = kind.fit(cfg, backbone, clips, sample_fps, out, progress, privacy)
     scores = _quantiles(fitted.holdout_scores)
     ModelInfo(kind.name, cfg.backbone, cfg.scoring, sample_fps, cfg.transport.frame_max_side,
               cfg.transport.jpeg_quality, fitted.holdout,

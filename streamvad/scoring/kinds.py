@@ -28,7 +28,7 @@ from streamvad.motion.model import calibrate_motion, motion_memory_bound
 from streamvad.normality.coreset import frame_coreset
 from streamvad.scoring.folds import clip_folds, holdout_mask
 from streamvad.scoring.smoothing import causal_means
-from streamvad.types import FeatureRequest
+from streamvad.types import FeatureRequest, Polygon
 
 if TYPE_CHECKING:
     from streamvad.datasets.base import Clip
@@ -84,7 +84,7 @@ class ModelKind(Protocol):
     name: str
 
     def fit(self, cfg: StreamVADConfig, backbone: Backbone, clips: Sequence[Clip], sample_fps: float | None,
-            out: Path, progress: bool) -> Fitted:
+            out: Path, progress: bool, privacy: Sequence[Polygon] = ()) -> Fitted:
         """Fit on normal `clips`, calibrate on normal footage only, save the scorer's files under `out`."""
         ...
 
@@ -116,14 +116,16 @@ class KnnKind:
     name = KNNN
 
     def fit(self, cfg: StreamVADConfig, backbone: Backbone, clips: Sequence[Clip], sample_fps: float | None,
-            out: Path, progress: bool) -> Fitted:
+            out: Path, progress: bool, privacy: Sequence[Polygon] = ()) -> Fitted:
         from streamvad.normality.model import NormalityModel
+        from streamvad.offline.exemplars import write_exemplars
         from streamvad.offline.pipeline import embed_clips
         from streamvad.scoring.knn import Frames, calibrate
 
         motion = cfg.normality.motion if cfg.normality.motion.enabled else None
         timer = Timer()
-        embedded = embed_clips(backbone, clips, sample_fps, transport=cfg.transport, progress=progress, motion=motion)
+        embedded = embed_clips(backbone, clips, sample_fps, transport=cfg.transport, progress=progress, motion=motion,
+                               thumbnails=True, privacy=privacy)
         hold = holdout_mask(embedded.clip_ids, len(clips), cfg.normality.holdout_fraction)
         train, held = embedded.rows(~hold), embedded.rows(hold)
         timer.lap("embed")
@@ -133,6 +135,7 @@ class KnnKind:
         model = NormalityModel.fit(memory.batch.global_, memory.batch.patches, cfg.normality, sources=memory.sources,
                                    backbone=backbone.manifest(), nnn=cfg.scoring.method == "nnn", density=False,
                                    max_bytes=None if budget is None else int(budget * 2**20) - motion_bytes)
+        write_exemplars(out, model.frame_of(), memory.thumbnails)
         timer.lap("cluster")
         thresholds: dict[str, float] = {}
         # the system of record is final once clustered: its own process writes it while HDBSCAN, motion and
@@ -244,7 +247,7 @@ class DetectorKind:
         self.name = name
 
     def fit(self, cfg: StreamVADConfig, backbone: Backbone, clips: Sequence[Clip], sample_fps: float | None,
-            out: Path, progress: bool) -> Fitted:
+            out: Path, progress: bool, privacy: Sequence[Polygon] = ()) -> Fitted:
         from streamvad.detectors import build_detector, fit_and_calibrate
         from streamvad.detectors.config import DetectorConfig
         from streamvad.offline.pipeline import embed_batches, no_frames

@@ -12,7 +12,7 @@ from streamvad.overlay import overlay_heatmap, save_jpeg
 log = logging.getLogger(__name__)
 
 
-def _safe_name(name: str) -> str:
+def safe_name(name: str) -> str:
     """A camera id as a single path component (no separators, no leading dots)."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "_"
 
@@ -33,7 +33,7 @@ class SnapshotSink:
             log.debug("event %s %s: no peak frame kept, no snapshot", update.event.id, update.kind)
             return
         event = update.event
-        path = self.directory / _safe_name(event.camera) / f"{event.id}_{update.kind}.jpg"
+        path = self.directory / safe_name(event.camera) / f"{event.id}_{update.kind}.jpg"
         save_jpeg(overlay_heatmap(update.peak_frame, update.peak_heatmap), path, self.quality)
         update.snapshot_path = str(path)
         if update.snapshot_path not in event.snapshot_paths:

@@ -1,0 +1,77 @@
+"""The nearest normal exemplar of an event: the training frame whose patch, at the event's hottest patch
+position, is nearest the event's own. It shows the operator what normal looks like exactly there, the
+comparison the score itself made.
+
+Each memory row records its training frame (`frames.npy`), and `fit` keeps a small JPEG of every frame the
+memory holds a row of (`exemplars/<frame>.jpg`, see offline/exemplars.py). Memories are loaded on first use
+and a few are kept, since an operator reviews several events of one camera in a row.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamvad.errors import StreamVADError
+from streamvad.model_store import version_name
+from streamvad.normality.model import NormalityModel
+from streamvad.offline.exemplars import EXEMPLARS, exemplar_path
+from streamvad.types import Evidence
+
+_KEEP = 4  # memories held at once
+
+
+class Exemplars:
+    def __init__(self) -> None:
+        self._models: OrderedDict[Path, NormalityModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _model(self, model_dir: Path) -> NormalityModel:
+        with self._lock:
+            if model_dir in self._models:
+                self._models.move_to_end(model_dir)
+                return self._models[model_dir]
+        model = NormalityModel.load(model_dir / "normality")
+        with self._lock:
+            self._models[model_dir] = model
+            while len(self._models) > _KEEP:
+                self._models.popitem(last=False)
+        return model
+
+    def nearest(self, model_dir: Path | None, evidence: Evidence) -> dict[str, Any] | None:
+        """{"path", "source", "patch", "distance", "version"} of the exemplar of the evidence's hottest patch, or
+        None when the model keeps no exemplars (fitted before they were kept) or is gone."""
+        if model_dir is None or not (model_dir / EXEMPLARS).is_dir():
+            return None
+        try:
+            model = self._model(model_dir)
+        except (StreamVADError, OSError):
+            return None
+        patch = int(evidence.patches[0])
+        memory = model.train[patch + 1].astype(np.float32)  # token 0 is the global embedding
+        distances = np.sqrt(((memory - evidence.vectors[0].astype(np.float32)) ** 2).sum(1))
+        row = int(np.argmin(distances))
+        frame = int(model.frame_of()[patch + 1, row])
+        path = exemplar_path(model_dir, frame)
+        if not path.is_file():
+            return None
+        return {"path": path, "source": model.sources[frame], "patch": patch, "distance": float(distances[row]),
+                "version": version_name(model_dir)}
+
+    @staticmethod
+    def thresholds(model_dir: Path) -> dict[str, float]:
+        """The model's calibrated thresholds: appearance rules (the normality manifest) and motion."""
+        out: dict[str, float] = {}
+        for path in (model_dir / "normality" / "manifest.json", model_dir / "motion" / "motion.json"):
+            try:
+                doc = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            found = doc.get("thresholds", {}) if "thresholds" in doc else {"motion": doc.get("threshold")}
+            out.update({str(k): float(v) for k, v in found.items() if isinstance(v, int | float)})
+        return out

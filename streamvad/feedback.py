@@ -1,0 +1,134 @@
+"""An operator's "this is normal": the event's evidence joins the camera's memory as a new model version.
+
+A false alarm is a sight the enrolment footage never showed (a delivery van's usual spot, a new bench). The
+console's "mark as normal" takes the evidence the worker sent with the event's peak frame (types.Evidence:
+its most anomalous patches' embeddings and their velocities) and adds each patch's vector to the memory of
+its own patch position, and each moving cell's velocity to that cell's motion memory, with no refit: the
+next identical sight finds itself in the memory and scores as normal, while anything else at that place is
+still measured against what was there before. Thresholds are kept, since nothing about the rest of the
+scene's normality changed.
+
+It writes the next version of the camera's store (a copy of the current one plus the additions, file hashes
+recorded anew), makes it current, and the camera's worker swaps it in between batches. Undo is a rollback to
+the version before, which names this event in its record.
+
+Every token's memory has one row per added vector, since the serving arrays are dense [T, M, D]: tokens
+that received nothing repeat their first row, which changes no nearest distance. The Chroma system of
+record gets the same rows from a process of its own (its client holds the GIL for seconds); until that is
+done the new version's `chroma/` still holds the previous rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from streamvad.errors import InputError
+from streamvad.model_store import ModelStore, Version
+from streamvad.motion.model import META as MOTION_META
+from streamvad.motion.model import MotionModel
+from streamvad.normality import hnsw_index
+from streamvad.normality.chroma_store import ChromaLocation
+from streamvad.normality.model import NormalityModel, chroma_process
+from streamvad.normality.nnn import NNN_FILE
+from streamvad.scoring.engine import ModelInfo
+from streamvad.types import Evidence
+
+log = logging.getLogger(__name__)
+
+NORMALITY, MOTION = "normality", "motion"
+
+
+def add_to_memory(model: NormalityModel, evidence: Evidence, source: str) -> int:
+    """Each evidence vector becomes a row of its patch's token (others repeat their first row); returns how many.
+    The new rows' cluster and local density are those of their nearest existing row, so the study's k-NNN ratio
+    of an identical patch is ~0 as well."""
+    tokens = np.asarray(evidence.patches, dtype=np.int64) + 1  # token 0 is the global embedding
+    vectors = np.asarray(evidence.vectors, dtype=np.float32)
+    if vectors.shape[1] != model.dim:
+        raise InputError(f"evidence of {vectors.shape[1]} dims, the model's memory has {model.dim}: another backbone")
+    k = len(tokens)
+    frame = len(model.sources)
+    rows = np.repeat(model.train[:, :1], k, axis=1)  # [T, K, D]: repeats of each token's first row
+    clusters = np.repeat(model.clusters[:, :1], k, axis=1)
+    loc_dens = np.repeat(model.loc_dens[:, :1], k, axis=1)
+    frames = np.repeat(model.frame_of()[:, :1], k, axis=1).astype(np.int32)
+    for i, (t, v) in enumerate(zip(tokens, vectors, strict=True)):
+        memory = model.train[t].astype(np.float32)
+        nearest = int(np.argmin(((memory - v) ** 2).sum(1)))
+        rows[t, i] = v.astype(model.train.dtype)
+        clusters[t, i], loc_dens[t, i], frames[t, i] = model.clusters[t, nearest], model.loc_dens[t, nearest], frame
+    model.frames = np.concatenate([model.frame_of(), frames], axis=1).astype(np.int32)
+    model.train = np.concatenate([model.train, rows], axis=1)
+    model.clusters = np.concatenate([model.clusters, clusters], axis=1)
+    model.loc_dens = np.concatenate([model.loc_dens, loc_dens], axis=1)
+    model.sources = [*model.sources, source]
+    if model.indexes is not None:
+        model.indexes = [hnsw_index.build(model.train[t].astype(np.float32), model.config.seed)
+                         for t in range(model.n_tokens)]
+    model.nnn = None  # the original k-NNN's neighbourhoods describe the old memory: rebuilt on first use
+    return k
+
+
+def add_velocities(motion: MotionModel, evidence: Evidence) -> int:
+    """Each moving cell's velocity joins that cell's motion memory (at its own place: no neighbour cost);
+    returns how many."""
+    if evidence.velocities is None:
+        return 0
+    moving = np.isfinite(evidence.velocities).all(1)
+    cells, velocities = np.asarray(evidence.patches)[moving], evidence.velocities[moving]
+    if not len(cells):
+        return 0
+    extra = np.repeat(motion.memory[:, :1], len(cells), axis=1)
+    for i, (cell, v) in enumerate(zip(cells, velocities, strict=True)):
+        extra[cell, i] = [v[0] / motion.scale[cell], v[1] / motion.scale[cell], 0.0]
+    motion.memory = np.concatenate([motion.memory, extra], axis=1)
+    return len(cells)
+
+
+def mark_normal(root: Path, evidence: Evidence, event_id: str) -> Version:
+    """The next version of the store at `root`: the current one with `evidence` added; it is made current."""
+    store = ModelStore(root)
+    current = store.current()
+    if current is None:
+        raise InputError(f"{root}: no current model version to add to (the camera is still learning)")
+    work = root / f".normal-{event_id[:12]}"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(current.path, work, symlinks=True, ignore=shutil.ignore_patterns("version.json"))
+    try:
+        model = NormalityModel.load(work / NORMALITY)
+        added = add_to_memory(model, evidence, f"event:{event_id}")
+        (work / NORMALITY / NNN_FILE).unlink(missing_ok=True)
+        model.save(work / NORMALITY, write_chroma=False)
+        velocities = 0
+        if (work / MOTION / MOTION_META).is_file():
+            motion = MotionModel.load(work / MOTION)
+            velocities = add_velocities(motion, evidence)
+            motion.save(work / MOTION)
+        ModelInfo.load(work).save(work)  # the file hashes of what changed
+        version = store.add(work, {"source": "marked normal", "event": event_id, "previous": current.name,
+                                   "added_vectors": added, "added_velocities": velocities})
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    store.activate(version.name)
+    if model.config.chroma and model.chroma_server is None:
+        chroma_process(version.path / NORMALITY, ChromaLocation(directory=version.path / NORMALITY / "chroma"))
+    elif model.chroma_server is not None:
+        log.warning("%s: %s is not in the Chroma server's record yet (rebuild it with a refit)", root, version.name)
+    log.info("%s: %s marks event %s normal (%d patch vectors, %d velocities added to %s)", root, version.name,
+             event_id, added, velocities, current.name)
+    return version
+
+
+def undo(root: Path, event_id: str) -> Version:
+    """Roll the store back past the version that marked `event_id` normal, if it is still the current one."""
+    store = ModelStore(root)
+    current = store.current()
+    if current is None or current.record.get("event") != event_id:
+        raise InputError(f"{root}: the current version ({current.name if current else 'none'}) is not the one that "
+                         f"marked event {event_id} normal; roll back by hand (streamvad models rollback)")
+    return store.activate(str(current.record["previous"]))

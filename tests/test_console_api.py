@@ -1,0 +1,224 @@
+"""The console's API over real HTTP (uvicorn on loopback) on a real events database, model store and fitted model:
+who may do what, paging and filters, the nearest normal exemplar, mark as normal and its undo."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from streamvad.config import StreamVADConfig
+from streamvad.console.api import Site
+from streamvad.console.auth import hash_password, verify_password
+from streamvad.console.server import ConsoleServer
+from streamvad.datasets.synthetic import make_scene
+from streamvad.live.events_db import EventQuery, EventsDB
+from streamvad.live.health import ServeState
+from streamvad.model_store import ModelStore
+from streamvad.normality.model import NormalityModel
+from streamvad.offline.exemplars import exemplar_path
+from streamvad.offline.pipeline import clips_from_paths, iter_frames
+from streamvad.scoring.engine import Engine, embed_frames, load_engine
+from streamvad.scoring.evidence import evidence_of
+from streamvad.types import EmbeddingBatch, Event, Evidence, FrameKey, Verdict
+from tests.test_worker import tiny_model
+
+__all__ = ["tiny_model"]
+
+TOKEN = "console-test-token-0123456789"
+
+
+@dataclass
+class Console:
+    url: str
+    store: Path
+    db: EventsDB
+    engine: Engine
+    batch: EmbeddingBatch
+    verdict: Verdict
+    evidence: Evidence
+
+
+def _event(i: int, camera: str, kind: str = "anomaly", **fields: object) -> Event:
+    start = 1_000_000.0 + 60.0 * i
+    return Event(id=f"e{i:03d}", camera=camera, start_pts=float(i), end_pts=float(i) + 2.0, start_wall_time=start,
+                 peak_score=0.5 + i / 100, peak_key=FrameKey(camera, i, float(i)), frame_count=3, state="closed",
+                 type=kind, end_wall_time=start + 2.0, **fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def console(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    root = tmp_path_factory.mktemp("console")
+    store = root / "gate"
+    shutil.copytree(tiny_model, store / "v0001")
+    ModelStore(store).activate("v0001")
+    cfg = StreamVADConfig.model_validate({
+        "cameras": [{"id": "gate", "url": "gate.mp4", "model": str(store)},
+                    {"id": "yard", "url": "yard.mp4", "model": str(tiny_model)}],
+        "events": {"database": str(root / "events.db"), "media": str(root / "media")},
+        "serve": {"auth": {"token": TOKEN, "users": {"ops": hash_password("correct horse")}}}})
+    # a frame of the scene with a magenta crate on the lawn, scored by the gate's model as a worker would
+    clip = make_scene(root / "clips", seconds=2, fps=10, size=(120, 160), seed=5, place_seed=0, name="lawn").path
+    frame = next(iter_frames(clips_from_paths([clip]), 4.0))
+    frame.image[40:90, 60:110] = (255, 0, 255)
+    engine = load_engine(store / "v0001")
+    batch = embed_frames(engine.backbone, [frame], engine.request)
+    verdict = engine.scorer.score(batch)[0]
+    assert verdict.anomalous  # the model sees the crate
+    evidence = evidence_of(batch, 0, verdict, None)
+    db = EventsDB(cfg.events.database)
+    snapshot = root / "media" / "peak.jpg"
+    snapshot.parent.mkdir(parents=True)
+    Image.fromarray(frame.image).save(snapshot)
+    db.commit([_event(i, "gate" if i % 3 else "yard", "covered" if i % 5 == 0 else "anomaly") for i in range(1, 31)],
+              {}, {})
+    db.commit([_event(0, "gate", snapshot=str(snapshot), heatmap=str(snapshot), model_version="v0001")], {}, {},
+              {"e000": evidence})
+    state = ServeState()
+    server = ConsoleServer(state, port=0, site=Site(cfg, state)).start()
+    try:
+        yield Console(server.url, store, db, engine, batch, verdict, evidence)
+    finally:
+        server.close()
+        db.close()
+
+
+def _auth(credential: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {credential}"}
+
+
+def test_passwords_are_stored_as_scrypt_hashes() -> None:
+    hashed = hash_password("correct horse")
+    assert hashed.startswith("scrypt$") and "correct" not in hashed
+    assert verify_password("correct horse", hashed) and not verify_password("wrong", hashed)
+    assert hash_password("correct horse") != hashed  # salted
+
+
+def test_every_change_needs_a_bearer_and_every_read_a_login(console: Console) -> None:
+    app_routes = httpx.get(f"{console.url}/api/openapi.json").json()["paths"]
+    posts = [p for p, ops in app_routes.items() if "post" in ops and p not in ("/api/login", "/api/logout")]
+    assert len(posts) == 6
+    login = httpx.post(f"{console.url}/api/login", json={"user": "ops", "password": "correct horse"})
+    assert login.status_code == 200 and login.json()["user"] == "ops"
+    cookie = {"streamvad_session": login.json()["session"]}
+    for path in posts:
+        url = console.url + path.replace("{camera_id}", "gate").replace("{event_id}", "e001")
+        assert httpx.post(url, json={}).status_code == 401, path
+        # the session cookie alone is not enough to change anything: another site could make a browser send it
+        assert httpx.post(url, json={}, cookies=cookie).status_code == 401, path
+    gets = [p for p, ops in app_routes.items() if "get" in ops and p.startswith("/api/") and "openapi" not in p
+            and "docs" not in p]
+    for path in gets:
+        url = console.url + path.replace("{camera_id}", "gate").replace("{event_id}", "e001").replace(
+            "{picture}", "snapshot")
+        assert httpx.get(url).status_code == 401, path
+    assert httpx.get(f"{console.url}/api/events", cookies=cookie).status_code == 200  # <img> tags use the cookie
+    assert httpx.get(f"{console.url}/healthz").status_code in (200, 503)  # health stays open
+    assert httpx.get(f"{console.url}/").status_code == 200  # the login page
+    assert httpx.post(f"{console.url}/api/login", json={"user": "ops", "password": "nope"}).status_code == 401
+    assert httpx.get(f"{console.url}/api/events", headers=_auth("not-the-token-at-all")).status_code == 401
+
+
+def test_events_page_newest_first_and_filter(console: Console) -> None:
+    def page(**params: object) -> dict:
+        resp = httpx.get(f"{console.url}/api/events", params=params, headers=_auth())
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    first, second = page(limit=10), page(limit=10, offset=10)
+    assert first["total"] == 31 and [e["id"] for e in first["events"]] == [f"e{i:03d}" for i in range(30, 20, -1)]
+    assert [e["id"] for e in second["events"]] == [f"e{i:03d}" for i in range(20, 10, -1)]
+    yard = page(camera="yard", limit=100)
+    assert yard["total"] == 10 and {e["camera"] for e in yard["events"]} == {"yard"}
+    covered = page(type="covered", limit=100)
+    assert {e["id"] for e in covered["events"]} == {f"e{i:03d}" for i in (5, 10, 15, 20, 25, 30)}
+    window = page(since=1_000_000.0 + 60 * 5, until=1_000_000.0 + 60 * 8, limit=100)
+    assert [e["id"] for e in window["events"]] == ["e007", "e006", "e005"]
+    reviewed = httpx.post(f"{console.url}/api/events/e007/review", json={"state": "reviewed"}, headers=_auth())
+    assert reviewed.status_code == 200
+    assert [e["id"] for e in page(review="reviewed")["events"]] == ["e007"]
+    assert httpx.get(f"{console.url}/api/events", params={"limit": 0}, headers=_auth()).status_code == 422
+    assert httpx.post(f"{console.url}/api/events/e007/review", json={"state": "normal"},
+                      headers=_auth()).status_code == 422  # only "mark as normal" makes an event normal
+    assert httpx.get(f"{console.url}/api/events/nope", headers=_auth()).status_code == 404
+
+
+def test_the_exemplar_is_the_training_frame_of_the_peak_patchs_nearest_vector(console: Console) -> None:
+    detail = httpx.get(f"{console.url}/api/events/e000", headers=_auth()).json()
+    model = NormalityModel.load(console.store / "v0001" / "normality")
+    patch = int(console.evidence.patches[0])
+    memory = model.train[patch + 1].astype(np.float32)
+    row = int(np.argmin(((memory - console.batch.patches[0, patch]) ** 2).sum(1)))
+    frame = int(model.frame_of()[patch + 1, row])
+    assert detail["exemplar"]["patch"] == patch and detail["exemplar"]["source"] == model.sources[frame]
+    assert detail["exemplar"]["version"] == "v0001" and detail["can_mark_normal"]
+    picture = httpx.get(console.url + detail["exemplar"]["url"], headers=_auth())
+    assert picture.status_code == 200 and picture.content == exemplar_path(console.store / "v0001", frame).read_bytes()
+    assert httpx.get(console.url + detail["snapshot_url"], headers=_auth()).headers["content-type"] == "image/jpeg"
+    # the model keeps a picture of each training frame its memory has a row of, and no other
+    kept = {int(p.stem) for p in (console.store / "v0001" / "exemplars").glob("*.jpg")}
+    assert kept == set(np.unique(model.frame_of()).tolist())
+
+
+def test_mark_as_normal_adds_the_sight_to_a_new_version_and_undo_rolls_it_back(console: Console) -> None:
+    marked = httpx.post(f"{console.url}/api/events/e000/normal", headers=_auth())
+    assert marked.status_code == 200, marked.text
+    assert marked.json()["version"] == "v0002"
+    store = ModelStore(console.store)
+    current = store.current()
+    assert current is not None and current.name == "v0002"
+    assert current.record["event"] == "e000" and current.record["previous"] == "v0001"
+    engine = load_engine(current.path)  # the rewritten files' hashes are recorded: it loads
+    again = engine.scorer.score(console.batch)[0]
+    assert console.verdict.anomalous and not again.anomalous
+    # the marked patches found themselves in the memory; the frame is left with its ordinary rest
+    assert again.patch_confidences[console.evidence.patches].max() < 0.1
+    assert console.verdict.patch_confidences[console.evidence.patches].min() > 0.5
+    detail = httpx.get(f"{console.url}/api/events/e000", headers=_auth()).json()
+    assert detail["review"] == "normal" and detail["marked_version"] == "v0002"
+    undone = httpx.post(f"{console.url}/api/events/e000/undo", headers=_auth())
+    assert undone.status_code == 200 and undone.json()["version"] == "v0001"
+    assert store.current().name == "v0001"  # type: ignore[union-attr]
+    assert httpx.get(f"{console.url}/api/events/e000", headers=_auth()).json()["review"] == "unreviewed"
+    again_undo = httpx.post(f"{console.url}/api/events/e000/undo", headers=_auth())
+    assert again_undo.status_code == 409 and "not the one that marked" in again_undo.json()["detail"]
+    fault = httpx.post(f"{console.url}/api/events/e005/normal", headers=_auth())
+    assert fault.status_code == 409  # a covered lens is no sight to learn
+
+
+def test_cameras_list_detail_and_versions(console: Console) -> None:
+    cameras = httpx.get(f"{console.url}/api/cameras", headers=_auth()).json()
+    assert [c["id"] for c in cameras] == ["gate", "yard"]
+    gate = httpx.get(f"{console.url}/api/cameras/gate", headers=_auth()).json()
+    assert gate["store"] and [v["name"] for v in gate["versions"]][:1] == ["v0001"]
+    assert "distance/topk" in gate["thresholds"]
+    yard = httpx.get(f"{console.url}/api/cameras/yard", headers=_auth()).json()
+    assert not yard["store"] and yard["versions"] == []
+    assert httpx.post(f"{console.url}/api/cameras/yard/rollback", headers=_auth()).status_code == 409
+    assert httpx.get(f"{console.url}/api/cameras/nope", headers=_auth()).status_code == 404
+    assert httpx.get(f"{console.url}/api/cameras/gate/latest.jpg", headers=_auth()).status_code == 404  # no frame yet
+    spec = httpx.get(f"{console.url}/api/openapi.json").json()
+    assert {"/api/events/{event_id}/normal", "/api/cameras/{camera_id}/enroll"} <= set(spec["paths"])
+
+
+def test_old_events_and_their_pictures_are_pruned(tmp_path: Path) -> None:
+    db = EventsDB(tmp_path / "events.db")
+    picture = tmp_path / "old.jpg"
+    picture.write_bytes(b"jpeg")
+    old = _event(1, "gate", snapshot=str(picture))
+    recent = _event(2, "gate")
+    recent.start_wall_time = time.time()
+    still_open = _event(3, "gate")
+    still_open.state = "open"
+    db.commit([old, recent, still_open], {}, {})
+    files = db.prune(time.time() - 86400)
+    assert files == [str(picture)]
+    assert sorted(r["id"] for r in db.query(EventQuery(limit=10))[0]) == ["e002", "e003"]  # open ones stay
+    db.close()
