@@ -109,6 +109,22 @@ def test_model_flags_a_fast_mover_a_wrong_way_walker_and_motion_off_the_path() -
     assert model.score(MotionField(normal.fraction[:1], normal.velocity[:1], np.zeros(1, dtype=bool)))[0] == 0
 
 
+def test_a_velocity_marked_normal_is_normal_at_its_cell_only() -> None:
+    """feedback.add_velocities: the console's "mark as normal" of a fast mover in the right lane."""
+    from streamvad.feedback import add_velocities
+    from streamvad.types import Evidence
+
+    model = MotionModel.fit(_lanes(200, np.random.default_rng(0)), GRID, CFG)
+    model.threshold = 1.0
+    cell, other = 2 * GRID[1] + 3, 2 * GRID[1] + 6
+    before = model.cell_scores(_one_mover(cell, 0.5))[0, cell]
+    added = add_velocities(model, Evidence(np.array([cell, other]), np.zeros((2, 4), dtype=np.float16),
+                                           np.array([[0.5, 0.0], [np.nan, np.nan]], dtype=np.float32)))
+    assert added == 1 and before > 2.0  # the still cell (NaN) adds nothing
+    assert model.cell_scores(_one_mover(cell, 0.5))[0, cell] < 0.01
+    assert model.cell_scores(_one_mover(other, 0.5))[0, other] > 2.0  # elsewhere it is as fast as ever
+
+
 def test_k_center_keeps_rare_velocities_within_the_budget() -> None:
     rng = np.random.default_rng(1)
     points = np.r_[rng.normal(0, 0.01, (5000, 2)), [[1.0, 1.0]]]  # one rare, far velocity

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Set up StreamVAD on a fresh machine: a virtualenv with the CPU torch wheel and the package, plus the
 # Debian packages the integration tests use: GStreamer's RTSP server (run by Debian's python3 through
-# PyGObject) serves the loopback test camera over RTSP/TCP, and mosquitto is the MQTT broker the MQTT tests start.
+# PyGObject) serves the loopback test camera over RTSP/TCP, mosquitto is the MQTT broker the MQTT tests start,
+# and Chromium with its driver is the browser the console test drives (Selenium, at their Debian paths).
 #   tools/setup.sh [VENV]    the virtualenv (all the demo and the product need)
 #   tools/setup.sh --system  the Debian packages for the integration tests (root, apt)
 set -euo pipefail
 
-SYSTEM_PACKAGES=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good mosquitto)
+SYSTEM_PACKAGES=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good mosquitto
+                 chromium chromium-driver)
 
 install_system() {
   local missing=() pkg
@@ -15,7 +17,7 @@ install_system() {
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
-    echo "setup: missing ${missing[*]} and cannot apt-get them (not root or no apt); RTSP and MQTT tests will be skipped" >&2
+    echo "setup: missing ${missing[*]} and cannot apt-get them (not root or no apt); RTSP, MQTT and browser tests will be skipped" >&2
     return 0
   fi
   echo "setup: installing ${missing[*]} from Debian" >&2

@@ -2,10 +2,12 @@
 most anomalous patches and their velocities.
 
 The worker is the only place that has a frame's embeddings, and an operator reviews the event minutes or
-days later. Keeping a tenth of the patches, the hottest of the verdict's heatmap, is enough for both uses
-(a top-5% rule decides on half of them): "mark as normal" adds them to the camera's memory so the same
-sight no longer alerts, and the console looks up the nearest normal exemplar of the hottest one. It costs
-tens of kB per anomalous frame and nothing for a normal one.
+days later. The evidence is every patch the heatmap marks as at least half way beyond normal (confidence
+0.5; 1 is further from normal than 99% of normal patches), so the rim of an object, which only partly
+covers its patches, comes along with its middle; at least the hottest 5% (what a top-5% rule decides on),
+at most a quarter of the frame: "mark as normal" adds them to the camera's memory so the same sight no longer alerts,
+and the console looks up the nearest normal exemplar of the hottest one. It costs tens of kB per anomalous
+frame and nothing for a normal one.
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ import numpy as np
 
 from streamvad.types import EmbeddingBatch, Evidence, Verdict
 
-SHARE = 0.1  # of a frame's patches kept as evidence
+LEAST, MOST = 0.05, 0.25  # shares of a frame's patches kept as evidence
+HOT = 0.5  # patch confidence from which a patch is part of what made the frame anomalous
 
 
 def evidence_of(batch: EmbeddingBatch, row: int, verdict: Verdict, min_fraction: float | None) -> Evidence:
     """The evidence of `batch`'s frame `row`, judged by `verdict`; `min_fraction`: the share of a cell's pixels
     that must move for its velocity to count (the model's motion part), None without one."""
     n = verdict.n_patches
-    hottest = np.argsort(-verdict.patch_confidences, kind="stable")[: max(1, math.ceil(SHARE * n))]
+    beyond = int((verdict.patch_confidences >= HOT).sum())
+    k = min(max(beyond, math.ceil(LEAST * n), 1), math.ceil(MOST * n))
+    hottest = np.argsort(-verdict.patch_confidences, kind="stable")[:k]
     vectors = np.asarray(batch.patches[row, hottest], dtype=np.float16)
     velocities = None
     motion = batch.motion

@@ -159,22 +159,26 @@ async function loadEvents() {
 }
 
 async function drawTimeline(cameras) {
-  // the last 24 hours, one row per camera, a mark per event
-  const until = Date.now() / 1000, since = until - 86400, width = 960, row = 22;
-  const page = await api(`/events?${new URLSearchParams({ since, limit: 500 })}`);
+  // one row per camera, a mark per event, over the last day, or less when every event is recent (an hour at least)
+  const until = Date.now() / 1000, width = 960, row = 22;
+  const page = await api(`/events?${new URLSearchParams({ since: until - 86400, limit: 500 })}`);
+  const oldest = Math.min(until, ...page.events.map((e) => e.start_wall_time));
+  const span = Math.min(86400, Math.max(3600, (until - oldest) * 1.1));
+  const since = until - span;
+  const label = span >= 7200 ? `${Math.round(span / 3600)} h ago` : `${Math.round(span / 60)} min ago`;
   const svg = [`<svg viewBox="0 0 ${width + 120} ${row * cameras.length + 20}" role="img" aria-label="timeline">`];
   cameras.forEach((cam, i) => {
     const y = i * row + 4;
     svg.push(`<text x="0" y="${y + 13}">${cam.replace(/[<&>]/g, "")}</text>`,
       `<rect class="lane" x="120" y="${y}" width="${width}" height="${row - 6}"/>`);
     for (const ev of page.events.filter((e) => e.camera === cam)) {
-      const x = 120 + ((ev.start_wall_time - since) / 86400) * width;
-      const w = Math.max(3, (((ev.end_wall_time ?? until) - ev.start_wall_time) / 86400) * width);
+      const x = 120 + ((ev.start_wall_time - since) / span) * width;
+      const w = Math.max(3, (((ev.end_wall_time ?? until) - ev.start_wall_time) / span) * width);
       svg.push(`<a href="#/events/${ev.id}"><rect class="mark ${ev.review}" x="${x}" y="${y}" width="${w}"
         height="${row - 6}"><title>${when(ev.start_wall_time)}</title></rect></a>`);
     }
   });
-  svg.push(`<text x="120" y="${row * cameras.length + 16}">24 h ago</text>`,
+  svg.push(`<text x="120" y="${row * cameras.length + 16}">${label}</text>`,
     `<text x="${width + 80}" y="${row * cameras.length + 16}">now</text></svg>`);
   $("#timeline").innerHTML = svg.join("");
 }
@@ -256,7 +260,7 @@ async function cameraPage(id) {
       }
       return tr;
     }));
-    $("#rollback", main).disabled = cam.versions.length < 2;
+    $("#rollback", main).disabled = !cam.versions.length || cam.versions[0].current;  // oldest first
     $("#thresholds tbody", main).replaceChildren(...Object.entries(cam.thresholds).map(([k, v]) => {
       const tr = document.createElement("tr");
       tr.innerHTML = "<th></th><td></td>";
