@@ -87,11 +87,31 @@ def cmd_fit(args: argparse.Namespace) -> int:
     thresholds = ", ".join(f"{k}={v:.3f}" for k, v in res.thresholds.items()) or "none (no held-out frames)"
     print(f"fitted {res.kind} model on {res.n_train} frames ({res.n_holdout} held out) in {res.seconds:.0f} s "
           f"-> {res.model_dir}\nthresholds from normal frames it was not fitted on: {thresholds}")
+    _print_budget(res, cfg, args.sample_fps)
     if res.stages:
         stages = ", ".join(f"{k} {v:.1f} s" for k, v in res.stages.items())
         memory = f"; serving memory {res.serving_bytes / 2**20:.1f} MiB" if res.serving_bytes else ""
         print(f"stages: {stages}{memory}")
     return 0
+
+
+def _print_budget(res: Any, cfg: StreamVADConfig, sample_fps: float | None) -> None:
+    """The alert budget's threshold beside the quantile one: events.false_alerts_per_day, or 1 a day to show."""
+    from streamvad.scoring.budget import budget_for
+
+    per_day = cfg.events.false_alerts_per_day or 1.0
+    fps = sample_fps or cfg.sampling.fps
+    try:
+        budget = budget_for({"holdout_sequences": res.holdout_sequences}, per_day, fps, cfg.events)
+    except ConfigError as err:
+        print(f"alert budget: none ({err})")
+        return
+    assert budget is not None
+    fused = "motion" in res.thresholds and cfg.scoring.motion != "appearance"  # fused verdicts decide at 1
+    quantile = 1.0 if fused else res.thresholds.get(f"{cfg.scoring.method}/{cfg.scoring.rule}", float("nan"))
+    print(f"alert budget {per_day:g} false events a day at {fps:g} fps ({cfg.events.open_n} of {cfg.events.open_m} "
+          f"frames open one): threshold {budget.threshold:.3f} on the served score, beside the calibrated "
+          f"quantile's {quantile:.3f}")
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

@@ -163,6 +163,7 @@ class CameraConfig(_Section):
     model: Path | None = None
     # The worker that scores this camera (0 .. serve.workers - 1); None: a stable hash of the id picks it
     worker: int | None = Field(None, ge=0)
+    false_alerts_per_day: float | None = Field(None, gt=0.0)  # this camera's alert budget (events.*)
     # Privacy: polygons in [0,1] image coords blurred in every picture that leaves the worker (snapshots, clips,
     # console tiles, webhook payloads); scoring still sees them, unless `mask` leaves them out too
     privacy: list[list[tuple[float, float]]] = Field(default_factory=list)
@@ -333,6 +334,9 @@ class EventsConfig(_Section):
     clip_pre_s: float = Field(5.0, ge=0.0)  # the clip starts this long before the event opened
     clip_post_s: float = Field(5.0, ge=0.0)  # and ends this long after it closed
     retention_days: float | None = Field(30.0, gt=0.0)  # events and their media older than this are deleted
+    # at most this many events a day on normal footage, per camera (cameras[].false_alerts_per_day overrides): the
+    # threshold is extrapolated from the model's hold-out (scoring/budget.py); None: the calibrated quantile
+    false_alerts_per_day: float | None = Field(None, gt=0.0)
 
     @model_validator(mode="after")
     def _window(self) -> EventsConfig:

@@ -22,15 +22,17 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from streamvad.backbones.base import Backbone
-from streamvad.config import CameraConfig, ScoringConfig, StreamVADConfig
+from streamvad.config import CameraConfig, EventsConfig, ScoringConfig, StreamVADConfig
 from streamvad.errors import ConfigError, StreamVADError
 from streamvad.model_store import ModelStore, version_name
 from streamvad.normality.model import BACKBONE_KEYS, backbone_differences
+from streamvad.scoring.budget import Budget, budget_for
 from streamvad.scoring.engine import (
     MODEL_FILE,
     Engine,
@@ -176,6 +178,8 @@ class Fleet:
         self.cameras = dict(cameras)
         self.scorers = dict(scorers or {})
         self.default = default
+        self.budgets: dict[str, Budget] = {}  # cameras with an alert budget: its threshold on their current model
+        self._budget_of: dict[str, Callable[[Engine], Budget | None]] = {}
         self.request = FeatureRequest()
         for path, engine in self.engines.items():
             try:
@@ -228,12 +232,29 @@ class Fleet:
                 sub.motion = engine.tracker.observe([frames[rows[j]] for j in members])
             min_fraction = None if engine.tracker is None else engine.tracker.cfg.min_fraction
             for local, (j, verdict) in enumerate(zip(members, engine.smoother.apply(scorer.score(sub)), strict=True)):
+                if (budget := self.budgets.get(frames[rows[j]].camera)) is not None:
+                    verdict = budget.apply([verdict])[0]
                 verdict.model_version = engine.version
                 if verdict.anomalous:
                     verdict.evidence = evidence_of(sub, local, verdict, min_fraction)
                 out[rows[j]] = verdict
         self.timings = Timings(t1 - t0, time.perf_counter() - t1, len(rows))
         return out
+
+    def budget_by(self, camera: str, budget_of: Callable[[Engine], Budget | None]) -> None:
+        """Give `camera` an alert budget: `budget_of` turns its model into the threshold (again at every swap)."""
+        self._budget_of[camera] = budget_of
+        self._set_budget(camera)
+
+    def _set_budget(self, camera: str) -> None:
+        engine = self.engine(camera)
+        budget = None if engine is None or camera not in self._budget_of else self._budget_of[camera](engine)
+        if budget is None:
+            self.budgets.pop(camera, None)
+            return
+        self.budgets[camera] = budget
+        log.info("%s: alert budget %g false events a day: threshold %.3f (the calibrated one is %.3f)", camera,
+                 budget.per_day, budget.threshold, getattr(engine.scorer, "threshold", float("nan")))
 
     def model_bytes(self) -> dict[str, int]:
         """Bytes of each loaded model's serving arrays, for /metrics."""
@@ -253,6 +274,7 @@ class Fleet:
         old = self.cameras.get(camera)
         self.engines[path], self.cameras[camera] = engine, path
         self.scorers.pop(camera, None)
+        self._set_budget(camera)
         if old is not None and old not in self.cameras.values():
             del self.engines[old]
 
@@ -342,4 +364,17 @@ def load_fleet(cfg: StreamVADConfig, cameras: Sequence[CameraConfig],
     learning = sorted(c for c, p in paths.items() if p is None)
     if learning:
         log.info("learning (not scored until a model is fitted): %s", ", ".join(learning))
-    return Fleet(net, engines, paths, default=default)
+    fleet = Fleet(net, engines, paths, default=default)
+    for camera in cameras:
+        per_day = camera.false_alerts_per_day or cfg.events.false_alerts_per_day
+        if per_day is not None:
+            fleet.budget_by(camera.id, partial(_budget, per_day=per_day, fps=camera.fps, events=cfg.events,
+                                               field=f"cameras.{camera.id}"))
+    return fleet
+
+
+def _budget(engine: Engine, *, per_day: float, fps: float, events: EventsConfig, field: str) -> Budget | None:
+    try:
+        return budget_for(engine.info.fit, per_day, fps, events)
+    except ConfigError as err:
+        raise ConfigError(f"{field}.{err}") from None

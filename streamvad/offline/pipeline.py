@@ -33,6 +33,7 @@ from streamvad.motion import MotionTracker
 from streamvad.offline.event_metrics import ClipVerdicts, event_metrics
 from streamvad.offline.exemplars import thumbnail
 from streamvad.overlay import overlay_heatmap, save_jpeg
+from streamvad.scoring.budget import Budget
 from streamvad.scoring.engine import Engine, FrameScorer, ModelInfo, embed_frames
 from streamvad.scoring.kinds import KNNN, model_kind
 from streamvad.scoring.smoothing import Smoother
@@ -166,6 +167,7 @@ class FitResult:
     stages: dict[str, float]  # seconds of each stage (embed, cluster, hdbscan, motion, calibrate, write)
     serving_bytes: int  # memory serving the model holds (0: not measured)
     holdout_scores: list[float]  # the served scorer's raw scores of the hold-out, as recorded (quantiles)
+    holdout_sequences: list[list[float]]  # ... every one, per held-out clip in stream order
 
 
 def fit(
@@ -184,13 +186,14 @@ def fit(
     backbone = build_backbone(cfg.backbone)
     kind = model_kind(detector or KNNN)
     fitted = kind.fit(cfg, backbone, clips, sample_fps, out, progress, privacy)
-    scores = _quantiles(fitted.holdout_scores)
+    scores = _quantiles([s for clip in fitted.holdout_scores for s in clip])
+    sequences = [[round(s, 5) for s in clip] for clip in fitted.holdout_scores]  # what alert budgets extrapolate from
     ModelInfo(kind.name, cfg.backbone, cfg.scoring, sample_fps, cfg.transport.frame_max_side,
               cfg.transport.jpeg_quality, fitted.holdout,
               fit={"seconds": fitted.seconds, "serving_bytes": fitted.serving_bytes, "holdout_scores": scores,
-                   "holdout_decided_by": fitted.holdout_decided_by}).save(out)
+                   "holdout_sequences": sequences, "holdout_decided_by": fitted.holdout_decided_by}).save(out)
     return FitResult(out, kind.name, fitted.n_train, fitted.n_holdout, fitted.thresholds, time.perf_counter() - t0,
-                     fitted.seconds, fitted.serving_bytes, scores)
+                     fitted.seconds, fitted.serving_bytes, scores, sequences)
 
 
 def _quantiles(scores: Sequence[float], most: int = 1000) -> list[float]:
@@ -250,11 +253,13 @@ def replay(
     heatmaps: Path | None = None,
     heatmap_every: int = 1,
     tamper: TamperConfig | None = None,
+    budget: Budget | None = None,
     progress: bool = True,
 ) -> ReplayResult:
     """Score every sampled frame; write JSON lines and heatmap overlays (every
     `heatmap_every`-th frame of each camera) for the primary scorer, whose verdicts are also checked for
-    camera faults as the live worker checks them (`tamper`)."""
+    camera faults as the live worker checks them (`tamper`) and decided at an alert `budget`'s threshold, as a
+    camera with that budget is (scoring/budget.py)."""
     scorers = scorers or {"primary": engine.scorer}
     primary = next(iter(scorers))
     records: dict[str, list[dict[str, Any]]] = {name: [] for name in scorers}
@@ -271,6 +276,8 @@ def replay(
             batch = engine.embed(frames)
             for name, scorer in scorers.items():
                 verdicts = smoothers[name].apply(scorer.score(batch))
+                if budget is not None and name == primary:
+                    verdicts = budget.apply(verdicts)
                 for frame, v in zip(frames, monitor.annotate(frames, verdicts) if name == primary else verdicts,
                                     strict=True):
                     rec = verdict_record(frame, v)

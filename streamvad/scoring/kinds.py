@@ -54,7 +54,8 @@ class Fitted:
     holdout: tuple[str, ...]
     seconds: dict[str, float] = field(default_factory=dict)
     serving_bytes: int = 0
-    holdout_scores: list[float] = field(default_factory=list)  # the served scorer's raw scores of the hold-out
+    # the served scorer's raw scores of the hold-out, one list per held-out clip in stream order
+    holdout_scores: list[list[float]] = field(default_factory=list)
     holdout_decided_by: str = ""  # ... and that scorer (Verdict.decided_by)
 
 
@@ -180,13 +181,15 @@ class KnnKind:
                       *reference)
 
     def _holdout_scores(self, out: Path, cfg: ScoringConfig, backbone: Backbone, held: Embedded,
-                        ) -> tuple[list[float], str]:
-        """The served scorer's decision scores of the hold-out, and the scorer: what drift compares live
-        scores with (live/drift.py)."""
+                        ) -> tuple[list[list[float]], str]:
+        """The served scorer's decision scores of the hold-out, per clip, and the scorer: what drift compares live
+        scores with (live/drift.py) and alert budgets extrapolate from (scoring/budget.py)."""
         if not len(held.sources):
             return [], ""
         verdicts = self.load(out, cfg, backbone, "cpu", None).scorer.score(held.batch)
-        return [v.raw_score for v in verdicts], verdicts[0].decided_by
+        clips = [[v.raw_score for v, c in zip(verdicts, held.clip_ids, strict=True) if c == clip]
+                 for clip in dict.fromkeys(held.clip_ids.tolist())]
+        return clips, verdicts[0].decided_by
 
     def load(self, model_dir: Path, cfg: ScoringConfig, net: Backbone, device: str, mask: np.ndarray | None,
              ) -> Served:
