@@ -283,6 +283,24 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """A console user's password as serve.auth.users takes it; read from stdin when piped, else asked twice."""
+    import getpass
+
+    from streamvad.console.auth import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise InputError("hash-password: the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if len(password) < 8:
+        raise InputError("hash-password: a console password needs at least 8 characters")
+    print(hash_password(password))
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from streamvad.doctor import report
 
@@ -416,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     k = keys.add_parser("generate", help="server and client key pairs, and allowed/ with the client's public key")
     k.add_argument("dir", type=Path)
     k.set_defaults(func=cmd_keys_generate)
+
+    p = sub.add_parser("hash-password", help="a console user's password hash for serve.auth.users (stdin or prompt)")
+    p.set_defaults(func=cmd_hash_password)
 
     p = sub.add_parser("doctor", help="versions, devices and optional tools this machine has")
     p.set_defaults(func=cmd_doctor)

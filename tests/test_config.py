@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from streamvad.config import load_config
+from streamvad.console.auth import hash_password
 from streamvad.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
@@ -16,6 +17,8 @@ CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 def test_every_shipped_config_loads(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("WEBHOOK_SECRET", "RTSP_USER", "RTSP_PASS"):  # live.yaml's placeholders without a default
         monkeypatch.setenv(name, "x")
+    monkeypatch.setenv("STREAMVAD_TOKEN", "a-token-of-sixteen-or-more")
+    monkeypatch.setenv("OPS_PASSWORD_HASH", hash_password("an example password"))
     cfg = load_config(path)
     assert cfg.scoring.method in ("distance", "knnn", "hdbscan", "nnn")
 

@@ -4,6 +4,8 @@ who may do what, paging and filters, the nearest normal exemplar, mark as normal
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -95,10 +97,18 @@ def _auth(credential: str = TOKEN) -> dict[str, str]:
 
 
 def test_passwords_are_stored_as_scrypt_hashes() -> None:
-    hashed = hash_password("correct horse")
+    done = subprocess.run([sys.executable, "-m", "streamvad", "hash-password"], input="correct horse\n",
+                          capture_output=True, text=True, timeout=60, check=True)
+    hashed = done.stdout.strip()
+    assert StreamVADConfig.model_validate({"serve": {"auth": {"users": {"ops": hashed}}}})  # what the config takes
     assert hashed.startswith("scrypt$") and "correct" not in hashed
     assert verify_password("correct horse", hashed) and not verify_password("wrong", hashed)
     assert hash_password("correct horse") != hashed  # salted
+    short = subprocess.run([sys.executable, "-m", "streamvad", "hash-password"], input="short\n", capture_output=True,
+                           text=True, timeout=60)
+    assert short.returncode == 2 and short.stderr.startswith("streamvad: error: hash-password: a console password")
+    with pytest.raises(ValueError, match="never a plain password"):
+        StreamVADConfig.model_validate({"serve": {"auth": {"users": {"ops": "hunter2hunter2"}}}})
 
 
 def test_every_change_needs_a_bearer_and_every_read_a_login(console: Console) -> None:
@@ -204,6 +214,8 @@ def test_cameras_list_detail_and_versions(console: Console) -> None:
     assert httpx.post(f"{console.url}/api/cameras/yard/rollback", headers=_auth()).status_code == 409
     assert httpx.get(f"{console.url}/api/cameras/nope", headers=_auth()).status_code == 404
     assert httpx.get(f"{console.url}/api/cameras/gate/latest.jpg", headers=_auth()).status_code == 404  # no frame yet
+    enrol = httpx.post(f"{console.url}/api/cameras/gate/enroll", json={"duration_s": 60}, headers=_auth())
+    assert enrol.status_code == 409 and "runs no workers" in enrol.json()["detail"]  # this serve has none
     spec = httpx.get(f"{console.url}/api/openapi.json").json()
     assert {"/api/events/{event_id}/normal", "/api/cameras/{camera_id}/enroll"} <= set(spec["paths"])
 
