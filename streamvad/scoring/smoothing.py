@@ -8,12 +8,9 @@ of time, and a shed frame shortens the window instead of stretching it.
 
 The thresholds stay the ones calibrated on single frames: a window's mean passes a threshold only
 when one of its frames does. That does not bound events, though: a one-frame spike, which the events'
-2-of-4 hysteresis ignores, becomes two anomalous frames after averaging. So it is opt-in
-(`scoring.smooth_s`, 0 by default), for sites whose anomalies last. On UCSD Ped2's *training* clips with a
-synthetic fast walker lasting a third of each clip (tools/motion_validation.py --smooth), 0.5 s raises
-the motion part's normal-vs-synthetic AUROC from 0.936 to 0.980 at 10 fps (0.927 to 0.944 at 5 fps).
-On the demo's scene, whose anomalies last seconds, it lowers the fused AUROC (0.988 to 0.982) and
-raises false events on 5 normal minutes from 1 to 6.
+2-of-4 hysteresis ignores, becomes two anomalous frames after averaging. So the whole-score window is opt-in
+(`scoring.smooth_s`, 0 by default). The motion part has a window of its own, calibrated on normal footage
+windowed alike (`normality.motion.smooth_s`, motion/fusion.py), which `causal_means` applies at calibration.
 """
 
 from __future__ import annotations
