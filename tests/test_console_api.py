@@ -222,15 +222,15 @@ def test_cameras_list_detail_and_versions(console: Console) -> None:
 
 def test_old_events_and_their_pictures_are_pruned(tmp_path: Path) -> None:
     db = EventsDB(tmp_path / "events.db")
-    picture = tmp_path / "old.jpg"
-    picture.write_bytes(b"jpeg")
+    picture, sink_snapshot = tmp_path / "old.jpg", tmp_path / "old_opened.jpg"
     old = _event(1, "gate", snapshot=str(picture))
+    old.snapshot_paths.append(str(sink_snapshot))
     recent = _event(2, "gate")
     recent.start_wall_time = time.time()
     still_open = _event(3, "gate")
     still_open.state = "open"
     db.commit([old, recent, still_open], {}, {})
     files = db.prune(time.time() - 86400)
-    assert files == [str(picture)]
+    assert files == [str(picture), str(sink_snapshot)]
     assert sorted(r["id"] for r in db.query(EventQuery(limit=10))[0]) == ["e002", "e003"]  # open ones stay
     db.close()

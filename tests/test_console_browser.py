@@ -179,6 +179,8 @@ def test_log_in_review_an_event_mark_it_normal_and_undo(site: tuple[Serve, Camer
 
     serve, gate, store = site
     browser.get(f"{serve.base}/")
+    _wait("the login form", lambda: browser.find_elements(By.NAME, "user"), 10, serve)
+    _shoot(browser, "login")
     browser.find_element(By.NAME, "user").send_keys("ops")
     browser.find_element(By.NAME, "password").send_keys("open sesame")
     browser.find_element(By.ID, "login-submit").click()

@@ -229,11 +229,13 @@ class EventsDB:
     def prune(self, before: float) -> list[str]:
         """Delete closed events that started before `before` (wall time); returns their media files, for the
         caller to delete (the rows go first: a file left behind is harmless, a row pointing nowhere is not)."""
-        rows = self._db.execute("SELECT snapshot, heatmap, clip FROM events WHERE state = 'closed' AND "
+        rows = self._db.execute("SELECT snapshot, heatmap, clip, record FROM events WHERE state = 'closed' AND "
                                 "start_wall_time < ?", (before,)).fetchall()
         with self._db:
             self._db.execute("DELETE FROM events WHERE state = 'closed' AND start_wall_time < ?", (before,))
-        return [path for row in rows for path in row if path]
+        # the console's pictures, and the snapshot sink's (sinks.snapshots) the event's record names
+        return [path for *files, record in rows
+                for path in [*files, *json.loads(record).get("snapshot_paths", [])] if path]
 
     def close(self) -> None:
         self._db.close()
