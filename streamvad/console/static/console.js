@@ -224,7 +224,8 @@ async function eventPage(id) {
     for (const name of ["snapshot", "heatmap"]) if (ev[`${name}_url`]) $(`#${name}`, main).src = fresh(ev[`${name}_url`]);
     if (ev.exemplar) {
       $("#exemplar", main).src = fresh(ev.exemplar.url);
-      $("#exemplar-caption", main).textContent = `Nearest normal exemplar (${ev.exemplar.source})`;
+      const source = ev.exemplar.source.split("/").pop();  // the training frame's file, without where it was read
+      $("#exemplar-caption", main).textContent = `Nearest normal exemplar: ${source}, from ${ev.exemplar.version ?? "the model"}`;
     } else {
       $("#exemplar-caption", main).textContent = "No exemplar kept for this model";
     }
