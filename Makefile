@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PED2 ?= ../shared/data/ucsd_ped2
 PED2_RULES := distance/topk+motion,distance/topk+motion:sum,distance/topk,motion,knnn/majority,knnn/topk,knnn/global,hdbscan/global
 
-.PHONY: setup demo test test-fast lint bench-scoring bench-throughput bench-gpu ped2 ped2-live ped2-compare clean
+.PHONY: setup demo test test-fast lint bench-scoring bench-throughput bench-openvino bench-gpu ped2 ped2-live ped2-openvino ped2-compare clean
 
 $(STAMP): pyproject.toml tools/setup.sh
 	bash tools/setup.sh $(VENV)
@@ -34,6 +34,14 @@ bench-scoring: $(STAMP)
 bench-throughput: $(STAMP)
 	$(VENV)/bin/streamvad bench throughput --json bench-out/throughput.json
 
+# the backbone on torch, OpenVINO FP32 and OpenVINO INT8, end to end through the worker, in one run each
+bench-openvino: $(STAMP)
+	$(VENV)/bin/streamvad bench throughput --models efficientnet-lite0-ms --image-size 240 352 \
+		--runtimes torch openvino openvino-int8 --cameras 4 --seconds 20 --capacity-readers 4 \
+		--json bench-out/openvino-lite0.json
+	$(VENV)/bin/streamvad bench throughput --models vit-s --runtimes torch openvino openvino-int8 --cameras 2 \
+		--seconds 20 --capacity-readers 4 --json bench-out/openvino-vits.json
+
 # on a CUDA host: ViT-L-sized DINOv2 in bf16, all-patch scoring on the GPU, ~2,400 training frames
 bench-gpu: $(STAMP)
 	$(VENV)/bin/streamvad bench throughput --models vit-l --device cuda --dtype bfloat16 --max-batch 64 \
@@ -57,6 +65,14 @@ ped2-live: $(STAMP)
 		--out runs/ped2-5fps/model
 	$(VENV)/bin/streamvad eval --model runs/ped2-5fps/model --dataset ucsd --root $(PED2) --sample-fps 5 \
 		--out runs/ped2-5fps/report --rules distance/topk+motion,distance/topk+motion:sum,distance/topk,motion
+
+# Ped2 on OpenVINO FP32 and INT8 (the same fit and eval as `make ped2`'s served model, another runtime)
+ped2-openvino: $(STAMP)
+	for v in openvino int8; do \
+		$(VENV)/bin/streamvad fit --dataset ucsd --root $(PED2) --config configs/ped2-$$v.yaml --out runs/ped2-$$v/model && \
+		$(VENV)/bin/streamvad eval --model runs/ped2-$$v/model --dataset ucsd --root $(PED2) --out runs/ped2-$$v/report \
+			--rules distance/topk+motion,distance/topk+motion:sum,distance/topk,motion || exit 1; \
+	done
 
 # every scorer and detector on one cached embedding pass, plus pixel AUROC on cut-paste anomalies
 ped2-compare: $(STAMP)

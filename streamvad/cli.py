@@ -193,7 +193,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = run_throughput_bench(cameras=args.cameras, seconds=args.seconds, models=args.models,
                                       device=args.device, dtype=args.dtype, max_batch=args.max_batch,
                                       capacity_readers=args.capacity_readers, train_seconds=args.train_seconds,
-                                      with_curve=args.curve)
+                                      with_curve=args.curve, runtimes=args.runtimes,
+                                      image_size=tuple(args.image_size))
     write_json(result, args.json)
     print(json.dumps(result, indent=2))
     return 0
@@ -386,6 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--capacity-readers", type=int, help="throughput: unpaced readers feeding the capacity run")
     p.add_argument("--train-seconds", type=float, default=20.0,
                    help="throughput: normal footage the model is fitted on (4 fps; 600 ~ 2,400 training frames)")
+    p.add_argument("--runtimes", nargs="+", default=["torch"],
+                   help="throughput: torch, openvino, openvino-int8 (each with its own model; ratios to the first)")
+    p.add_argument("--image-size", nargs=2, type=int, default=[224, 224], metavar=("H", "W"),
+                   help="throughput: the backbone's input (Ped2's: 240 352)")
     p.add_argument("--curve", action="store_true",
                    help="throughput: repeat the capacity run with every tcp:// hop on CURVE and report the ratio")
     p.add_argument("--fleet", type=int, metavar="N",

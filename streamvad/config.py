@@ -33,6 +33,18 @@ class BackboneConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     batch_size: int = Field(16, ge=1)
+    # torch, or the same network exported to OpenVINO for CPU sites (backbones/openvino_runtime.py); runtime and
+    # precision are part of the backbone's identity, so a model is served as it was fitted
+    runtime: Literal["torch", "openvino"] = "torch"
+    precision: Literal["fp32", "int8"] = "fp32"  # int8: NNCF post-training quantisation (openvino only)
+    calibration: Path | None = None  # int8: a folder of normal frames (searched recursively) to calibrate on
+    cache_dir: Path | None = None  # OpenVINO exports (default ~/.cache/streamvad/openvino)
+
+    @model_validator(mode="after")
+    def _int8_on_openvino(self) -> BackboneConfig:
+        if self.precision == "int8" and self.runtime != "openvino":
+            raise ValueError("precision int8 needs runtime: openvino")
+        return self
 
 
 class MotionConfig(_Section):

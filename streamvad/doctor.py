@@ -7,8 +7,9 @@ import os
 import platform
 import shutil
 
-PACKAGES = ["torch", "transformers", "chromadb", "hnswlib", "hdbscan", "scikit-learn", "av", "pyzmq", "numpy"]
-TOOLS = ["ffmpeg", "gst-launch-1.0"]
+PACKAGES = ["torch", "transformers", "chromadb", "hnswlib", "hdbscan", "scikit-learn", "av", "pyzmq", "numpy",
+            "openvino", "nncf", "fastapi"]  # the last three: optional runtime, and the console
+TOOLS = ["ffmpeg", "gst-launch-1.0", "chromium", "chromedriver"]
 
 
 def _version(name: str) -> str:

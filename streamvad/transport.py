@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
+import cv2
 import numpy as np
 import zmq
 from PIL import Image
@@ -194,16 +195,21 @@ def _split(parts: Sequence[bytes]) -> tuple[dict[str, Any], bytes]:
 
 def _decode_jpeg(payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
     """The JPEG's pixels, once its own header (read without decoding) agrees with the message's shape: the
-    shape is bounded, so a decompression bomb is refused before a byte of it is decoded."""
+    shape is bounded, so a decompression bomb is refused before a byte of it is decoded. The decoding itself is
+    OpenCV's (libjpeg-turbo, about twice as fast as Pillow's on a worker's frames), told to ignore any EXIF
+    orientation, so the pixels are those the header described."""
     try:
         with Image.open(io.BytesIO(payload)) as img:
             if img.format != "JPEG":
                 raise WireError(f"frame payload is {img.format}, not JPEG")
             if (img.height, img.width) != shape[:2]:
                 raise WireError(f"JPEG is {img.height}x{img.width}, header says {shape[0]}x{shape[1]}; not decoded")
-            return np.asarray(img.convert("RGB"))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise WireError(f"frame payload is not a decodable JPEG: {err}") from None
+    bgr = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if bgr is None or bgr.shape[:2] != tuple(shape[:2]):
+        raise WireError(f"frame payload is not a decodable JPEG of {shape[0]}x{shape[1]}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def _frame_from(header: dict[str, Any], payload: bytes) -> Frame:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,6 +71,7 @@ class TorchBackbone(ABC):
     grid: tuple[int, int]
     dim: int
     num_layers: int
+    kind_of_network = "cnn"  # or "transformer": how INT8 quantisation treats it
 
     def __init__(self, cfg: BackboneConfig, mean: Sequence[float], std: Sequence[float]) -> None:
         self.image_size = (int(cfg.image_size[0]), int(cfg.image_size[1]))
@@ -79,6 +80,22 @@ class TorchBackbone(ABC):
         self.batch_size = cfg.batch_size
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
+        self.runtime, self.precision = cfg.runtime, cfg.precision
+        self._run: Callable[[torch.Tensor, Sequence[int], bool, int], Features] = self._forward
+        if cfg.runtime == "openvino":
+            if self.device.type != "cpu":
+                raise ConfigError(f"backbone.runtime: openvino runs on the CPU, but backbone.device is {cfg.device}")
+            from streamvad.backbones.openvino_runtime import OpenVINOForward
+
+            self._run = OpenVINOForward(self, cfg)
+
+    def identity(self) -> dict[str, str]:
+        """How the network ran, part of what a fitted model must match (a model is served as it was fitted)."""
+        return {"runtime": self.runtime, "precision": self.precision}
+
+    def pixels(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """A normalised [B, 3, h, w] batch, as the network takes it."""
+        return preprocess(images, self.image_size, self.mean, self.std, device=self.device, dtype=self.dtype)
 
     @abstractmethod
     def _forward(self, pixels: torch.Tensor, layers: Sequence[int], attention: bool,
@@ -110,10 +127,8 @@ class TorchBackbone(ABC):
         parts: list[Features] = []
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
-                chunk = images[start:start + self.batch_size]
-                pixels = preprocess(chunk, self.image_size, self.mean, self.std, device=self.device,
-                                    dtype=self.dtype)
-                parts.append(self._forward(pixels, layers, attention, att_layer))
+                pixels = self.pixels(images[start:start + self.batch_size])
+                parts.append(self._run(pixels, layers, attention, att_layer))
         att = [p.attention for p in parts]
         return EmbeddingBatch(
             keys=list(keys) if keys is not None else [FrameKey("", i, 0.0) for i in range(len(images))],

@@ -167,16 +167,17 @@ class EfficientNetLiteBackbone(TorchBackbone):
     """
 
     def __init__(self, cfg: BackboneConfig, net: EfficientNetLite0, multiscale: bool) -> None:
-        super().__init__(cfg, LITE_MEAN, LITE_STD)
-        h, w = self.image_size
+        h, w = cfg.image_size
         if h % 16 or w % 16:
-            raise ConfigError(f"backbone.image_size: {list(self.image_size)} must be multiples of 16 for {cfg.name}")
+            raise ConfigError(f"backbone.image_size: {list(cfg.image_size)} must be multiples of 16 for {cfg.name}")
         self.name, self.multiscale, self.model_id = cfg.name, multiscale, cfg.model or PACKAGED_WEIGHTS
-        # channels_last: torch's depthwise convolutions run ~1.5-2x faster in NHWC on CPU.
-        self.net = net.to(self.device, self.dtype, memory_format=torch.channels_last).eval().requires_grad_(False)
         self.grid = (h // 16, w // 16)
         self.dim = 112 + (320 if multiscale else 0)
         self.num_layers = len(net._blocks)
+        self.net = net
+        super().__init__(cfg, LITE_MEAN, LITE_STD)
+        # channels_last: torch's depthwise convolutions run ~1.5-2x faster in NHWC on CPU.
+        self.net = net.to(self.device, self.dtype, memory_format=torch.channels_last).eval().requires_grad_(False)
 
     def _to_grid(self, fmap: torch.Tensor) -> torch.Tensor:
         """[B, C, h, w] on any grid -> [B, N, C] on the stride-16 grid (antialiased when shrinking)."""
@@ -210,6 +211,7 @@ class EfficientNetLiteBackbone(TorchBackbone):
             "num_layers": self.num_layers,
             "mean": list(self.mean),
             "std": list(self.std),
+            **self.identity(),
         }
 
 

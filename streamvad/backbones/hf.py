@@ -123,6 +123,8 @@ def _capture(modules: dict[int, nn.Module], index: int) -> Iterator[dict[int, to
 class HFBackbone(TorchBackbone):
     """A frozen Hugging Face ViT-family model behind the `Backbone` contract."""
 
+    kind_of_network = "transformer"
+
     def __init__(self, cfg: BackboneConfig, kind: HFKind, net: PreTrainedModel,
                  mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__(cfg, mean, std)
@@ -188,6 +190,7 @@ class HFBackbone(TorchBackbone):
             "num_layers": self.num_layers,
             "mean": list(self.mean),
             "std": list(self.std),
+            **self.identity(),
         }
 
 

@@ -75,16 +75,23 @@ def save_random_dinov2(out: Path, *, hidden: int = 384, layers: int = 12, heads:
 
 
 VIT_SHAPES = {"vit-s": (384, 12, 6), "vit-b": (768, 12, 12), "vit-l": (1024, 24, 16)}  # hidden, layers, heads
-MODELS = ("efficientnet-lite0", *VIT_SHAPES)
+MODELS = ("efficientnet-lite0", "efficientnet-lite0-ms", *VIT_SHAPES)
+# runtime name -> (backbone.runtime, backbone.precision)
+RUNTIMES = {"torch": ("torch", "fp32"), "openvino": ("openvino", "fp32"), "openvino-int8": ("openvino", "int8")}
 CURVE_PAIRS = 3  # plain/CURVE capacity pairs; the ratio is of the medians (one run varies by ~10% on 2 cores)
 
 
-def backbone_for(name: str, workdir: Path, device: str = "auto", dtype: str = "auto",
-                 batch_size: int = 16) -> BackboneConfig:
-    """The benchmark's backbones by name: "efficientnet-lite0" (real weights) or a DINOv2 size (random)."""
-    common: dict[str, Any] = {"image_size": (224, 224), "device": device, "dtype": dtype, "batch_size": batch_size}
-    if name == "efficientnet-lite0":
-        return BackboneConfig(name="efficientnet-lite0", **common)
+def backbone_for(name: str, workdir: Path, device: str = "auto", dtype: str = "auto", batch_size: int = 16,
+                 image_size: tuple[int, int] = (224, 224), runtime: str = "torch",
+                 calibration: Path | None = None) -> BackboneConfig:
+    """The benchmark's backbones by name: EfficientNet-Lite0 (real weights; "-ms" the multi-scale features of
+    configs/ped2.yaml) or a DINOv2 size (random), on a runtime of RUNTIMES (INT8 calibrated on `calibration`)."""
+    ran, precision = RUNTIMES[runtime]
+    common: dict[str, Any] = {"image_size": image_size, "device": device, "dtype": dtype, "batch_size": batch_size,
+                              "runtime": ran, "precision": precision, "cache_dir": workdir / "openvino",
+                              "calibration": calibration if precision == "int8" else None}
+    if name.startswith("efficientnet-lite0"):
+        return BackboneConfig(name=name, **common)
     if name in VIT_SHAPES:
         hidden, layers, heads = VIT_SHAPES[name]
         model = save_random_dinov2(workdir / name, hidden=hidden, layers=layers, heads=heads)
@@ -93,7 +100,8 @@ def backbone_for(name: str, workdir: Path, device: str = "auto", dtype: str = "a
 
 
 def fit_small_model(backbone: BackboneConfig, workdir: Path, *, seconds: float = 20.0, seed: int = 1,
-                    size: tuple[int, int] = _CLIP_SIZE, holdout: float = 0.25, place_seed: int = PLACE) -> Path:
+                    size: tuple[int, int] = _CLIP_SIZE, holdout: float = 0.25, place_seed: int = PLACE,
+                    tag: str = "") -> Path:
     """A model fitted on one synthetic normal clip of the scene laid out by `place_seed` (the clip's tail
     calibrates thresholds), small k range, no HDBSCAN."""
     from streamvad.offline.pipeline import clips_from_paths, fit
@@ -103,9 +111,38 @@ def fit_small_model(backbone: BackboneConfig, workdir: Path, *, seconds: float =
     cfg = StreamVADConfig(backbone=backbone, normality=NormalityConfig(
         k_min=2, k_max=4, k_candidates=2, silhouette_sample=100, hdbscan="none", chroma=False,
         holdout_fraction=holdout))
-    out = workdir / f"model-{backbone.name}"
+    out = workdir / f"model-{backbone.name}{tag}"
     fit(cfg, clips_from_paths([clip.path]), out, sample_fps=CAMERA_FPS, progress=False)
     return out
+
+
+def frames_of(clip: Path, out: Path) -> Path:
+    """The clip's frames as JPEGs in `out` (INT8 calibration reads a folder of normal frames)."""
+    from PIL import Image
+
+    from streamvad.sources.video import iter_video
+
+    out.mkdir(parents=True, exist_ok=True)
+    for frame in iter_video(clip, "calibration", sample_fps=CAMERA_FPS):
+        Image.fromarray(frame.image).save(out / f"{frame.index:06d}.jpg", quality=90)
+    return out
+
+
+def decode_ms(clip: Path, image_size: tuple[int, int], repeat: int = 5) -> float:
+    """A worker's JPEG decode of one frame at the backbone's input size (the wire's quality), in ms."""
+    import cv2
+
+    from streamvad.sources.video import iter_video
+    from streamvad.transport import decode_frame, encode_frame
+    from streamvad.types import Frame
+
+    frames = [encode_frame(Frame("bench", f.index, f.pts, 0.0, cv2.resize(f.image, image_size[::-1])))
+              for f in iter_video(clip, "bench", sample_fps=CAMERA_FPS)]
+    start = time.perf_counter()
+    for _ in range(repeat):
+        for parts in frames:
+            decode_frame(parts)
+    return 1000 * (time.perf_counter() - start) / (repeat * len(frames))
 
 
 def _run_worker(cfg: StreamVADConfig, endpoint: str, stop: Any, ready: Any) -> None:
@@ -193,47 +230,65 @@ def measure(models: Sequence[Path], backbone: BackboneConfig, clip: Path, camera
 
 def run_throughput_bench(cameras: list[int], seconds: float, models: list[str], *, device: str = "auto",
                          dtype: str = "auto", max_batch: int = 16, capacity_readers: int | None = None,
-                         train_seconds: float = 20.0, with_curve: bool = False) -> dict[str, Any]:
-    """Figures per model: an unpaced capacity run, then one paced run per camera count.
+                         train_seconds: float = 20.0, with_curve: bool = False, runtimes: Sequence[str] = ("torch",),
+                         image_size: tuple[int, int] = (224, 224)) -> dict[str, Any]:
+    """Figures per model and runtime: an unpaced capacity run, then one paced run per camera count.
 
     The capacity run uses `capacity_readers` unpaced readers (default: the smallest camera count); on a
     GPU one reader cannot feed the worker, so give several. `with_curve` adds CURVE_PAIRS capacity runs without
-    and with every tcp:// hop on CURVE (security.py), alternated, and the ratio of their medians.
+    and with every tcp:// hop on CURVE (security.py), alternated, and the ratio of their medians. Each runtime
+    after the first (RUNTIMES: torch, openvino, openvino-int8) gets its own model, fitted on that runtime, and its
+    capacity relative to the first runtime's, measured in the same run.
     """
-    unknown = [m for m in models if m not in MODELS]
+    unknown = [m for m in models if m not in MODELS] + [r for r in runtimes if r not in RUNTIMES]
     if unknown:
-        raise ConfigError(f"bench throughput --models: unknown {', '.join(unknown)}; expected {', '.join(MODELS)}")
+        raise ConfigError(f"bench throughput: unknown {', '.join(unknown)}; models are {', '.join(MODELS)}, runtimes "
+                          f"{', '.join(RUNTIMES)}")
     settings = {"device": device, "dtype": dtype, "max_batch": max_batch, "train_seconds": train_seconds,
-                "capacity_readers": capacity_readers or max(1, min(cameras))}
+                "capacity_readers": capacity_readers or max(1, min(cameras)), "image_size": list(image_size),
+                "runtimes": list(runtimes)}
     result: dict[str, Any] = {"environment": environment(), "camera_fps": CAMERA_FPS, "settings": settings,
                               "models": {}}
     with tempfile.TemporaryDirectory(prefix="streamvad-bench-") as tmp:
         work = Path(tmp)
         clip = make_scene(work / "clips", seconds=10, fps=_CLIP_FPS, size=_CLIP_SIZE, seed=7, place_seed=PLACE,
                           name="live").path
+        result["jpeg_decode_ms_per_frame"] = round(decode_ms(clip, image_size), 3)
+        calibration = frames_of(make_scene(work / "clips", seconds=train_seconds, fps=_CLIP_FPS, size=_CLIP_SIZE,
+                                           seed=1, place_seed=PLACE, name="calibration").path, work / "calibration")
         for name in models:
-            backbone = backbone_for(name, work, device, dtype, max_batch)
-            log.info("bench %s: fitting a model on %.0f s of normal footage", name, train_seconds)
-            model_dir = fit_small_model(backbone, work, seconds=train_seconds)
-            capacity = measure([model_dir], backbone, clip, settings["capacity_readers"], seconds, paced=False,
-                               max_batch=max_batch)
-            runs = [measure([model_dir], backbone, clip, k, seconds, paced=True, max_batch=max_batch)
-                    for k in cameras]
-            curve = None
-            if with_curve:  # capacity with every hop on CURVE and without, alternated so drift hits both alike
-                keys = generate_keys(work / "keys")[ALLOWED].parent
-                pairs = [[measure([model_dir], backbone, clip, settings["capacity_readers"], seconds, paced=False,
-                                  max_batch=max_batch, curve=k) for k in (None, keys)] for _ in range(CURVE_PAIRS)]
-                plain = [p[0]["frames_per_s"] for p in pairs]
-                secure = [p[1]["frames_per_s"] for p in pairs]
-                curve = {"plain_frames_per_s": plain, "curve_frames_per_s": secure,
-                         "capacity_ratio": round(float(np.median(secure)) / max(float(np.median(plain)), 1e-9), 3)}
-            result["models"][name] = {
-                "backbone": backbone.model_dump(mode="json"),
-                "capacity_frames_per_s": capacity["frames_per_s"],
-                "max_cameras_at_4fps": int(capacity["frames_per_s"] // CAMERA_FPS),
-                "capacity_run": capacity, "runs": runs,
-            }
-            if curve is not None:
-                result["models"][name]["curve"] = curve
+            first: float | None = None
+            for runtime in runtimes:
+                key = name if runtime == "torch" else f"{name}/{runtime}"
+                backbone = backbone_for(name, work, device, dtype, max_batch, image_size, runtime, calibration)
+                result["models"][key] = entry = _measure_model(backbone, work, clip, cameras, seconds, settings,
+                                                               with_curve, tag=f"-{runtime}")
+                first = entry["capacity_frames_per_s"] if first is None else first
+                entry["capacity_relative_to_" + runtimes[0]] = round(entry["capacity_frames_per_s"] / max(first, 1e-9),
+                                                                     3)
     return result
+
+
+def _measure_model(backbone: BackboneConfig, work: Path, clip: Path, cameras: list[int], seconds: float,
+                   settings: dict[str, Any], with_curve: bool, tag: str) -> dict[str, Any]:
+    max_batch = settings["max_batch"]
+    log.info("bench %s%s: fitting a model on %.0f s of normal footage", backbone.name, tag, settings["train_seconds"])
+    model_dir = fit_small_model(backbone, work, seconds=settings["train_seconds"], tag=tag)
+    capacity = measure([model_dir], backbone, clip, settings["capacity_readers"], seconds, paced=False,
+                       max_batch=max_batch)
+    runs = [measure([model_dir], backbone, clip, k, seconds, paced=True, max_batch=max_batch) for k in cameras]
+    entry: dict[str, Any] = {
+        "backbone": backbone.model_dump(mode="json"),
+        "capacity_frames_per_s": capacity["frames_per_s"],
+        "max_cameras_at_4fps": int(capacity["frames_per_s"] // CAMERA_FPS),
+        "capacity_run": capacity, "runs": runs,
+    }
+    if with_curve:  # capacity with every hop on CURVE and without, alternated so drift hits both alike
+        keys = generate_keys(work / "keys")[ALLOWED].parent
+        pairs = [[measure([model_dir], backbone, clip, settings["capacity_readers"], seconds, paced=False,
+                          max_batch=max_batch, curve=k) for k in (None, keys)] for _ in range(CURVE_PAIRS)]
+        plain = [p[0]["frames_per_s"] for p in pairs]
+        secure = [p[1]["frames_per_s"] for p in pairs]
+        entry["curve"] = {"plain_frames_per_s": plain, "curve_frames_per_s": secure,
+                          "capacity_ratio": round(float(np.median(secure)) / max(float(np.median(plain)), 1e-9), 3)}
+    return entry

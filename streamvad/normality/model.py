@@ -54,7 +54,9 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 FRAMES = "frames.npy"
 PROJECTION = "global_proj.npz"
-BACKBONE_KEYS = ("name", "model", "fingerprint", "image_size", "grid", "dim")
+BACKBONE_KEYS = ("name", "model", "fingerprint", "image_size", "grid", "dim", "runtime", "precision")
+# how a backbone ran before runtimes were recorded: a model fitted then was fitted on torch in FP32
+_RAN = {"runtime": "torch", "precision": "fp32"}
 _LIBRARIES = ("streamvad", "torch", "numpy", "scikit-learn", "hdbscan", "hnswlib", "chromadb")
 
 
@@ -75,11 +77,14 @@ def _plain(value: Any) -> Any:
 
 def _describe(backbone: dict[str, Any]) -> str:
     name = " ".join(str(backbone[k]) for k in ("name", "model") if backbone.get(k))
-    return f"{name or '?'} (grid {backbone.get('grid', '?')}, D {backbone.get('dim', '?')})"
+    ran = {**_RAN, **backbone}
+    return f"{name or '?'} (grid {backbone.get('grid', '?')}, D {backbone.get('dim', '?')}, {ran['runtime']} " \
+           f"{ran['precision']})"
 
 
 def backbone_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     """The identity fields (BACKBONE_KEYS) both backbone manifests state and in which they differ."""
+    a, b = {**_RAN, **a}, {**_RAN, **b}
     return [k for k in BACKBONE_KEYS if k in a and k in b and _plain(a[k]) != _plain(b[k])]
 
 
