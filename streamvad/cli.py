@@ -387,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--capacity-readers", type=int, help="throughput: unpaced readers feeding the capacity run")
     p.add_argument("--train-seconds", type=float, default=20.0,
                    help="throughput: normal footage the model is fitted on (4 fps; 600 ~ 2,400 training frames)")
-    p.add_argument("--runtimes", nargs="+", default=["torch"],
+    p.add_argument("--runtimes", "--runtime", nargs="+", default=["torch"],
                    help="throughput: torch, openvino, openvino-int8 (each with its own model; ratios to the first)")
     p.add_argument("--image-size", nargs=2, type=int, default=[224, 224], metavar=("H", "W"),
                    help="throughput: the backbone's input (Ped2's: 240 352)")
