@@ -222,11 +222,18 @@ def _api(site: Site, auth: Auth) -> APIRouter:
         return cameras[camera_id]
 
     def store_of(camera: CameraConfig) -> ModelStore:
-        root = camera.model or cfg.model_dir
-        if root is None or not ModelStore(Path(root)).is_store():
+        store = _maybe_store(cfg, camera)
+        if store is None:
             raise HTTPException(409, f"camera {camera.id}'s model is not a model store (cameras.{camera.id}.model); "
                                      "enrol it to give it versions")
-        return ModelStore(Path(root))
+        return store
+
+    def nearest_of(row: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+        """(the event's nearest normal exemplar, if its model keeps exemplars; whether it has evidence)."""
+        camera, evidence = cameras.get(row["camera"]), db().evidence(row["id"])
+        if camera is None or evidence is None:
+            return None, evidence is not None
+        return exemplars.nearest(_version_dir(cfg, camera, row["model_version"]), evidence), True
 
     def row_of(event_id: str) -> dict[str, Any]:
         row = db().event(event_id)
@@ -265,16 +272,15 @@ def _api(site: Site, auth: Auth) -> APIRouter:
     @router.get("/cameras/{camera_id}", tags=["cameras"])
     def camera_detail(camera_id: str, _: Reader) -> CameraDetail:
         camera = camera_of(camera_id)
-        root = Path(camera.model or cfg.model_dir or ".")
-        store = ModelStore(root)
-        is_store = root.is_dir() and store.is_store()
-        current = store.current() if is_store else None
+        store = _maybe_store(cfg, camera)
+        current = store.current() if store is not None else None
         versions = [VersionOut(name=v.name, current=current is not None and v.name == current.name,
                                created_at=v.created_at, source=v.record.get("source"), event=v.record.get("event"))
-                    for v in (store.versions() if is_store else [])]
-        model = current.path if current is not None else (root if store.is_plain_model() else None)
+                    for v in (store.versions() if store is not None else [])]
+        model = current.path if current is not None else _version_dir(cfg, camera, None)
         return CameraDetail(**_camera_status(camera_id, site.state.cameras().get(camera_id, {})), versions=versions,
-                            thresholds=exemplars.thresholds(model) if model is not None else {}, store=is_store)
+                            thresholds=exemplars.thresholds(model) if model is not None else {},
+                            store=store is not None)
 
     @router.get("/cameras/{camera_id}/latest.jpg", tags=["cameras"])
     def latest(camera_id: str, _: Reader) -> FileResponse:
@@ -314,26 +320,21 @@ def _api(site: Site, auth: Auth) -> APIRouter:
     def event_detail(event_id: str, _: Reader) -> EventDetail:
         row = row_of(event_id)
         camera = cameras.get(row["camera"])
-        evidence = db().evidence(event_id)
-        nearest = None
-        if camera is not None and evidence is not None:
-            nearest = exemplars.nearest(_version_dir(cfg, camera, row["model_version"]), evidence)
+        nearest, has_evidence = nearest_of(row)
         marked = None
         if camera is not None and (store := _maybe_store(cfg, camera)) is not None:
             current = store.current()
             marked = current.name if current is not None and current.record.get("event") == event_id else None
         exemplar = None if nearest is None else Exemplar(url=f"/api/events/{event_id}/exemplar.jpg", **nearest)
         return EventDetail(**event_out(row), exemplar=exemplar, marked_version=marked,
-                           can_mark_normal=evidence is not None and row["type"] == "anomaly")
+                           can_mark_normal=has_evidence and row["type"] == "anomaly")
 
     @router.get("/events/{event_id}/{picture}.jpg", tags=["events"])
     def picture(event_id: str, picture: Literal["snapshot", "heatmap", "exemplar"], _: Reader) -> FileResponse:
         row = row_of(event_id)
         if picture != "exemplar":
             return _file(Path(row[picture]) if row[picture] else None, "image/jpeg", f"no {picture} for this event")
-        camera, evidence = cameras.get(row["camera"]), db().evidence(event_id)
-        nearest = None if camera is None or evidence is None else \
-            exemplars.nearest(_version_dir(cfg, camera, row["model_version"]), evidence)
+        nearest, _ = nearest_of(row)
         return _file(None if nearest is None else nearest["path"], "image/jpeg", "no exemplar for this event")
 
     @router.get("/events/{event_id}/clip.mp4", tags=["events"])
@@ -382,20 +383,26 @@ def _camera_status(camera_id: str, live: dict[str, Any]) -> dict[str, Any]:
             "drift": live.get("drift"), "latest_url": f"/api/cameras/{camera_id}/latest.jpg"}
 
 
-def _maybe_store(cfg: StreamVADConfig, camera: CameraConfig) -> ModelStore | None:
+def _model_root(cfg: StreamVADConfig, camera: CameraConfig) -> Path | None:
+    """The camera's model directory or store, as configured (cameras[].model, else model_dir)."""
     root = camera.model or cfg.model_dir
-    if root is None or not Path(root).is_dir():
+    return None if root is None else Path(root)
+
+
+def _maybe_store(cfg: StreamVADConfig, camera: CameraConfig) -> ModelStore | None:
+    root = _model_root(cfg, camera)
+    if root is None or not root.is_dir():
         return None
-    store = ModelStore(Path(root))
+    store = ModelStore(root)
     return store if store.is_store() else None
 
 
 def _version_dir(cfg: StreamVADConfig, camera: CameraConfig, version: str | None) -> Path | None:
-    """The model directory that scored an event: its version in the camera's store, else the camera's model."""
-    root = camera.model or cfg.model_dir
+    """The model directory that scored an event: its version in the camera's store, else the camera's model (a
+    plain model directory); None for a store without that version."""
+    root = _model_root(cfg, camera)
     if root is None:
         return None
-    root = Path(root)
     if version is not None and (root / version).is_dir():
         return root / version
     return root if ModelStore(root).is_plain_model() else None
