@@ -74,6 +74,7 @@ class Message:
     header: dict[str, Any]
     frame: Frame | None = None
     verdict: Verdict | None = None
+    jpeg: bytes | None = None  # a frame's JPEG as sent, when it came as one: keeping it needs no new encoding
 
     @property
     def camera(self) -> str:
@@ -260,7 +261,8 @@ def decode(parts: Sequence[bytes]) -> Message:
     header, payload = _split(parts)
     kind = header["type"]
     if kind == "frame":
-        return Message("frame", header, frame=_frame_from(header, payload))
+        return Message("frame", header, frame=_frame_from(header, payload),
+                       jpeg=bytes(payload) if header["encoding"] == "jpeg" else None)
     if kind == "verdict":
         return Message("verdict", header, verdict=_verdict_from(header, payload))
     return Message(kind, header)

@@ -110,9 +110,9 @@ def test_the_events_process_shrinks_stashed_frames_and_bounds_the_stash_in_bytes
     for i in range(30):
         events.handle(decode(encode_frame(frame(2000, 2000, index=i), "raw")))
         assert events._stash_bytes <= _FRAME_STASH_BYTES
-    kept = list(events._frames.values())
-    assert kept and all(max(img.shape[:2]) <= 640 for img in kept)
-    assert events._stash_bytes == sum(img.nbytes for img in kept)
+    kept = list(events._frames.values())  # (image, the JPEG it came as: none for a raw frame)
+    assert kept and all(max(img.shape[:2]) <= 640 and jpeg is None for img, jpeg in kept)
+    assert events._stash_bytes == sum(img.nbytes for img, _ in kept)
 
 
 def _png_claiming(h: int, w: int) -> bytes:

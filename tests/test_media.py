@@ -104,6 +104,29 @@ def test_tiles_snapshots_and_a_clip_from_before_the_event_to_after_it(tmp_path: 
     assert len(times) == len(range(13, 28)) and times[0] == pytest.approx(0.0) and times[-1] == pytest.approx(3.5)
 
 
+def test_the_events_process_keeps_a_frame_as_the_jpeg_it_came_as(tmp_path: Path) -> None:
+    """A frame's JPEG from the wire goes into the clip's ring buffer as it is (no second encoding); one the events
+    process had to shrink is encoded anew, since the sent JPEG is not the kept picture."""
+    from streamvad.config import StreamVADConfig
+    from streamvad.live.serve import EventsProcess
+    from streamvad.transport import decode, encode_frame
+
+    cfg = StreamVADConfig.model_validate({"events": {"database": str(tmp_path / "e.db"),
+                                                     "media": str(tmp_path / "media")}})
+    events = EventsProcess(cfg)
+    small = Frame("gate", 0, 0.0, 0.0, _image(0))
+    large = Frame("gate", 1, 0.25, 0.0, np.zeros((800, 1200, 3), np.uint8))  # over transport.frame_max_side
+    for f in (small, large):
+        sent = encode_frame(f, "jpeg", 90)
+        events.handle(decode(sent))
+        events.handle(decode(encode_verdict(_verdict("gate", f.index, f.pts, False))))
+    ring = [data for _pts, data in events.media._ring["gate"]]
+    assert ring[0] == encode_frame(small, "jpeg", 90)[1]
+    assert ring[1] != encode_frame(large, "jpeg", 90)[1]
+    events.sinks.close()
+    events.db.close()
+
+
 def test_an_old_events_database_is_migrated_and_keeps_its_events(tmp_path: Path) -> None:
     path = tmp_path / "events.db"
     old = sqlite3.connect(path)

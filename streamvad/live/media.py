@@ -96,6 +96,7 @@ class MediaLayout:
 
 @dataclass
 class _Recording:
+    event_id: str
     camera: str
     path: Path
     start_pts: float
@@ -123,9 +124,9 @@ class EventMedia:
 
     # ----------------------------------------------------------------- every frame
 
-    def observe(self, verdict: Verdict, image: np.ndarray, now: float | None = None) -> None:
-        """A scored frame as the worker sent it: the camera's live tile (every `preview_s`), its ring buffer and
-        the clips being recorded of it."""
+    def observe(self, verdict: Verdict, image: np.ndarray, jpeg: bytes | None = None, now: float | None = None) -> None:
+        """A scored frame as the worker sent it (decoded, and its JPEG when it came as one): the camera's live tile
+        (every `preview_s`), its ring buffer and the clips being recorded of it."""
         camera, pts = verdict.key.camera, verdict.key.pts
         now = time.monotonic() if now is None else now
         self._seen_at[camera] = now
@@ -140,7 +141,7 @@ class EventMedia:
             ring.clear()
             for rec in [r for r in self._recording.values() if r.camera == camera]:
                 self._finish(rec)
-        data = _jpeg(image)
+        data = jpeg if jpeg is not None else _jpeg(image)
         ring.append((pts, data))
         while ring and ring[0][0] < pts - self.cfg.clip_pre_s:
             ring.popleft()
@@ -165,7 +166,8 @@ class EventMedia:
         if self.cfg.clips and update.kind == "opened" and event.id not in self._recording:
             start = event.start_pts - self.cfg.clip_pre_s
             ring = self._ring.get(event.camera, deque())
-            self._recording[event.id] = _Recording(event.camera, clip, start, frames=[f for f in ring if f[0] >= start])
+            self._recording[event.id] = _Recording(event.id, event.camera, clip, start,
+                                                   frames=[f for f in ring if f[0] >= start])
         if update.kind == "closed" and event.id in self._recording:
             self._recording[event.id].end_pts = (event.end_pts or event.start_pts) + self.cfg.clip_post_s
             if event.camera in self._ended:
@@ -188,9 +190,7 @@ class EventMedia:
                 self._finish(rec)
 
     def _finish(self, rec: _Recording) -> None:
-        for eid, r in list(self._recording.items()):
-            if r is rec:
-                del self._recording[eid]
+        self._recording.pop(rec.event_id, None)
         if rec.frames:
             self._jobs.put(rec)
 

@@ -97,7 +97,7 @@ class EventsProcess:
         self.repeats = 0  # resent messages already committed
         self.lost = 0  # messages a worker dropped from its full buffer before they were acknowledged
         self.events: defaultdict[str, Counter[str]] = defaultdict(Counter)
-        self._frames: OrderedDict[FrameKey, np.ndarray] = OrderedDict()
+        self._frames: OrderedDict[FrameKey, tuple[np.ndarray, bytes | None]] = OrderedDict()  # and its JPEG
         self._stash_bytes = 0
         self._lock = threading.Lock()
         self._touched: set[str] = set()  # cameras whose state changed since the last commit
@@ -117,11 +117,11 @@ class EventsProcess:
         if opened:
             log.info("events: resumed %d open event(s) from %s", opened, self.db.path)
 
-    def _drop_frame(self, key: FrameKey) -> np.ndarray | None:
-        image = self._frames.pop(key, None)
-        if image is not None:
-            self._stash_bytes -= image.nbytes
-        return image
+    def _drop_frame(self, key: FrameKey) -> tuple[np.ndarray, bytes | None] | None:
+        stashed = self._frames.pop(key, None)
+        if stashed is not None:
+            self._stash_bytes -= stashed[0].nbytes + len(stashed[1] or b"")
+        return stashed
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -156,18 +156,20 @@ class EventsProcess:
     def handle(self, msg: Message) -> None:
         if msg.type == "frame" and msg.frame is not None:
             image = limit_size(msg.frame, self.cfg.transport.frame_max_side).image
+            jpeg = msg.jpeg if image is msg.frame.image else None  # shrunk here: the sent JPEG is not this picture
             self._drop_frame(msg.frame.key)
-            self._frames[msg.frame.key] = image
-            self._stash_bytes += image.nbytes
+            self._frames[msg.frame.key] = (image, jpeg)
+            self._stash_bytes += image.nbytes + len(jpeg or b"")
             while len(self._frames) > _FRAME_STASH or self._stash_bytes > _FRAME_STASH_BYTES:
                 self._drop_frame(next(iter(self._frames)))
         elif msg.type == "verdict" and msg.verdict is not None:
-            image = self._drop_frame(msg.verdict.key)
+            stashed = self._drop_frame(msg.verdict.key)
+            image = None if stashed is None else stashed[0]
             now = time.time()
             wall = msg.header.get("wall_time") or now
             verdict = msg.verdict
-            if image is not None:
-                self._observe(verdict, image)
+            if stashed is not None:
+                self._observe(verdict, *stashed)
             for kind, tracker in self.faults.items():
                 self._emit(tracker.update(dataclasses.replace(verdict, anomalous=verdict.tamper == kind), wall, image,
                                           arrived=now))
@@ -184,10 +186,10 @@ class EventsProcess:
             self.media.end_of_stream(msg.camera)
             self._touched.add(msg.camera)
 
-    def _observe(self, verdict: Verdict, image: np.ndarray) -> None:
+    def _observe(self, verdict: Verdict, image: np.ndarray, jpeg: bytes | None) -> None:
         """The console's live tile and event clips; a full disk costs pictures, never verdicts."""
         try:
-            self.media.observe(verdict, image)
+            self.media.observe(verdict, image, jpeg)
         except OSError as err:
             self.sinks.errors += 1
             log.error("events: cannot write the pictures of %s under %s: %s", verdict.key.camera,
