@@ -186,7 +186,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         budget = NormalityConfig().memory_budget_mb if args.memory_budget_mb is None \
             else _memory_budget(args.memory_budget_mb)
         result = run_fleet_bench(args.fleet, args.seconds, train_vectors=args.train_vectors,
-                                 memory_budget_mb=budget, max_batch=args.max_batch, device=args.device)
+                                 memory_budget_mb=budget, max_batch=args.max_batch, device=args.device,
+                                 index=args.index)
     else:
         from streamvad.bench.throughput import run_throughput_bench
 
@@ -400,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-budget-mb", type=float,
                    help="throughput --fleet: serving memory per model as `fit` sizes it (default "
                         "normality.memory_budget_mb; 0: every training vector)")
+    p.add_argument("--index", choices=["dense", "hnsw"], default="dense",
+                   help="throughput --fleet: the models' search (normality.index)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("receive", help="a webhook receiver that checks signatures and prints deliveries")

@@ -219,6 +219,12 @@ def test_the_fleet_bench_serves_models_of_the_size_fit_would(tiny_model: Path, t
     assert a.n_train == b.n_train == 30 and a.train.dtype == np.float16
     assert not np.array_equal(a.train, b.train)
     assert engine.scorer is not None
+    hnsw = NormalityModel.load(grow_model(tiny_model, tmp_path / "h", 30, seed=0, index="hnsw") / "normality")
+    assert hnsw.config.index == "hnsw" and hnsw.indexes is not None and len(hnsw.indexes) == hnsw.n_tokens
+    np.testing.assert_array_equal(hnsw.train, a.train)  # the same copy as `first`, searched by its graphs
+    assert isinstance(hnsw.train, np.memmap) and not isinstance(a.train, np.memmap)  # one copy held, not two
+    labels, _ = hnsw.indexes[0].knn_query(a.train[0].astype(np.float32), k=1)
+    assert (labels[:, 0] == np.arange(30)).all()  # each row's nearest is itself
 
 
 def test_a_worker_leaves_the_cores_to_torch(tiny_model: Path) -> None:

@@ -28,6 +28,7 @@ from streamvad.bench.throughput import _CLIP_FPS, _CLIP_SIZE, CAMERA_FPS, PLACE,
 from streamvad.config import BackboneConfig, NormalityConfig
 from streamvad.datasets.synthetic import make_scene
 from streamvad.motion.model import motion_memory_bound
+from streamvad.normality import hnsw_index
 from streamvad.normality.model import NormalityModel, memory_rows, serving_memory
 from streamvad.scoring.engine import ModelInfo
 from streamvad.scoring.kinds import MOTION_DIR
@@ -37,10 +38,10 @@ log = logging.getLogger(__name__)
 PED2_INPUT = (240, 352)
 
 
-def grow_model(source: Path, out: Path, train_vectors: int, seed: int) -> Path:
+def grow_model(source: Path, out: Path, train_vectors: int, seed: int, index: str = "dense") -> Path:
     """A copy of the model in `source` whose memory holds `train_vectors` rows per token: rows resampled
     from the fitted ones plus Gaussian noise (1% of the features' spread), their densities and clusters
-    carried along."""
+    carried along; served by exact search or, with `index` "hnsw", by hnswlib indexes built on the grown rows."""
     model = NormalityModel.load(source / "normality")
     rng = np.random.default_rng(seed)
     rows = rng.integers(0, model.n_train, train_vectors)
@@ -50,11 +51,15 @@ def grow_model(source: Path, out: Path, train_vectors: int, seed: int) -> Path:
     model.clusters, model.loc_dens = model.clusters[:, rows], model.loc_dens[:, rows]
     model.sources = [model.sources[r] for r in rows]
     model.nnn = None  # the original k-NNN's tables would be the copied rows'; built on first use if asked for
+    model.config = model.config.model_copy(update={"index": index})
+    model.indexes = hnsw_index.build_all(lambda a, b: model.train[a:b].astype(np.float32), model.n_tokens,
+                                         model.config.seed) if index == "hnsw" else None
     out.mkdir(parents=True)
     model.save(out / "normality", write_chroma=False)
     if (source / MOTION_DIR).is_dir():
         shutil.copytree(source / MOTION_DIR, out / MOTION_DIR)
     ModelInfo.load(source).save(out)  # last: it records the checksums of the grown files
+    log.info("bench fleet: model %s ready (%d vectors per token, %s search)", out.name, train_vectors, index)
     return out
 
 
@@ -70,7 +75,7 @@ def served_vectors(train_vectors: int, n_tokens: int, dim: int, memory_budget_mb
 
 def run_fleet_bench(cameras: int = 8, seconds: float = 20.0, *, train_vectors: int = 2000,
                     memory_budget_mb: float | None = NormalityConfig().memory_budget_mb, max_batch: int = 16,
-                    device: str = "auto") -> dict[str, Any]:
+                    device: str = "auto", index: str = "dense") -> dict[str, Any]:
     """Capacity (unpaced readers, policy block) of one worker with `cameras` cameras sharing one model and
     with one model per camera, and the relative cost of the second."""
     backbone = BackboneConfig(name="efficientnet-lite0-ms", image_size=PED2_INPUT, device=device, batch_size=max_batch)
@@ -83,8 +88,8 @@ def run_fleet_bench(cameras: int = 8, seconds: float = 20.0, *, train_vectors: i
         rows = served_vectors(train_vectors, small.n_tokens, small.dim, memory_budget_mb,
                               motion_memory_bound(small.grid, NormalityConfig().motion))  # the fit's settings
         log.info("bench fleet: fitting a model, then growing %d copies to %d vectors per token (%d training "
-                 "frames within %s MiB)", cameras, rows, train_vectors, memory_budget_mb)
-        models = [grow_model(fitted, work / f"model-{i}", rows, seed=i) for i in range(cameras)]
+                 "frames within %s MiB), %s search", cameras, rows, train_vectors, memory_budget_mb, index)
+        models = [grow_model(fitted, work / f"model-{i}", rows, seed=i, index=index) for i in range(cameras)]
         model_bytes = int(sum(f.stat().st_size for f in (models[0] / "normality").glob("*.npy")))
         shared = measure(models[:1], backbone, clip, cameras, seconds, paced=False, max_batch=max_batch)
         own = measure(models, backbone, clip, cameras, seconds, paced=False, max_batch=max_batch)
@@ -92,7 +97,8 @@ def run_fleet_bench(cameras: int = 8, seconds: float = 20.0, *, train_vectors: i
     return {
         "environment": environment(), "camera_fps": CAMERA_FPS,
         "settings": {"cameras": cameras, "seconds": seconds, "train_vectors": train_vectors,
-                     "memory_budget_mb": memory_budget_mb, "served_vectors_per_token": rows, "max_batch": max_batch,
+                     "memory_budget_mb": memory_budget_mb, "served_vectors_per_token": rows, "index": index,
+                     "max_batch": max_batch,
                      "backbone": backbone.model_dump(mode="json"), "model_bytes_on_disk": model_bytes},
         "shared_model": {"capacity_frames_per_s": shared["frames_per_s"], "run": shared},
         "model_per_camera": {"capacity_frames_per_s": own["frames_per_s"], "run": own},

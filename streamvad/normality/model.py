@@ -409,7 +409,9 @@ class NormalityModel:
             check_backbone(directory, man["backbone"], backbone)
         t, q, d = man["n_patches"] + 1, man["n_train"], man["dim"]
         arrays = {
-            "train": _load_npy(directory / "train.npy", (t, q, d), "f"),
+            # an hnsw model's index holds its own float32 copy and answers every search: the memory is mapped,
+            # read only where a row is looked up (exemplars, feedback), so a worker holds one copy, not two
+            "train": _load_npy(directory / "train.npy", (t, q, d), "f", mapped=man["index"] == "hnsw"),
             "clusters": _load_npy(directory / "clusters.npy", (t, q), "iu"),
             "loc_dens": _load_npy(directory / "loc_dens.npy", (t, q), "f"),
             "sources": _load_sources(directory / "sources.json", man.get("n_frames", q)),
@@ -578,10 +580,11 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     return man
 
 
-def _load_npy(path: Path, shape: tuple[int, ...], kinds: str) -> np.ndarray:
-    """The array, checked for shape, dtype kind (numpy's "f", "iu") and finite values."""
+def _load_npy(path: Path, shape: tuple[int, ...], kinds: str, *, mapped: bool = False) -> np.ndarray:
+    """The array, checked for shape, dtype kind (numpy's "f", "iu") and finite values; `mapped`: mapped from the
+    file copy-on-write instead of read (the check's pages are the page cache's, which the kernel can drop)."""
     try:
-        arr = np.load(path, allow_pickle=False)
+        arr = np.load(path, allow_pickle=False, mmap_mode="c" if mapped else None)
     except (OSError, ValueError, EOFError) as err:
         raise InputError(f"{path}: cannot read ({err}); the model directory is incomplete or corrupt") from None
     if arr.shape != shape:

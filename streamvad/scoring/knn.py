@@ -17,6 +17,7 @@ normality/nnn.py; it needs the k nearest rows, not just the nearest, and is comp
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -113,7 +114,6 @@ class TokenScorer:
         self.model = model
         self.device = torch.device(device)
         self._train = torch.from_numpy(model.train).to(self.device)  # [T, M, D], shares memory on CPU
-        self._sq = torch.cat([(b.float() ** 2).sum(-1, keepdim=True) for b in self._train.split(32)])  # [T, M, 1]
         self._loc = torch.from_numpy(model.loc_dens).to(self.device)
         self._floor = torch.from_numpy(density_floor(model.loc_dens)).to(self.device).unsqueeze(1)
         self.scales = {method: method_scale(model, method) for method in SCALED}
@@ -128,15 +128,20 @@ class TokenScorer:
         if self._pool is not None:
             self._pool.shutdown()
 
-    def _nearest(self, q: torch.Tensor, k: int, sq: torch.Tensor | None = None) -> torch.Tensor:
-        """Rows of the k nearest training vectors [T, B, k], nearest first, for queries q [T, B, D].
+    @functools.cached_property
+    def _sq(self) -> torch.Tensor:
+        """The training vectors' squared norms [T, M, 1], for dense search: computed on first use, so an hnsw
+        model's memory is never read whole (its .npy is mapped, its index finds the rows, and only the found
+        rows are read)."""
+        return torch.cat([(b.float() ** 2).sum(-1, keepdim=True) for b in self._train.split(32)])
 
-        `sq` replaces the training vectors' squared norms for a dense search; rows set to +inf there are
-        never picked (the out-of-fold search of calibration).
+    def _nearest(self, q: torch.Tensor, k: int, sq: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows of the k nearest training vectors [T, B, k], nearest first, for queries q [T, B, D], by dense
+        search (an hnsw model's index answers `_search` itself).
+
+        `sq` replaces the training vectors' squared norms; rows set to +inf there are never picked (the
+        out-of-fold search of calibration).
         """
-        if self.model.indexes is not None and sq is None:
-            rows = hnsw_index.nearest(self.model.indexes, q.cpu().numpy(), self._pool, k)
-            return torch.from_numpy(rows).to(self.device)
         sq = self._sq if sq is None else sq
         step = max(1, self._step * 64 // q.shape[1])
         out = []
@@ -150,8 +155,12 @@ class TokenScorer:
     def _search(self, queries: np.ndarray, k: int, sq: torch.Tensor | None = None) -> Search:
         """The k nearest training vectors of frame-major queries [B, T, D]."""
         q = torch.from_numpy(np.ascontiguousarray(queries.transpose(1, 0, 2), dtype=np.float32)).to(self.device)
-        rows = self._nearest(q, k, sq)
-        return Search(q, gather_dists(self._train, rows[..., :1], q).squeeze(-1), rows)
+        if self.model.indexes is not None and sq is None:
+            rows = torch.from_numpy(hnsw_index.nearest(self.model.indexes, q.cpu().numpy(), self._pool, k))
+        else:
+            rows = self._nearest(q, k, sq)
+        # distances from the memory itself, the found rows only: an hnsw model scores exactly as a dense one
+        return Search(q, gather_dists(self._train, rows[..., :1].to(self.device), q).squeeze(-1), rows.to(self.device))
 
     def out_of_fold(self, fold: np.ndarray, chunk: int = 64, train: Frames | None = None,
                     ) -> Iterator[dict[str, TokenScores]]:
