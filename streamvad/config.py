@@ -239,6 +239,7 @@ class TransportConfig(_Section):
     # verdicts a worker keeps until the events process has committed them (acknowledged), and how long it
     # waits for an acknowledgement before sending everything unacknowledged again
     unacked_max: int = Field(10_000, ge=1)
+    unacked_max_mb: float = Field(256.0, gt=0.0)  # and their bytes: a verdict may carry its frame's JPEG
     resend_after_s: float = Field(5.0, gt=0.0)
     curve: CurveConfig | None = None  # authentication of tcp:// sockets; required for tcp:// unless insecure
     insecure: bool = False  # allow unauthenticated tcp:// (logged as a warning at start-up)

@@ -506,6 +506,10 @@ class _Unacked:
     parts: list[bytes]  # the wire messages after the link header: [frame header, JPEG,] header, payload
     sent_at: float | None = None  # monotonic; None: not yet handed to ZeroMQ (no events process connected)
 
+    @property
+    def size(self) -> int:
+        return sum(len(p) for p in self.parts)
+
 
 class VerdictLink:
     """The worker's end of the verdict link (DEALER, connects to the events process): at-least-once delivery.
@@ -514,18 +518,20 @@ class VerdictLink:
     until the events process acknowledges it, which it does only once it has committed it to its database.
     A killed events process therefore loses nothing it had received but not committed: what stays
     unacknowledged for `resend_after_s` is sent again, in order, and the events process drops the repeats
-    by number. The buffer is bounded (`capacity` messages): past it the oldest are dropped and counted,
-    and each message tells the receiver the oldest number still held, so it knows what is gone for good.
+    by number. The buffer is bounded (`capacity` messages and `max_bytes`, since a verdict may carry its
+    frame's JPEG): past either the oldest are dropped and counted, and each message tells the receiver the
+    oldest number still held, so it knows what is gone for good.
     """
 
-    def __init__(self, endpoint: str, *, capacity: int = 10_000, resend_after_s: float = 5.0, hwm: int = 1000,
-                 linger_ms: int = _DEFAULT_LINGER_MS) -> None:
+    def __init__(self, endpoint: str, *, capacity: int = 10_000, max_bytes: int = 256 << 20,
+                 resend_after_s: float = 5.0, hwm: int = 1000, linger_ms: int = _DEFAULT_LINGER_MS) -> None:
         options = {zmq.SNDHWM: hwm, zmq.IMMEDIATE: 1, zmq.MAXMSGSIZE: 1 << 16}
         self._sock, self.endpoint = _socket(zmq.DEALER, endpoint, False, linger_ms, options)
         self.sender = uuid.uuid4().hex
-        self.capacity, self.resend_after_s = capacity, resend_after_s
+        self.capacity, self.max_bytes, self.resend_after_s = capacity, max_bytes, resend_after_s
         self._seq = 0
         self._unacked: OrderedDict[int, _Unacked] = OrderedDict()
+        self.bytes = 0  # held unacknowledged
         self._in_order = True  # everything numbered so far has been handed to ZeroMQ
         self.resent = 0
         self.lost = 0  # dropped unacknowledged from the full buffer
@@ -539,14 +545,19 @@ class VerdictLink:
         unless earlier ones still wait to go out (then `service` sends them all, in order)."""
         self._seq += 1
         self._unacked[self._seq] = entry = _Unacked(self._seq, parts)
-        if len(self._unacked) > self.capacity:
-            self._unacked.popitem(last=False)
+        self.bytes += entry.size
+        while len(self._unacked) > 1 and (len(self._unacked) > self.capacity or self.bytes > self.max_bytes):
+            self._pop_oldest()  # the newest is always kept, however large
             self.lost += 1
             if self.lost == 1 or self.lost % 1000 == 0:
-                log.error("verdict link to %s: %d unacknowledged verdicts dropped so far (buffer of %d full; is "
-                          "the events process down?)", self.endpoint, self.lost, self.capacity)
+                log.error("verdict link to %s: %d unacknowledged verdicts dropped so far (buffer of %d messages or "
+                          "%d MiB full; is the events process down?)", self.endpoint, self.lost, self.capacity,
+                          self.max_bytes >> 20)
         if self._in_order:
             self._in_order = self._transmit(entry)
+
+    def _pop_oldest(self) -> None:
+        self.bytes -= self._unacked.popitem(last=False)[1].size
 
     def _transmit(self, entry: _Unacked) -> bool:
         oldest = next(iter(self._unacked))
@@ -570,7 +581,7 @@ class VerdictLink:
                 log.warning("verdict link to %s: ignoring a reply that is not an ack for this sender", self.endpoint)
                 continue
             while self._unacked and next(iter(self._unacked)) <= ack.seq:
-                self._unacked.popitem(last=False)
+                self._pop_oldest()
         if not self._unacked:
             self._in_order = True
             return

@@ -57,7 +57,7 @@ def test_healthz_and_metrics_reflect_child_reports() -> None:
         latency.observe(0.5)
         state.update({"camera": "worker-0", "role": "worker", "state": "ready", "frames_in": {"cam1": 7},
                       "frames_out": {"cam1": 7}, "anomalous": {"cam1": 2}, "latency_s": latency.as_dict(),
-                      "batch_size": Buckets((1, 4)).as_dict()})
+                      "batch_size": Buckets((1, 4)).as_dict(), "unacked": 3, "unacked_bytes": 90_000, "lost": 1})
         state.update({"camera": "cam1", "role": "reader", "state": "running", "online": False, "frames_in": 30,
                       "frames_dropped": 3, "reconnects": 1, "sent": 9, "last_error": "EOF"})
         resp = _get(f"{server.url}/healthz")
@@ -82,7 +82,9 @@ def test_healthz_and_metrics_reflect_child_reports() -> None:
                      'streamvad_events_total{camera="cam1",kind="opened"} 1.0',
                      'streamvad_verdicts_late_total{camera="cam1"} 4.0',
                      'streamvad_stream_restarts_total{camera="cam1"} 1.0',
-                     'streamvad_sink_errors_total{process="events"} 3.0'):
+                     'streamvad_sink_errors_total{process="events"} 3.0',
+                     'streamvad_worker_link_unacked_bytes{worker="worker-0"} 90000.0',
+                     'streamvad_worker_link_lost_total{worker="worker-0"} 1.0'):
             assert line in metrics, line
         for name in ("streamvad_batch_size_bucket", "streamvad_embed_seconds", "streamvad_score_seconds",
                      "streamvad_webhook_delivered_total", "streamvad_webhook_failures_total",

@@ -91,6 +91,21 @@ def test_a_full_buffer_drops_the_oldest_and_tells_the_receiver_they_are_gone() -
         link.close()
 
 
+def test_the_buffer_is_bounded_in_bytes_too() -> None:
+    """Verdicts that carry frames are large: the link drops its oldest once their bytes pass `max_bytes`, and
+    keeps the newest even when it alone is larger."""
+    link = VerdictLink(free_tcp_endpoint(), capacity=100, max_bytes=1000, resend_after_s=0.2)
+    try:
+        for i in range(6):
+            link.send([*encode_verdict(verdict(i, False)), b"x" * 300])
+        assert link.bytes <= 1000 and link.unacked + link.lost == 6 and link.lost > 0
+        assert link.bytes == sum(e.size for e in link._unacked.values())
+        link.send([b"y" * 5000])
+        assert (link.unacked, link.bytes) == (1, 5000)
+    finally:
+        link.close()
+
+
 def _config(tmp_path: Path, endpoint: str) -> StreamVADConfig:
     return StreamVADConfig(
         transport=TransportConfig(verdicts=endpoint, insecure=True),

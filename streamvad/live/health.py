@@ -284,12 +284,15 @@ class StatusCollector:
                                         labels=["worker", "model"])
         unacked = GaugeMetricFamily("streamvad_worker_link_unacked", "Verdicts sent but not yet committed by the "
                                     "events process", labels=["worker"])
+        unacked_bytes = GaugeMetricFamily("streamvad_worker_link_unacked_bytes", "Bytes of those verdicts (with "
+                                          "their frames)", labels=["worker"])
         resent = CounterMetricFamily("streamvad_worker_link_resent", "Verdicts sent again for want of an ack",
                                      labels=["worker"])
         link_lost = CounterMetricFamily("streamvad_worker_link_lost", "Unacknowledged verdicts dropped from the "
                                         "worker's full buffer", labels=["worker"])
         for worker, h in reports.items():
-            for fam, key in ((unacked, "unacked"), (resent, "resent"), (link_lost, "lost")):
+            for fam, key in ((unacked, "unacked"), (unacked_bytes, "unacked_bytes"), (resent, "resent"),
+                             (link_lost, "lost")):
                 fam.add_metric([worker], h.get(key, 0))
             for fam, key in ((frames_in, "frames_in"), (frames_out, "frames_out"), (anomalous, "anomalous"),
                              (stale, "stale"), (learning, "learning"), (foreign, "foreign"), (missing, "missing")):
@@ -310,7 +313,7 @@ class StatusCollector:
                 drift.add_metric([cam], ks)
                 reenrol.add_metric([cam], float(cam in (h.get("reenrol") or [])))
         yield from (frames_in, frames_out, anomalous, stale, learning, foreign, missing, malformed, depth, models,
-                    model_bytes, unacked, resent, link_lost, drift, reenrol)
+                    model_bytes, unacked, unacked_bytes, resent, link_lost, drift, reenrol)
         histograms = {
             "batch_size": ("streamvad_batch_size", "Frames per scored batch"),
             "embed_s": ("streamvad_embed_seconds", "Backbone time per batch"),

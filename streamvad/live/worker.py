@@ -93,6 +93,7 @@ class VerdictSender:
 
     def __init__(self, transport: TransportConfig, pictures: PicturePolicy) -> None:
         self.link = VerdictLink(transport.verdicts, capacity=transport.unacked_max,
+                                max_bytes=int(transport.unacked_max_mb * 2**20),
                                 resend_after_s=transport.resend_after_s)
         self.quality = transport.jpeg_quality
         self.pictures = pictures
@@ -183,7 +184,7 @@ class Worker:
         if self.sender is None:
             return {}
         link = self.sender.link
-        return {"unacked": link.unacked, "resent": link.resent, "lost": link.lost}
+        return {"unacked": link.unacked, "unacked_bytes": link.bytes, "resent": link.resent, "lost": link.lost}
 
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set, then drain what is queued (bounded by `drain_timeout_s`)."""
