@@ -90,7 +90,7 @@ def run_fleet_bench(cameras: int = 8, seconds: float = 20.0, *, train_vectors: i
         log.info("bench fleet: fitting a model, then growing %d copies to %d vectors per token (%d training "
                  "frames within %s MiB), %s search", cameras, rows, train_vectors, memory_budget_mb, index)
         models = [grow_model(fitted, work / f"model-{i}", rows, seed=i, index=index) for i in range(cameras)]
-        model_bytes = int(sum(f.stat().st_size for f in (models[0] / "normality").glob("*.npy")))
+        model_bytes = int(sum(f.stat().st_size for f in (models[0] / "normality").rglob("*") if f.is_file()))
         shared = measure(models[:1], backbone, clip, cameras, seconds, paced=False, max_batch=max_batch)
         own = measure(models, backbone, clip, cameras, seconds, paced=False, max_batch=max_batch)
     ratio = own["frames_per_s"] / shared["frames_per_s"] if shared["frames_per_s"] else float("nan")
