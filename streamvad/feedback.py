@@ -15,7 +15,8 @@ the version before, which names this event in its record.
 Every token's memory has one row per added vector, since the serving arrays are dense [T, M, D]: tokens
 that received nothing repeat their first row, which changes no nearest distance. The Chroma system of
 record gets the same rows from a process of its own (its client holds the GIL for seconds); until that is
-done the new version's `chroma/` still holds the previous rows.
+done the new version's `chroma/` still holds the previous rows. A model recorded on a Chroma server gets its
+new version's rows under a prefix of its own (`version_prefix`), so the previous version's record is kept.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from streamvad.model_store import ModelStore, Version
 from streamvad.motion.model import META as MOTION_META
 from streamvad.motion.model import MotionModel
 from streamvad.normality import hnsw_index
-from streamvad.normality.chroma_store import ChromaLocation
 from streamvad.normality.model import NormalityModel, chroma_process
 from streamvad.normality.nnn import NNN_FILE
 from streamvad.scoring.engine import ModelInfo
@@ -100,6 +100,9 @@ def mark_normal(root: Path, evidence: Evidence, event_id: str) -> Version:
     shutil.copytree(current.path, work, symlinks=True, ignore=shutil.ignore_patterns("version.json"))
     try:
         model = NormalityModel.load(work / NORMALITY)
+        if model.chroma_server is not None:  # the new rows under a prefix of their own: the old record stays
+            model.chroma_server = {**model.chroma_server, "prefix": version_prefix(model.chroma_server["prefix"],
+                                                                                   event_id)}
         added = add_to_memory(model, evidence, f"event:{event_id}")
         (work / NORMALITY / NNN_FILE).unlink(missing_ok=True)
         model.save(work / NORMALITY, write_chroma=False)
@@ -115,13 +118,17 @@ def mark_normal(root: Path, evidence: Evidence, event_id: str) -> Version:
         shutil.rmtree(work, ignore_errors=True)
         raise
     store.activate(version.name)
-    if model.config.chroma and model.chroma_server is None:
-        chroma_process(version.path / NORMALITY, ChromaLocation(directory=version.path / NORMALITY / "chroma"))
-    elif model.chroma_server is not None:
-        log.warning("%s: %s is not in the Chroma server's record yet (rebuild it with a refit)", root, version.name)
+    if model.config.chroma or model.chroma_server is not None:
+        chroma_process(version.path / NORMALITY, model.recorded_chroma(version.path / NORMALITY))
     log.info("%s: %s marks event %s normal (%d patch vectors, %d velocities added to %s)", root, version.name,
              event_id, added, velocities, current.name)
     return version
+
+
+def version_prefix(prefix: str, event_id: str) -> str:
+    """The Chroma server prefix of a version marked normal from a model recorded under `prefix`: the base
+    prefix and the event, so undo and rollback find the previous version's collections as they were."""
+    return f"{prefix.split('--')[0][:52]}--{event_id[:8]}"
 
 
 def undo(root: Path, event_id: str) -> Version:

@@ -20,6 +20,9 @@ from streamvad.errors import InputError
 from streamvad.normality import chroma_store
 from streamvad.normality.model import MANIFEST, NormalityModel
 from tests.test_normality import small_model
+from tests.test_worker import tiny_model
+
+__all__ = ["tiny_model"]
 
 # the chromadb package installs its `chroma` CLI next to the interpreter, which need not be on PATH
 CHROMA = shutil.which("chroma", path=str(Path(sys.executable).parent)) or shutil.which("chroma")
@@ -111,3 +114,42 @@ def test_unreachable_server_and_wrong_count_fail_with_one_line(chroma_url: str, 
         NormalityModel.from_chroma(tmp_path / "m")
     manifest = (tmp_path / "m" / MANIFEST).read_text()
     assert '"prefix": "short"' in manifest and chroma_url in manifest
+
+
+def test_mark_as_normal_records_the_new_version_on_the_server_beside_the_old(chroma_url: str, tiny_model: Path,
+                                                                            tmp_path: Path) -> None:
+    """A store recorded on a Chroma server: the version "mark as normal" makes gets its rows under a prefix of
+    its own, written by the feedback's Chroma process; the previous version's collections stay as they were,
+    so a rollback's record still matches its files."""
+    from streamvad.feedback import mark_normal
+    from streamvad.model_store import ModelStore
+    from streamvad.scoring.engine import ModelInfo
+    from streamvad.types import Evidence
+
+    first = tmp_path / "gate" / "v0001"
+    shutil.copytree(tiny_model, first)
+    model = NormalityModel.load(first / "normality")
+    model.config = model.config.model_copy(update={"chroma": True, "chroma_url": chroma_url,
+                                                   "chroma_prefix": "site-gate"})
+    model.save(first / "normality", progress=False)
+    ModelInfo.load(first).save(first)
+    ModelStore(tmp_path / "gate").activate("v0001")
+    evidence = Evidence(patches=np.array([0, 3]), vectors=(model.train[[1, 4], 0] + 0.5).astype(np.float16))
+
+    version = mark_normal(tmp_path / "gate", evidence, "e1234567890")
+    marked = NormalityModel.load(version.path / "normality")
+    assert marked.chroma_server == {"url": chroma_url, "prefix": "site-gate--e1234567"}
+    assert NormalityModel.load(first / "normality").chroma_server["prefix"] == "site-gate"  # type: ignore[index]
+    client = chroma_store.open_server(chroma_url)
+    deadline = time.monotonic() + 120  # the Chroma process of its own: wait for its rows, not for a time
+    while True:
+        names = {c.name for c in client.list_collections()}
+        done = "site-gate--e1234567-patch_003" in names and \
+            client.get_collection("site-gate--e1234567-patch_003").count() == marked.n_train
+        if done or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert done, "the marked version's rows did not reach the Chroma server"
+    rebuilt = NormalityModel.from_chroma(version.path / "normality")
+    np.testing.assert_array_equal(rebuilt.train, marked.train)
+    assert client.get_collection("site-gate-patch_003").count() == model.n_train == marked.n_train - 2

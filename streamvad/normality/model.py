@@ -311,7 +311,12 @@ class NormalityModel:
     def save_memory(self, directory: Path) -> None:
         """The memory and what each row carries (what Chroma records): fixed once the model is fitted."""
         directory.mkdir(parents=True, exist_ok=True)
-        np.save(directory / "train.npy", self.train)
+        # a new file renamed over the old: an hnsw model maps its train.npy, and writing into the mapped file
+        # (a model saved where it was loaded from) would change or truncate the pages under the map
+        tmp = directory / "train.npy.tmp"
+        with tmp.open("wb") as f:
+            np.save(f, self.train)
+        tmp.replace(directory / "train.npy")
         np.save(directory / "clusters.npy", self.clusters)
         np.save(directory / "loc_dens.npy", self.loc_dens)
         if self.frames is not None:
@@ -345,6 +350,10 @@ class NormalityModel:
         if self.config.chroma_url is not None:
             prefix = self.config.chroma_prefix or chroma_store.default_prefix(directory)
             self.chroma_server = {"url": self.config.chroma_url, "prefix": prefix}
+        return self.recorded_chroma(directory)
+
+    def recorded_chroma(self, directory: Path) -> chroma_store.ChromaLocation:
+        """Where the manifest says this model's collections are (a server's, else `directory`'s own store)."""
         return _chroma_location(directory, self.chroma_server)
 
     def write_chroma(self, location: chroma_store.ChromaLocation, progress: bool | None = None) -> None:
