@@ -96,8 +96,9 @@ def _pack(header: dict[str, Any], payload: bytes = b"") -> list[bytes]:
     return [json.dumps({"v": WIRE_VERSION, **header}, separators=(",", ":")).encode("utf-8"), payload]
 
 
-def encode_frame(frame: Frame, encoding: Literal["jpeg", "raw"] = "jpeg", quality: int = 90) -> list[bytes]:
-    """Frame -> [header, JPEG or raw HxWx3 uint8 bytes]."""
+def encode_frame(frame: Frame, encoding: Literal["jpeg", "raw"] = "jpeg", quality: int = 90, *,
+                 preview: bool = False) -> list[bytes]:
+    """Frame -> [header, JPEG or raw HxWx3 uint8 bytes]; `preview`: a live tile that no verdict follows."""
     img = frame.image
     if not (isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3):
         got = f"{getattr(img, 'dtype', type(img).__name__)} {getattr(img, 'shape', '')}"
@@ -115,6 +116,8 @@ def encode_frame(frame: Frame, encoding: Literal["jpeg", "raw"] = "jpeg", qualit
         "wall_time": float(frame.wall_time), "label": None if frame.label is None else int(frame.label),
         "source": frame.source, "shape": list(img.shape), "encoding": encoding,
     }
+    if preview:
+        header["preview"] = True
     return _pack(header, payload)
 
 

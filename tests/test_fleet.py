@@ -17,14 +17,15 @@ import pytest
 import yaml
 
 from streamvad.bench.throughput import free_tcp_endpoint
-from streamvad.config import CameraConfig, ServeConfig, StreamVADConfig, TransportConfig, WorkerConfig
+from streamvad.config import CameraConfig, EventsConfig, ServeConfig, StreamVADConfig, TransportConfig, WorkerConfig
 from streamvad.datasets.synthetic import AnomalySpec, make_scene
 from streamvad.errors import ConfigError
 from streamvad.live.fleet import LEARNING, SCORING, check_models, load_fleet, owned, owner
 from streamvad.live.health import ServeState
+from streamvad.live.pictures import PicturePolicy
 from streamvad.live.worker import Worker
 from streamvad.scoring.engine import load_engine
-from tests.test_worker import TEST_BACKBONE, make_frame, tiny_model
+from tests.test_worker import TEST_BACKBONE, make_frame, running_worker, tiny_model
 
 __all__ = ["tiny_model"]
 
@@ -67,6 +68,26 @@ def test_cameras_without_a_model_are_learning_and_not_scored(tiny_model: Path, t
     state.expect("worker", "worker-0", "worker-0")
     state.update({"role": "worker", "camera": "worker-0", **stats})
     assert {c: v["model"] for c, v in state.health()[1]["cameras"].items()} == stats["cameras"]
+
+
+def test_a_learning_camera_sends_its_live_tile_and_no_verdicts(tiny_model: Path) -> None:
+    """Frames of a camera with no model yet are not scored, but one every `preview_s` (pinned to one here) goes
+    to the events process as a preview, so the console shows what a camera sees while it learns."""
+    cfg = site([{"id": "gate", "model": str(tiny_model)}, {"id": "lot"}], backbone={"device": "cpu"})
+    pictures = PicturePolicy(EventsConfig(preview_s=3600.0), {})
+    with running_worker(load_fleet(cfg, cfg.cameras), WorkerConfig(max_batch=2), pictures=pictures) as (_, pusher, sub):
+        for i in range(3):
+            pusher.send(make_frame("lot", i))
+            pusher.send(make_frame("gate", i))
+        got: list[tuple[str, str, bool]] = []
+        deadline = time.monotonic() + 60
+        while sum(kind == "verdict" for kind, _, _ in got) < 3 and time.monotonic() < deadline:
+            msg = sub.recv_message(200)
+            if msg is not None:
+                got.append((msg.type, msg.camera, bool(msg.header.get("preview"))))
+    assert [m for m in got if m[1] == "lot"] == [("frame", "lot", True)]
+    gate = [m for m in got if m[1] == "gate"]  # verdicts, with frames (its tile, anomalies), none a preview
+    assert gate.count(("verdict", "gate", False)) == 3 and not any(preview for _, _, preview in gate)
 
 
 def test_one_forward_pass_then_each_camera_against_its_own_model(tiny_model: Path, tmp_path: Path) -> None:

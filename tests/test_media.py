@@ -127,6 +127,24 @@ def test_the_events_process_keeps_a_frame_as_the_jpeg_it_came_as(tmp_path: Path)
     events.db.close()
 
 
+def test_a_learning_cameras_preview_frame_becomes_its_tile_and_is_not_stashed(tmp_path: Path) -> None:
+    """A worker sends a learning camera's frame as a preview (no verdict follows): the events process writes it as
+    the camera's live tile as it came (no heatmap: nothing was scored), and keeps nothing waiting for a verdict."""
+    from streamvad.config import StreamVADConfig
+    from streamvad.live.serve import EventsProcess
+    from streamvad.transport import decode, encode_frame
+
+    cfg = StreamVADConfig.model_validate({"events": {"database": str(tmp_path / "e.db"),
+                                                     "media": str(tmp_path / "media")}})
+    events = EventsProcess(cfg)
+    sent = encode_frame(Frame("yard", 0, 0.0, 0.0, _image(0)), "jpeg", 90, preview=True)
+    events.handle(decode(sent))
+    assert events.media.layout.latest("yard").read_bytes() == sent[1]
+    assert not events._frames and events._stash_bytes == 0
+    events.sinks.close()
+    events.db.close()
+
+
 def test_an_old_events_database_is_migrated_and_keeps_its_events(tmp_path: Path) -> None:
     path = tmp_path / "events.db"
     old = sqlite3.connect(path)

@@ -22,6 +22,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -128,12 +129,8 @@ class EventMedia:
         """A scored frame as the worker sent it (decoded, and its JPEG when it came as one): the camera's live tile
         (every `preview_s`), its ring buffer and the clips being recorded of it."""
         camera, pts = verdict.key.camera, verdict.key.pts
-        now = time.monotonic() if now is None else now
-        self._seen_at[camera] = now
         self._ended.discard(camera)
-        if now - self._tile_at.get(camera, float("-inf")) >= self.cfg.preview_s:
-            self._tile_at[camera] = now
-            _write_atomic(self.layout.latest(camera), _jpeg(overlay_heatmap(image, verdict.heatmap)))
+        self._tile(camera, now, lambda: _jpeg(overlay_heatmap(image, verdict.heatmap)))
         if not self.cfg.clips:
             return
         ring = self._ring.setdefault(camera, deque())
@@ -153,6 +150,17 @@ class EventMedia:
                 if len(rec.frames) >= _CLIP_MAX_FRAMES:
                     log.warning("%s: event clip %s cut at %d frames", camera, rec.path.name, _CLIP_MAX_FRAMES)
                     self._finish(rec)
+
+    def preview(self, camera: str, image: np.ndarray, jpeg: bytes | None = None, now: float | None = None) -> None:
+        """A frame of a camera its worker does not score yet (learning): the live tile, with no heatmap."""
+        self._tile(camera, now, lambda: jpeg if jpeg is not None else _jpeg(image))
+
+    def _tile(self, camera: str, now: float | None, picture: Callable[[], bytes]) -> None:
+        now = time.monotonic() if now is None else now
+        self._seen_at[camera] = now
+        if now - self._tile_at.get(camera, float("-inf")) >= self.cfg.preview_s:
+            self._tile_at[camera] = now
+            _write_atomic(self.layout.latest(camera), picture())
 
     # ----------------------------------------------------------------- sink
 

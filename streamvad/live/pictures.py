@@ -35,11 +35,23 @@ class PicturePolicy:
 
     def picture(self, verdict: Verdict, frame: Frame) -> Frame | None:
         """The frame to send with `verdict` (shrunk and blurred), or None to send the verdict alone."""
-        now = time.monotonic()
-        due = now - self._last.get(frame.camera, float("-inf")) >= self.preview_s
-        if not (verdict.anomalous or self.every_frame or due):
+        if not (self._due(frame.camera) or verdict.anomalous or self.every_frame):
             return None
-        if due:
-            self._last[frame.camera] = now
+        return self._leaving(frame)
+
+    def preview(self, frame: Frame) -> Frame | None:
+        """A frame of a camera that is not scored yet (learning), every `preview_s`: its live tile in the console
+        while it learns, shrunk and blurred as any picture."""
+        return self._leaving(frame) if self._due(frame.camera) else None
+
+    def _due(self, camera: str) -> bool:
+        """Whether the camera's live tile is due, and if so it counts as sent now."""
+        now = time.monotonic()
+        if now - self._last.get(camera, float("-inf")) < self.preview_s:
+            return False
+        self._last[camera] = now
+        return True
+
+    def _leaving(self, frame: Frame) -> Frame:
         small = limit_size(frame, self.max_side)
         return dataclasses.replace(small, image=privacy_blur(small.image, self.privacy.get(frame.camera, ())))

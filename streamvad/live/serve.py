@@ -30,6 +30,7 @@ import signal
 import threading
 import time
 from collections import Counter, OrderedDict, defaultdict
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,7 @@ from streamvad.scoring.engine import ModelInfo
 from streamvad.sinks import MqttSink, SinkFanout, WebhookSink, build_sinks
 from streamvad.sources.shrink import limit_size
 from streamvad.transport import ControlServer, Delivery, FramePuller, Message, VerdictInbox
-from streamvad.types import TAMPER_TYPES, Event, Evidence, FrameKey, Verdict
+from streamvad.types import TAMPER_TYPES, Event, Evidence, FrameKey
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,9 @@ class EventsProcess:
         if msg.type == "frame" and msg.frame is not None:
             image = limit_size(msg.frame, self.cfg.transport.frame_max_side).image
             jpeg = msg.jpeg if image is msg.frame.image else None  # shrunk here: the sent JPEG is not this picture
+            if msg.header.get("preview"):  # a learning camera's live tile: no verdict follows to take it
+                self._pictures(msg.camera, lambda: self.media.preview(msg.camera, image, jpeg))
+                return
             self._drop_frame(msg.frame.key)
             self._frames[msg.frame.key] = (image, jpeg)
             self._stash_bytes += image.nbytes + len(jpeg or b"")
@@ -169,7 +173,7 @@ class EventsProcess:
             wall = msg.header.get("wall_time") or now
             verdict = msg.verdict
             if stashed is not None:
-                self._observe(verdict, *stashed)
+                self._pictures(verdict.key.camera, lambda: self.media.observe(verdict, *stashed))
             for kind, tracker in self.faults.items():
                 self._emit(tracker.update(dataclasses.replace(verdict, anomalous=verdict.tamper == kind), wall, image,
                                           arrived=now))
@@ -186,14 +190,13 @@ class EventsProcess:
             self.media.end_of_stream(msg.camera)
             self._touched.add(msg.camera)
 
-    def _observe(self, verdict: Verdict, image: np.ndarray, jpeg: bytes | None) -> None:
-        """The console's live tile and event clips; a full disk costs pictures, never verdicts."""
+    def _pictures(self, camera: str, write: Callable[[], None]) -> None:
+        """The console's live tiles and event clips; a full disk costs pictures, never verdicts."""
         try:
-            self.media.observe(verdict, image, jpeg)
+            write()
         except OSError as err:
             self.sinks.errors += 1
-            log.error("events: cannot write the pictures of %s under %s: %s", verdict.key.camera,
-                      self.cfg.events.media, err)
+            log.error("events: cannot write the pictures of %s under %s: %s", camera, self.cfg.events.media, err)
 
     def tick(self) -> None:
         """Closes events of cameras that went silent (a reader that died mid-event), ends their clips, and once

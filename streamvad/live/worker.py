@@ -105,6 +105,12 @@ class VerdictSender:
         picture = self.pictures.picture(verdict, frame)
         self.link.send(parts if picture is None else [*encode_frame(picture, "jpeg", self.quality), *parts])
 
+    def send_preview(self, frame: Frame) -> None:
+        """A learning camera's frame when its live tile is due: the console shows what it sees while it learns."""
+        picture = self.pictures.preview(frame)
+        if picture is not None:
+            self.link.send(encode_frame(picture, "jpeg", self.quality, preview=True))
+
     def send_eos(self, eos: Message) -> None:
         """Forwards the reader's EOS header unchanged: only the events process, which sees every worker's
         verdicts, can tell when the camera's last frame has been scored."""
@@ -307,6 +313,9 @@ class Worker:
         annotated = self.tamper.annotate([frames[i] for i in scored], [verdicts[i] for i in scored])
         for i, verdict in zip(scored, annotated, strict=True):
             sender.send(verdict, frames[i])
+        for frame, verdict in zip(frames, verdicts, strict=True):
+            if verdict is None:
+                sender.send_preview(frame)
         now = time.time()
         with self._lock:
             for frame, verdict in zip(frames, verdicts, strict=True):
