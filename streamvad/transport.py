@@ -116,8 +116,9 @@ def encode_frame(frame: Frame, encoding: Literal["jpeg", "raw"] = "jpeg", qualit
         "wall_time": float(frame.wall_time), "label": None if frame.label is None else int(frame.label),
         "source": frame.source, "shape": list(img.shape), "encoding": encoding,
     }
-    if preview:
-        header["preview"] = True
+    for flag, on in (("restart", frame.restart), ("preview", preview)):
+        if on:
+            header[flag] = True
     return _pack(header, payload)
 
 
@@ -226,7 +227,7 @@ def _frame_from(header: dict[str, Any], payload: bytes) -> Frame:
     else:
         image = _decode_jpeg(payload, shape)
     return Frame(camera=header["camera"], index=header["index"], pts=header["pts"], wall_time=header["wall_time"],
-                 image=image, label=header.get("label"), source=header["source"])
+                 image=image, label=header.get("label"), source=header["source"], restart=header.get("restart", False))
 
 
 def _evidence_from(shape: dict[str, Any], payload: bytes, n_patches: int) -> Evidence:

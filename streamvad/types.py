@@ -33,7 +33,8 @@ class Frame:
     `index` counts sampled frames per camera from 0; `pts` is the presentation time in seconds from
     the start of the stream (what sampling is based on); `wall_time` is when the reader produced it
     (what latency is measured from). `label` is the ground truth when a dataset is replayed
-    (0 normal, 1 anomalous) and None for live cameras.
+    (0 normal, 1 anomalous) and None for live cameras. `restart` marks the first frame of a looped file's
+    next pass: pts runs on, but the picture jumps back, so nothing before it is its past (no motion).
     """
 
     camera: str
@@ -43,6 +44,7 @@ class Frame:
     image: np.ndarray  # [H, W, 3] uint8 RGB
     label: int | None = None
     source: str = ""
+    restart: bool = False
 
     @property
     def key(self) -> FrameKey:

@@ -3,6 +3,7 @@ and scored the same live (real reader, real ZeroMQ, worker) as in replay."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -75,6 +76,8 @@ def test_first_frame_gaps_and_restarted_streams_have_no_motion() -> None:
     assert (field.fraction[~field.valid] == 0).all()
     other = tracker.observe([_frame(bg, 0.25, camera="other")])  # cameras never share state
     assert not other.valid[0]
+    looped = dataclasses.replace(_frame(_with_square(bg, 10), 0.5), restart=True)  # pts on, picture jumps back
+    assert tracker.observe([looped, _frame(_with_square(bg, 14), 0.75)]).valid.tolist() == [False, True]
 
 
 def _lanes(n: int, rng: np.random.Generator) -> MotionField:

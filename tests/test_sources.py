@@ -155,6 +155,7 @@ def test_image_folder_loop_keeps_pts_monotonic(image_folder: Path) -> None:
     assert np.diff([f.pts for f in frames]) == pytest.approx([0.1] * 29)
     assert [f.index for f in frames] == list(range(30))
     assert Path(frames[12].source).name == "frame0.png"
+    assert [i for i, f in enumerate(frames) if f.restart] == [12, 24]  # each new pass: no motion across the jump
 
 
 def test_read_image_greyscale_becomes_rgb(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -79,8 +80,10 @@ def test_raw_frame_round_trip_is_exact() -> None:
     frame = make_frame(index=7)
     got = decode_frame(encode_frame(frame, "raw"))
     assert np.array_equal(got.image, frame.image)
-    assert (got.camera, got.index, got.pts, got.wall_time, got.label, got.source) == (
-        frame.camera, frame.index, frame.pts, frame.wall_time, frame.label, frame.source)
+    assert (got.camera, got.index, got.pts, got.wall_time, got.label, got.source, got.restart) == (
+        frame.camera, frame.index, frame.pts, frame.wall_time, frame.label, frame.source, False)
+    looped = dataclasses.replace(frame, restart=True)  # a looped file's next pass: the worker must know
+    assert decode_frame(encode_frame(looped, "raw")).restart
 
 
 def test_jpeg_frame_round_trip_within_tolerance_and_smaller() -> None:

@@ -56,8 +56,9 @@ class MotionTracker:
 
     Frames must arrive in stream order per camera: replay reads clips in order, and a worker gets them
     in order when it is the camera's only worker (with several, cameras must be pinned to one). A
-    camera's first frame, a frame more than `max_gap_s` after the previous one, or one whose pts went
-    backwards (a restarted stream) has no motion (`valid` False).
+    camera's first frame, a frame more than `max_gap_s` after the previous one, one whose pts went
+    backwards (a restarted stream) or one marked `restart` (a looped file's next pass) has no motion
+    (`valid` False).
     """
 
     def __init__(self, grid: tuple[int, int], cfg: MotionConfig) -> None:
@@ -74,7 +75,7 @@ class MotionTracker:
         for i, frame in enumerate(frames):
             cur = grey(frame.image, self.grid, self.cfg.cell_px)
             last = self._last.get(frame.camera)
-            if last is not None and 0.0 < frame.pts - last[0] <= self.cfg.max_gap_s:
+            if last is not None and not frame.restart and 0.0 < frame.pts - last[0] <= self.cfg.max_gap_s:
                 fraction[i], velocity[i] = cell_motion(last[1], cur, frame.pts - last[0], self.grid, self.cfg,
                                                        self._flow)
                 valid[i] = True

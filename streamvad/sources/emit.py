@@ -60,12 +60,14 @@ def emit_frames(one_pass: Callable[[], Iterator[RawFrame]], camera: str, *, peri
     """Yields sampled `Frame`s from `one_pass()`, calling it again for each loop.
 
     `period` is the native frame period; it spaces the first frame of a loop after the last
-    one so pts stays monotonic. `Frame.index` counts emitted frames across loops.
+    one so pts stays monotonic, and that frame is marked `restart`. `Frame.index` counts emitted frames
+    across loops.
     """
     sampler = PtsSampler(sample_fps)
     timeline = MonotonicPts(period)
     pacer = Pacer() if realtime else None
     index = 0
+    restart = False  # the next frame emitted starts a new pass
     while True:
         seen = 0
         for raw in one_pass():
@@ -79,13 +81,15 @@ def emit_frames(one_pass: Callable[[], Iterator[RawFrame]], camera: str, *, peri
             if pacer is not None:
                 pacer.wait(pts)
             yield Frame(camera=camera, index=index, pts=pts, wall_time=time.time(), image=raw.image(),
-                        label=label, source=raw.source)
+                        label=label, source=raw.source, restart=restart)
             index += 1
+            restart = False
             if status is not None:
                 status.frame_emitted()
         if not loop or seen == 0:
             return
         timeline.restart()
+        restart = True
 
 
 def _label(labels: Sequence[int] | None, raw: RawFrame) -> int | None:
