@@ -31,7 +31,6 @@ from streamvad.errors import InputError
 from streamvad.model_store import ModelStore, Version
 from streamvad.motion.model import META as MOTION_META
 from streamvad.motion.model import MotionModel
-from streamvad.normality import hnsw_index
 from streamvad.normality.model import NormalityModel, chroma_process
 from streamvad.normality.nnn import NNN_FILE
 from streamvad.scoring.engine import ModelInfo
@@ -66,9 +65,7 @@ def add_to_memory(model: NormalityModel, evidence: Evidence, source: str) -> int
     model.clusters = np.concatenate([model.clusters, clusters], axis=1)
     model.loc_dens = np.concatenate([model.loc_dens, loc_dens], axis=1)
     model.sources = [*model.sources, source]
-    if model.indexes is not None:
-        model.indexes = [hnsw_index.build(model.train[t].astype(np.float32), model.config.seed)
-                         for t in range(model.n_tokens)]
+    model.rebuild_indexes()
     model.nnn = None  # the original k-NNN's neighbourhoods describe the old memory: rebuilt on first use
     return k
 

@@ -266,7 +266,7 @@ def decode(parts: Sequence[bytes]) -> Message:
     kind = header["type"]
     if kind == "frame":
         return Message("frame", header, frame=_frame_from(header, payload),
-                       jpeg=bytes(payload) if header["encoding"] == "jpeg" else None)
+                       jpeg=payload if header["encoding"] == "jpeg" else None)
     if kind == "verdict":
         return Message("verdict", header, verdict=_verdict_from(header, payload))
     return Message(kind, header)

@@ -28,7 +28,6 @@ from streamvad.bench.throughput import _CLIP_FPS, _CLIP_SIZE, CAMERA_FPS, PLACE,
 from streamvad.config import BackboneConfig, NormalityConfig
 from streamvad.datasets.synthetic import make_scene
 from streamvad.motion.model import motion_memory_bound
-from streamvad.normality import hnsw_index
 from streamvad.normality.model import NormalityModel, memory_rows, serving_memory
 from streamvad.scoring.engine import ModelInfo
 from streamvad.scoring.kinds import MOTION_DIR
@@ -52,8 +51,7 @@ def grow_model(source: Path, out: Path, train_vectors: int, seed: int, index: st
     model.sources = [model.sources[r] for r in rows]
     model.nnn = None  # the original k-NNN's tables would be the copied rows'; built on first use if asked for
     model.config = model.config.model_copy(update={"index": index})
-    model.indexes = hnsw_index.build_all(lambda a, b: model.train[a:b].astype(np.float32), model.n_tokens,
-                                         model.config.seed) if index == "hnsw" else None
+    model.rebuild_indexes()
     out.mkdir(parents=True)
     model.save(out / "normality", write_chroma=False)
     if (source / MOTION_DIR).is_dir():

@@ -291,6 +291,12 @@ class NormalityModel:
         self.hdbscan = hdbscan_.fit_tokens(partial(token_block, global_, patches), tokens,
                                            self.config.hdbscan_min_cluster_size, self.config.hdbscan_min_samples)
 
+    def rebuild_indexes(self) -> None:
+        """The hnsw indexes of the memory as it is now (rows added or replaced since the fit), when the model is
+        served by hnsw (`config.index`); a dense model keeps none."""
+        self.indexes = hnsw_index.build_all(partial(_rows, self.train), self.n_tokens, self.config.seed) \
+            if self.config.index == "hnsw" else None
+
     def has_nnn(self) -> bool:
         """Whether the original k-NNN's neighbourhoods exist (in memory or in the model directory)."""
         return self.nnn is not None or (self.path is not None and (self.path / NNN_FILE).is_file())

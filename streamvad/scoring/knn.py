@@ -157,10 +157,11 @@ class TokenScorer:
         q = torch.from_numpy(np.ascontiguousarray(queries.transpose(1, 0, 2), dtype=np.float32)).to(self.device)
         if self.model.indexes is not None and sq is None:
             rows = torch.from_numpy(hnsw_index.nearest(self.model.indexes, q.cpu().numpy(), self._pool, k))
+            rows = rows.to(self.device)
         else:
             rows = self._nearest(q, k, sq)
         # distances from the memory itself, the found rows only: an hnsw model scores exactly as a dense one
-        return Search(q, gather_dists(self._train, rows[..., :1].to(self.device), q).squeeze(-1), rows.to(self.device))
+        return Search(q, gather_dists(self._train, rows[..., :1], q).squeeze(-1), rows)
 
     def out_of_fold(self, fold: np.ndarray, chunk: int = 64, train: Frames | None = None,
                     ) -> Iterator[dict[str, TokenScores]]:
