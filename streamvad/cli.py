@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 
@@ -401,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-budget-mb", type=float,
                    help="throughput --fleet: serving memory per model as `fit` sizes it (default "
                         "normality.memory_budget_mb; 0: every training vector)")
-    p.add_argument("--index", choices=["dense", "hnsw"], default="dense",
+    p.add_argument("--index", choices=get_args(NormalityConfig.model_fields["index"].annotation), default="dense",
                    help="throughput --fleet: the models' search (normality.index)")
     p.set_defaults(func=cmd_bench)
 

@@ -92,7 +92,10 @@ class NormalityConfig(_Section):
     nnn_k: int = Field(3, ge=1)
     nnn_neighbours: int = Field(25, ge=2)
     nnn_block: int = Field(5, ge=1)
-    index: Literal["dense", "hnsw"] = "dense"
+    # Serving search: "dense" reads every row (exact); "hnsw" walks hnswlib graphs (2x the memory); "projected"
+    # ranks per-token PCA sketches, then exact distances of the best 16 rows (+30% memory; the index for large
+    # memories on many per-camera models, README "Multi-camera sites")
+    index: Literal["dense", "hnsw", "projected"] = "dense"
     chroma: bool = True  # write the ChromaDB system of record next to the serving index
     # A Chroma server (http://chroma:8000) instead of the embedded store in <model>/chroma: several hosts and
     # models share one system of record; workers still serve from the model directory's files.

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from streamvad.bench.throughput import free_tcp_endpoint
@@ -225,7 +226,8 @@ def test_each_camera_alerts_on_its_own_scene_only_with_its_own_model(
 def test_the_fleet_bench_serves_models_of_the_size_fit_would(tiny_model: Path, tmp_path: Path) -> None:
     """The fleet bench's models are what `fit` serves for that much footage: Ped2's 2,000 training frames
     within the 48 MiB budget are a coreset of ~140 vectors per token, without a budget all 2,000; each grown
-    copy loads (checksums, float16 memory) with the rows asked for and its own noise."""
+    copy loads (checksums, float16 memory) with the rows asked for and its own noise, and with an index (hnsw,
+    projected) maps its memory and finds each of its rows."""
     from streamvad.bench.fleet import grow_model, served_vectors
     from streamvad.normality.model import NormalityModel
 
@@ -246,6 +248,11 @@ def test_the_fleet_bench_serves_models_of_the_size_fit_would(tiny_model: Path, t
     assert isinstance(hnsw.train, np.memmap) and not isinstance(a.train, np.memmap)  # one copy held, not two
     labels, _ = hnsw.indexes[0].knn_query(a.train[0].astype(np.float32), k=1)
     assert (labels[:, 0] == np.arange(30)).all()  # each row's nearest is itself
+    projected = NormalityModel.load(grow_model(tiny_model, tmp_path / "p", 30, seed=0, index="projected")
+                                    / "normality")
+    assert projected.projected is not None and isinstance(projected.train, np.memmap)
+    rows = projected.projected.nearest(torch.from_numpy(projected.train), torch.from_numpy(a.train.astype(np.float32)))
+    assert (rows[..., 0] == torch.arange(30)).all()  # each row's nearest is itself, found through its sketch
 
 
 def test_a_worker_leaves_the_cores_to_torch(tiny_model: Path) -> None:

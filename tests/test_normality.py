@@ -1,4 +1,5 @@
-"""Normality model: k-means/silhouette, local density, k-NNN formula, HDBSCAN, hnsw, persistence."""
+"""Normality model: k-means/silhouette, local density, k-NNN formula, HDBSCAN, hnsw and projected indexes,
+persistence."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from streamvad.errors import InputError, ModelMismatchError
 from streamvad.normality import chroma_store, hdbscan_, hnsw_index, kmeans
 from streamvad.normality.knnn import density_floor, knnn_confidence, local_density_block
 from streamvad.normality.model import NormalityModel
+from streamvad.normality.projected_index import FILE as PROJECTED_FILE
+from streamvad.normality.projected_index import ProjectedIndex
+from streamvad.scoring.knn import TokenScorer
 
 BACKBONE = {"name": "tiny", "model": "test/tiny", "fingerprint": "abc", "image_size": [32, 32], "grid": [2, 2],
             "dim": 8}
@@ -161,6 +165,45 @@ def test_hnsw_and_dense_agree_on_nearest_neighbours() -> None:
     got = hnsw_index.nearest(indexes, queries, k=3)
     dense = np.linalg.norm(queries[:, :, None] - train[:, None], axis=-1).argsort(-1)[..., :3]
     np.testing.assert_array_equal(got, dense)
+
+
+def test_projected_search_finds_the_dense_nearest_in_a_wider_space() -> None:
+    """96 dims, more than the sketch's 63 components: a few scene states plus noise, like a camera's patches.
+    A query next to a training row finds that row; fresh frames of the same scenes find the exact nearest
+    almost always, and k neighbours come nearest first."""
+    rng = np.random.default_rng(7)
+    centres = rng.normal(0, 3, (2, 5, 96))
+    train = (centres[:, rng.integers(5, size=600)] + rng.normal(0, 1, (2, 600, 96))).astype(np.float32)
+    index = ProjectedIndex.build(lambda a, b: train[a:b], 2, 600, 96)
+    assert index.rows.shape == (2, 64, 600) and index.basis.shape == (2, 96, 63)
+    x = torch.from_numpy(train)
+    near = x[:, :40] + 0.05 * torch.randn(2, 40, 96, generator=torch.Generator().manual_seed(0))
+    assert (index.nearest(x, near)[..., 0] == torch.arange(40)).all()
+    fresh = torch.from_numpy((centres[:, rng.integers(5, size=200)] + rng.normal(0, 1, (2, 200, 96)))
+                             .astype(np.float32))
+    dense = torch.cdist(fresh, x).argsort(-1)[..., :3]
+    got = index.nearest(x, fresh, k=3)
+    assert (got[..., 0] == dense[..., 0]).float().mean() >= 0.95
+    picked = torch.cdist(fresh, x).gather(2, got)
+    assert (picked.diff(dim=-1) >= 0).all()  # nearest first
+
+
+def test_a_projected_model_scores_as_a_dense_one_and_round_trips(tmp_path: Path) -> None:
+    """At 8 dims the sketch holds every component, so the projected model must pick exactly the dense rows; saved
+    and loaded it keeps its index and maps its memory, and a damaged index file is one line naming it."""
+    dense = small_model()
+    projected = small_model(NormalityConfig(k_min=2, k_max=5, k_candidates=4, silhouette_sample=50,
+                                            hdbscan="none", index="projected"))
+    projected.save(tmp_path / "p", write_chroma=False)
+    loaded = NormalityModel.load(tmp_path / "p")
+    assert loaded.projected is not None and loaded.indexes is None and isinstance(loaded.train, np.memmap)
+    g, p = clustered_embeddings(12, 4, 8, n_modes=3, spread=0.4, seed=1, frame_seed=5)
+    want = TokenScorer(dense).scores(g, p, "knnn").conf
+    for model in (projected, loaded):
+        np.testing.assert_array_equal(TokenScorer(model).scores(g, p, "knnn").conf, want)
+    (tmp_path / "p" / PROJECTED_FILE).write_bytes(b"garbage")
+    with pytest.raises(InputError, match=r"projected\.npz: not a readable projected index"):
+        NormalityModel.load(tmp_path / "p")
 
 
 def test_fit_save_load_round_trip(tmp_path: Path) -> None:

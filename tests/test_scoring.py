@@ -226,6 +226,8 @@ def test_scoring_bench_runs_and_paths_agree(tmp_path: Path) -> None:
     assert result["max_abs_conf_diff"] < 1e-4
     assert result["tokens_compared"] == 5 and result["n_patches"] == 4
     assert result["nnn_ms_per_frame"] > 0
+    for index in ("hnsw", "projected"):  # a small memory, and 8 dims the sketch holds whole: both find every nearest
+        assert result[index]["tokens_differing_from_exact_over_1e-3"] == 0 and result[index]["ms_per_frame"] > 0
     assert (tmp_path / "manifest.json").is_file()
 
 

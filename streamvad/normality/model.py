@@ -12,6 +12,8 @@ On disk (one directory):
 - global_proj.npz: mean and [D_global, D] projection of the global embedding, when the backbone's
   global width differs from its patch width (see `GlobalProjection`).
 - hnsw/<token>.bin: one hnswlib index per token when fitted with `index: hnsw`.
+- projected.npz: per-token PCA sketches of the memory when fitted with `index: projected` (see
+  projected_index).
 - hdbscan.npz: HDBSCAN clusterers as arrays (rebuilt at load; no pickle, see hdbscan_.save).
 - nnn.npz: neighbours-of-neighbours table and feature blocks of the original k-NNN (see nnn.py); a
   model without it (fitted by an older StreamVAD) builds it in memory the first time it is needed.
@@ -43,7 +45,7 @@ from tqdm import tqdm
 
 from streamvad.config import NormalityConfig
 from streamvad.errors import InputError, ModelMismatchError
-from streamvad.normality import chroma_store, hdbscan_, hnsw_index, kmeans, knnn
+from streamvad.normality import chroma_store, hdbscan_, hnsw_index, kmeans, knnn, projected_index
 from streamvad.normality.coreset import coreset_rows, token_coreset
 from streamvad.normality.nnn import NNN_FILE, NNNState
 from streamvad.normality.tokens import chunk_size, token_block
@@ -167,6 +169,7 @@ class NormalityModel:
     thresholds: dict[str, float] = field(default_factory=dict)
     hdbscan: dict[int, Any] = field(default_factory=dict)  # token -> fitted hdbscan.HDBSCAN
     indexes: list[Any] | None = None  # hnswlib indexes per token when config.index == "hnsw"
+    projected: projected_index.ProjectedIndex | None = None  # when config.index == "projected"
     projection: GlobalProjection | None = None  # when the global width differs from the patch width
     nnn: NNNState | None = None  # original k-NNN state; see `nnn_state`
     path: Path | None = None
@@ -269,10 +272,11 @@ class NormalityModel:
                                    sample=cfg.silhouette_sample, seed=cfg.seed, device=device,
                                    progress=bar.update)
         loc = knnn.local_density(block, km.labels, cfg.density_m, device)
-        indexes = hnsw_index.build_all(block, n_tokens, cfg.seed) if cfg.index == "hnsw" else None
+        indexes, projected = _serving_index(cfg.index, train, cfg.seed)
         model = cls(train=train, clusters=km.labels, loc_dens=loc, k=km.k, silhouette=km.silhouette,
                     grid=grid, backbone=dict(backbone), sources=list(sources), config=cfg,
-                    indexes=indexes, projection=projection, frames=frames, created_at=datetime.now(UTC).isoformat())
+                    indexes=indexes, projected=projected, projection=projection, frames=frames,
+                    created_at=datetime.now(UTC).isoformat())
         if nnn:
             model.nnn_state()
         if density:
@@ -292,10 +296,9 @@ class NormalityModel:
                                            self.config.hdbscan_min_cluster_size, self.config.hdbscan_min_samples)
 
     def rebuild_indexes(self) -> None:
-        """The hnsw indexes of the memory as it is now (rows added or replaced since the fit), when the model is
-        served by hnsw (`config.index`); a dense model keeps none."""
-        self.indexes = hnsw_index.build_all(partial(_rows, self.train), self.n_tokens, self.config.seed) \
-            if self.config.index == "hnsw" else None
+        """The serving index of the memory as it is now (rows added or replaced since the fit), of the kind
+        `config.index` names; a dense model keeps none."""
+        self.indexes, self.projected = _serving_index(self.config.index, self.train, self.config.seed)
 
     def has_nnn(self) -> bool:
         """Whether the original k-NNN's neighbourhoods exist (in memory or in the model directory)."""
@@ -338,6 +341,8 @@ class NormalityModel:
             self.save_memory(directory)
         if self.indexes is not None:
             hnsw_index.save_all(self.indexes, directory / "hnsw")
+        if self.projected is not None:
+            self.projected.save(directory / projected_index.FILE)
         if self.hdbscan:
             hdbscan_.save(directory / hdbscan_.FILE, self.hdbscan)
         if self.projection is not None:
@@ -424,20 +429,22 @@ class NormalityModel:
             check_backbone(directory, man["backbone"], backbone)
         t, q, d = man["n_patches"] + 1, man["n_train"], man["dim"]
         arrays = {
-            # an hnsw model's index holds its own float32 copy and answers every search: the memory is mapped,
-            # read only where a row is looked up (exemplars, feedback), so a worker holds one copy, not two
-            "train": _load_npy(directory / "train.npy", (t, q, d), "f", mapped=man["index"] == "hnsw"),
+            # an index answers every search and the memory is read only where a row is looked up (exemplars,
+            # feedback, a projected index's candidates): it is mapped, so a worker holds no second copy of it
+            "train": _load_npy(directory / "train.npy", (t, q, d), "f", mapped=man["index"] != "dense"),
             "clusters": _load_npy(directory / "clusters.npy", (t, q), "iu"),
             "loc_dens": _load_npy(directory / "loc_dens.npy", (t, q), "f"),
             "sources": _load_sources(directory / "sources.json", man.get("n_frames", q)),
             "frames": _load_frames(directory, man, (t, q)),
         }
         indexes = hnsw_index.load_all(directory / "hnsw", t, d, q) if man["index"] == "hnsw" else None
-        return cls._from_parts(directory, man, arrays, indexes)
+        projected = projected_index.ProjectedIndex.load(directory / projected_index.FILE, t, q, d) \
+            if man["index"] == "projected" else None
+        return cls._from_parts(directory, man, arrays, (indexes, projected))
 
     @classmethod
     def from_chroma(cls, directory: str | Path, *, url: str | None = None) -> NormalityModel:
-        """Rebuild the serving arrays (and hnsw indexes) from the Chroma system of record.
+        """Rebuild the serving arrays (and index) from the Chroma system of record.
 
         The manifest is still needed for the shapes, identity and where the collections are (the
         model directory, or the server it names; `url` overrides that server's address, for a host
@@ -453,14 +460,13 @@ class NormalityModel:
         arrays = chroma_store.read(_chroma_location(directory, server), t, q, d, man.get("n_frames", q))
         arrays["frames"] = arrays["frames"] if man.get("coreset") else None
         arrays["train"] = serving_memory(arrays["train"])  # Chroma keeps float32 copies of the float16 rows: exact
-        indexes = None
-        if man["index"] == "hnsw":
-            indexes = hnsw_index.build_all(partial(_rows, arrays["train"]), t, man["config"].get("seed", 0))
-        return cls._from_parts(directory, man, arrays, indexes)
+        search = _serving_index(man["index"], arrays["train"], man["config"].get("seed", 0))
+        return cls._from_parts(directory, man, arrays, search)
 
     @classmethod
     def _from_parts(
-        cls, directory: Path, man: dict[str, Any], arrays: dict[str, Any], indexes: list[Any] | None
+        cls, directory: Path, man: dict[str, Any], arrays: dict[str, Any],
+        search: tuple[list[Any] | None, projected_index.ProjectedIndex | None],
     ) -> NormalityModel:
         proj = directory / PROJECTION
         try:
@@ -473,7 +479,7 @@ class NormalityModel:
             k=np.asarray(man["k"], dtype=np.int32), silhouette=sil, grid=tuple(man["grid"]),
             backbone=man["backbone"], sources=arrays["sources"], config=config,
             thresholds={k: float(v) for k, v in man["thresholds"].items()},
-            hdbscan=hdbscan_.load(directory) if man["hdbscan_tokens"] else {}, indexes=indexes,
+            hdbscan=hdbscan_.load(directory) if man["hdbscan_tokens"] else {}, indexes=search[0], projected=search[1],
             projection=GlobalProjection.load(proj) if man.get("global_dim", man["dim"]) != man["dim"] else None,
             nnn=None,
             path=directory, chroma_server=man.get("chroma_server"), created_at=man["created_at"],
@@ -523,6 +529,17 @@ def _rows(train: np.ndarray, start: int, stop: int) -> np.ndarray:
     return np.asarray(train[start:stop], dtype=np.float32)
 
 
+def _serving_index(index: str, train: np.ndarray, seed: int
+                   ) -> tuple[list[Any] | None, projected_index.ProjectedIndex | None]:
+    """The hnsw indexes or the projected index of the memory `train`, as `index` (the config's) asks."""
+    block = partial(_rows, train)
+    if index == "hnsw":
+        return hnsw_index.build_all(block, train.shape[0], seed), None
+    if index == "projected":
+        return None, projected_index.ProjectedIndex.build(block, *train.shape, seed=seed)
+    return None, None
+
+
 def serving_memory(train: np.ndarray) -> np.ndarray:
     """The memory as served: float16 (half the bytes; distances stay float32), unless a value overflows it."""
     half = train.astype(np.float16)
@@ -537,12 +554,15 @@ def memory_rows(max_bytes: int, n_tokens: int, dim: int, cfg: NormalityConfig, g
     """How many vectors per token fit in `max_bytes` of serving memory (at least 2).
 
     Per row and token: the float16 vector, its float32 squared norm (computed at load), local density, cluster
-    and source frame; an hnsw index adds a float32 copy and its links. Fixed: the global projection, and each
+    and source frame; an hnsw index adds a float32 copy and its links, a projected index a float32 sketch and its
+    norm. Fixed: the global projection, and each
     HDBSCAN token's clusterer (float64 points of every training frame, and its tree).
     """
     per_row = n_tokens * (2 * dim + 16)
     if cfg.index == "hnsw":
         per_row += n_tokens * (4 * dim + 8 * hnsw_index.LINKS + 16)
+    if cfg.index == "projected":
+        per_row += n_tokens * (4 * projected_index.DIMS + 4)
     fixed = 4 * (global_dim + 1) * dim if global_dim != dim else 0
     fixed += len(_hdbscan_tokens(cfg.hdbscan, n_tokens)) * n_frames * (8 * dim + 64)
     rows = (max_bytes - fixed) // per_row
@@ -555,7 +575,7 @@ def memory_rows(max_bytes: int, n_tokens: int, dim: int, cfg: NormalityConfig, g
 
 def _serving_bytes(directory: Path, n_rows: int) -> int:
     """Bytes serving holds: the files a load reads (arrays, indexes, clusterers) plus the squared norms it derives."""
-    files = ["train.npy", "clusters.npy", "loc_dens.npy", FRAMES, hdbscan_.FILE, PROJECTION]
+    files = ["train.npy", "clusters.npy", "loc_dens.npy", FRAMES, hdbscan_.FILE, PROJECTION, projected_index.FILE]
     size = sum((directory / f).stat().st_size for f in files if (directory / f).is_file())
     hnsw = directory / "hnsw"
     if hnsw.is_dir():

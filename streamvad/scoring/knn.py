@@ -2,7 +2,8 @@
 
 The study queried ChromaDB patch by patch (two queries each, ~1 h for 2,044 frames). Here the
 nearest training vector of all N + 1 tokens of all B frames comes from one batched matmul on
-[T, M, D] x [T, D, B] (or hnswlib batch queries across a thread pool), and since local densities
+[T, M, D] x [T, D, B] (or an index: hnswlib batch queries across a thread pool, or projected sketches and
+exact distances of their candidates), and since local densities
 were precomputed at fit time the k-NNN confidence is a gather and a division.
 
 Score scales: `score` is in [0, 1] (aggregated capped confidences); `raw_score` aggregates the
@@ -20,7 +21,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,7 +34,7 @@ from streamvad.normality import hdbscan_, hnsw_index
 from streamvad.normality.knnn import density_floor, gather_dists, knnn_confidence
 from streamvad.normality.model import NormalityModel
 from streamvad.normality.nnn import NNNScorer
-from streamvad.normality.tokens import chunk_size
+from streamvad.normality.tokens import chunk_size, widened
 from streamvad.types import EmbeddingBatch, Verdict
 
 log = logging.getLogger(__name__)
@@ -84,23 +84,6 @@ class Search:
     rows: torch.Tensor
 
 
-_workspace = threading.local()
-
-
-def widened(block: torch.Tensor) -> torch.Tensor:
-    """`block` in float32, converted into a buffer this thread keeps per device; the result is valid until the
-    thread's next call. A fresh tensor per call would fault in its pages on every batch, once per camera model:
-    38 ms against 5 ms for a Ped2-sized compact model on a 2-core CPU, which made per-camera models cost a
-    worker 43% of its capacity (README, fleet mode)."""
-    if block.dtype == torch.float32:
-        return block
-    buffers: dict[torch.device, torch.Tensor] = _workspace.__dict__.setdefault("buffers", {})
-    buf = buffers.get(block.device)
-    if buf is None or buf.numel() < block.numel():
-        buf = buffers[block.device] = torch.empty(block.numel(), dtype=torch.float32, device=block.device)
-    return buf[: block.numel()].view(block.shape).copy_(block)
-
-
 class TokenScorer:
     """Nearest-neighbour state of a model, prepared once so each call is just the search.
 
@@ -120,6 +103,7 @@ class TokenScorer:
         self._nnn: NNNScorer | None = None
         self._k = 1  # neighbours per search: the most any caller has asked for, so later batches search once
         self._pool = ThreadPoolExecutor(torch.get_num_threads()) if model.indexes is not None else None
+        self._projected = model.projected.to(self.device) if model.projected is not None else None
         widened = model.dim if self._train.dtype != torch.float32 else 0
         self._step = chunk_size(4 * model.n_train * (64 + widened), 64 << 20)  # tokens per [t, M, B<=64] block
         self._last: tuple[np.ndarray, np.ndarray, np.ndarray, Search] | None = None
@@ -130,14 +114,14 @@ class TokenScorer:
 
     @functools.cached_property
     def _sq(self) -> torch.Tensor:
-        """The training vectors' squared norms [T, M, 1], for dense search: computed on first use, so an hnsw
+        """The training vectors' squared norms [T, M, 1], for dense search: computed on first use, so an indexed
         model's memory is never read whole (its .npy is mapped, its index finds the rows, and only the found
         rows are read)."""
         return torch.cat([(b.float() ** 2).sum(-1, keepdim=True) for b in self._train.split(32)])
 
     def _nearest(self, q: torch.Tensor, k: int, sq: torch.Tensor | None = None) -> torch.Tensor:
         """Rows of the k nearest training vectors [T, B, k], nearest first, for queries q [T, B, D], by dense
-        search (an hnsw model's index answers `_search` itself).
+        search (an indexed model's index answers `_search` itself).
 
         `sq` replaces the training vectors' squared norms; rows set to +inf there are never picked (the
         out-of-fold search of calibration).
@@ -158,9 +142,12 @@ class TokenScorer:
         if self.model.indexes is not None and sq is None:
             rows = torch.from_numpy(hnsw_index.nearest(self.model.indexes, q.cpu().numpy(), self._pool, k))
             rows = rows.to(self.device)
+        elif self._projected is not None and sq is None:
+            rows = self._projected.nearest(self._train, q, k)
         else:
             rows = self._nearest(q, k, sq)
-        # distances from the memory itself, the found rows only: an hnsw model scores exactly as a dense one
+        # distances from the memory itself, the found rows only: an indexed model scores exactly as a dense one
+        # wherever its index found the nearest row
         return Search(q, gather_dists(self._train, rows[..., :1], q).squeeze(-1), rows)
 
     def out_of_fold(self, fold: np.ndarray, chunk: int = 64, train: Frames | None = None,
@@ -330,7 +317,7 @@ class Scorer:
         self._vote_at = self.threshold if cfg.rule in _VOTING else cfg.patch_threshold
         self.decided_by = f"{cfg.method}/{cfg.rule}@{self.threshold:.2f}"
         log.info("scorer ready: %s, %d of %d patches in the mask, %s search on %s", self.decided_by,
-                 int(self.mask.sum()), model.n_patches, "hnsw" if model.indexes else "dense", device)
+                 int(self.mask.sum()), model.n_patches, model.config.index, device)
 
     def _threshold(self) -> float:
         key = f"{self.cfg.method}/{self.cfg.rule}"
