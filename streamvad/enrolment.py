@@ -37,6 +37,7 @@ from streamvad.datasets.base import Clip
 from streamvad.errors import ConfigError, InputError, StreamVADError
 from streamvad.live.fleet import model_path, owned, owner
 from streamvad.model_store import ModelStore, Version
+from streamvad.normality import chroma_store
 from streamvad.scoring.engine import ModelInfo
 from streamvad.sources import open_source
 from streamvad.sources.live import redact_url
@@ -247,7 +248,12 @@ def enrol(cfg: StreamVADConfig, camera_id: str, duration_s: float, *, progress: 
         if report is not None:
             report(phase="fitting")
         current = store.current()
-        cfg = cfg.model_copy(update={"backbone": site_backbone(cfg, camera)})
+        # a Chroma server holds every camera's versions side by side: this version's collections get a prefix
+        # of their own (the fit's directory, ".../model", would give every enrolment of every camera "model")
+        prefix = f"{chroma_store.prefix_of(cfg.normality.chroma_prefix or camera_id, limit=30)}-" \
+                 f"{datetime.now(UTC):%Y%m%d%H%M%S%f}"  # 51 characters at most: room for feedback's "--<event>"
+        cfg = cfg.model_copy(update={"backbone": site_backbone(cfg, camera),
+                                     "normality": cfg.normality.model_copy(update={"chroma_prefix": prefix})})
         ctx = mp.get_context("spawn")
         result = ctx.SimpleQueue()
         child = ctx.Process(target=_fit_child, name=f"streamvad-enrol-{camera_id}",

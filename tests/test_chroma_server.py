@@ -13,16 +13,20 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import yaml
 
 from streamvad.bench.throughput import free_tcp_endpoint
+from streamvad.cli import main
 from streamvad.config import NormalityConfig
 from streamvad.errors import InputError
+from streamvad.model_store import ModelStore
 from streamvad.normality import chroma_store
-from streamvad.normality.model import MANIFEST, NormalityModel
+from streamvad.normality.model import MANIFEST, NormalityModel, read_manifest
+from tests.test_enrolment import site_clip
 from tests.test_normality import small_model
-from tests.test_worker import tiny_model
+from tests.test_worker import TEST_BACKBONE, tiny_model
 
-__all__ = ["tiny_model"]
+__all__ = ["site_clip", "tiny_model"]
 
 # the chromadb package installs its `chroma` CLI next to the interpreter, which need not be on PATH
 CHROMA = shutil.which("chroma", path=str(Path(sys.executable).parent)) or shutil.which("chroma")
@@ -153,3 +157,26 @@ def test_mark_as_normal_records_the_new_version_on_the_server_beside_the_old(chr
     rebuilt = NormalityModel.from_chroma(version.path / "normality")
     np.testing.assert_array_equal(rebuilt.train, marked.train)
     assert client.get_collection("site-gate-patch_003").count() == model.n_train == marked.n_train - 2
+
+
+def test_each_enrolled_version_keeps_its_own_record_on_the_server(chroma_url: str, site_clip: Path,
+                                                                  tmp_path: Path) -> None:
+    """Two enrolments of one camera on a shared server: each version's collections have a prefix of its own
+    (the camera and when it was fitted), so the first version's record still rebuilds the first memory after
+    the second is written, as a rollback needs."""
+    config = tmp_path / "site.yaml"
+    config.write_text(yaml.safe_dump({
+        "backbone": TEST_BACKBONE.model_dump(),
+        "cameras": [{"id": "gate", "url": str(site_clip), "fps": 4.0, "model": str(tmp_path / "models" / "gate")}],
+        "normality": {"k_min": 2, "k_max": 4, "k_candidates": 2, "silhouette_sample": 100, "hdbscan": "none",
+                      "chroma_url": chroma_url},
+        "transport": {"frames": free_tcp_endpoint(), "verdicts": free_tcp_endpoint(), "insecure": True},
+    }), encoding="utf-8")
+    for _ in range(2):
+        assert main(["enroll", "--config", str(config), "--camera", "gate", "--duration", "6s", "--no-progress"]) == 0
+    versions = ModelStore(tmp_path / "models" / "gate").versions()
+    prefixes = [read_manifest(v.path / "normality")["chroma_server"]["prefix"] for v in versions]
+    assert len(versions) == 2 and len(set(prefixes)) == 2 and all(p.startswith("gate-") for p in prefixes), prefixes
+    for version in versions:
+        served = NormalityModel.load(version.path / "normality")
+        np.testing.assert_array_equal(NormalityModel.from_chroma(version.path / "normality").train, served.train)

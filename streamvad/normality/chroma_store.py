@@ -59,8 +59,13 @@ def default_prefix(model_dir: Path) -> str:
     """A collection-name prefix from the model directory's name (the `fit --out` directory, not the
     `normality` folder inside it), reduced to the characters Chroma accepts in names."""
     path = model_dir.resolve()
-    name = path.parent.name if path.name == _MODEL_SUBDIR else path.name
-    return re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("_-")[:63] or "model"
+    return prefix_of(path.parent.name if path.name == _MODEL_SUBDIR else path.name)
+
+
+def prefix_of(name: str, limit: int = 63) -> str:
+    """`name` as a collection-name prefix: the characters Chroma accepts, at most `limit` of them, and no "--"
+    (which separates a version marked normal from its base prefix, feedback.version_prefix)."""
+    return re.sub(r"-{2,}", "-", re.sub(r"[^A-Za-z0-9_-]+", "-", name)).strip("_-")[:limit].rstrip("_-") or "model"
 
 
 @dataclass(frozen=True)
