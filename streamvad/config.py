@@ -413,6 +413,14 @@ class SinksConfig(_Section):
     spool: Path = Path("runs/spool")  # disk-backed webhook queue
 
 
+class StoreConfig(_Section):
+    """A camera's versioned model store (model_store.py): every enrolment and every "mark as normal" adds a
+    whole model (tens of MB at the default memory budget, about 1 GB for a full-size Ped2 memory)."""
+
+    # versions kept; older ones are deleted when one is added, except the current one and the one it replaced
+    keep_versions: int = Field(10, ge=2)
+
+
 class StreamVADConfig(_Section):
     """The whole configuration tree; every section has working defaults."""
 
@@ -429,6 +437,7 @@ class StreamVADConfig(_Section):
     events: EventsConfig = EventsConfig()
     sinks: SinksConfig = SinksConfig()
     serve: ServeConfig = ServeConfig()
+    store: StoreConfig = StoreConfig()
     detector: DetectorConfig | None = None  # an image detector hosted next to the k-NNN scorer
 
     @model_validator(mode="after")

@@ -281,6 +281,7 @@ def enrol(cfg: StreamVADConfig, camera_id: str, duration_s: float, *, progress: 
             "fit_seconds": fitted["stages"],
         })
         store.activate(version.name)
+        store.prune(cfg.store.keep_versions)
     except OSError as err:
         raise InputError(f"{store.root}: cannot write to the model store ({err.strerror or err}); "
                          "the current version is unchanged") from None

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streamvad.config import StoreConfig
 from streamvad.errors import InputError
 from streamvad.model_store import ModelStore, Version
 from streamvad.motion.model import META as MOTION_META
@@ -86,8 +87,9 @@ def add_velocities(motion: MotionModel, evidence: Evidence) -> int:
     return len(cells)
 
 
-def mark_normal(root: Path, evidence: Evidence, event_id: str) -> Version:
-    """The next version of the store at `root`: the current one with `evidence` added; it is made current."""
+def mark_normal(root: Path, evidence: Evidence, event_id: str, keep: int = StoreConfig().keep_versions) -> Version:
+    """The next version of the store at `root`: the current one with `evidence` added; it is made current, and
+    the store keeps its newest `keep` versions (`ModelStore.prune`)."""
     store = ModelStore(root)
     current = store.current()
     if current is None:
@@ -115,6 +117,7 @@ def mark_normal(root: Path, evidence: Evidence, event_id: str) -> Version:
         shutil.rmtree(work, ignore_errors=True)
         raise
     store.activate(version.name)
+    store.prune(keep)
     if model.config.chroma or model.chroma_server is not None:
         chroma_process(version.path / NORMALITY, model.recorded_chroma(version.path / NORMALITY))
     log.info("%s: %s marks event %s normal (%d patch vectors, %d velocities added to %s)", root, version.name,

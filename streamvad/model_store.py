@@ -5,21 +5,28 @@ new fit as the next version (`v0001`, `v0002`, ...) with `version.json` beside i
 on, when, its thresholds and hold-out), and then points `current` at it. `current` is a symlink swapped
 with one rename, so a worker that reads it sees the old version or the new one, never a half-switched
 store; a running worker notices the change and swaps the camera's model between batches (live/fleet.py).
-A store with no `current` is a camera still learning.
+A store with no `current` is a camera still learning. Every enrolment and every "mark as normal" adds a whole
+model, so a store keeps its newest versions only (`store.keep_versions`, `prune`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streamvad.errors import ConfigError, InputError
+from streamvad.errors import ConfigError, InputError, StreamVADError
+from streamvad.normality import chroma_store
+from streamvad.normality.model import read_manifest
 from streamvad.scoring.engine import MODEL_FILE
+
+log = logging.getLogger(__name__)
 
 CURRENT = "current"
 VERSION_FILE = "version.json"
@@ -126,3 +133,47 @@ class ModelStore:
             raise InputError(f"{self.root}: no earlier version to roll back to (current: "
                              f"{current.name if current else 'none'})")
         return self.activate(names[names.index(current.name) - 1])
+
+    def prune(self, keep: int) -> list[str]:
+        """Delete the versions older than the newest `keep`, except the current one and the one it replaced (where
+        rollback and undo return); returns their names. A version moves out of sight (a hidden name) before it is
+        deleted, so no reader sees half of one; its collections on a Chroma server go too, unless a kept version
+        records the same ones."""
+        current = self.current()
+        kept = {current.name, current.record.get("previous")} if current is not None else set()
+        versions = self.versions()
+        doomed = [v for v in versions[: max(0, len(versions) - keep)] if v.name not in kept]
+        records = {v.name: _chroma_record(v.path) for v in versions}
+        in_use = {records[v.name] for v in versions if v not in doomed}
+        for version in doomed:
+            hidden = self.root / f".pruned-{version.name}-{os.getpid()}"
+            os.rename(version.path, hidden)
+            shutil.rmtree(hidden, ignore_errors=True)
+            record = records[version.name]
+            if record is not None and record not in in_use:
+                _delete_collections(record)
+        if doomed:
+            log.info("%s: deleted version(s) %s, keeping the newest %d", self.root, ", ".join(v.name for v in doomed),
+                     keep)
+        return [v.name for v in doomed]
+
+
+def _chroma_record(version: Path) -> tuple[str, str, int] | None:
+    """(server url, prefix, tokens) of a version whose system of record is on a Chroma server."""
+    try:
+        man = read_manifest(version / "normality")
+    except StreamVADError:
+        return None  # a detector model, or no normality model
+    server = man.get("chroma_server")
+    return None if not server else (server["url"], server["prefix"], man["n_patches"] + 1)
+
+
+def _delete_collections(record: tuple[str, str, int]) -> None:
+    """Best effort: a server that cannot be reached keeps the collections, and says so in the log."""
+    url, prefix, n_tokens = record
+    location = chroma_store.ChromaLocation(url=url, prefix=prefix)
+    try:
+        log.info("%s: deleted %d collections of a removed version", location, chroma_store.delete(location, n_tokens))
+    except Exception as err:  # any client or network failure: the version itself is gone already
+        log.warning("%s: could not delete the collections of a removed version (%s); delete them by hand",
+                    location, err)

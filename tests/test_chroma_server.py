@@ -161,9 +161,10 @@ def test_mark_as_normal_records_the_new_version_on_the_server_beside_the_old(chr
 
 def test_each_enrolled_version_keeps_its_own_record_on_the_server(chroma_url: str, site_clip: Path,
                                                                   tmp_path: Path) -> None:
-    """Two enrolments of one camera on a shared server: each version's collections have a prefix of its own
-    (the camera and when it was fitted), so the first version's record still rebuilds the first memory after
-    the second is written, as a rollback needs."""
+    """Three enrolments of one camera on a shared server, keeping 2 versions: each version's collections have a
+    prefix of its own (the camera and when it was fitted), so an older version's record still rebuilds its own
+    memory after a newer one is written, as a rollback needs; the version past the 2 kept is deleted with its
+    collections."""
     config = tmp_path / "site.yaml"
     config.write_text(yaml.safe_dump({
         "backbone": TEST_BACKBONE.model_dump(),
@@ -171,12 +172,19 @@ def test_each_enrolled_version_keeps_its_own_record_on_the_server(chroma_url: st
         "normality": {"k_min": 2, "k_max": 4, "k_candidates": 2, "silhouette_sample": 100, "hdbscan": "none",
                       "chroma_url": chroma_url},
         "transport": {"frames": free_tcp_endpoint(), "verdicts": free_tcp_endpoint(), "insecure": True},
+        "store": {"keep_versions": 2},
     }), encoding="utf-8")
-    for _ in range(2):
+    names = []
+    for _ in range(3):
         assert main(["enroll", "--config", str(config), "--camera", "gate", "--duration", "6s", "--no-progress"]) == 0
+        current = ModelStore(tmp_path / "models" / "gate").current()
+        names.append(read_manifest(current.path / "normality")["chroma_server"]["prefix"])
     versions = ModelStore(tmp_path / "models" / "gate").versions()
-    prefixes = [read_manifest(v.path / "normality")["chroma_server"]["prefix"] for v in versions]
-    assert len(versions) == 2 and len(set(prefixes)) == 2 and all(p.startswith("gate-") for p in prefixes), prefixes
+    assert [v.name for v in versions] == ["v0002", "v0003"]
+    assert len(set(names)) == 3 and all(p.startswith("gate-") for p in names), names
+    on_server = {c.name.split("-global")[0] for c in chroma_store.open_server(chroma_url).list_collections()
+                 if c.name.endswith("-global")}
+    assert names[0] not in on_server and set(names[1:]) <= on_server
     for version in versions:
         served = NormalityModel.load(version.path / "normality")
         np.testing.assert_array_equal(NormalityModel.from_chroma(version.path / "normality").train, served.train)

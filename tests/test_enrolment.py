@@ -57,6 +57,20 @@ def test_store_versions_activate_and_rollback_switch_current_atomically(tiny_mod
         store.rollback()
 
 
+def test_a_store_keeps_its_newest_versions_and_what_rollback_and_undo_return_to(tiny_model: Path,
+                                                                                 tmp_path: Path) -> None:
+    """Past `keep`, the oldest versions go, but never the current one or the one it replaced; nothing half-deleted
+    stays in sight."""
+    store = _store(tmp_path / "gate", tiny_model, 6)
+    assert store.prune(6) == []
+    store.activate("v0003")
+    (store.root / "v0003" / "version.json").write_text('{"previous": "v0002"}', encoding="utf-8")
+    assert store.prune(2) == ["v0001", "v0004"]
+    assert [v.name for v in store.versions()] == ["v0002", "v0003", "v0005", "v0006"]
+    assert store.current().name == "v0003" and store.rollback().name == "v0002"
+    assert sorted(p.name for p in store.root.iterdir()) == ["current", "v0002", "v0003", "v0005", "v0006"]
+
+
 def _config_file(tmp_path: Path, cameras: list[dict[str, Any]], **extra: Any) -> Path:
     doc = {"backbone": TEST_BACKBONE.model_dump(), "cameras": cameras,
            "normality": {"k_min": 2, "k_max": 4, "k_candidates": 2, "silhouette_sample": 100, "hdbscan": "none",

@@ -358,7 +358,7 @@ def _api(site: Site, auth: Auth) -> APIRouter:
             raise HTTPException(409, "this event has no evidence to add (a camera fault, or an event from before "
                                      "evidence was kept)")
         store = store_of(camera_of(row["camera"]))
-        version = _store_action(lambda: feedback.mark_normal(store.root, evidence, event_id))
+        version = _store_action(lambda: feedback.mark_normal(store.root, evidence, event_id, cfg.store.keep_versions))
         db().set_review(event_id, "normal")
         log.info("console: %s marked event %s normal: %s is %s", who, event_id, row["camera"], version.name)
         return ActionOut(ok=True, message=f"{row['camera']} now on {version.name}, which knows this sight",

@@ -99,6 +99,16 @@ def collection(client: chromadb.ClientAPI, token: int, create: bool = False, pre
     return client.get_collection(name, embedding_function=None)
 
 
+def delete(location: ChromaLocation, n_tokens: int) -> int:
+    """Delete a model's collections on its server (those that exist); how many were deleted."""
+    client = location.client()
+    existing = {c.name for c in client.list_collections()}
+    names = [location.name(t) for t in range(n_tokens) if location.name(t) in existing]
+    for name in names:
+        client.delete_collection(name)
+    return len(names)
+
+
 def write(
     location: ChromaLocation,
     block: Callable[[int, int], np.ndarray],
