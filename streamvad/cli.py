@@ -20,6 +20,8 @@ import yaml
 from streamvad.config import NormalityConfig, StreamVADConfig, load_config
 from streamvad.errors import ConfigError, InputError, StreamVADError
 
+_INDEXES = get_args(NormalityConfig.model_fields["index"].annotation)  # normality.index's choices
+
 log = logging.getLogger("streamvad")
 
 EXIT_USAGE = 2
@@ -276,6 +278,15 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from streamvad.offline.reindex import reindex
+
+    model = reindex(args.model, args.out, args.index)
+    print(f"{args.out}: the model of {args.model} ({model.n_tokens} tokens x {model.n_train} vectors), served by "
+          f"{args.index} search")
+    return 0
+
+
 def cmd_keys_generate(args: argparse.Namespace) -> int:
     from streamvad.security import generate_keys
 
@@ -401,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-budget-mb", type=float,
                    help="throughput --fleet: serving memory per model as `fit` sizes it (default "
                         "normality.memory_budget_mb; 0: every training vector)")
-    p.add_argument("--index", choices=get_args(NormalityConfig.model_fields["index"].annotation), default="dense",
+    p.add_argument("--index", choices=_INDEXES, default="dense",
                    help="throughput --fleet: the models' search (normality.index)")
     p.set_defaults(func=cmd_bench)
 
@@ -436,6 +447,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "activate":
             m.add_argument("version")
         m.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("reindex", help="copy a fitted model, served by another search index (no refit)")
+    p.add_argument("--model", type=Path, required=True, help="the fitted model directory")
+    p.add_argument("--index", choices=_INDEXES, required=True, help="the copy's search (normality.index)")
+    p.add_argument("--out", type=Path, required=True, help="a new directory for the copy")
+    p.set_defaults(func=cmd_reindex)
 
     p = sub.add_parser("keys", help="ZeroMQ CURVE keys for a site's tcp:// sockets (transport.curve.keys)")
     keys = p.add_subparsers(dest="keys_command", required=True)

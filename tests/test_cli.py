@@ -8,10 +8,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from streamvad.cli import main
 from streamvad.datasets.synthetic import AnomalySpec, make_scene
+from streamvad.normality.model import NormalityModel
+from streamvad.scoring.engine import load_engine
+from streamvad.scoring.knn import TokenScorer
+from tests.test_worker import tiny_model
+
+__all__ = ["tiny_model"]
 
 TINY = """
 backbone: {name: efficientnet-lite0, image_size: [64, 96], batch_size: 8, device: cpu}
@@ -173,3 +180,25 @@ def test_dataset_options_reach_the_loader(capsys: pytest.CaptureFixture[str], sc
     line = _error_line(capsys, ["eval", "--model", str(model), "--dataset", "folder", "--root", str(scene),
                                 "--out", str(out), "--dataset-option", "no-equals-sign"])
     assert "KEY=VALUE" in line
+
+
+def test_reindex_serves_the_same_model_by_another_index(tiny_model: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A copy served by the projected index loads (its checksums are its own), scores as the source does (the
+    tiny model's 16 dims fit the sketch whole), and back to dense it carries no stale index; an existing --out
+    is one line, exit 2, and the source is untouched."""
+    projected, dense = tmp_path / "projected", tmp_path / "dense"
+    assert main(["reindex", "--model", str(tiny_model), "--index", "projected", "--out", str(projected)]) == 0
+    assert "served by projected search" in capsys.readouterr().out
+    assert load_engine(projected).scorer is not None
+    source, copy = (NormalityModel.load(m / "normality") for m in (tiny_model, projected))
+    assert copy.projected is not None and copy.config.index == "projected" and source.projected is None
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(3, source.global_dim)).astype(np.float32)
+    p = rng.normal(size=(3, source.n_patches, source.dim)).astype(np.float32)
+    np.testing.assert_array_equal(TokenScorer(copy).scores(g, p, "knnn").conf,
+                                  TokenScorer(source).scores(g, p, "knnn").conf)
+    assert main(["reindex", "--model", str(projected), "--index", "dense", "--out", str(dense)]) == 0
+    assert not (dense / "normality" / "projected.npz").exists() and load_engine(dense).scorer is not None
+    assert main(["reindex", "--model", str(tiny_model), "--index", "hnsw", "--out", str(dense)]) == 2
+    assert capsys.readouterr().err.strip().endswith("dense: already exists; reindex writes a new model directory")
