@@ -261,7 +261,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from streamvad.enrolment import camera_store
 
-    _camera, store = camera_store(_config(args), args.camera)
+    cfg = _config(args)
+    _camera, store = camera_store(cfg, args.camera)
     if args.models_command == "list":
         current = store.current()
         for v in store.versions():
@@ -271,6 +272,13 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(f"{'*' if current and current.name == v.name else ' '} {v.name}  {made}  {facts}")
         if not store.versions():
             print(f"{args.camera}: no versions in {store.root} (the camera is learning)")
+        return 0
+    if args.models_command == "reindex":
+        from streamvad.offline.reindex import reindex_current
+
+        version = reindex_current(store, args.index, cfg.store.keep_versions)
+        print(f"{args.camera}: version {version.name}, {version.record['previous']} served by {args.index} search, is "
+              "current; running workers switch to it within worker.model_poll_s")
         return 0
     version = store.activate(args.version) if args.models_command == "activate" else store.rollback()
     print(f"{args.camera}: version {version.name} is current; running workers switch to it within "
@@ -437,15 +445,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ask the running serve (transport.control) to enrol; progress shows in its /healthz")
     p.set_defaults(func=cmd_enroll)
 
-    p = sub.add_parser("models", help="a camera's model versions: list, activate, rollback")
+    p = sub.add_parser("models", help="a camera's model versions: list, activate, rollback, reindex")
     models = p.add_subparsers(dest="models_command", required=True)
     for name, text in (("list", "the versions, current marked *"), ("activate", "make VERSION current"),
-                       ("rollback", "make the version before the current one current")):
+                       ("rollback", "make the version before the current one current"),
+                       ("reindex", "add the current version served by --index as the next version, made current")):
         m = models.add_parser(name, help=text)
         _add_common(m)
         m.add_argument("camera")
         if name == "activate":
             m.add_argument("version")
+        if name == "reindex":
+            m.add_argument("--index", choices=_INDEXES, required=True, help="the search (normality.index)")
         m.set_defaults(func=cmd_models)
 
     p = sub.add_parser("reindex", help="copy a fitted model, served by another search index (no refit)")

@@ -27,6 +27,7 @@ from streamvad.errors import StreamVADError
 from streamvad.live.worker import build_worker
 from streamvad.model_store import ModelStore
 from streamvad.offline.event_metrics import ClipVerdicts, RaisedEvent, raise_events
+from streamvad.scoring.engine import load_engine
 from streamvad.transport import FramePusher, VerdictInbox
 from tests.test_worker import TEST_BACKBONE, make_frame, tiny_model
 
@@ -93,6 +94,12 @@ def test_models_cli_lists_activates_and_rolls_back(tiny_model: Path, tmp_path: P
     assert "version v0001 is current" in capsys.readouterr().out
     assert main(["models", "activate", "--config", str(config), "gate", "v0002"]) == 0
     assert ModelStore(tmp_path / "gate").current().name == "v0002"
+    assert main(["models", "reindex", "--config", str(config), "gate", "--index", "projected"]) == 0
+    assert "gate: version v0003, v0002 served by projected search, is current" in capsys.readouterr().out
+    current = ModelStore(tmp_path / "gate").current()
+    assert current.name == "v0003" and current.record == {**current.record, "reindexed": "projected",
+                                                          "previous": "v0002"}
+    assert (current.path / "normality" / "projected.npz").is_file() and load_engine(current.path).scorer is not None
     for argv, expected in ((["models", "activate", "gate", "v0007"], "no model version 'v0007'"),
                            (["models", "list", "yard"], "--camera: no camera 'yard'")):
         assert main([*argv[:2], "--config", str(config), *argv[2:]]) == 2
@@ -257,7 +264,6 @@ def test_an_anomaly_in_5_percent_of_the_enrolment_footage_still_alerts_afterward
 def _replay(clip: SceneClip, model: Path) -> list[dict[str, Any]]:
     """`clip` replayed through `model` at 4 fps: the verdict records, each labelled from the clip's truth."""
     from streamvad.offline.pipeline import clips_from_paths, replay
-    from streamvad.scoring.engine import load_engine
 
     records = replay(load_engine(model), clips_from_paths([clip.path]), sample_fps=4.0,
                      progress=False).records["primary"]
