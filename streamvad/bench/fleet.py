@@ -35,7 +35,7 @@ from streamvad.scoring.kinds import MOTION_DIR
 log = logging.getLogger(__name__)
 
 PED2_INPUT = (240, 352)
-FLEET_ROUNDS = 3  # runs per layout; one 30 s run's capacity moves by up to 20% with the load of a 2-core box
+FLEET_ROUNDS = 3  # runs per layout; one 30 s run's capacity moved by up to 31% with the load of a 2-core box
 
 
 def grow_model(source: Path, out: Path, train_vectors: int, seed: int, index: str = "dense") -> Path:

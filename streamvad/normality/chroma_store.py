@@ -103,7 +103,7 @@ def delete(location: ChromaLocation, n_tokens: int) -> int:
     """Delete a model's collections on its server (those that exist); how many were deleted."""
     client = location.client()
     existing = {c.name for c in client.list_collections()}
-    names = [location.name(t) for t in range(n_tokens) if location.name(t) in existing]
+    names = [name for name in map(location.name, range(n_tokens)) if name in existing]
     for name in names:
         client.delete_collection(name)
     return len(names)

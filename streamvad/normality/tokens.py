@@ -7,10 +7,7 @@ token 0 is the global embedding, token i >= 1 is patch i - 1. Fitting and servin
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
-import torch
 
 GLOBAL = "global"
 
@@ -38,20 +35,3 @@ def token_block(global_: np.ndarray, patches: np.ndarray, start: int, stop: int)
 def chunk_size(bytes_per_token: int, budget_bytes: int = 512 << 20) -> int:
     """How many tokens one batched step may hold so its temporaries stay within `budget_bytes`."""
     return max(1, budget_bytes // max(1, bytes_per_token))
-
-
-_workspace = threading.local()
-
-
-def widened(block: torch.Tensor) -> torch.Tensor:
-    """`block` in float32, converted into a buffer this thread keeps per device; the result is valid until the
-    thread's next call. A fresh tensor per call would fault in its pages on every batch, once per camera model:
-    38 ms against 5 ms for a Ped2-sized compact model on a 2-core CPU, which made per-camera models cost a
-    worker 43% of its capacity (README, fleet mode)."""
-    if block.dtype == torch.float32:
-        return block
-    buffers: dict[torch.device, torch.Tensor] = _workspace.__dict__.setdefault("buffers", {})
-    buf = buffers.get(block.device)
-    if buf is None or buf.numel() < block.numel():
-        buf = buffers[block.device] = torch.empty(block.numel(), dtype=torch.float32, device=block.device)
-    return buf[: block.numel()].view(block.shape).copy_(block)

@@ -41,7 +41,7 @@ def reindex(source: Path, out: Path, index: str) -> NormalityModel:
         model = NormalityModel.load(source / NORMALITY)
         model.config = model.config.model_copy(update={"index": index})
         model.rebuild_indexes()
-        model.save(work / NORMALITY, write_chroma=False)
+        model.save(work / NORMALITY, write_chroma=False, memory=False)  # the memory files were copied as they are
         info.save(work)  # last: the checksums of the copy as it now is
         os.rename(work, out)
     except BaseException:
