@@ -151,10 +151,11 @@ class ScoringConfig(_Section):
     # fused: a frame is anomalous when its appearance OR its motion passes its calibrated threshold;
     # appearance / motion: one of the two alone (motion needs a model fitted with normality.motion).
     motion: Literal["fused", "appearance", "motion"] = "fused"
-    # how `fused` joins the two parts, each divided by its own threshold: max (the larger decides: either part
-    # alone flags a frame) or sum (both parts add evidence, against the sum's own threshold, calibrated at fit
-    # on the same normal frames); tools/fusion_validation.py compares them on training clips
-    fusion: Literal["max", "sum"] = "max"
+    # how `fused` joins the two parts, each on its fusion scale (normal median 0, threshold 1: motion/fusion.py):
+    # sum (both parts add evidence, against the sum's own threshold, calibrated at fit on the same normal frames)
+    # or max (the larger decides: either part alone flags a frame); tools/fusion_validation.py compares them on
+    # training clips
+    fusion: Literal["max", "sum"] = "sum"
     # a frame's score is the mean over this many seconds of its camera's stream; 0 (the default): each frame
     # alone. Opt-in: it helps long anomalies and costs short ones (scoring/smoothing.py)
     smooth_s: float = Field(0.0, ge=0.0, le=10.0)

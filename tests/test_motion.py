@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from streamvad.motion.flow import cell_motion, grey
 from streamvad.motion.model import calibrate_motion
 from streamvad.normality.coreset import k_center
 from streamvad.scoring.engine import load_engine
+from streamvad.scoring.integrity import digest_files
 from streamvad.types import Frame, MotionField
 from tests.test_worker import running_worker
 
@@ -153,15 +155,22 @@ def test_calibration_uses_out_of_fold_normal_scores_windowed_as_served() -> None
 
 def test_saved_model_round_trips_and_bad_files_are_one_line_errors(tmp_path: Path) -> None:
     model = MotionModel.fit(_lanes(50, np.random.default_rng(3)), GRID, CFG)
-    model.threshold = 0.7
+    model.threshold, model.medians = 0.7, {"motion": 0.1, "distance/topk": 0.8}
     model.save(tmp_path / "motion")
     back = MotionModel.load(tmp_path / "motion")
     probe = _one_mover(2 * GRID[1], 0.3)
     assert back.threshold == 0.7 and back.score(probe) == pytest.approx(model.score(probe))
+    assert back.medians == {"motion": 0.1, "distance/topk": 0.8}
     meta = json.loads((tmp_path / "motion" / "motion.json").read_text())
-    del meta["config"]["smooth_s"]  # fitted before motion was windowed: its threshold is of single frames
+    # fitted before motion was windowed (its threshold is of single frames) and before fusion had zero points
+    del meta["config"]["smooth_s"], meta["medians"]
     (tmp_path / "motion" / "motion.json").write_text(json.dumps(meta))
-    assert MotionModel.load(tmp_path / "motion").cfg.smooth_s == 0.0
+    old = MotionModel.load(tmp_path / "motion")
+    assert old.cfg.smooth_s == 0.0 and old.medians == {}
+    (tmp_path / "motion" / "motion.json").write_text(json.dumps({**meta, "medians": {"motion": "nan"}}))
+    with pytest.raises(InputError, match=r"motion\.json: medians must be finite numbers"):
+        MotionModel.load(tmp_path / "motion")
+    (tmp_path / "motion" / "motion.json").write_text(json.dumps(meta))
     np.savez(tmp_path / "motion" / "motion.npz", memory=model.memory * np.nan, scale=model.scale)
     with pytest.raises(InputError, match=r"motion\.npz: memory and scale must be finite"):
         MotionModel.load(tmp_path / "motion")
@@ -182,9 +191,14 @@ def test_fused_score_is_the_max_or_the_sum_of_appearance_and_motion_on_their_sca
 
     engine = load_engine(motion_model)
     assert isinstance(engine.scorer, FusedScorer) and engine.tracker is not None
-    # the sum's threshold, cut from the same normal frames as the parts', is at least theirs (motion >= 0)
-    sum_at = engine.scorer.motion.sum_thresholds["distance/topk"]
-    assert sum_at >= 1.0 and set(engine.scorer.motion.sum_thresholds) >= {"knnn/majority", "knnn/topk"}
+    motion_part = engine.scorer.motion
+    sum_at = motion_part.sum_thresholds["distance/topk"]
+    assert sum_at > 0 and set(motion_part.sum_thresholds) >= {"knnn/majority", "knnn/topk"}
+    # each part's zero point is its median normal score, below its threshold
+    assert motion_part.threshold is not None and set(motion_part.medians) >= {"motion", "distance/topk", "knnn/topk"}
+    zero_m = motion_part.medians["motion"] / motion_part.threshold
+    zero_a = motion_part.medians["distance/topk"]
+    assert 0 <= zero_m < 1 and zero_a > 0
     names = ["distance/topk+motion:max", "distance/topk+motion:sum", "distance/topk", "motion"]
     clip = _scene(tmp_path, "cyclist", [AnomalySpec("cyclist", 2.0, 8.0, seed=1)], seed=21)
     recs = replay(engine, clips_from_paths([clip]), sample_fps=4.0, scorers=rule_variants(engine, names),
@@ -192,9 +206,13 @@ def test_fused_score_is_the_max_or_the_sum_of_appearance_and_motion_on_their_sca
     fused, summed, app, motion = (recs[k] for k in names)
     assert fused[0]["motion_score"] == 0.0  # the first frame has nothing to compare with
     for f, s, a, m in zip(fused, summed, app, motion, strict=True):
-        unit = a["raw_score"] / a["threshold"]
-        assert f["raw_score"] == pytest.approx(max(unit, m["raw_score"]), abs=1e-5)
-        assert s["raw_score"] == pytest.approx((unit + m["raw_score"]) / sum_at, abs=1e-5)
+        assert zero_a < a["threshold"]
+        # each part on the scale with its normal median at 0 and its threshold at 1
+        looks = (a["raw_score"] - zero_a) / (a["threshold"] - zero_a)
+        moves = (m["raw_score"] - zero_m) / (1 - zero_m)
+        assert f["raw_score"] == pytest.approx(max(looks, moves), abs=1e-5)
+        assert s["raw_score"] == pytest.approx((looks + moves) / sum_at, abs=1e-5)
+        assert f["anomalous"] == (a["anomalous"] or m["anomalous"])  # the scale moves no decision of max
         for v in (f, s):
             assert v["threshold"] == 1.0 and v["anomalous"] == (v["raw_score"] > 1.0)
     assert max(m["raw_score"] for m in motion) > 1.0
@@ -203,6 +221,31 @@ def test_fused_score_is_the_max_or_the_sum_of_appearance_and_motion_on_their_sca
         load_engine(motion_model, scoring=ScoringConfig(method="nnn", fusion="sum", frame_threshold=1.0))
     with pytest.raises(ConfigError, match="expected \\+motion, \\+motion:max or \\+motion:sum"):
         rule_variants(engine, ["distance/topk+motion:mean"])
+
+
+def test_a_model_fitted_before_the_two_point_scale_fuses_as_it_did(motion_model: Path, tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A motion.json without medians or sum thresholds (an older fit): zero points at 0, so each part is divided by
+    its threshold alone; the default fusion falls back to max with a warning, an explicit sum is refused."""
+    from streamvad.offline.pipeline import clips_from_paths, replay, rule_variants
+
+    old = tmp_path / "old-model"
+    shutil.copytree(motion_model, old)
+    meta = json.loads((old / "motion" / "motion.json").read_text())
+    del meta["medians"], meta["sum_thresholds"]
+    (old / "motion" / "motion.json").write_text(json.dumps(meta))
+    doc = json.loads((old / "model.json").read_text())
+    (old / "model.json").write_text(json.dumps({**doc, "files": digest_files(old, "model.json")}))
+    engine = load_engine(old, scoring=ScoringConfig())  # a config that leaves `fusion` at its default
+    assert isinstance(engine.scorer, FusedScorer) and engine.scorer.sum_at is None
+    assert "fuses by max; refit it to fuse by sum" in caplog.text
+    clip = clips_from_paths([_scene(tmp_path, "cyclist", [AnomalySpec("cyclist", 2.0, 8.0, seed=1)], seed=21)])
+    names = ["distance/topk+motion:max", "distance/topk", "motion"]
+    recs = replay(engine, clip, sample_fps=4.0, scorers=rule_variants(engine, names), progress=False).records
+    for f, a, m in zip(*(recs[k] for k in names), strict=True):
+        assert f["raw_score"] == pytest.approx(max(a["raw_score"] / a["threshold"], m["raw_score"]), abs=1e-5)
+    with pytest.raises(ConfigError, match=r"^scoring\.fusion: sum needs the threshold of distance/topk \+ motion"):
+        load_engine(old, scoring=ScoringConfig(fusion="sum"))
 
 
 def test_the_motion_part_is_the_mean_over_the_models_window_of_stream_time(motion_model: Path, tmp_path: Path) -> None:

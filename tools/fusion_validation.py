@@ -6,10 +6,11 @@ clips, and its engine replays the fold's clips three ways: as they are (normal f
 saw), with a walker crossing at 2-2.5x a walker's pace (a motion anomaly: a walker's look), and with a
 walker twice a walker's size at a walker's pace (an appearance anomaly: it moves like one). The pasted
 frames are the middle third of each clip (tools/motion_validation.py pastes them). Each frame gets the
-appearance score and the motion score, each divided by its calibrated threshold; the fusions compared are
-the larger of the two (`max`) and their sum (`sum`). Reported, pooled over every fold (scores compare
-across clips because each is on its threshold's scale) and per pasted clip: AUROC of normal against
-pasted frames. The test clips are never read. What it gave is in the README (Scorers: fusion).
+appearance score and the motion score, each on its fusion scale (its normal median at 0, its calibrated
+threshold at 1: motion/fusion.py) and, for comparison, divided by its threshold alone (`... /threshold`); the
+fusions compared are the larger of the two (`max`) and their sum (`sum`). Reported, pooled over every fold
+(scores compare across clips because each is on its calibration's scale) and per pasted clip: AUROC of normal
+against pasted frames. The test clips are never read. What it gave is in the README (Scorers: fusion).
 
     python tools/fusion_validation.py --root ../shared/data/ucsd_ped2 --out /tmp/fusion [--step 2]
 """
@@ -30,12 +31,13 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).parent))
 from motion_validation import load_clip, paste_walker
 
-from streamvad.config import load_config
+from streamvad.config import EventsConfig, load_config
 from streamvad.datasets.base import clip_from_path
 from streamvad.offline.pipeline import fit, replay, rule_variants
 from streamvad.scoring.engine import load_engine
 
 FUSIONS = {"max": np.maximum, "sum": np.add}
+PARTS = ("clip", "kind", "label", "appearance", "motion", "sum_at", "zero_a", "zero_m")
 KINDS = {"fast": {"pace": (2.0, 2.5), "scale": 1}, "large": {"pace": (0.8, 1.2), "scale": 2},
          "still": {"pace": (0.0, 0.0), "scale": 2}}
 
@@ -67,11 +69,11 @@ def validate(root: Path, out: Path, step: int, folds: int) -> dict[str, np.ndarr
     clips = sorted((root / "training" / "frames").iterdir())
     names = [c.name for c in clips]
     fps = 10.0 / step
-    rows: dict[str, list[np.ndarray]] = {k: [] for k in ("clip", "kind", "label", "appearance", "motion", "sum_at")}
+    rows: dict[str, list[np.ndarray]] = {k: [] for k in PARTS}
 
-    def add(clip: str, kind: str, s: dict[str, np.ndarray], sum_at: float) -> None:
+    def add(clip: str, kind: str, s: dict[str, np.ndarray], fold: dict[str, float]) -> None:
         ok = s["moving"]
-        for key, value in (("clip", clip), ("kind", kind), ("sum_at", sum_at)):
+        for key, value in (("clip", clip), ("kind", kind), *fold.items()):
             rows[key].append(np.full(int(ok.sum()), value))
         for key in ("label", "appearance", "motion"):
             rows[key].append(s[key][ok])
@@ -82,26 +84,38 @@ def validate(root: Path, out: Path, step: int, folds: int) -> dict[str, np.ndarr
         model = out / f"fold{k}"
         fit(cfg, train, model, sample_fps=fps, progress=False)
         engine = load_engine(model)
-        sum_at = engine.scorer.motion.sum_thresholds["distance/topk"]
+        motion = engine.scorer.motion
+        # the fold model's sum threshold and each part's zero point, on its threshold's unit scale
+        fold = {"sum_at": motion.sum_thresholds["distance/topk"], "zero_m": motion.medians["motion"] / motion.threshold,
+                "zero_a": motion.medians["distance/topk"] / engine.scorer.appearance.threshold}
         for i, name in enumerate(held):
             raw = load_clip(root / "training" / "frames" / name, 1, wire=False)
             donor = load_clip(root / "training" / "frames" / names[(names.index(name) + 1) % len(names)], 1, False)
             add(name, "normal", scores(engine, clip_from_path(write_clip(out / "clips" / name, raw), name, name), fps),
-                sum_at)
+                fold)
             for kind, how in KINDS.items():
                 pasted, labels = paste_walker(raw, donor, 1, seed=100 * k + i + 1, **how)
                 path = write_clip(out / "clips" / f"{name}-{kind}", pasted)
                 clip = clip_from_path(path, f"{name}-{kind}", f"{name}-{kind}", labels=labels.tolist())
-                add(f"{name}-{kind}", kind, scores(engine, clip, fps), sum_at)
+                add(f"{name}-{kind}", kind, scores(engine, clip, fps), fold)
         logging.info("fold %d of %d done", k + 1, folds)
     return {key: np.concatenate(v) for key, v in rows.items()}
 
 
+def _opens_event(flags: np.ndarray, cfg: EventsConfig) -> bool:
+    """Whether the events' hysteresis opens on these consecutive frames' decisions: `open_n` of `open_m`."""
+    return any(flags[i:i + cfg.open_m].sum() >= cfg.open_n for i in range(max(1, len(flags) - cfg.open_m + 1)))
+
+
 def summarise(table: dict[str, np.ndarray]) -> dict[str, Any]:
     """AUROC of normal against pasted frames, per fusion: pooled per kind, pooled over every kind, and per
-    pasted clip (its own normal and pasted frames)."""
+    pasted clip (its own normal and pasted frames); and at the threshold (1 on each fused scale), the share of
+    normal frames flagged and the pasted clips whose pasted frames open an event."""
     a, m = table["appearance"], table["motion"]
-    fused = {"appearance": a, "motion": m, **{name: f(a, m) for name, f in FUSIONS.items()}}
+    # each fold's zero points are below its thresholds (1 here), so this is motion/fusion.py's scale
+    looks, moves = (a - table["zero_a"]) / (1 - table["zero_a"]), (m - table["zero_m"]) / (1 - table["zero_m"])
+    fused = {"appearance": a, "motion": m, "max": np.maximum(looks, moves), "sum": (looks + moves) / table["sum_at"],
+             **{f"{name} /threshold": f(a, m) for name, f in FUSIONS.items()}}
     normal = table["kind"] == "normal"
     result: dict[str, Any] = {"normal_frames": int(normal.sum())}
     for kind in [*KINDS, "all"]:
@@ -116,6 +130,12 @@ def summarise(table: dict[str, np.ndarray]) -> dict[str, Any]:
                                for name, v in fused.items()}
     result["per_clip_mean_auroc"] = {name: round(float(np.mean([c[name] for c in per_clip.values()])), 4)
                                      for name in fused}
+    events = EventsConfig()
+    # the one-point sum has no threshold of its own here (the fold models calibrated the two-point one)
+    result["at_threshold"] = {name: {"normal_flagged": round(float((fused[name][normal] > 1).mean()), 4), **{
+        f"caught_{kind}": sum(_opens_event(fused[name][(table["clip"] == clip) & (table["label"] == 1)] > 1, events)
+                              for clip in np.unique(table["clip"][table["kind"] == kind])) for kind in KINDS}}
+        for name in ("appearance", "motion", "max", "sum", "max /threshold")}
     result["per_clip_auroc"] = per_clip
     return result
 

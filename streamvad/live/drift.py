@@ -4,9 +4,11 @@ A fit records the decision scores (`raw_score`) of its hold-out: normal footage 
 did not see, scored by the scorer it serves (model.json, `fit.holdout_scores`). A scene that changed for
 good (a bench moved, a new sign, the season) lifts the camera's scores for as long as the change lasts; an
 incident lifts them for seconds. So the worker keeps each camera's last `drift.window` scores and compares
-them with the hold-out's by the two-sample Kolmogorov-Smirnov distance (the largest gap between the two
-distributions, 0 to 1). Past `drift.ks`, with at least `drift.min_frames` scores, re-enrolment is suggested
-in /healthz and /metrics. A new model version starts the comparison afresh, against its own hold-out.
+them with the hold-out's by the one-sided two-sample Kolmogorov-Smirnov distance: how far the live scores'
+distribution lies above the hold-out's at most (0 to 1). Scores that fell (a quieter season, footage more
+ordinary than the hold-out's few minutes) are no reason to re-enrol. Past `drift.ks`, with at least
+`drift.min_frames` scores, re-enrolment is suggested in /healthz and /metrics. A new model version starts the
+comparison afresh, against its own hold-out.
 """
 
 from __future__ import annotations
@@ -77,7 +79,8 @@ class DriftMonitor:
         if len(state.scores) >= self.cfg.min_frames and state.since_check >= self.cfg.every:
             state.since_check = 0
             was = self.suggests(camera)
-            state.ks = float(ks_2samp(np.fromiter(state.scores, float), ref.scores).statistic)
+            # "greater": the largest F_hold(t) - F_live(t), the live scores' lift over the hold-out's
+            state.ks = float(ks_2samp(ref.scores, np.fromiter(state.scores, float), alternative="greater").statistic)
             if self.suggests(camera) and not was:
                 log.warning("drift: camera %s's last %d scores have parted from its model's hold-out (KS %.2f > "
                             "%.2f); re-enrolment suggested", camera, len(state.scores), state.ks, self.cfg.ks)

@@ -1,7 +1,13 @@
 """Appearance and motion in one verdict, each on the scale its own calibration gave it.
 
-Both parts are divided by their thresholds, calibrated on normal footage at the same quantile, so neither
-can drown the other whatever its units. `scoring.fusion` joins them:
+Each part is put on a scale cut from its own normal footage at two points: its median normal score at 0 and its
+threshold (the calibration quantile) at 1. One point, the threshold alone, is not enough to compare the parts:
+the appearance score of an ordinary frame is most of its threshold (its median sits at ~0.8 of it on Ped2), while
+motion's is a small part of it (~0.15), since most of the time nothing moves wrong. Divided by their thresholds
+only, a walker moving at 0.9 of the motion threshold, which normal footage almost never does, ranks below an
+ordinary frame's appearance; on the two-point scale both parts read as how far into their normal tails they are.
+The decisions at 1 do not change. Chosen on the Ped2 training clips with pasted anomalies
+(tools/fusion_validation.py, README "Scorers: fusion"). `scoring.fusion` joins them:
 
 - `max`: the larger of the two, against 1: a frame is anomalous when it looks wrong OR moves wrong. With
   two parts at quantile q at most 2(1 - q) of normal frames pass (union bound).
@@ -16,13 +22,13 @@ The motion part is the mean of the camera's motion scores over the model's `smoo
 `Smoother` per scorer, keyed by camera: frames of a camera come to its scorer in order), so one jittery flow
 vector cannot decide while an object that keeps moving wrong does; the appearance part stays frame by frame,
 so an object that appears at rest is judged at once. Verdicts keep `raw_score` as the value compared with the
-threshold, and `motion_score` as the (windowed) motion part's.
+threshold, and `motion_score` as the (windowed) motion part's divided by its threshold.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -31,6 +37,7 @@ from streamvad.scoring.smoothing import Smoother
 from streamvad.types import EmbeddingBatch, Verdict
 
 Mode = Literal["fused", "motion"]
+Score = TypeVar("Score", float, np.ndarray)
 
 
 @runtime_checkable
@@ -44,27 +51,30 @@ class MaskableScorer(Protocol):
     def with_mask(self, mask: np.ndarray | None) -> MaskableScorer: ...
 
 
-def _on_unit_scale(v: Verdict) -> float:
-    """The appearance verdict's raw score with its threshold at 1: divided by a positive threshold, shifted
-    when a user set one at or below 0 (then only the decision, not the scale, can carry over)."""
-    return v.raw_score / v.threshold if v.threshold > 0 else v.raw_score - v.threshold + 1.0
+def on_fusion_scale(value: Score, zero: float, at: float) -> Score:
+    """`value` on the scale where `zero` (the normal median) is 0 and `at` (the threshold) is 1; shifted instead
+    when the threshold is not above the zero (a user set it there: then only the decision carries over)."""
+    return (value - zero) / (at - zero) if at > zero else value - at + 1.0
 
 
 class FusedScorer:
     """An appearance scorer's verdicts, fused with (or replaced by) the motion model's score."""
 
     def __init__(self, appearance: MaskableScorer, motion: MotionModel, mode: Mode = "fused",
-                 sum_at: float | None = None) -> None:
-        """`sum_at`: fuse by the sum, with this threshold (see the module docstring); None: by the max."""
+                 sum_at: float | None = None, appearance_zero: float = 0.0) -> None:
+        """`sum_at`: fuse by the sum, with this threshold (see the module docstring); None: by the max.
+        `appearance_zero`: the appearance rule's median normal raw score (`MotionModel.medians`)."""
         if motion.threshold is None:
             raise ValueError("FusedScorer: the motion model has no calibrated threshold")
         self.appearance = appearance
         self.motion = motion
         self.mode = mode
         self.sum_at = sum_at
+        self.appearance_zero = appearance_zero
         self.mask = appearance.mask
         self.threshold = 1.0
         self._motion_at = float(motion.threshold)
+        self._motion_zero = motion.medians.get("motion", 0.0) / self._motion_at  # on the threshold's unit scale
         self._window = Smoother(motion.cfg.smooth_s)
 
     def score(self, batch: EmbeddingBatch) -> list[Verdict]:
@@ -81,8 +91,9 @@ class FusedScorer:
             if self.mode == "motion":
                 raw, patches, by = m, h, f"motion@{self._motion_at:.2f}"
             else:
-                a = _on_unit_scale(v)
-                raw = max(a, m) if self.sum_at is None else (a + m) / self.sum_at
+                a = on_fusion_scale(v.raw_score, self.appearance_zero, v.threshold)
+                b = on_fusion_scale(m, self._motion_zero, 1.0)
+                raw = max(a, b) if self.sum_at is None else (a + b) / self.sum_at
                 by = f"{v.decided_by}+motion@{self._motion_at:.2f}"
                 by += "" if self.sum_at is None else f":sum@{self.sum_at:.2f}"
                 patches = np.maximum(v.patch_confidences, h)
@@ -91,4 +102,4 @@ class FusedScorer:
         return out
 
     def with_mask(self, mask: np.ndarray | None) -> FusedScorer:
-        return FusedScorer(self.appearance.with_mask(mask), self.motion, self.mode, self.sum_at)
+        return FusedScorer(self.appearance.with_mask(mask), self.motion, self.mode, self.sum_at, self.appearance_zero)

@@ -68,14 +68,18 @@ class MotionModel:
     seen at (times `neighbour_cost`), rows padded with copies of the first; and the calibrated threshold."""
 
     def __init__(self, memory: np.ndarray, scale: np.ndarray, grid: tuple[int, int], cfg: MotionConfig,
-                 threshold: float | None = None, sum_thresholds: dict[str, float] | None = None) -> None:
+                 threshold: float | None = None, sum_thresholds: dict[str, float] | None = None,
+                 medians: dict[str, float] | None = None) -> None:
         self.memory = memory
         self.scale = scale
         self.grid = grid
         self.cfg = cfg
         self.threshold = threshold
-        # per appearance "method/rule": the threshold of appearance + motion, each on its unit scale (fusion: sum)
+        # per appearance "method/rule": the threshold of appearance + motion, each on its fusion scale (fusion: sum)
         self.sum_thresholds = dict(sum_thresholds or {})
+        # the median normal score of each part in its own units, "motion" and each appearance "method/rule": the
+        # fusion's zero points (motion/fusion.py); a model fitted without them fuses with zeros there
+        self.medians = dict(medians or {})
 
     @classmethod
     def fit(cls, motion: MotionField, grid: tuple[int, int], cfg: MotionConfig) -> MotionModel:
@@ -130,7 +134,7 @@ class MotionModel:
         directory.mkdir(parents=True, exist_ok=True)
         np.savez(directory / FILE, memory=self.memory, scale=self.scale)
         meta = {"grid": list(self.grid), "config": self.cfg.model_dump(mode="json"), "threshold": self.threshold,
-                "sum_thresholds": self.sum_thresholds}
+                "sum_thresholds": self.sum_thresholds, "medians": self.medians}
         (directory / META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
     @classmethod
@@ -143,6 +147,7 @@ class MotionModel:
                                                                    if k != "folds"}})
             threshold = None if meta.get("threshold") is None else float(meta["threshold"])
             sums = {str(k): float(v) for k, v in meta.get("sum_thresholds", {}).items()}
+            medians = {str(k): float(v) for k, v in meta.get("medians", {}).items()}
             with np.load(directory / FILE, allow_pickle=False) as z:
                 memory, scale = z["memory"].astype(np.float32), z["scale"].astype(np.float32)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
@@ -155,7 +160,9 @@ class MotionModel:
             raise InputError(f"{directory / FILE}: memory and scale must be finite with positive scales")
         if not all(math.isfinite(v) and v > 0 for v in sums.values()):
             raise InputError(f"{directory / META}: sum_thresholds must be finite and positive, got {sums}")
-        return cls(memory, scale, grid, cfg, threshold, sums)
+        if not all(math.isfinite(v) for v in medians.values()):
+            raise InputError(f"{directory / META}: medians must be finite numbers, got {medians}")
+        return cls(memory, scale, grid, cfg, threshold, sums, medians)
 
 
 def calibrate_motion(motion: MotionField, clip_ids: np.ndarray, pts: np.ndarray, grid: tuple[int, int],

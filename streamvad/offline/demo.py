@@ -25,7 +25,7 @@ from streamvad.scoring.engine import load_engine
 
 log = logging.getLogger(__name__)
 
-DEMO_RULES = ("distance/topk+motion", "distance/topk+motion:sum", "distance/topk", "motion", "knnn/majority",
+DEMO_RULES = ("distance/topk+motion", "distance/topk+motion:max", "distance/topk", "motion", "knnn/majority",
               "knnn/topk", "knnn/global")
 LONG_NORMAL_S = 300.0
 

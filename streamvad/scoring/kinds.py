@@ -23,6 +23,7 @@ from streamvad.compute import resolve_device
 from streamvad.config import ScoringConfig, StreamVADConfig
 from streamvad.errors import ConfigError, InputError, ModelMismatchError
 from streamvad.motion import FusedScorer, MotionModel, MotionTracker
+from streamvad.motion.fusion import on_fusion_scale
 from streamvad.motion.model import FILE as MOTION_FILE
 from streamvad.motion.model import calibrate_motion, motion_memory_bound
 from streamvad.normality.coreset import frame_coreset
@@ -160,7 +161,8 @@ class KnnKind:
                 model.set_thresholds(calibration.thresholds)
                 if motion_model is not None:
                     order = [motion_held] + ([motion_oof[f] for f in folds] if memory is train else [])
-                    motion_model.sum_thresholds = sum_thresholds(calibration, np.concatenate(order),
+                    motion_model.medians |= appearance_medians(calibration)
+                    motion_model.sum_thresholds = sum_thresholds(calibration, np.concatenate(order), motion_model,
                                                                  cfg.scoring.calibration_quantile)
             if motion_model is not None:
                 motion_model.save(out / MOTION_DIR)
@@ -202,7 +204,7 @@ class KnnKind:
         if motion is None:
             return Served(scorer, FeatureRequest())
         fused = FusedScorer(scorer, motion, "motion" if cfg.motion == "motion" else "fused",
-                            _sum_at(motion, cfg, cfg.fusion, model_dir))
+                            _sum_at(motion, cfg, cfg.fusion, model_dir), _median(motion, cfg))
         return Served(fused, FeatureRequest(), MotionTracker(net.grid, motion.cfg))
 
     def fitted_backbone(self, model_dir: Path) -> dict[str, Any]:
@@ -237,7 +239,8 @@ class KnnKind:
             scorer = Scorer(base.model, cfg, mask=base.mask, tokens=base.tokens)
             if plus and fused is not None:
                 fusion = tail[1:] or base.cfg.fusion
-                out[name] = FusedScorer(scorer, fused.motion, sum_at=_sum_at(fused.motion, cfg, fusion, "being served"))
+                out[name] = FusedScorer(scorer, fused.motion, sum_at=_sum_at(fused.motion, cfg, fusion, "being served"),
+                                        appearance_zero=_median(fused.motion, cfg))
             else:
                 out[name] = scorer
         return out
@@ -322,6 +325,7 @@ def _fit_motion(cfg: StreamVADConfig, grid: tuple[int, int], train: Embedded, he
     extra = [] if held_motion is None else [held_scores[held_motion.valid]]
     model.threshold, oof = calibrate_motion(motion, train.clip_ids, _pts(train), grid, mcfg,
                                             cfg.scoring.calibration_quantile, cfg.normality.folds, extra)
+    model.medians["motion"] = float(np.median(np.concatenate([oof[motion.valid], *extra])))
     log.info("motion: threshold %.3f (quantile %.3f of out-of-fold and held-out normal frames, each the mean over "
              "%.2f s of its stream), fitted in %.1f s", model.threshold, cfg.scoring.calibration_quantile,
              mcfg.smooth_s, time.perf_counter() - t0)
@@ -332,29 +336,50 @@ def _pts(frames: Embedded) -> np.ndarray:
     return np.array([k.pts for k in frames.batch.keys], dtype=np.float64)
 
 
-def sum_thresholds(appearance: Calibration, motion: np.ndarray, quantile: float) -> dict[str, float]:
-    """The threshold of appearance + motion (each on its threshold's unit scale) per appearance rule: the same
-    quantile of the sum over the normal frames both were calibrated on. `motion` is in the order of the
-    appearance's unit scores (the hold-out, then each fold's rows); where one has fewer frames (a rule scored on
-    the hold-out alone, or motion of a capped memory's folds), the frames both have: the hold-out first."""
+def appearance_medians(appearance: Calibration) -> dict[str, float]:
+    """Each appearance rule's median normal raw score, from the frames its threshold was calibrated on: the zero
+    of its fusion scale (motion/fusion.py)."""
+    return {key: float(np.median(unit)) * appearance.thresholds[key] for key, unit in appearance.unit_scores.items()
+            if len(unit)}
+
+
+def sum_thresholds(appearance: Calibration, motion: np.ndarray, model: MotionModel, quantile: float,
+                   ) -> dict[str, float]:
+    """The threshold of appearance + motion (each on its fusion scale) per appearance rule: the same quantile of
+    the sum over the normal frames both were calibrated on. `motion` (divided by its threshold) is in the order of
+    the appearance's unit scores (the hold-out, then each fold's rows); where one has fewer frames (a rule scored
+    on the hold-out alone, or motion of a capped memory's folds), the frames both have: the hold-out first."""
+    assert model.threshold is not None
+    moved = on_fusion_scale(motion, model.medians.get("motion", 0.0) / model.threshold, 1.0)
     out = {}
     for key, scores in appearance.unit_scores.items():
         n = min(len(scores), len(motion))
-        out[key] = float(np.quantile(scores[:n] + motion[:n], quantile))
+        looks = on_fusion_scale(scores[:n], float(np.median(scores)) if len(scores) else 0.0, 1.0)
+        out[key] = float(np.quantile(looks + moved[:n], quantile))
     return out
 
 
 def _sum_at(motion: MotionModel, cfg: ScoringConfig, fusion: str, model: Path | str) -> float | None:
-    """The sum fusion's threshold for cfg's appearance rule, or None for `max`; a model fitted without one (by an
-    older StreamVAD, or for a rule it did not calibrate) is refused with one line."""
+    """The sum fusion's threshold for cfg's appearance rule, or None for `max`. A model fitted without one (by an
+    older StreamVAD, or for a rule it did not calibrate) serves `max` when the config left `fusion` at its
+    default, and is refused with one line when it asked for `sum`."""
     if fusion == "max":
         return None
     key = f"{cfg.method}/{cfg.rule}"
+    if key not in motion.sum_thresholds and "fusion" not in cfg.model_fields_set:
+        log.warning("scoring.fusion: model %s has no threshold of %s + motion (fitted before sum became the default, "
+                    "or for another rule), so it fuses by max; refit it to fuse by sum", model, key)
+        return None
     if key not in motion.sum_thresholds:
         raise ConfigError(f"scoring.fusion: sum needs the threshold of {key} + motion, which the model {model} "
                           f"does not have (it has {sorted(motion.sum_thresholds) or 'none'}); refit it, or set "
                           "scoring.fusion: max")
     return motion.sum_thresholds[key]
+
+
+def _median(motion: MotionModel, cfg: ScoringConfig) -> float:
+    """cfg's appearance rule's median normal raw score, or 0 for a model fitted before fusion had zero points."""
+    return motion.medians.get(f"{cfg.method}/{cfg.rule}", 0.0)
 
 
 def _load_motion(model_dir: Path, cfg: ScoringConfig, grid: tuple[int, int]) -> MotionModel | None:
