@@ -148,7 +148,7 @@ class ScoringConfig(_Section):
     any_k: int = Field(1, ge=1)
     frame_threshold: float | None = None  # None: calibrated on held-out normal frames at fit time
     calibration_quantile: float = Field(0.99, gt=0.0, lt=1.0)
-    # fused: a frame is anomalous when its appearance OR its motion passes its calibrated threshold;
+    # fused: appearance and motion joined as `fusion` says, against a threshold of 1;
     # appearance / motion: one of the two alone (motion needs a model fitted with normality.motion).
     motion: Literal["fused", "appearance", "motion"] = "fused"
     # how `fused` joins the two parts, each on its fusion scale (normal median 0, threshold 1: motion/fusion.py):
