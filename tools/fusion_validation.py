@@ -34,6 +34,7 @@ from motion_validation import load_clip, paste_walker
 from streamvad.config import EventsConfig, load_config
 from streamvad.datasets.base import clip_from_path
 from streamvad.offline.pipeline import fit, replay, rule_variants
+from streamvad.scoring.budget import opening_statistic
 from streamvad.scoring.engine import load_engine
 
 FUSIONS = {"max": np.maximum, "sum": np.add}
@@ -102,11 +103,6 @@ def validate(root: Path, out: Path, step: int, folds: int) -> dict[str, np.ndarr
     return {key: np.concatenate(v) for key, v in rows.items()}
 
 
-def _opens_event(flags: np.ndarray, cfg: EventsConfig) -> bool:
-    """Whether the events' hysteresis opens on these consecutive frames' decisions: `open_n` of `open_m`."""
-    return any(flags[i:i + cfg.open_m].sum() >= cfg.open_n for i in range(max(1, len(flags) - cfg.open_m + 1)))
-
-
 def summarise(table: dict[str, np.ndarray]) -> dict[str, Any]:
     """AUROC of normal against pasted frames, per fusion: pooled per kind, pooled over every kind, and per
     pasted clip (its own normal and pasted frames); and at the threshold (1 on each fused scale), the share of
@@ -133,7 +129,8 @@ def summarise(table: dict[str, np.ndarray]) -> dict[str, Any]:
     events = EventsConfig()
     # the one-point sum has no threshold of its own here (the fold models calibrated the two-point one)
     result["at_threshold"] = {name: {"normal_flagged": round(float((fused[name][normal] > 1).mean()), 4), **{
-        f"caught_{kind}": sum(_opens_event(fused[name][(table["clip"] == clip) & (table["label"] == 1)] > 1, events)
+        f"caught_{kind}": sum(bool(opening_statistic(fused[name][(table["clip"] == clip) & (table["label"] == 1)],
+                                                     events.open_n, events.open_m).max() > 1)
                               for clip in np.unique(table["clip"][table["kind"] == kind])) for kind in KINDS}}
         for name in ("appearance", "motion", "max", "sum", "max /threshold")}
     result["per_clip_auroc"] = per_clip

@@ -345,16 +345,17 @@ def appearance_medians(appearance: Calibration) -> dict[str, float]:
 
 def sum_thresholds(appearance: Calibration, motion: np.ndarray, model: MotionModel, quantile: float,
                    ) -> dict[str, float]:
-    """The threshold of appearance + motion (each on its fusion scale) per appearance rule: the same quantile of
-    the sum over the normal frames both were calibrated on. `motion` (divided by its threshold) is in the order of
-    the appearance's unit scores (the hold-out, then each fold's rows); where one has fewer frames (a rule scored
-    on the hold-out alone, or motion of a capped memory's folds), the frames both have: the hold-out first."""
+    """The threshold of appearance + motion (each on its fusion scale, zero points from `model.medians`) per
+    appearance rule: the same quantile of the sum over the normal frames both were calibrated on. `motion` (divided
+    by its threshold) is in the order of the appearance's unit scores (the hold-out, then each fold's rows); where
+    one has fewer frames (a rule scored on the hold-out alone, or motion of a capped memory's folds), the frames
+    both have: the hold-out first."""
     assert model.threshold is not None
     moved = on_fusion_scale(motion, model.medians.get("motion", 0.0) / model.threshold, 1.0)
     out = {}
     for key, scores in appearance.unit_scores.items():
         n = min(len(scores), len(motion))
-        looks = on_fusion_scale(scores[:n], float(np.median(scores)) if len(scores) else 0.0, 1.0)
+        looks = on_fusion_scale(scores[:n], model.medians.get(key, 0.0) / appearance.thresholds[key], 1.0)
         out[key] = float(np.quantile(looks + moved[:n], quantile))
     return out
 
