@@ -109,7 +109,8 @@ def test_event_updates_and_camera_states_reach_the_broker_in_frigate_style(broke
         assert wait_until(lambda: sub.on("streamvad/available") == ["online"])
         for kind in ("opened", "updated", "closed"):
             sink.handle(make_update(4, kind))  # type: ignore[arg-type]
-        assert wait_until(lambda: len(sub.events()) == 3)
+        # each update's state follows its event, so wait for the last state as well as the last event
+        assert wait_until(lambda: len(sub.events()) == 3 and len(sub.on("streamvad/cam1/anomaly")) == 2)
         assert [e["type"] for e in sub.events()] == ["new", "update", "end"]
         assert {e["event"]["id"] for e in sub.events()} == {"event-004"}  # type: ignore[index]
         assert sub.on("streamvad/cam1/anomaly") == ["ON", "OFF"]
@@ -138,8 +139,9 @@ def test_updates_made_while_the_broker_is_down_arrive_once_it_is_up(broker: Brok
         sink.handle(make_update(1, "opened"))  # the broker is down: queued in the sink
         sink.handle(make_update(1, "closed"))
         broker.start()
-        assert wait_until(lambda: [e["type"] for e in sub.events()] == ["new", "end"], 60), sub.messages
-        assert sub.on("streamvad/cam1/anomaly") == ["ON", "OFF"]
+        # the sink publishes each update's event, then its state: the state "OFF" lands after the event "end"
+        assert wait_until(lambda: [e["type"] for e in sub.events()] == ["new", "end"]
+                          and sub.on("streamvad/cam1/anomaly") == ["ON", "OFF"], 60), sub.messages
         assert sink.stats()["connected"] == 1 and sink.stats()["dropped"] == 0
     finally:
         sink.close()
