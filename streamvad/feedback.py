@@ -29,6 +29,7 @@ import numpy as np
 
 from streamvad.config import StoreConfig
 from streamvad.errors import InputError
+from streamvad.layout import MOTION_DIR, NORMALITY_DIR
 from streamvad.model_store import ModelStore, Version
 from streamvad.motion.model import META as MOTION_META
 from streamvad.motion.model import MotionModel
@@ -39,7 +40,6 @@ from streamvad.types import Evidence
 
 log = logging.getLogger(__name__)
 
-NORMALITY, MOTION = "normality", "motion"
 
 
 def add_to_memory(model: NormalityModel, evidence: Evidence, source: str) -> int:
@@ -98,18 +98,18 @@ def mark_normal(root: Path, evidence: Evidence, event_id: str, keep: int = Store
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(current.path, work, symlinks=True, ignore=shutil.ignore_patterns("version.json"))
     try:
-        model = NormalityModel.load(work / NORMALITY)
+        model = NormalityModel.load(work / NORMALITY_DIR)
         if model.chroma_server is not None:  # the new rows under a prefix of their own: the old record stays
             model.chroma_server = {**model.chroma_server, "prefix": version_prefix(model.chroma_server["prefix"],
                                                                                    event_id)}
         added = add_to_memory(model, evidence, f"event:{event_id}")
-        (work / NORMALITY / NNN_FILE).unlink(missing_ok=True)
-        model.save(work / NORMALITY, write_chroma=False)
+        (work / NORMALITY_DIR / NNN_FILE).unlink(missing_ok=True)
+        model.save(work / NORMALITY_DIR, write_chroma=False)
         velocities = 0
-        if (work / MOTION / MOTION_META).is_file():
-            motion = MotionModel.load(work / MOTION)
+        if (work / MOTION_DIR / MOTION_META).is_file():
+            motion = MotionModel.load(work / MOTION_DIR)
             velocities = add_velocities(motion, evidence)
-            motion.save(work / MOTION)
+            motion.save(work / MOTION_DIR)
         ModelInfo.load(work).save(work)  # the file hashes of what changed
         version = store.add(work, {"source": "marked normal", "event": event_id, "previous": current.name,
                                    "added_vectors": added, "added_velocities": velocities})
@@ -119,7 +119,7 @@ def mark_normal(root: Path, evidence: Evidence, event_id: str, keep: int = Store
     store.activate(version.name)
     store.prune(keep)
     if model.config.chroma or model.chroma_server is not None:
-        chroma_process(version.path / NORMALITY, model.recorded_chroma(version.path / NORMALITY))
+        chroma_process(version.path / NORMALITY_DIR, model.recorded_chroma(version.path / NORMALITY_DIR))
     log.info("%s: %s marks event %s normal (%d patch vectors, %d velocities added to %s)", root, version.name,
              event_id, added, velocities, current.name)
     return version

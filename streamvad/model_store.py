@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from streamvad.errors import ConfigError, InputError, StreamVADError
+from streamvad.layout import NORMALITY_DIR
 from streamvad.normality import chroma_store
 from streamvad.normality.model import read_manifest
 from streamvad.scoring.engine import MODEL_FILE
@@ -161,7 +162,7 @@ class ModelStore:
 def _chroma_record(version: Path) -> tuple[str, str, int] | None:
     """(server url, prefix, tokens) of a version whose system of record is on a Chroma server."""
     try:
-        man = read_manifest(version / "normality")
+        man = read_manifest(version / NORMALITY_DIR)
     except StreamVADError:
         return None  # a detector model, or no normality model
     server = man.get("chroma_server")

@@ -27,10 +27,10 @@ from streamvad.bench import environment
 from streamvad.bench.throughput import _CLIP_FPS, _CLIP_SIZE, CAMERA_FPS, PLACE, fit_small_model, measure
 from streamvad.config import BackboneConfig, NormalityConfig
 from streamvad.datasets.synthetic import make_scene
+from streamvad.layout import MOTION_DIR, NORMALITY_DIR
 from streamvad.motion.model import motion_memory_bound
 from streamvad.normality.model import NormalityModel, memory_rows, serving_memory
 from streamvad.scoring.engine import ModelInfo
-from streamvad.scoring.kinds import MOTION_DIR
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def grow_model(source: Path, out: Path, train_vectors: int, seed: int, index: st
     """A copy of the model in `source` whose memory holds `train_vectors` rows per token: rows resampled
     from the fitted ones plus Gaussian noise (1% of the features' spread), their densities and clusters
     carried along; served by exact search or by the `index` (normality.index) built on the grown rows."""
-    model = NormalityModel.load(source / "normality")
+    model = NormalityModel.load(source / NORMALITY_DIR)
     rng = np.random.default_rng(seed)
     rows = rng.integers(0, model.n_train, train_vectors)
     spread = float(model.train.std(dtype=np.float64))
@@ -54,7 +54,7 @@ def grow_model(source: Path, out: Path, train_vectors: int, seed: int, index: st
     model.config = model.config.model_copy(update={"index": index})
     model.rebuild_indexes()
     out.mkdir(parents=True)
-    model.save(out / "normality", write_chroma=False)
+    model.save(out / NORMALITY_DIR, write_chroma=False)
     if (source / MOTION_DIR).is_dir():
         shutil.copytree(source / MOTION_DIR, out / MOTION_DIR)
     ModelInfo.load(source).save(out)  # last: it records the checksums of the grown files
@@ -85,13 +85,13 @@ def run_fleet_bench(cameras: int = 8, seconds: float = 20.0, *, train_vectors: i
         clip = make_scene(work / "clips", seconds=10, fps=_CLIP_FPS, size=_CLIP_SIZE, seed=7, place_seed=PLACE,
                           name="live").path
         fitted = fit_small_model(backbone, work / "fit", seconds=20.0)
-        small = NormalityModel.load(fitted / "normality")
+        small = NormalityModel.load(fitted / NORMALITY_DIR)
         rows = served_vectors(train_vectors, small.n_tokens, small.dim, memory_budget_mb,
                               motion_memory_bound(small.grid, NormalityConfig().motion))  # the fit's settings
         log.info("bench fleet: fitting a model, then growing %d copies to %d vectors per token (%d training "
                  "frames within %s MiB), %s search", cameras, rows, train_vectors, memory_budget_mb, index)
         models = [grow_model(fitted, work / f"model-{i}", rows, seed=i, index=index) for i in range(cameras)]
-        model_bytes = int(sum(f.stat().st_size for f in (models[0] / "normality").rglob("*") if f.is_file()))
+        model_bytes = int(sum(f.stat().st_size for f in (models[0] / NORMALITY_DIR).rglob("*") if f.is_file()))
         layouts = {"shared_model": models[:1], "model_per_camera": models}
         if index != "dense":
             layouts["shared_model_dense"] = [grow_model(fitted, work / "model-0-dense", rows, seed=0)]

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from streamvad.errors import StreamVADError
+from streamvad.layout import MOTION_DIR, NORMALITY_DIR
 from streamvad.model_store import version_name
 from streamvad.normality.model import NormalityModel
 from streamvad.offline.exemplars import EXEMPLARS, exemplar_path
@@ -36,7 +37,7 @@ class Exemplars:
             if model_dir in self._models:
                 self._models.move_to_end(model_dir)
                 return self._models[model_dir]
-        model = NormalityModel.load(model_dir / "normality")
+        model = NormalityModel.load(model_dir / NORMALITY_DIR)
         with self._lock:
             self._models[model_dir] = model
             while len(self._models) > _KEEP:
@@ -67,7 +68,7 @@ class Exemplars:
     def thresholds(model_dir: Path) -> dict[str, float]:
         """The model's calibrated thresholds: appearance rules (the normality manifest) and motion."""
         out: dict[str, float] = {}
-        for path in (model_dir / "normality" / "manifest.json", model_dir / "motion" / "motion.json"):
+        for path in (model_dir / NORMALITY_DIR / "manifest.json", model_dir / MOTION_DIR / "motion.json"):
             try:
                 doc = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):

@@ -27,12 +27,12 @@ from chromadb.config import Settings
 from tqdm import tqdm
 
 from streamvad.errors import InputError
+from streamvad.layout import NORMALITY_DIR
 from streamvad.normality.tokens import token_name
 
 log = logging.getLogger(__name__)
 
 _DEFAULT_PORT = 8000  # `chroma run` and the chromadb/chroma image
-_MODEL_SUBDIR = "normality"  # the pipeline keeps the normality model in <fit --out>/normality
 
 
 def open_client(directory: Path) -> chromadb.ClientAPI:
@@ -59,7 +59,7 @@ def default_prefix(model_dir: Path) -> str:
     """A collection-name prefix from the model directory's name (the `fit --out` directory, not the
     `normality` folder inside it), reduced to the characters Chroma accepts in names."""
     path = model_dir.resolve()
-    return prefix_of(path.parent.name if path.name == _MODEL_SUBDIR else path.name)
+    return prefix_of(path.parent.name if path.name == NORMALITY_DIR else path.name)
 
 
 def prefix_of(name: str, limit: int = 63) -> str:

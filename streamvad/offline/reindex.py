@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from streamvad.errors import InputError
+from streamvad.layout import NORMALITY_DIR
 from streamvad.model_store import ModelStore, Version
 from streamvad.normality import projected_index
 from streamvad.normality.model import NormalityModel
@@ -22,7 +23,6 @@ from streamvad.scoring.integrity import verify_files
 
 log = logging.getLogger(__name__)
 
-NORMALITY = "normality"
 
 
 def reindex(source: Path, out: Path, index: str) -> NormalityModel:
@@ -31,17 +31,17 @@ def reindex(source: Path, out: Path, index: str) -> NormalityModel:
         raise InputError(f"{out}: already exists; reindex writes a new model directory")
     info = ModelInfo.load(source)
     verify_files(source, info.files)
-    if not (source / NORMALITY).is_dir():
+    if not (source / NORMALITY_DIR).is_dir():
         raise InputError(f"{source}: a {info.kind} detector has no search index; only k-NN models are reindexed")
     work = out.with_name(f".{out.name}.reindex-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
     # the old index does not come along: save writes the new one only
     shutil.copytree(source, work, ignore=shutil.ignore_patterns("hnsw", projected_index.FILE, "version.json"))
     try:
-        model = NormalityModel.load(source / NORMALITY)
+        model = NormalityModel.load(source / NORMALITY_DIR)
         model.config = model.config.model_copy(update={"index": index})
         model.rebuild_indexes()
-        model.save(work / NORMALITY, write_chroma=False, memory=False)  # the memory files were copied as they are
+        model.save(work / NORMALITY_DIR, write_chroma=False, memory=False)  # the memory files were copied as they are
         info.save(work)  # last: the checksums of the copy as it now is
         os.rename(work, out)
     except BaseException:

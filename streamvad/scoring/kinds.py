@@ -22,6 +22,7 @@ from streamvad.backbones.base import Backbone
 from streamvad.compute import resolve_device
 from streamvad.config import ScoringConfig, StreamVADConfig
 from streamvad.errors import ConfigError, InputError, ModelMismatchError
+from streamvad.layout import MOTION_DIR, NORMALITY_DIR
 from streamvad.motion import FusedScorer, MotionModel, MotionTracker
 from streamvad.motion.fusion import on_fusion_scale
 from streamvad.motion.model import FILE as MOTION_FILE
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KNNN = "knnn"
-MOTION_DIR = "motion"
 
 
 @dataclass
@@ -142,7 +142,7 @@ class KnnKind:
         thresholds: dict[str, float] = {}
         # the system of record is final once clustered: its own process writes it while HDBSCAN, motion and
         # calibration run on one core fewer (Chroma's writer is the longest part, and a busy core slows it)
-        chroma = model.chroma_writer(out / "normality") if cfg.normality.chroma else None
+        chroma = model.chroma_writer(out / NORMALITY_DIR) if cfg.normality.chroma else None
         threads = torch.get_num_threads()
         if chroma is not None:
             torch.set_num_threads(max(1, threads - 1))
@@ -175,7 +175,7 @@ class KnnKind:
         if chroma is not None and chroma.exitcode != 0:
             raise InputError(f"{out / 'normality'}: writing the Chroma system of record failed (exit code "
                              f"{chroma.exitcode}; see its log above)")
-        model.save(out / "normality", write_chroma=False, memory=chroma is None)
+        model.save(out / NORMALITY_DIR, write_chroma=False, memory=chroma is None)
         timer.lap("write")
         reference = self._holdout_scores(out, cfg.scoring, backbone, held)
         return Fitted({**model.thresholds, **thresholds}, len(train.sources), len(held.sources),
@@ -198,7 +198,7 @@ class KnnKind:
         from streamvad.normality.model import NormalityModel
         from streamvad.scoring.knn import Scorer
 
-        model = NormalityModel.load(model_dir / "normality", backbone=net.manifest())
+        model = NormalityModel.load(model_dir / NORMALITY_DIR, backbone=net.manifest())
         scorer: FrameScorer = Scorer(model, cfg, mask=mask, device=device)
         motion = _load_motion(model_dir, cfg, net.grid)
         if motion is None:
@@ -210,7 +210,7 @@ class KnnKind:
     def fitted_backbone(self, model_dir: Path) -> dict[str, Any]:
         from streamvad.normality.model import read_manifest
 
-        return dict(read_manifest(model_dir / "normality")["backbone"])
+        return dict(read_manifest(model_dir / NORMALITY_DIR)["backbone"])
 
     def variants(self, engine: Engine, names: Sequence[str]) -> dict[str, FrameScorer]:
         """Names are "rule" or "method/rule" (e.g. "majority", "topk", "hdbscan/global") for appearance alone,
