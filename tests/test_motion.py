@@ -18,6 +18,7 @@ from streamvad.datasets.synthetic import AnomalySpec, make_scene
 from streamvad.errors import ConfigError, InputError
 from streamvad.motion import FusedScorer, MotionModel, MotionTracker
 from streamvad.motion.flow import cell_motion, grey
+from streamvad.motion.fusion import AppearanceScale
 from streamvad.motion.model import calibrate_motion
 from streamvad.normality.coreset import k_center
 from streamvad.scoring.engine import load_engine
@@ -114,6 +115,20 @@ def test_model_flags_a_fast_mover_a_wrong_way_walker_and_motion_off_the_path() -
     assert model.score(MotionField(normal.fraction[:1], normal.velocity[:1], np.zeros(1, dtype=bool)))[0] == 0
 
 
+def test_the_crowd_counts_the_cells_that_move_as_normal_footage_moves_there() -> None:
+    """Three walkers and a cyclist in the right lane, a walker on the lawn: the crowd is the three walkers; what
+    moves wrong is no crowd, so it cannot excuse its own look; a frame without motion has no crowd to count."""
+    model = MotionModel.fit(_lanes(200, np.random.default_rng(0)), GRID, CFG)
+    lane = 2 * GRID[1]
+    frame = _one_mover(lane + 1, 0.1)
+    for cell, vx in ((lane + 2, 0.1), (lane + 3, 0.11), (lane + 6, 0.3), (3, 0.1)):
+        frame.fraction[0, cell], frame.velocity[0, cell, 0] = 0.5, vx
+    assert model.crowd(frame)[0] == 3
+    left = np.arange(GRID[0] * GRID[1]) % GRID[1] < 2  # a mask of the two left-most columns
+    assert model.crowd(frame, mask=left)[0] == 1
+    assert np.isnan(model.crowd(MotionField(frame.fraction, frame.velocity, np.zeros(1, dtype=bool)))[0])
+
+
 def test_a_velocity_marked_normal_is_normal_at_its_cell_only() -> None:
     """feedback.add_velocities: the console's "mark as normal" of a fast mover in the right lane."""
     from streamvad.feedback import add_velocities
@@ -142,8 +157,8 @@ def test_calibration_uses_out_of_fold_normal_scores_windowed_as_served() -> None
     clips = np.repeat(np.arange(8), 50)
     pts = np.tile(np.arange(50) / 4, 8)  # eight clips of 12.5 s at 4 fps
     frames = CFG.model_copy(update={"min_threshold": 1e-6, "smooth_s": 0.0})
-    _, alone = calibrate_motion(normal, clips, pts, GRID, frames, 0.99, 4)
-    threshold, oof = calibrate_motion(normal, clips, pts, GRID, frames.model_copy(update={"smooth_s": 0.5}), 0.99, 4)
+    _, alone, _ = calibrate_motion(normal, clips, pts, GRID, frames, 0.99, 4)
+    threshold, oof, _ = calibrate_motion(normal, clips, pts, GRID, frames.model_copy(update={"smooth_s": 0.5}), 0.99, 4)
     assert oof.shape == (400,) and (oof > 0).any()
     # each frame's score is its clip's mean over 0.5 s (itself and the frame before), never across clips
     expected = np.array([alone[i] if i % 50 == 0 else (alone[i] + alone[i - 1]) / 2 for i in range(400)])
@@ -155,12 +170,14 @@ def test_calibration_uses_out_of_fold_normal_scores_windowed_as_served() -> None
 
 def test_saved_model_round_trips_and_bad_files_are_one_line_errors(tmp_path: Path) -> None:
     model = MotionModel.fit(_lanes(50, np.random.default_rng(3)), GRID, CFG)
-    model.threshold, model.medians = 0.7, {"motion": 0.1, "distance/topk": 0.8}
+    model.threshold, model.medians = 0.7, {"motion": 0.1, "distance/topk": 0.8, "crowd": 4.0}
+    model.crowd_slopes, model.appearance_thresholds = {"distance/topk": 0.05}, {"distance/topk": 1.3}
     model.save(tmp_path / "motion")
     back = MotionModel.load(tmp_path / "motion")
     probe = _one_mover(2 * GRID[1], 0.3)
     assert back.threshold == 0.7 and back.score(probe) == pytest.approx(model.score(probe))
-    assert back.medians == {"motion": 0.1, "distance/topk": 0.8}
+    assert back.medians == {"motion": 0.1, "distance/topk": 0.8, "crowd": 4.0}
+    assert AppearanceScale.of(back, "distance/topk") == AppearanceScale(0.8, 1.3, 0.05, 4.0)
     meta = json.loads((tmp_path / "motion" / "motion.json").read_text())
     # fitted before motion was windowed (its threshold is of single frames) and before fusion had zero points
     del meta["config"]["smooth_s"], meta["medians"]
@@ -170,6 +187,9 @@ def test_saved_model_round_trips_and_bad_files_are_one_line_errors(tmp_path: Pat
     (tmp_path / "motion" / "motion.json").write_text(json.dumps({**meta, "medians": {"motion": "nan"}}))
     with pytest.raises(InputError, match=r"motion\.json: medians must be finite numbers"):
         MotionModel.load(tmp_path / "motion")
+    (tmp_path / "motion" / "motion.json").write_text(json.dumps({**meta, "crowd_slopes": {"distance/topk": -1}}))
+    with pytest.raises(InputError, match=r"motion\.json: crowd_slopes must be finite and >= 0"):
+        MotionModel.load(tmp_path / "motion")
     (tmp_path / "motion" / "motion.json").write_text(json.dumps(meta))
     np.savez(tmp_path / "motion" / "motion.npz", memory=model.memory * np.nan, scale=model.scale)
     with pytest.raises(InputError, match=r"motion\.npz: memory and scale must be finite"):
@@ -178,6 +198,28 @@ def test_saved_model_round_trips_and_bad_files_are_one_line_errors(tmp_path: Pat
     with pytest.raises(InputError, match="unreadable motion model") as err:
         MotionModel.load(tmp_path / "motion")
     assert "\n" not in str(err.value)
+
+
+def test_the_appearance_part_is_corrected_for_the_crowd_it_sees_on_normal_frames() -> None:
+    """Normal frames whose appearance score rises with their crowd: the fitted slope takes the share of a crowd
+    above the typical one out, so a crowded normal frame no longer outranks a quiet one; a quieter frame keeps its
+    own score; a falling relation corrects nothing."""
+    rng = np.random.default_rng(0)
+    cells = rng.integers(0, 30, 2000).astype(float)
+    raw = 10.0 + 0.5 * cells + rng.normal(0, 1, cells.size)
+    scale = AppearanceScale.fit(raw, np.r_[cells[:-10], np.full(10, np.nan)], 0.99)
+    assert scale.slope == pytest.approx(0.5, abs=0.02) and scale.typical == np.median(cells[:-10])
+    corrected = scale.unit(raw[:-10], cells[:-10], threshold=99.0)
+    busy = cells[:-10] >= scale.typical
+    assert abs(np.corrcoef(cells[:-10][busy], corrected[busy])[0, 1]) < 0.05  # above typical: flat
+    assert np.quantile(corrected, 0.99) == pytest.approx(1.0, abs=0.05)  # its own threshold, not the one passed
+    quiet = scale.unit(raw[:-10][~busy], scale.typical, 99.0)
+    assert scale.unit(raw[:-10][~busy], cells[:-10][~busy], 99.0) == pytest.approx(quiet)  # only discounts
+    crowded, calm = scale.unit(np.array([21.0, 16.5]), np.array([25.0, 3.0]), 99.0)
+    assert crowded < calm  # 21 is ordinary for a crowd of 25, 16.5 is not for 3
+    assert scale.unit(15.0, np.nan, 99.0) == scale.unit(15.0, scale.typical, 99.0)  # no motion: a typical crowd
+    assert AppearanceScale.fit(30.0 - 0.5 * cells, cells, 0.99).slope == 0.0
+    assert AppearanceScale().unit(1.5, 7.0, threshold=2.0) == 0.75  # an older model: the raw score over its threshold
 
 
 def _scene(root: Path, name: str, anomalies: list[AnomalySpec], seed: int) -> Path:
@@ -197,22 +239,28 @@ def test_fused_score_is_the_max_or_the_sum_of_appearance_and_motion_on_their_sca
     # each part's zero point is its median normal score, below its threshold
     assert motion_part.threshold is not None and set(motion_part.medians) >= {"motion", "distance/topk", "knnn/topk"}
     zero_m = motion_part.medians["motion"] / motion_part.threshold
-    zero_a = motion_part.medians["distance/topk"]
-    assert 0 <= zero_m < 1 and zero_a > 0
+    scale = AppearanceScale.of(motion_part, "distance/topk")
+    assert 0 <= zero_m < 1 and scale.at is not None and 0 < scale.zero < scale.at and scale.slope >= 0
     names = ["distance/topk+motion:max", "distance/topk+motion:sum", "distance/topk", "motion"]
     clip = _scene(tmp_path, "cyclist", [AnomalySpec("cyclist", 2.0, 8.0, seed=1)], seed=21)
     recs = replay(engine, clips_from_paths([clip]), sample_fps=4.0, scorers=rule_variants(engine, names),
                   progress=False).records
     fused, summed, app, motion = (recs[k] for k in names)
     assert fused[0]["motion_score"] == 0.0  # the first frame has nothing to compare with
-    for f, s, a, m in zip(fused, summed, app, motion, strict=True):
-        assert zero_a < a["threshold"]
+    for i, (f, s, a, m) in enumerate(zip(fused, summed, app, motion, strict=True)):
         # each part on the scale with its normal median at 0 and its threshold at 1
-        looks = (a["raw_score"] - zero_a) / (a["threshold"] - zero_a)
         moves = (m["raw_score"] - zero_m) / (1 - zero_m)
+        looks = s["raw_score"] * sum_at - moves
         assert f["raw_score"] == pytest.approx(max(looks, moves), abs=1e-5)
-        assert s["raw_score"] == pytest.approx((looks + moves) / sum_at, abs=1e-5)
-        assert f["anomalous"] == (a["anomalous"] or m["anomalous"])  # the scale moves no decision of max
+        assert f["anomalous"] == (max(looks, moves) > 1.0)
+        # ... the appearance part less its crowd share: slope x (moving cells - typical), none without motion
+        share = a["raw_score"] - scale.zero - looks * (scale.at - scale.zero)
+        assert share >= -1e-4  # a discount, never a surcharge
+        if i == 0 or not scale.slope:
+            assert share == pytest.approx(0.0, abs=1e-4)
+        elif share > 1e-4:  # the crowd above typical, in whole cells
+            cells = scale.typical + share / scale.slope
+            assert cells == pytest.approx(round(cells), abs=1e-3) and 0 <= round(cells) <= len(engine.scorer.mask)
         for v in (f, s):
             assert v["threshold"] == 1.0 and v["anomalous"] == (v["raw_score"] > 1.0)
     assert max(m["raw_score"] for m in motion) > 1.0
@@ -232,7 +280,7 @@ def test_a_model_fitted_before_the_two_point_scale_fuses_as_it_did(motion_model:
     old = tmp_path / "old-model"
     shutil.copytree(motion_model, old)
     meta = json.loads((old / "motion" / "motion.json").read_text())
-    del meta["medians"], meta["sum_thresholds"]
+    del meta["medians"], meta["sum_thresholds"], meta["crowd_slopes"], meta["appearance_thresholds"]
     (old / "motion" / "motion.json").write_text(json.dumps(meta))
     doc = json.loads((old / "model.json").read_text())
     (old / "model.json").write_text(json.dumps({**doc, "files": digest_files(old, "model.json")}))

@@ -6,11 +6,13 @@ clips, and its engine replays the fold's clips three ways: as they are (normal f
 saw), with a walker crossing at 2-2.5x a walker's pace (a motion anomaly: a walker's look), and with a
 walker twice a walker's size at a walker's pace (an appearance anomaly: it moves like one). The pasted
 frames are the middle third of each clip (tools/motion_validation.py pastes them). Each frame gets the
-appearance score and the motion score, each on its fusion scale (its normal median at 0, its calibrated
-threshold at 1: motion/fusion.py) and, for comparison, divided by its threshold alone (`... /threshold`); the
-fusions compared are the larger of the two (`max`) and their sum (`sum`). Reported, pooled over every fold
-(scores compare across clips because each is on its calibration's scale) and per pasted clip: AUROC of normal
-against pasted frames. The test clips are never read. What it gave is in the README (Scorers: fusion).
+fold model's own scores: appearance alone and motion alone (each divided by its threshold), and both fused
+as served, by `max` and by `sum` (motion/fusion.py: each part on its fusion scale, appearance corrected for
+the crowd). Reported, pooled over every fold (scores compare across clips because each is on its calibration's
+scale) and per pasted clip: AUROC of normal against pasted frames; and that of the most crowded quarter of the
+normal frames (by the crowd of the scene: its cells that move as normal footage does) against pasted frames in
+the quieter half, the ranking a crowd spoils (issue #9).
+The test clips are never read. What it gave is in the README (Scorers: fusion).
 
     python tools/fusion_validation.py --root ../shared/data/ucsd_ped2 --out /tmp/fusion [--step 2]
 """
@@ -29,7 +31,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).parent))
-from motion_validation import load_clip, paste_walker
+from motion_validation import load_clip, motion_of, paste_walker
 
 from streamvad.config import EventsConfig, load_config
 from streamvad.datasets.base import clip_from_path
@@ -37,8 +39,9 @@ from streamvad.offline.pipeline import fit, replay, rule_variants
 from streamvad.scoring.budget import opening_statistic
 from streamvad.scoring.engine import load_engine
 
-FUSIONS = {"max": np.maximum, "sum": np.add}
-PARTS = ("clip", "kind", "label", "appearance", "motion", "sum_at", "zero_a", "zero_m")
+SCORERS = {"appearance": "distance/topk", "motion": "motion", "max": "distance/topk+motion:max",
+           "sum": "distance/topk+motion:sum"}
+PARTS = ("clip", "kind", "label", "crowd", *SCORERS)
 KINDS = {"fast": {"pace": (2.0, 2.5), "scale": 1}, "large": {"pace": (0.8, 1.2), "scale": 2},
          "still": {"pace": (0.0, 0.0), "scale": 2}}
 
@@ -52,19 +55,26 @@ def write_clip(folder: Path, frames: np.ndarray) -> Path:
 
 
 def scores(engine: Any, clip: Any, fps: float | None) -> dict[str, np.ndarray]:
-    """Appearance and motion scores of every sampled frame, each divided by its threshold, and validity
-    (frames with motion: the first has none)."""
-    variants = rule_variants(engine, ["distance/topk", "motion"])
-    recs = replay(engine, [clip], sample_fps=fps, scorers=variants, progress=False).records
-    app = np.array([r["raw_score"] / r["threshold"] for r in recs["distance/topk"]])
-    mot = np.array([r["raw_score"] / r["threshold"] for r in recs["motion"]])
-    return {"appearance": app, "motion": mot, "moving": np.array([r["frame"] > 0 for r in recs["motion"]]),
+    """Every sampled frame's score by each of SCORERS, divided by its threshold, its label and validity (frames
+    with motion: the first has none)."""
+    recs = replay(engine, [clip], sample_fps=fps, scorers=rule_variants(engine, list(SCORERS.values())),
+                  progress=False).records
+    out = {name: np.array([r["raw_score"] / r["threshold"] for r in recs[rule]]) for name, rule in SCORERS.items()}
+    return {**out, "moving": np.array([r["frame"] > 0 for r in recs["motion"]]),
             "label": np.array([r["label"] or 0 for r in recs["motion"]])}
 
 
+def crowd(engine: Any, name: str, frames: np.ndarray, step: int) -> np.ndarray:
+    """The crowd of each sampled frame of a clip as it was, before anything was pasted (`MotionModel.crowd` of the
+    fold model)."""
+    motion = engine.scorer.motion
+    return motion.crowd(motion_of(name, frames[::step], step, motion.cfg))
+
+
 def validate(root: Path, out: Path, step: int, folds: int) -> dict[str, np.ndarray]:
-    """Every replayed frame of every fold: its clip, kind ("normal" or a pasted kind), label, both parts on their
-    unit scales and the fold model's sum threshold (frames without motion, each clip's first, are left out)."""
+    """Every replayed frame of every fold: its clip, kind ("normal" or a pasted kind), label, the crowd of the
+    scene and each scorer's score over its threshold (frames without motion, each clip's first, are left
+    out)."""
     cfg = load_config(Path(__file__).parents[1] / "configs" / "ped2.yaml")
     cfg = cfg.model_copy(update={"normality": cfg.normality.model_copy(update={"chroma": False})})  # scores only
     clips = sorted((root / "training" / "frames").iterdir())
@@ -72,12 +82,13 @@ def validate(root: Path, out: Path, step: int, folds: int) -> dict[str, np.ndarr
     fps = 10.0 / step
     rows: dict[str, list[np.ndarray]] = {k: [] for k in PARTS}
 
-    def add(clip: str, kind: str, s: dict[str, np.ndarray], fold: dict[str, float]) -> None:
+    def add(clip: str, kind: str, s: dict[str, np.ndarray], cells: np.ndarray) -> None:
         ok = s["moving"]
-        for key, value in (("clip", clip), ("kind", kind), *fold.items()):
+        for key, value in (("clip", clip), ("kind", kind)):
             rows[key].append(np.full(int(ok.sum()), value))
-        for key in ("label", "appearance", "motion"):
+        for key in ("label", *SCORERS):
             rows[key].append(s[key][ok])
+        rows["crowd"].append(cells[ok])
 
     for k in range(folds):
         held = names[k::folds]
@@ -85,33 +96,27 @@ def validate(root: Path, out: Path, step: int, folds: int) -> dict[str, np.ndarr
         model = out / f"fold{k}"
         fit(cfg, train, model, sample_fps=fps, progress=False)
         engine = load_engine(model)
-        motion = engine.scorer.motion
-        # the fold model's sum threshold and each part's zero point, on its threshold's unit scale
-        fold = {"sum_at": motion.sum_thresholds["distance/topk"], "zero_m": motion.medians["motion"] / motion.threshold,
-                "zero_a": motion.medians["distance/topk"] / engine.scorer.appearance.threshold}
         for i, name in enumerate(held):
             raw = load_clip(root / "training" / "frames" / name, 1, wire=False)
             donor = load_clip(root / "training" / "frames" / names[(names.index(name) + 1) % len(names)], 1, False)
+            cells = crowd(engine, name, raw, step)
             add(name, "normal", scores(engine, clip_from_path(write_clip(out / "clips" / name, raw), name, name), fps),
-                fold)
+                cells)
             for kind, how in KINDS.items():
                 pasted, labels = paste_walker(raw, donor, 1, seed=100 * k + i + 1, **how)
                 path = write_clip(out / "clips" / f"{name}-{kind}", pasted)
                 clip = clip_from_path(path, f"{name}-{kind}", f"{name}-{kind}", labels=labels.tolist())
-                add(f"{name}-{kind}", kind, scores(engine, clip, fps), fold)
+                add(f"{name}-{kind}", kind, scores(engine, clip, fps), cells)
         logging.info("fold %d of %d done", k + 1, folds)
     return {key: np.concatenate(v) for key, v in rows.items()}
 
 
 def summarise(table: dict[str, np.ndarray]) -> dict[str, Any]:
     """AUROC of normal against pasted frames, per fusion: pooled per kind, pooled over every kind, and per
-    pasted clip (its own normal and pasted frames); and at the threshold (1 on each fused scale), the share of
-    normal frames flagged and the pasted clips whose pasted frames open an event."""
-    a, m = table["appearance"], table["motion"]
-    # each fold's zero points are below its thresholds (1 here), so this is motion/fusion.py's scale
-    looks, moves = (a - table["zero_a"]) / (1 - table["zero_a"]), (m - table["zero_m"]) / (1 - table["zero_m"])
-    fused = {"appearance": a, "motion": m, "max": np.maximum(looks, moves), "sum": (looks + moves) / table["sum_at"],
-             **{f"{name} /threshold": f(a, m) for name, f in FUSIONS.items()}}
+    pasted clip (its own normal and pasted frames); crowded normal frames against quiet pasted ones; and at the
+    threshold (1 on each scale), the share of normal frames flagged and the pasted clips whose pasted frames open
+    an event."""
+    fused = {name: table[name] for name in SCORERS}
     normal = table["kind"] == "normal"
     result: dict[str, Any] = {"normal_frames": int(normal.sum())}
     for kind in [*KINDS, "all"]:
@@ -126,13 +131,17 @@ def summarise(table: dict[str, np.ndarray]) -> dict[str, Any]:
                                for name, v in fused.items()}
     result["per_clip_mean_auroc"] = {name: round(float(np.mean([c[name] for c in per_clip.values()])), 4)
                                      for name in fused}
+    busy, calm = np.quantile(table["crowd"][normal], [0.75, 0.5])
+    ranked = (normal & (table["crowd"] >= busy)) | ((table["label"] == 1) & (table["crowd"] <= calm))
+    result["crowded_normal_vs_quiet_pasted"] = {
+        "frames": int(ranked.sum()), "auroc": {name: round(float(roc_auc_score(~normal[ranked], v[ranked])), 4)
+                                               for name, v in fused.items()}}
     events = EventsConfig()
-    # the one-point sum has no threshold of its own here (the fold models calibrated the two-point one)
     result["at_threshold"] = {name: {"normal_flagged": round(float((fused[name][normal] > 1).mean()), 4), **{
         f"caught_{kind}": sum(bool(opening_statistic(fused[name][(table["clip"] == clip) & (table["label"] == 1)],
                                                      events.open_n, events.open_m).max() > 1)
                               for clip in np.unique(table["clip"][table["kind"] == kind])) for kind in KINDS}}
-        for name in ("appearance", "motion", "max", "sum", "max /threshold")}
+        for name in fused}
     result["per_clip_auroc"] = per_clip
     return result
 
@@ -146,7 +155,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     table = validate(args.root, args.out, args.step, args.folds)
-    np.savez(args.out / "frames.npz", **table)  # every frame's two parts on their unit scales, to try other fusions
+    np.savez(args.out / "frames.npz", **table)  # every frame's scores over their thresholds, to try other fusions
     result = {"step": args.step, **summarise(table)}
     (args.out / "fusion_validation.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     print(json.dumps({k: v for k, v in result.items() if k != "per_clip_auroc"}, indent=2))

@@ -31,6 +31,9 @@ from streamvad.types import Frame, MotionField
 
 GRID = (15, 22)  # configs/ped2.yaml: 240x352 on EfficientNet-Lite0's stride 16
 PACE_PX = 1.2  # a Ped2 walker's pace, pixels per native (10 fps) frame
+# what is pasted (paste_walker's arguments): a walker at 2-2.5x a walker's pace, near or, at 0.7x the size and
+# 0.7x the pixels per second, at the far edge of the walkway
+KINDS = {"fast": {"pace": (2.0, 2.5)}, "far": {"pace": (1.4, 1.75), "scale": 0.7, "rows": (95, 125)}}
 
 
 def load_clip(folder: Path, step: int, wire: bool = True) -> np.ndarray:
@@ -47,10 +50,10 @@ def load_clip(folder: Path, step: int, wire: bool = True) -> np.ndarray:
 
 
 def paste_walker(frames: np.ndarray, donor: np.ndarray, step: int, seed: int, pace: tuple[float, float] = (2.0, 2.5),
-                 scale: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                 scale: float = 1, rows: tuple[int, int] = (110, 190)) -> tuple[np.ndarray, np.ndarray]:
     """A walker cut out of `donor` (its foreground pixels only, against the donor's median background), `scale`
-    times its size, crossing the walkway at `pace` times a walker's pace for the middle third of `frames`;
-    returns the frames and their 0/1 labels."""
+    times its size, crossing the view at a row in `rows` at `pace` times a walker's pace (in pixels: a walker
+    further away covers fewer of them) for the middle third of `frames`; returns the frames and their 0/1 labels."""
     rng = np.random.default_rng(seed)
     moving = cv2.absdiff(cv2.GaussianBlur(donor[10], (5, 5), 0), cv2.GaussianBlur(donor[11], (5, 5), 0)) > 12
     ys, xs = np.nonzero(moving[100:200])
@@ -59,10 +62,11 @@ def paste_walker(frames: np.ndarray, donor: np.ndarray, step: int, seed: int, pa
     y0, x0 = int(np.clip(ys[j] + 100 - h // 2, 0, 240 - h)), int(np.clip(xs[j] - w // 2, 0, 360 - w))
     crop = donor[10, y0:y0 + h, x0:x0 + w]
     fg = np.abs(crop.astype(float) - np.median(donor[::5], axis=0)[y0:y0 + h, x0:x0 + w]) > 15
-    if scale > 1:
-        crop, fg = np.kron(crop, np.ones((scale, scale), crop.dtype)), np.kron(fg, np.ones((scale, scale), bool))
-        h, w = h * scale, w * scale
-    row, speed = int(rng.integers(110, 190)), float(rng.uniform(*pace)) * PACE_PX
+    if scale != 1:
+        h, w = round(h * scale), round(w * scale)
+        crop = cv2.resize(crop, (w, h), interpolation=cv2.INTER_NEAREST)
+        fg = cv2.resize(fg.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+    row, speed = int(rng.integers(*rows)), float(rng.uniform(*pace)) * PACE_PX
     row = int(np.clip(row, h // 2, 240 - h + h // 2))
     rightward = rng.random() < 0.5
     out, labels = frames.copy(), np.zeros(len(frames), dtype=int)
@@ -88,14 +92,15 @@ def windowed(name: str, scores: np.ndarray, step: int, seconds: float) -> np.nda
     return causal_means(scores, [name] * len(scores), np.arange(len(scores)) * step / 10, seconds)
 
 
-def validate(root: Path, step: int, cfg: MotionConfig, folds: int = 4) -> dict[str, float]:
+def validate(root: Path, step: int, cfg: MotionConfig, kind: str = "fast", folds: int = 4) -> dict[str, float]:
     clips = sorted((root / "training" / "frames").iterdir())
     frames = {c.name: load_clip(c, step) for c in clips}
     names = list(frames)
     normal = {n: motion_of(n, frames[n], step, cfg) for n in names}
     synthetic = {}
     for i, n in enumerate(names):
-        pasted, labels = paste_walker(frames[n], frames[names[(i + 1) % len(names)]], step, seed=i + 1)
+        pasted, labels = paste_walker(frames[n], frames[names[(i + 1) % len(names)]], step, seed=i + 1,
+                                      **KINDS[kind])
         synthetic[n] = (motion_of(n, pasted, step, cfg), labels)
     oof, syn = [], []
     for k in range(folds):
@@ -118,13 +123,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("../shared/data/ucsd_ped2"))
     parser.add_argument("--step", type=int, default=1, help="every n-th native frame (2 = 5 fps)")
+    parser.add_argument("--kind", choices=list(KINDS), default="fast", help="what is pasted (KINDS)")
     parser.add_argument("--set", action="append", default=[], help="normality.motion field=value (repeatable)")
     args = parser.parse_args()
     cv2.setNumThreads(1)
     overrides = dict(item.split("=", 1) for item in args.set)
     cfg = MotionConfig.model_validate(overrides)
-    result = validate(args.root, args.step, cfg)
-    print(json.dumps({"step": args.step, "motion": overrides, **result}, indent=2))
+    result = validate(args.root, args.step, cfg, args.kind)
+    print(json.dumps({"step": args.step, "kind": args.kind, "motion": overrides, **result}, indent=2))
 
 
 if __name__ == "__main__":

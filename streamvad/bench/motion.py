@@ -46,7 +46,7 @@ def run_motion_bench(*, seconds: float = 60.0, fps: float = 4.0, grid: tuple[int
     clips = np.arange(len(train)) * 8 // len(train)  # eight pseudo-clips for the out-of-fold calibration
     model, fit_wall, fit_cpu = _timed(lambda: MotionModel.fit(field, grid, cfg))
     pts = np.arange(len(train)) / fps
-    (threshold, _), cal_wall, cal_cpu = _timed(lambda: calibrate_motion(field, clips, pts, grid, cfg, 0.99, 4))
+    (threshold, _, _), cal_wall, cal_cpu = _timed(lambda: calibrate_motion(field, clips, pts, grid, cfg, 0.99, 4))
     live = MotionTracker(grid, cfg)
     observed, obs_wall, obs_cpu = _timed(lambda: [live.observe(test[i:i + batch]) for i in range(0, len(test), batch)])
     _, score_wall, score_cpu = _timed(lambda: [model.score(f) for f in observed])

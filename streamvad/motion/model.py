@@ -69,7 +69,8 @@ class MotionModel:
 
     def __init__(self, memory: np.ndarray, scale: np.ndarray, grid: tuple[int, int], cfg: MotionConfig,
                  threshold: float | None = None, sum_thresholds: dict[str, float] | None = None,
-                 medians: dict[str, float] | None = None) -> None:
+                 medians: dict[str, float] | None = None, crowd_slopes: dict[str, float] | None = None,
+                 appearance_thresholds: dict[str, float] | None = None) -> None:
         self.memory = memory
         self.scale = scale
         self.grid = grid
@@ -77,9 +78,15 @@ class MotionModel:
         self.threshold = threshold
         # per appearance "method/rule": the threshold of appearance + motion, each on its fusion scale (fusion: sum)
         self.sum_thresholds = dict(sum_thresholds or {})
-        # the median normal score of each part in its own units, "motion" and each appearance "method/rule": the
-        # fusion's zero points (motion/fusion.py); a model fitted without them fuses with zeros there
+        # the median normal score of each part in its own units, "motion" and each appearance "method/rule" (less
+        # its crowd share, below): the fusion's zero points (motion/fusion.py); a model fitted without them fuses
+        # with zeros there. "crowd": the median crowd of a normal frame (MotionModel.crowd)
         self.medians = dict(medians or {})
+        # per appearance "method/rule": how much a normal frame's raw score rises per cell of crowd (crowds look
+        # less usual patch by patch), and the calibrated threshold of the score less that share (motion/fusion.py);
+        # a model fitted without them fuses the appearance score as it is, against the appearance threshold
+        self.crowd_slopes = dict(crowd_slopes or {})
+        self.appearance_thresholds = dict(appearance_thresholds or {})
 
     @classmethod
     def fit(cls, motion: MotionField, grid: tuple[int, int], cfg: MotionConfig) -> MotionModel:
@@ -120,6 +127,18 @@ class MotionModel:
             out[b, n] = np.sqrt(((self.memory[n] - q[:, None, :]) ** 2).sum(-1).min(1))
         return out
 
+    def crowd(self, motion: MotionField, cells: np.ndarray | None = None, mask: np.ndarray | None = None,
+              ) -> np.ndarray:
+        """[B]: how crowded each frame is: its cells (inside `mask`) that move as normal footage moves there (within
+        `min_threshold` of a normal velocity; `cells`: their `cell_scores`, if already known). An object that moves
+        wrong is not crowd, so it cannot excuse its own look (motion/fusion.py). NaN where a frame has no motion
+        (a camera's first frame, the first after a gap)."""
+        cells = self.cell_scores(motion) if cells is None else cells
+        normal = _active(motion, self.cfg) & (cells <= self.cfg.min_threshold)
+        if mask is not None:
+            normal &= mask
+        return np.where(motion.valid, normal.sum(1), np.nan).astype(np.float64)
+
     def frame_scores(self, cells: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         """[B]: mean of the `top_cells` highest cell scores inside `mask`."""
         if mask is not None:
@@ -134,7 +153,8 @@ class MotionModel:
         directory.mkdir(parents=True, exist_ok=True)
         np.savez(directory / FILE, memory=self.memory, scale=self.scale)
         meta = {"grid": list(self.grid), "config": self.cfg.model_dump(mode="json"), "threshold": self.threshold,
-                "sum_thresholds": self.sum_thresholds, "medians": self.medians}
+                "sum_thresholds": self.sum_thresholds, "medians": self.medians, "crowd_slopes": self.crowd_slopes,
+                "appearance_thresholds": self.appearance_thresholds}
         (directory / META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
     @classmethod
@@ -148,6 +168,8 @@ class MotionModel:
             threshold = None if meta.get("threshold") is None else float(meta["threshold"])
             sums = {str(k): float(v) for k, v in meta.get("sum_thresholds", {}).items()}
             medians = {str(k): float(v) for k, v in meta.get("medians", {}).items()}
+            slopes = {str(k): float(v) for k, v in meta.get("crowd_slopes", {}).items()}
+            looks = {str(k): float(v) for k, v in meta.get("appearance_thresholds", {}).items()}
             with np.load(directory / FILE, allow_pickle=False) as z:
                 memory, scale = z["memory"].astype(np.float32), z["scale"].astype(np.float32)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
@@ -162,13 +184,18 @@ class MotionModel:
             raise InputError(f"{directory / META}: sum_thresholds must be finite and positive, got {sums}")
         if not all(math.isfinite(v) for v in medians.values()):
             raise InputError(f"{directory / META}: medians must be finite numbers, got {medians}")
-        return cls(memory, scale, grid, cfg, threshold, sums, medians)
+        if not all(math.isfinite(v) and v >= 0 for v in slopes.values()):
+            raise InputError(f"{directory / META}: crowd_slopes must be finite and >= 0, got {slopes}")
+        if not all(math.isfinite(v) for v in looks.values()):
+            raise InputError(f"{directory / META}: appearance_thresholds must be finite numbers, got {looks}")
+        return cls(memory, scale, grid, cfg, threshold, sums, medians, slopes, looks)
 
 
 def calibrate_motion(motion: MotionField, clip_ids: np.ndarray, pts: np.ndarray, grid: tuple[int, int],
                      cfg: MotionConfig, quantile: float, folds: int, extra: Sequence[np.ndarray] = (),
-                     ) -> tuple[float, np.ndarray]:
-    """(threshold, out-of-fold scores) from normal footage only.
+                     ) -> tuple[float, np.ndarray, np.ndarray]:
+    """(threshold, out-of-fold scores, out-of-fold crowd: `MotionModel.crowd`, NaN where unscored) from normal
+    footage only.
 
     Motion is cheap to fit, so every training clip is scored by a model fitted without it (clips in
     `folds` folds, see clip_folds): thousands of normal frames estimate the score tail instead of a couple of
@@ -176,10 +203,13 @@ def calibrate_motion(motion: MotionField, clip_ids: np.ndarray, pts: np.ndarray,
     windows them. `extra` adds windowed scores of frames that were never trained on (the hold-out).
     """
     scores = np.zeros(len(clip_ids), dtype=np.float32)
+    crowd = np.full(len(clip_ids), np.nan)
     scored = np.zeros(len(clip_ids), dtype=bool)
     for held in clip_folds(clip_ids, folds):  # a single clip has no fold to leave out; its hold-out calibrates alone
         model = MotionModel.fit(motion.select(np.flatnonzero(~held)), grid, cfg)
-        scores[held] = model.score(motion.select(np.flatnonzero(held)))
+        rows = motion.select(np.flatnonzero(held))
+        cells = model.cell_scores(rows)
+        scores[held], crowd[held] = model.frame_scores(cells), model.crowd(rows, cells)
         scored |= held
     scores = causal_means(scores, clip_ids, pts, cfg.smooth_s)
     pooled = np.concatenate([scores[scored & motion.valid], *extra])
@@ -187,4 +217,4 @@ def calibrate_motion(motion: MotionField, clip_ids: np.ndarray, pts: np.ndarray,
     if threshold < cfg.min_threshold:
         log.info("motion: calibrated threshold %.3f is below normality.motion.min_threshold; using %.3f (the "
                  "normal footage barely moved)", threshold, cfg.min_threshold)
-    return max(threshold, cfg.min_threshold), scores
+    return max(threshold, cfg.min_threshold), scores, crowd

@@ -24,7 +24,7 @@ from streamvad.config import ScoringConfig, StreamVADConfig
 from streamvad.errors import ConfigError, InputError, ModelMismatchError
 from streamvad.layout import MOTION_DIR, NORMALITY_DIR
 from streamvad.motion import FusedScorer, MotionModel, MotionTracker
-from streamvad.motion.fusion import on_fusion_scale
+from streamvad.motion.fusion import AppearanceScale, on_fusion_scale
 from streamvad.motion.model import FILE as MOTION_FILE
 from streamvad.motion.model import calibrate_motion, motion_memory_bound
 from streamvad.normality.coreset import frame_coreset
@@ -151,7 +151,8 @@ class KnnKind:
             timer.lap("hdbscan")
             motion_model = None
             if train.batch.motion is not None:
-                motion_model, motion_held, motion_oof = _fit_motion(cfg, backbone.grid, train, held)
+                motion_model, motion_held, motion_oof, crowd_held, crowd_oof = _fit_motion(cfg, backbone.grid,
+                                                                                           train, held)
                 thresholds["motion"] = float(motion_model.threshold or 0.0)
             timer.lap("motion")
             folds = [np.flatnonzero(f) for f in clip_folds(memory.clip_ids, cfg.normality.folds)]
@@ -160,10 +161,12 @@ class KnnKind:
                                         train=Frames(memory.batch.global_, memory.batch.patches))
                 model.set_thresholds(calibration.thresholds)
                 if motion_model is not None:
-                    order = [motion_held] + ([motion_oof[f] for f in folds] if memory is train else [])
-                    motion_model.medians |= appearance_medians(calibration)
-                    motion_model.sum_thresholds = sum_thresholds(calibration, np.concatenate(order), motion_model,
-                                                                 cfg.scoring.calibration_quantile)
+                    rows = folds if memory is train else []
+                    order = np.concatenate([motion_held, *(motion_oof[f] for f in rows)])
+                    crowd = np.concatenate([crowd_held, *(crowd_oof[f] for f in rows)])
+                    quantile = cfg.scoring.calibration_quantile
+                    set_appearance_scales(motion_model, calibration, crowd, quantile)
+                    motion_model.sum_thresholds = sum_thresholds(calibration, order, crowd, motion_model, quantile)
             if motion_model is not None:
                 motion_model.save(out / MOTION_DIR)
                 motion_bytes = (out / MOTION_DIR / MOTION_FILE).stat().st_size
@@ -204,7 +207,7 @@ class KnnKind:
         if motion is None:
             return Served(scorer, FeatureRequest())
         fused = FusedScorer(scorer, motion, "motion" if cfg.motion == "motion" else "fused",
-                            _sum_at(motion, cfg, cfg.fusion, model_dir), _median(motion, cfg))
+                            _sum_at(motion, cfg, cfg.fusion, model_dir), _scale(motion, cfg))
         return Served(fused, FeatureRequest(), MotionTracker(net.grid, motion.cfg))
 
     def fitted_backbone(self, model_dir: Path) -> dict[str, Any]:
@@ -240,7 +243,7 @@ class KnnKind:
             if plus and fused is not None:
                 fusion = tail[1:] or base.cfg.fusion
                 out[name] = FusedScorer(scorer, fused.motion, sum_at=_sum_at(fused.motion, cfg, fusion, "being served"),
-                                        appearance_zero=_median(fused.motion, cfg))
+                                        scale=_scale(fused.motion, cfg))
             else:
                 out[name] = scorer
         return out
@@ -310,52 +313,62 @@ def _memory_frames(train: Embedded, cap: int | None, seed: int) -> Embedded:
 
 
 def _fit_motion(cfg: StreamVADConfig, grid: tuple[int, int], train: Embedded, held: Embedded,
-                ) -> tuple[MotionModel, np.ndarray, np.ndarray]:
+                ) -> tuple[MotionModel, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The motion part fitted on the training frames and calibrated on every normal frame it was not fitted on;
     with the hold-out's scores and the training frames' out-of-fold scores (each windowed over the stream as
-    served), each divided by the threshold."""
+    served), each divided by the threshold, and the same frames' crowds (`MotionModel.crowd`)."""
     t0 = time.perf_counter()
     mcfg = cfg.normality.motion
     motion, held_motion = train.batch.motion, held.batch.motion
     assert motion is not None
     model = MotionModel.fit(motion, grid, mcfg)
     held_scores = np.zeros(len(held.sources), dtype=np.float32)
+    held_crowd = np.full(len(held.sources), np.nan)
     if held_motion is not None:
-        held_scores = causal_means(model.score(held_motion), held.clip_ids, _pts(held), mcfg.smooth_s)
+        cells = model.cell_scores(held_motion)
+        held_scores = causal_means(model.frame_scores(cells), held.clip_ids, _pts(held), mcfg.smooth_s)
+        held_crowd = model.crowd(held_motion, cells)
     extra = [] if held_motion is None else [held_scores[held_motion.valid]]
-    model.threshold, oof = calibrate_motion(motion, train.clip_ids, _pts(train), grid, mcfg,
+    model.threshold, oof, crowd = calibrate_motion(motion, train.clip_ids, _pts(train), grid, mcfg,
                                             cfg.scoring.calibration_quantile, cfg.normality.folds, extra)
     model.medians["motion"] = float(np.median(np.concatenate([oof[motion.valid], *extra])))
     log.info("motion: threshold %.3f (quantile %.3f of out-of-fold and held-out normal frames, each the mean over "
              "%.2f s of its stream), fitted in %.1f s", model.threshold, cfg.scoring.calibration_quantile,
              mcfg.smooth_s, time.perf_counter() - t0)
-    return model, held_scores / model.threshold, oof / model.threshold
+    return model, held_scores / model.threshold, oof / model.threshold, held_crowd, crowd
 
 
 def _pts(frames: Embedded) -> np.ndarray:
     return np.array([k.pts for k in frames.batch.keys], dtype=np.float64)
 
 
-def appearance_medians(appearance: Calibration) -> dict[str, float]:
-    """Each appearance rule's median normal raw score, from the frames its threshold was calibrated on: the zero
-    of its fusion scale (motion/fusion.py)."""
-    return {key: float(np.median(unit)) * appearance.thresholds[key] for key, unit in appearance.unit_scores.items()
-            if len(unit)}
+def set_appearance_scales(model: MotionModel, appearance: Calibration, crowd: np.ndarray, quantile: float) -> None:
+    """Each appearance rule's fusion scale (motion/fusion.py: its crowd slope, zero point and threshold), fitted on
+    the normal frames its threshold was calibrated on, into `model`; `crowd` holds their crowds in the same order
+    (the hold-out, then each fold's rows; where it has fewer, the frames both have, the hold-out first)."""
+    for key, unit in appearance.unit_scores.items():
+        n = min(len(unit), len(crowd))
+        if n:
+            scale = AppearanceScale.fit(unit[:n] * appearance.thresholds[key], crowd[:n], quantile)
+            model.medians[key], model.crowd_slopes[key] = scale.zero, scale.slope
+            model.appearance_thresholds[key] = float(scale.at or 0.0)
+            model.medians["crowd"] = scale.typical
 
 
-def sum_thresholds(appearance: Calibration, motion: np.ndarray, model: MotionModel, quantile: float,
-                   ) -> dict[str, float]:
-    """The threshold of appearance + motion (each on its fusion scale, zero points from `model.medians`) per
-    appearance rule: the same quantile of the sum over the normal frames both were calibrated on. `motion` (divided
-    by its threshold) is in the order of the appearance's unit scores (the hold-out, then each fold's rows); where
-    one has fewer frames (a rule scored on the hold-out alone, or motion of a capped memory's folds), the frames
-    both have: the hold-out first."""
+def sum_thresholds(appearance: Calibration, motion: np.ndarray, crowd: np.ndarray, model: MotionModel,
+                   quantile: float) -> dict[str, float]:
+    """The threshold of appearance + motion (each on its fusion scale, as `model` records them) per appearance
+    rule: the same quantile of the sum over the normal frames both were calibrated on. `motion` (divided by its
+    threshold) and `crowd` (crowds) are in the order of the appearance's unit scores (the hold-out, then
+    each fold's rows); where one has fewer frames (a rule scored on the hold-out alone, or motion of a capped
+    memory's folds), the frames both have: the hold-out first."""
     assert model.threshold is not None
     moved = on_fusion_scale(motion, model.medians.get("motion", 0.0) / model.threshold, 1.0)
     out = {}
     for key, scores in appearance.unit_scores.items():
         n = min(len(scores), len(motion))
-        looks = on_fusion_scale(scores[:n], model.medians.get(key, 0.0) / appearance.thresholds[key], 1.0)
+        threshold = appearance.thresholds[key]
+        looks = AppearanceScale.of(model, key).unit(scores[:n] * threshold, crowd[:n], threshold)
         out[key] = float(np.quantile(looks + moved[:n], quantile))
     return out
 
@@ -378,9 +391,9 @@ def _sum_at(motion: MotionModel, cfg: ScoringConfig, fusion: str, model: Path | 
     return motion.sum_thresholds[key]
 
 
-def _median(motion: MotionModel, cfg: ScoringConfig) -> float:
-    """cfg's appearance rule's median normal raw score, or 0 for a model fitted before fusion had zero points."""
-    return motion.medians.get(f"{cfg.method}/{cfg.rule}", 0.0)
+def _scale(motion: MotionModel, cfg: ScoringConfig) -> AppearanceScale:
+    """cfg's appearance rule's fusion scale (a model fitted before fusion had zero points: 0 and its threshold)."""
+    return AppearanceScale.of(motion, f"{cfg.method}/{cfg.rule}")
 
 
 def _load_motion(model_dir: Path, cfg: ScoringConfig, grid: tuple[int, int]) -> MotionModel | None:
