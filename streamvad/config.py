@@ -146,7 +146,9 @@ class ScoringConfig(_Section):
     patch_threshold: float = Field(0.8, gt=0.0)
     topk_ratio: float = Field(0.05, gt=0.0, le=1.0)
     any_k: int = Field(1, ge=1)
-    frame_threshold: float | None = None  # None: calibrated on held-out normal frames at fit time
+    # None: calibrated on held-out normal frames at fit time. It decides appearance alone (motion: appearance);
+    # fused scoring compares the crowd-corrected appearance with the threshold the fit cut for it (motion/fusion.py)
+    frame_threshold: float | None = None
     calibration_quantile: float = Field(0.99, gt=0.0, lt=1.0)
     # fused: appearance and motion joined as `fusion` says, against a threshold of 1;
     # appearance / motion: one of the two alone (motion needs a model fitted with normality.motion).

@@ -72,8 +72,8 @@ def on_fusion_scale(value: Score, zero: float, at: float) -> Score:
 class AppearanceScale:
     """Where one appearance rule's raw score sits on the fusion scale: less `slope` per cell of crowd above
     `typical` (the crowd's share; a quieter frame keeps its score), `zero` (the normal median of that) is 0 and
-    `at` is 1; `at` None: the
-    appearance scorer's own threshold (a model fitted before the crowd correction, with slope 0)."""
+    `at` is 1. `at` None: the appearance scorer's own threshold (a model fitted before the crowd correction, with
+    slope 0, or a user's `scoring.frame_threshold` on such a model)."""
 
     zero: float = 0.0
     at: float | None = None
