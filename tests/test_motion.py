@@ -247,6 +247,7 @@ def test_fused_score_is_the_max_or_the_sum_of_appearance_and_motion_on_their_sca
                   progress=False).records
     fused, summed, app, motion = (recs[k] for k in names)
     assert fused[0]["motion_score"] == 0.0  # the first frame has nothing to compare with
+    discounted = 0
     for i, (f, s, a, m) in enumerate(zip(fused, summed, app, motion, strict=True)):
         # each part on the scale with its normal median at 0 and its threshold at 1
         moves = (m["raw_score"] - zero_m) / (1 - zero_m)
@@ -261,9 +262,11 @@ def test_fused_score_is_the_max_or_the_sum_of_appearance_and_motion_on_their_sca
         elif share > 1e-4:  # the crowd above typical, in whole cells
             cells = scale.typical + share / scale.slope
             assert cells == pytest.approx(round(cells), abs=1e-3) and 0 <= round(cells) <= len(engine.scorer.mask)
+            discounted += 1
         for v in (f, s):
             assert v["threshold"] == 1.0 and v["anomalous"] == (v["raw_score"] > 1.0)
     assert max(m["raw_score"] for m in motion) > 1.0
+    assert scale.slope > 0 and discounted > 0  # the scene's crowds lift its look, and a busier frame was discounted
     assert any(s["anomalous"] for s in summed)
     with pytest.raises(ConfigError, match=r"^scoring\.fusion: sum needs the threshold of nnn/topk \+ motion"):
         load_engine(motion_model, scoring=ScoringConfig(method="nnn", fusion="sum", frame_threshold=1.0))
