@@ -41,7 +41,6 @@ from streamvad.types import Evidence
 log = logging.getLogger(__name__)
 
 
-
 def add_to_memory(model: NormalityModel, evidence: Evidence, source: str) -> int:
     """Each evidence vector becomes a row of its patch's token (others repeat their first row); returns how many.
     The new rows' cluster and local density are those of their nearest existing row, so the study's k-NNN ratio

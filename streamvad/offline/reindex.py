@@ -24,7 +24,6 @@ from streamvad.scoring.integrity import verify_files
 log = logging.getLogger(__name__)
 
 
-
 def reindex(source: Path, out: Path, index: str) -> NormalityModel:
     """A copy of the model in `source` at `out`, served by `index`; the source is checked and left as it is."""
     if out.exists():

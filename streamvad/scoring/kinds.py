@@ -176,7 +176,7 @@ class KnnKind:
             if chroma is not None:
                 chroma.join()
         if chroma is not None and chroma.exitcode != 0:
-            raise InputError(f"{out / 'normality'}: writing the Chroma system of record failed (exit code "
+            raise InputError(f"{out / NORMALITY_DIR}: writing the Chroma system of record failed (exit code "
                              f"{chroma.exitcode}; see its log above)")
         model.save(out / NORMALITY_DIR, write_chroma=False, memory=chroma is None)
         timer.lap("write")
@@ -330,7 +330,7 @@ def _fit_motion(cfg: StreamVADConfig, grid: tuple[int, int], train: Embedded, he
         held_crowd = model.crowd(held_motion, cells)
     extra = [] if held_motion is None else [held_scores[held_motion.valid]]
     model.threshold, oof, crowd = calibrate_motion(motion, train.clip_ids, _pts(train), grid, mcfg,
-                                            cfg.scoring.calibration_quantile, cfg.normality.folds, extra)
+                                                   cfg.scoring.calibration_quantile, cfg.normality.folds, extra)
     model.medians["motion"] = float(np.median(np.concatenate([oof[motion.valid], *extra])))
     log.info("motion: threshold %.3f (quantile %.3f of out-of-fold and held-out normal frames, each the mean over "
              "%.2f s of its stream), fitted in %.1f s", model.threshold, cfg.scoring.calibration_quantile,
