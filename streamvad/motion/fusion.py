@@ -81,9 +81,12 @@ class AppearanceScale:
     typical: float = 0.0
 
     @classmethod
-    def fit(cls, raw: np.ndarray, cells: np.ndarray, quantile: float) -> AppearanceScale:
-        """From the raw scores of normal frames and their crowds (NaN: no motion, taken as typical)."""
-        typical = float(np.nanmedian(cells)) if np.isfinite(cells).any() else 0.0
+    def fit(cls, raw: np.ndarray, cells: np.ndarray, quantile: float, typical: float | None = None,
+            ) -> AppearanceScale:
+        """From the raw scores of normal frames and their crowds (NaN: no motion, taken as typical); `typical`: the
+        model's typical crowd (None: the median of `cells`), one for every rule, as serving reads it."""
+        if typical is None:
+            typical = float(np.nanmedian(cells)) if np.isfinite(cells).any() else 0.0
         cells = np.where(np.isfinite(cells), cells, typical)
         slope = 0.0
         if len(raw) > 1 and np.ptp(cells) > 0:

@@ -346,13 +346,16 @@ def set_appearance_scales(model: MotionModel, appearance: Calibration, crowd: np
     """Each appearance rule's fusion scale (motion/fusion.py: its crowd slope, zero point and threshold), fitted on
     the normal frames its threshold was calibrated on, into `model`; `crowd` holds their crowds in the same order
     (the hold-out, then each fold's rows; where it has fewer, the frames both have, the hold-out first)."""
+    # one typical crowd for every rule (serving reads one), from every calibration frame, even where a rule was
+    # scored on the hold-out alone
+    typical = float(np.nanmedian(crowd)) if np.isfinite(crowd).any() else 0.0
+    model.medians["crowd"] = typical
     for key, unit in appearance.unit_scores.items():
         n = min(len(unit), len(crowd))
         if n:
-            scale = AppearanceScale.fit(unit[:n] * appearance.thresholds[key], crowd[:n], quantile)
+            scale = AppearanceScale.fit(unit[:n] * appearance.thresholds[key], crowd[:n], quantile, typical)
             model.medians[key], model.crowd_slopes[key] = scale.zero, scale.slope
             model.appearance_thresholds[key] = float(scale.at or 0.0)
-            model.medians["crowd"] = scale.typical
 
 
 def sum_thresholds(appearance: Calibration, motion: np.ndarray, crowd: np.ndarray, model: MotionModel,
