@@ -93,7 +93,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serve, Came
     port = free_port()
     config = {
         "backbone": {"device": "cpu"},
-        # the folders loop, and a loop's jump from its last frame to its first would be motion no walker makes
+        # appearance alone: the boxes appear and vanish from one frame to the next, a jump no object makes, which
+        # motion flags as events of their own; and a box at rest adds no motion to the default sum, whose threshold
+        # normal frames' motion lifts above appearance's own (README, "What fusion gives up"). This test is about
+        # the look an operator marks normal
         "scoring": {"motion": "appearance"},
         "cameras": [{"id": "gate", "url": str(gate.path), "loop": True, "model": str(store)},
                     {"id": "yard", "url": str(yard.path), "loop": True, "model": str(root / "model")}],

@@ -274,6 +274,30 @@ def test_fused_score_is_the_max_or_the_sum_of_appearance_and_motion_on_their_sca
         rule_variants(engine, ["distance/topk+motion:mean"])
 
 
+def test_a_box_left_at_rest_is_caught_by_max_and_may_pass_the_sum(motion_model: Path, tmp_path: Path) -> None:
+    """The trade-off the README states ("What fusion gives up"): a still object adds no motion to the sum, whose
+    threshold normal frames' motion lifts above appearance's own, so a look that is only a little off can pass
+    the default; `scoring.fusion: max` lets appearance decide alone and catches it."""
+    from PIL import Image
+
+    from streamvad.offline.pipeline import clips_from_paths, replay, rule_variants
+
+    engine = load_engine(motion_model)
+    folder = _scene(tmp_path, "box", [], seed=21)
+    rows, cols = np.indices((48, 48))
+    box = np.where((((rows // 8) + (cols // 8)) % 2 == 0)[..., None], [250, 40, 200], [10, 200, 30])
+    for path in sorted(folder.glob("*.png"))[20:60]:  # put down at 2 s, taken away at 6 s
+        image = np.asarray(Image.open(path)).copy()
+        image[150:198, 40:88] = box
+        Image.fromarray(image).save(path)
+    names = ["distance/topk+motion:sum", "distance/topk+motion:max", "distance/topk"]
+    recs = replay(engine, clips_from_paths([folder]), sample_fps=4.0, scorers=rule_variants(engine, names),
+                  progress=False).records
+    at_rest = [(s, f, a) for s, f, a in zip(*(recs[k] for k in names), strict=True) if 2.5 <= s["pts"] < 6.0]
+    assert at_rest and all(a["anomalous"] and f["anomalous"] for _, f, a in at_rest)
+    assert not all(s["anomalous"] for s, _, _ in at_rest)
+
+
 def test_a_model_fitted_before_the_two_point_scale_fuses_as_it_did(motion_model: Path, tmp_path: Path,
                                                                     caplog: pytest.LogCaptureFixture) -> None:
     """A motion.json without medians or sum thresholds (an older fit): zero points at 0, so each part is divided by
