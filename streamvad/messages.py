@@ -44,7 +44,7 @@ class FrameHeader(_Header):
     source: Text
     shape: tuple[Side, Side, Literal[3]]
     encoding: Literal["jpeg", "raw"]
-    restart: bool = False  # the first frame of a looped file's next pass (no motion against the one before)
+    restart: bool = False  # a looped file's next pass or a reconnected stream begins (no motion against the one before)
     preview: bool = False  # a worker's live tile of a camera it does not score yet (learning): no verdict follows
 
 

@@ -34,7 +34,8 @@ class Frame:
     the start of the stream (what sampling is based on); `wall_time` is when the reader produced it
     (what latency is measured from). `label` is the ground truth when a dataset is replayed
     (0 normal, 1 anomalous) and None for live cameras. `restart` marks the first frame of a looped file's
-    next pass: pts runs on, but the picture jumps back, so nothing before it is its past (no motion).
+    next pass, or of a live stream after a reconnect: pts runs on, but the picture jumps (back, or over what the
+    outage lost), so nothing before it is its past (no motion).
     """
 
     camera: str

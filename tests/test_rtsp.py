@@ -62,6 +62,8 @@ def test_reconnects_after_server_restart(rtsp_server: RTSPTestServer) -> None:  
     assert gaps.min() > 0  # the new stream restarts its clock; ours keeps going
     assert gaps.max() >= 0.9  # the outage (about 1 s) shows as a gap in pts
     assert [f.index for f in got] == list(range(len(got)))
+    # the reconnected stream's first frame, and only it, has no past to measure motion against
+    assert [f.restart for f in got] == [i == int(np.argmax(gaps)) + 1 for i in range(len(got))]
     reader.stop()
 
 

@@ -57,8 +57,8 @@ class MotionTracker:
     Frames must arrive in stream order per camera: replay reads clips in order, and a worker gets them
     in order when it is the camera's only worker (with several, cameras must be pinned to one). A
     camera's first frame, a frame more than `max_gap_s` after the previous one, one whose pts went
-    backwards (a restarted stream) or one marked `restart` (a looped file's next pass) has no motion
-    (`valid` False).
+    backwards (a restarted stream) or one marked `restart` (a looped file's next pass, a reconnected camera)
+    has no motion (`valid` False).
     """
 
     def __init__(self, grid: tuple[int, int], cfg: MotionConfig) -> None:

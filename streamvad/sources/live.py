@@ -105,9 +105,11 @@ class LiveReader:
         index = 0
         failures = 0
         first_attempt = True
+        restart = False  # the next frame is a reconnected stream's first: no continuation of the last one seen
         while not self._stop.is_set():
             if not first_attempt:
                 self.status.reconnects += 1
+                restart = True
                 if self._last_picture is not None:  # pts resumes after the outage, as the wall clock did
                     timeline.restart(gap=time.monotonic() - self._last_picture)
             first_attempt = False
@@ -119,8 +121,9 @@ class LiveReader:
                         if not sampler.accept(pts):
                             continue
                         yield Frame(camera=self.camera, index=index, pts=pts, wall_time=time.time(),
-                                    image=frame.to_ndarray(format="rgb24"), source=self.status.url)
+                                    image=frame.to_ndarray(format="rgb24"), source=self.status.url, restart=restart)
                         index += 1
+                        restart = False
                         self.status.frame_emitted()
             except (av.FFmpegError, OSError, StalledStreamError) as exc:
                 error = f"{type(exc).__name__}: {exc}".replace(self.url, self.status.url)
