@@ -177,6 +177,21 @@ def test_the_exemplar_is_the_training_frame_of_the_peak_patchs_nearest_vector(co
     assert kept == set(np.unique(model.frame_of()).tolist())
 
 
+def test_an_event_of_a_pruned_version_shows_the_current_versions_exemplar(console: Console) -> None:
+    """The store keeps its newest versions only: an event scored by one since pruned (v0000 here) is shown what
+    normal looks like at its peak patch in the camera's current version, which the exemplar names."""
+    console.db.commit([_event(31, "gate", model_version="v0000")], {}, {}, {"e031": console.evidence})
+    pruned = httpx.get(f"{console.url}/api/events/e031", headers=_auth()).json()
+    kept = httpx.get(f"{console.url}/api/events/e000", headers=_auth()).json()
+    current = ModelStore(console.store).current()
+    assert current is not None and pruned["model_version"] == "v0000"
+    assert pruned["exemplar"]["version"] == current.name
+    assert (pruned["exemplar"]["source"], pruned["exemplar"]["patch"]) == (kept["exemplar"]["source"],
+                                                                          kept["exemplar"]["patch"])
+    picture = httpx.get(console.url + pruned["exemplar"]["url"], headers=_auth())
+    assert picture.status_code == 200 and picture.headers["content-type"] == "image/jpeg"
+
+
 def test_mark_as_normal_adds_the_sight_to_a_new_version_and_undo_rolls_it_back(console: Console) -> None:
     marked = httpx.post(f"{console.url}/api/events/e000/normal", headers=_auth())
     assert marked.status_code == 200, marked.text

@@ -229,11 +229,16 @@ def _api(site: Site, auth: Auth) -> APIRouter:
         return store
 
     def nearest_of(row: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
-        """(the event's nearest normal exemplar, if its model keeps exemplars; whether it has evidence)."""
+        """(the event's nearest normal exemplar, if its model keeps exemplars; whether it has evidence). When the
+        version that scored it has been pruned, the camera's current version shows what normal looks like there
+        (the exemplar names its version)."""
         camera, evidence = cameras.get(row["camera"]), db().evidence(row["id"])
         if camera is None or evidence is None:
             return None, evidence is not None
-        return exemplars.nearest(_version_dir(cfg, camera, row["model_version"]), evidence), True
+        model = _version_dir(cfg, camera, row["model_version"])
+        if model is None and (store := _maybe_store(cfg, camera)) is not None:
+            model = current.path if (current := store.current()) is not None else None
+        return exemplars.nearest(model, evidence), True
 
     def row_of(event_id: str) -> dict[str, Any]:
         row = db().event(event_id)

@@ -46,7 +46,8 @@ class Exemplars:
 
     def nearest(self, model_dir: Path | None, evidence: Evidence) -> dict[str, Any] | None:
         """{"path", "source", "patch", "distance", "version"} of the exemplar of the evidence's hottest patch, or
-        None when the model keeps no exemplars (fitted before they were kept) or is gone."""
+        None when the model keeps no exemplars (fitted before they were kept), is gone, or was fitted on another
+        backbone than the evidence came from."""
         if model_dir is None or not (model_dir / EXEMPLARS).is_dir():
             return None
         try:
@@ -54,6 +55,8 @@ class Exemplars:
         except (StreamVADError, OSError):
             return None
         patch = int(evidence.patches[0])
+        if patch + 1 >= len(model.train) or model.train.shape[2] != evidence.vectors.shape[1]:
+            return None  # another backbone's memory: the event's version was pruned, the current one differs
         memory = model.train[patch + 1].astype(np.float32)  # token 0 is the global embedding
         distances = np.sqrt(((memory - evidence.vectors[0].astype(np.float32)) ** 2).sum(1))
         row = int(np.argmin(distances))

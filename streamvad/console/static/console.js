@@ -225,7 +225,9 @@ async function eventPage(id) {
     if (ev.exemplar) {
       $("#exemplar", main).src = fresh(ev.exemplar.url);
       const source = ev.exemplar.source.split("/").pop();  // the training frame's file, without where it was read
-      $("#exemplar-caption", main).textContent = `Nearest normal exemplar: ${source}, from ${ev.exemplar.version ?? "the model"}`;
+      const pruned = ev.model_version && ev.exemplar.version && ev.exemplar.version !== ev.model_version
+        ? ` (${ev.model_version}, which scored it, was pruned)` : "";
+      $("#exemplar-caption", main).textContent = `Nearest normal exemplar: ${source}, from ${ev.exemplar.version ?? "the model"}${pruned}`;
     } else {
       $("#exemplar-caption", main).textContent = "No exemplar kept for this model";
     }
