@@ -7,6 +7,7 @@ import pytest
 
 from streamvad.config import EventsConfig
 from streamvad.offline.event_metrics import ClipVerdicts, event_metrics, segments
+from streamvad.sources.sampler import PtsSampler
 
 CFG = EventsConfig(open_n=2, open_m=4, close_quiet_s=2.0, cooldown_s=10.0)
 
@@ -44,6 +45,25 @@ def test_false_events_count_per_hour_of_normal_footage_and_missed_segments_have_
     assert m["normal_hours"] == pytest.approx(normal_hours)
     assert m["false_events_per_hour"] == pytest.approx(2 / normal_hours)
     assert m["per_clip"]["a"]["delay_s"] == [None] and np.isnan(m["delay_median_s"])
+
+
+def test_normal_footage_is_the_stream_time_its_frames_cover_when_sampling_steps_alternate() -> None:
+    # 5 minutes of 10 fps footage sampled at 4 fps as the readers sample it: steps of 0.3, 0.2, 0.3, ... s, one more
+    # 0.3 than 0.2, so their median (0.3) would count 6 minutes
+    sampler = PtsSampler(4.0)
+    pts = np.array([t for t in np.arange(3000) / 10 if sampler.accept(float(t))])
+    assert len(pts) == 1200 and float(np.median(np.diff(pts))) == pytest.approx(0.3)
+    flags = np.zeros(len(pts), dtype=bool)
+    flags[[100, 101]] = True
+    m = event_metrics({"a": ClipVerdicts(pts, np.zeros(len(pts), dtype=int), flags)}, CFG)
+    assert m["normal_hours"] == pytest.approx(300 / 3600, rel=1e-3)
+    assert m["false_events_per_hour"] == pytest.approx(12.0, rel=1e-3)
+
+
+def test_a_stream_outage_is_not_counted_as_normal_footage() -> None:
+    pts = np.r_[np.arange(400) * 0.25, 3600 + np.arange(400) * 0.25]  # an hour without frames in the middle
+    m = event_metrics({"a": ClipVerdicts(pts, np.zeros(800, dtype=int), np.zeros(800, dtype=bool))}, CFG)
+    assert m["normal_hours"] == pytest.approx((800 + 1) * 0.25 / 3600)
 
 
 def test_a_single_anomalous_frame_is_not_an_event_and_clips_pool() -> None:
