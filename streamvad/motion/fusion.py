@@ -129,13 +129,14 @@ class FusedScorer:
 
     def score(self, batch: EmbeddingBatch) -> list[Verdict]:
         verdicts = self.appearance.score(batch)
+        crowd = np.full(len(batch), np.nan)  # only fusion corrects appearance for it
         if batch.motion is None:
             cells = np.zeros((len(batch), self.mask.shape[0]), dtype=np.float32)
-            crowd = np.full(len(batch), np.nan)
         else:
             scores = self.motion.cell_scores(batch.motion)
             cells = np.where(self.mask, scores, 0.0) / self._motion_at
-            crowd = self.motion.crowd(batch.motion, scores, self.mask)
+            if self.mode != "motion":
+                crowd = self.motion.crowd(batch.motion, scores, self.mask)
         motion = self.motion.frame_scores(cells)
         heat = np.minimum(cells, 1.0).astype(np.float32)
         out = []

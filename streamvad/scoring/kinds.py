@@ -354,8 +354,9 @@ def set_appearance_scales(model: MotionModel, appearance: Calibration, crowd: np
         n = min(len(unit), len(crowd))
         if n:
             scale = AppearanceScale.fit(unit[:n] * appearance.thresholds[key], crowd[:n], quantile, typical)
+            assert scale.at is not None  # fit always cuts a threshold
             model.medians[key], model.crowd_slopes[key] = scale.zero, scale.slope
-            model.appearance_thresholds[key] = float(scale.at or 0.0)
+            model.appearance_thresholds[key] = scale.at
 
 
 def sum_thresholds(appearance: Calibration, motion: np.ndarray, crowd: np.ndarray, model: MotionModel,
