@@ -156,7 +156,13 @@ def _gate_events_since(serve: Serve, since: float) -> list[dict[str, Any]]:
 
 
 def _replay(serve: Serve, camera: Camera, draw: Callable[[np.ndarray], np.ndarray], seconds: float = 6.0) -> float:
-    """Show `draw` on the gate camera for `seconds`, then normal footage again; when it began (wall time)."""
+    """Show `draw` on the gate camera for `seconds`, then normal footage again; when it began (wall time).
+
+    It waits first for the gate's last event to close: on a busy machine the worker runs behind the reader and sheds
+    frames, and an object shown while the last one's event is still open would only extend that event."""
+    _wait("the gate's open events to close", lambda: all(
+        e["state"] == "closed" for e in _api(serve, "/events", camera="gate", type="anomaly", limit=100)["events"]),
+          120, serve)
     began = time.time()
     camera.show(draw)
     time.sleep(seconds)
@@ -197,7 +203,7 @@ def test_log_in_review_an_event_mark_it_normal_and_undo(site: tuple[Serve, Camer
                                strict=True)), 10, serve)
 
     began = _replay(serve, gate, _with(STRIPES))
-    [event] = _wait("the striped box's event", lambda: _gate_events_since(serve, began - 1), 30, serve)
+    [event] = _wait("the striped box's event", lambda: _gate_events_since(serve, began - 1), 60, serve)
     _shoot(browser, "cameras")
     browser.get(f"{serve.base}/#/events")
     _wait("the event in the review list", lambda: browser.find_elements(By.CSS_SELECTOR,
@@ -216,7 +222,7 @@ def test_log_in_review_an_event_mark_it_normal_and_undo(site: tuple[Serve, Camer
     time.sleep(1.0)
     assert _gate_events_since(serve, marked - 1) == []  # the striped box is normal now
     other = _replay(serve, gate, _with(DOTS))
-    assert len(_wait("the other object's event", lambda: _gate_events_since(serve, other - 1), 20, serve)) == 1
+    assert len(_wait("the other object's event", lambda: _gate_events_since(serve, other - 1), 60, serve)) == 1
 
     browser.get(f"{serve.base}/#/events/{event['id']}")
     _wait("the undo button", lambda: browser.find_element(By.ID, "undo").is_enabled(), 20, serve)
@@ -224,7 +230,7 @@ def test_log_in_review_an_event_mark_it_normal_and_undo(site: tuple[Serve, Camer
     _wait("v0001 current again", lambda: ModelStore(store).current().name == "v0001", 20, serve)  # type: ignore[union-attr]
     serve.wait("the worker back on v0001", lambda b: b["cameras"]["gate"].get("model_version") == "v0001", 30)
     again = _replay(serve, gate, _with(STRIPES))
-    assert len(_wait("the striped box's event again", lambda: _gate_events_since(serve, again - 1), 20, serve)) == 1
+    assert len(_wait("the striped box's event again", lambda: _gate_events_since(serve, again - 1), 60, serve)) == 1
 
     browser.get(f"{serve.base}/#/cameras/gate")
     _wait("the camera's versions", lambda: len(browser.find_elements(By.CSS_SELECTOR, "#versions tbody tr")) == 2,
