@@ -2,10 +2,12 @@
 
 The training clips are split into 4 folds of whole clips. For each fold the product's own `fit`
 (configs/ped2.yaml: appearance memory, motion part, thresholds from normal footage) runs on the other
-clips, and its engine replays the fold's clips three ways: as they are (normal frames the model never
-saw), with a walker crossing at 2-2.5x a walker's pace (a motion anomaly: a walker's look), and with a
-walker twice a walker's size at a walker's pace (an appearance anomaly: it moves like one). The pasted
-frames are the middle third of each clip (tools/motion_validation.py pastes them). Each frame gets the
+clips, and its engine replays the fold's clips five ways (KINDS): as they are (normal frames the model never
+saw); with a walker crossing at 2-2.5x a walker's pace (`fast`: a motion anomaly with a walker's look); with a
+walker twice a walker's size at a walker's pace (`large`: an appearance anomaly that moves like one); the same
+standing still (`still`: a left object); and a cyclist-like shape, a walker 1.8x as wide at 1.4-1.8x a walker's
+pace (`wide`: a little of each, neither alone enough). The pasted frames are the middle third of each clip
+(tools/motion_validation.py pastes them). Each frame gets the
 fold model's own scores: appearance alone and motion alone (each divided by its threshold), and both fused
 as served, by `max` and by `sum` (motion/fusion.py: each part on its fusion scale, appearance corrected for
 the crowd). Reported, pooled over every fold (scores compare across clips because each is on its calibration's
@@ -43,7 +45,7 @@ SCORERS = {"appearance": "distance/topk", "motion": "motion", "max": "distance/t
            "sum": "distance/topk+motion:sum"}
 PARTS = ("clip", "kind", "label", "crowd", *SCORERS)
 KINDS = {"fast": {"pace": (2.0, 2.5), "scale": 1}, "large": {"pace": (0.8, 1.2), "scale": 2},
-         "still": {"pace": (0.0, 0.0), "scale": 2}}
+         "still": {"pace": (0.0, 0.0), "scale": 2}, "wide": {"pace": (1.4, 1.8), "scale": 1, "widen": 1.8}}
 
 
 def write_clip(folder: Path, frames: np.ndarray) -> Path:

@@ -50,9 +50,11 @@ def load_clip(folder: Path, step: int, wire: bool = True) -> np.ndarray:
 
 
 def paste_walker(frames: np.ndarray, donor: np.ndarray, step: int, seed: int, pace: tuple[float, float] = (2.0, 2.5),
-                 scale: float = 1, rows: tuple[int, int] = (110, 190)) -> tuple[np.ndarray, np.ndarray]:
+                 scale: float = 1, rows: tuple[int, int] = (110, 190), widen: float = 1,
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """A walker cut out of `donor` (its foreground pixels only, against the donor's median background), `scale`
-    times its size, crossing the view at a row in `rows` at `pace` times a walker's pace (in pixels: a walker
+    times its size and `widen` times as wide again (a cyclist's side view is a walker's height and about twice
+    the width), crossing the view at a row in `rows` at `pace` times a walker's pace (in pixels: a walker
     further away covers fewer of them) for the middle third of `frames`; returns the frames and their 0/1 labels."""
     rng = np.random.default_rng(seed)
     moving = cv2.absdiff(cv2.GaussianBlur(donor[10], (5, 5), 0), cv2.GaussianBlur(donor[11], (5, 5), 0)) > 12
@@ -62,8 +64,8 @@ def paste_walker(frames: np.ndarray, donor: np.ndarray, step: int, seed: int, pa
     y0, x0 = int(np.clip(ys[j] + 100 - h // 2, 0, 240 - h)), int(np.clip(xs[j] - w // 2, 0, 360 - w))
     crop = donor[10, y0:y0 + h, x0:x0 + w]
     fg = np.abs(crop.astype(float) - np.median(donor[::5], axis=0)[y0:y0 + h, x0:x0 + w]) > 15
-    if scale != 1:
-        h, w = round(h * scale), round(w * scale)
+    if scale != 1 or widen != 1:
+        h, w = round(h * scale), round(w * scale * widen)
         crop = cv2.resize(crop, (w, h), interpolation=cv2.INTER_NEAREST)
         fg = cv2.resize(fg.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
     row, speed = int(rng.integers(*rows)), float(rng.uniform(*pace)) * PACE_PX
