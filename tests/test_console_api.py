@@ -3,9 +3,12 @@ who may do what, paging and filters, the nearest normal exemplar, mark as normal
 
 from __future__ import annotations
 
+import io
+import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +26,7 @@ from streamvad.console.server import ConsoleServer
 from streamvad.datasets.synthetic import make_scene
 from streamvad.live.events_db import EventQuery, EventsDB
 from streamvad.live.health import ServeState
+from streamvad.live.media import MediaLayout
 from streamvad.model_store import ModelStore
 from streamvad.normality.model import NormalityModel
 from streamvad.offline.exemplars import exemplar_path
@@ -233,6 +237,40 @@ def test_cameras_list_detail_and_versions(console: Console) -> None:
     assert enrol.status_code == 409 and "runs no workers" in enrol.json()["detail"]  # this serve has none
     spec = httpx.get(f"{console.url}/api/openapi.json").json()
     assert {"/api/events/{event_id}/normal", "/api/cameras/{camera_id}/enroll"} <= set(spec["paths"])
+
+
+def test_a_tile_replaced_while_it_is_served_arrives_whole(console: Console) -> None:
+    # the worker replaces a camera's tile (os.replace) several times a second; each response must be one whole
+    # picture, never one picture's length with another's bytes
+    pictures = []
+    for side, noise in ((320, True), (16, False)):
+        image = np.random.default_rng(side).integers(0, 256, (side, side, 3)) if noise else np.zeros((side, side, 3))
+        buf = io.BytesIO()
+        Image.fromarray(image.astype(np.uint8)).save(buf, "JPEG")
+        pictures.append(buf.getvalue())
+    tile = MediaLayout(console.store.parent / "media").latest("gate")  # events.media, as the fixture set it
+    tile.parent.mkdir(parents=True, exist_ok=True)
+    done = threading.Event()
+
+    def replace_tiles() -> None:
+        i = 0
+        while not done.is_set():
+            tmp = tile.with_suffix(".tmp")
+            tmp.write_bytes(pictures[i % 2])
+            os.replace(tmp, tile)
+            i += 1
+
+    tile.write_bytes(pictures[0])
+    writer = threading.Thread(target=replace_tiles, daemon=True)
+    writer.start()
+    try:
+        with httpx.Client(headers=_auth()) as client:
+            bodies = [client.get(f"{console.url}/api/cameras/gate/latest.jpg") for _ in range(150)]
+    finally:
+        done.set()
+        writer.join()
+        tile.unlink()
+    assert all(r.status_code == 200 and r.content in pictures for r in bodies)
 
 
 def test_old_events_and_their_pictures_are_pruned(tmp_path: Path) -> None:

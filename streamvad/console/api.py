@@ -288,9 +288,16 @@ def _api(site: Site, auth: Auth) -> APIRouter:
                             store=store is not None)
 
     @router.get("/cameras/{camera_id}/latest.jpg", tags=["cameras"])
-    def latest(camera_id: str, _: Reader) -> FileResponse:
+    def latest(camera_id: str, _: Reader) -> Response:
+        """Read whole, not streamed from the path: the worker replaces the tile several times a second, and a
+        FileResponse sizes the file, then opens the path again to send it, so a replace in between sent a short
+        or a long body (uvicorn: "Response content shorter than Content-Length")."""
         camera_of(camera_id)
-        return _file(media.latest(camera_id), "image/jpeg", "no frame from this camera yet")
+        try:
+            picture = media.latest(camera_id).read_bytes()
+        except FileNotFoundError:
+            raise HTTPException(404, "no frame from this camera yet") from None
+        return Response(picture, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
     @router.post("/cameras/{camera_id}/enroll", tags=["cameras"])
     def enroll(camera_id: str, body: EnrolIn, _: Writer) -> ActionOut:
