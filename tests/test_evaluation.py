@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.metrics import average_precision_score, fbeta_score, roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
@@ -14,6 +15,7 @@ from sklearn.metrics import roc_curve as sk_roc_curve
 from streamvad.errors import InputError
 from streamvad.offline.evaluation import (
     ORACLE_NOTE,
+    _shade_runs,
     auroc,
     average_precision,
     binary_metrics,
@@ -183,3 +185,12 @@ def test_summary_table_aligns_columns() -> None:
 def test_summary_table_shows_headline_columns_by_default() -> None:
     text = summary_table([{"scorer": "topk", "auroc": 0.9, "tp": 4, "f1": 0.5, "per_clip_auroc": {"a": 1.0}}])
     assert text.splitlines()[0].split() == ["scorer", "auroc", "f1"]
+
+
+def test_the_score_plot_shades_a_labelled_run_up_to_the_next_frame() -> None:
+    # 4 fps sampled from 10 fps footage: the run's last frame (pts 0.5) stands for the stream up to 0.8, not for the
+    # median step (0.25)
+    ax = Figure().add_subplot()
+    _shade_runs(ax, np.array([0.0, 0.3, 0.5, 0.8, 1.0]), np.array([0, 1, 1, 0, 0]))
+    [run] = ax.patches
+    assert (run.get_bbox().x0, run.get_bbox().x1) == pytest.approx((0.3, 0.8))

@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 from scipy.stats import rankdata
 
 from streamvad.errors import InputError
+from streamvad.offline.event_metrics import frame_spans
 
 logger = logging.getLogger(__name__)
 
@@ -253,9 +254,9 @@ def _plot_pr(path: Path, y: np.ndarray, s: np.ndarray, ap: float) -> None:
 def _shade_runs(ax: Any, x: np.ndarray, y: np.ndarray) -> None:
     """Shade every run of anomalous ground truth (label 1) on a timeline."""
     edges = np.flatnonzero(np.diff(np.r_[0, y, 0]))
-    step = float(np.median(np.diff(x))) if x.size > 1 else 1.0
+    spans = frame_spans(x) if x.size > 1 else np.ones(x.size)
     for start, stop in zip(edges[::2], edges[1::2], strict=True):
-        ax.axvspan(x[start], x[stop - 1] + step, color="tab:red", alpha=0.2, lw=0)
+        ax.axvspan(x[start], x[stop - 1] + spans[stop - 1], color="tab:red", alpha=0.2, lw=0)
 
 
 def _plot_timelines(path: Path, clips: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],

@@ -75,7 +75,7 @@ def _overlaps(event: RaisedEvent, first: float, last: float, step: float) -> boo
     return event.start <= last + step / 2 and event.end >= first - step / 2
 
 
-def _spans(pts: np.ndarray) -> np.ndarray:
+def frame_spans(pts: np.ndarray) -> np.ndarray:
     """The stream time each frame stands for: up to the next frame's pts, the last the typical step. Not one
     typical step for every frame: 4 fps sampled from 10 fps footage steps 0.2, 0.3, 0.2, ... s, whose median
     (0.3) overstates the footage by a fifth. A gap (a stream outage) counts at most two typical steps."""
@@ -95,7 +95,7 @@ def event_metrics(clips: Mapping[str, ClipVerdicts], cfg: EventsConfig) -> dict[
     for name, data in clips.items():
         if not len(data.pts):
             continue
-        spans = _spans(data.pts)
+        spans = frame_spans(data.pts)
         step = float(np.mean(spans))
         events = raise_events(name, data, cfg)
         segs = segments(data.pts, data.labels)
