@@ -4,7 +4,6 @@ who may do what, paging and filters, the nearest normal exemplar, mark as normal
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from streamvad.console.server import ConsoleServer
 from streamvad.datasets.synthetic import make_scene
 from streamvad.live.events_db import EventQuery, EventsDB
 from streamvad.live.health import ServeState
-from streamvad.live.media import MediaLayout
+from streamvad.live.media import MediaLayout, _write_atomic
 from streamvad.model_store import ModelStore
 from streamvad.normality.model import NormalityModel
 from streamvad.offline.exemplars import exemplar_path
@@ -240,7 +239,7 @@ def test_cameras_list_detail_and_versions(console: Console) -> None:
 
 
 def test_a_tile_replaced_while_it_is_served_arrives_whole(console: Console) -> None:
-    # the worker replaces a camera's tile (os.replace) several times a second; each response must be one whole
+    # the worker replaces a camera's tile (a rename over it) several times a second; each response must be one whole
     # picture, never one picture's length with another's bytes
     pictures = []
     for side, noise in ((320, True), (16, False)):
@@ -249,18 +248,15 @@ def test_a_tile_replaced_while_it_is_served_arrives_whole(console: Console) -> N
         Image.fromarray(image.astype(np.uint8)).save(buf, "JPEG")
         pictures.append(buf.getvalue())
     tile = MediaLayout(console.store.parent / "media").latest("gate")  # events.media, as the fixture set it
-    tile.parent.mkdir(parents=True, exist_ok=True)
     done = threading.Event()
 
     def replace_tiles() -> None:
         i = 0
         while not done.is_set():
-            tmp = tile.with_suffix(".tmp")
-            tmp.write_bytes(pictures[i % 2])
-            os.replace(tmp, tile)
+            _write_atomic(tile, pictures[i % 2])  # as the worker writes its tiles
             i += 1
 
-    tile.write_bytes(pictures[0])
+    _write_atomic(tile, pictures[0])
     writer = threading.Thread(target=replace_tiles, daemon=True)
     writer.start()
     try:

@@ -160,9 +160,8 @@ def _replay(serve: Serve, camera: Camera, draw: Callable[[np.ndarray], np.ndarra
 
     It waits first for the gate's last event to close: on a busy machine the worker runs behind the reader and sheds
     frames, and an object shown while the last one's event is still open would only extend that event."""
-    _wait("the gate's open events to close", lambda: all(
-        e["state"] == "closed" for e in _api(serve, "/events", camera="gate", type="anomaly", limit=100)["events"]),
-          120, serve)
+    _wait("the gate's open events to close",
+          lambda: all(e["state"] == "closed" for e in _gate_events_since(serve, 0.0)), 120, serve)
     began = time.time()
     camera.show(draw)
     time.sleep(seconds)
