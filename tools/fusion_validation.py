@@ -14,7 +14,7 @@ the crowd). Reported, pooled over every fold (scores compare across clips becaus
 scale) and per pasted clip: AUROC of normal against pasted frames; and that of the most crowded quarter of the
 normal frames (by the crowd of the scene: its cells that move as normal footage does) against pasted frames in
 the quieter half, the ranking a crowd spoils (issue #9).
-The test clips are never read. What it gave is in the README (Scorers: fusion).
+The test clips are never read. What it gave is in docs/VALIDATION.md.
 
     python tools/fusion_validation.py --root ../shared/data/ucsd_ped2 --out /tmp/fusion [--step 2]
 """

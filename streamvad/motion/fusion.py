@@ -7,7 +7,7 @@ motion's is a small part of it (~0.15), since most of the time nothing moves wro
 only, a walker moving at 0.9 of the motion threshold, which normal footage almost never does, ranks below an
 ordinary frame's appearance; on the two-point scale both parts read as how far into their normal tails they are.
 The decisions at 1 do not change. Chosen on the Ped2 training clips with pasted anomalies
-(tools/fusion_validation.py, README "Scorers: fusion"). `scoring.fusion` joins them:
+(tools/fusion_validation.py, docs/VALIDATION.md). `scoring.fusion` joins them:
 
 - `max`: the larger of the two, against 1: a frame is anomalous when it looks wrong OR moves wrong. With
   two parts at quantile q at most 2(1 - q) of normal frames pass (union bound).
@@ -27,7 +27,7 @@ calibration frames on their crowd, and fusion scores the appearance less that sh
 raw - slope * max(crowd - typical, 0), with the slope never below 0 and frames without motion taken as typical;
 its zero point and threshold are cut from the corrected scores. The correction only discounts: a quieter frame
 than the footage it was fitted on keeps its own score, so a scene quieter than any seen cannot raise false
-alarms through it. Chosen on the training clips with pasted anomalies (README, Scorers: fusion).
+alarms through it. Chosen on the training clips with pasted anomalies (docs/VALIDATION.md).
 
 The motion part is the mean of the camera's motion scores over the model's `smooth_s` of stream time (a
 `Smoother` per scorer, keyed by camera: frames of a camera come to its scorer in order), so one jittery flow
