@@ -2,12 +2,15 @@
 
 The training clips are split into 4 folds of whole clips. For each fold the product's own `fit`
 (configs/ped2.yaml: appearance memory, motion part, thresholds from normal footage) runs on the other
-clips, and its engine replays the fold's clips five ways (KINDS): as they are (normal frames the model never
-saw); with a walker crossing at 2-2.5x a walker's pace (`fast`: a motion anomaly with a walker's look); with a
-walker twice a walker's size at a walker's pace (`large`: an appearance anomaly that moves like one); the same
-standing still (`still`: a left object); and a cyclist-like shape, a walker 1.8x as wide at 1.4-1.8x a walker's
-pace (`wide`: a little of each, neither alone enough). The pasted frames are the middle third of each clip
-(tools/motion_validation.py pastes them). Each frame gets the
+clips, and its engine replays the fold's clips as they are (normal frames the model never saw) and once per
+pasted kind (`--kinds`, all by default). Four kinds are a walker cut out of another clip (WALKERS): crossing at
+2-2.5x a walker's pace (`fast`: a motion anomaly with a walker's look); twice a walker's size at a walker's pace
+(`large`: an appearance anomaly that moves like one); the same standing still (`still`: a left object); and a
+cyclist-like shape, a walker 1.8x as wide at 1.4-1.8x a walker's pace (`wide`: a little of each, neither alone
+enough). Being a walker's own pixels, these favour features that see a patch's detail over its context, so
+three kinds are drawn objects of other classes (OBJECTS), crossing at about a walker's pace: a rider on a
+bicycle, a striped crate and a face cut from matplotlib's sample photo. The pasted frames are the middle third
+of each clip (tools/motion_validation.py pastes them). Each frame gets the
 fold model's own scores: appearance alone and motion alone (each divided by its threshold), and both fused
 as served, by `max` and by `sum` (motion/fusion.py: each part on its fusion scale, appearance corrected for
 the crowd). Reported, pooled over every fold (scores compare across clips because each is on its calibration's
@@ -33,7 +36,9 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).parent))
-from motion_validation import load_clip, motion_of, paste_walker
+import cv2
+from matplotlib import cbook
+from motion_validation import cross, load_clip, motion_of, paste_walker
 
 from streamvad.config import EventsConfig, load_config
 from streamvad.datasets.base import clip_from_path
@@ -44,8 +49,55 @@ from streamvad.scoring.engine import load_engine
 SCORERS = {"appearance": "distance/topk", "motion": "motion", "max": "distance/topk+motion:max",
            "sum": "distance/topk+motion:sum"}
 PARTS = ("clip", "kind", "label", "crowd", *SCORERS)
-KINDS = {"fast": {"pace": (2.0, 2.5), "scale": 1}, "large": {"pace": (0.8, 1.2), "scale": 2},
-         "still": {"pace": (0.0, 0.0), "scale": 2}, "wide": {"pace": (1.4, 1.8), "scale": 1, "widen": 1.8}}
+WALKERS = {"fast": {"pace": (2.0, 2.5), "scale": 1}, "large": {"pace": (0.8, 1.2), "scale": 2},
+           "still": {"pace": (0.0, 0.0), "scale": 2}, "wide": {"pace": (1.4, 1.8), "scale": 1, "widen": 1.8}}
+OBJECT_PACE = (1.0, 1.4)  # a walker's pace or a little more: the look must tell these apart, not the speed
+
+
+def bicycle() -> tuple[np.ndarray, np.ndarray]:
+    """A rider on a bicycle in side view, dark strokes 46 px wide and 36 high (a walker's height): grey pixels
+    and their foreground mask."""
+    crop, fg = np.zeros((36, 46), np.uint8), np.zeros((36, 46), np.uint8)
+    for image, wheel, frame, rider in ((crop, 60, 40, 90), (fg, 1, 1, 1)):
+        for x in (10, 36):
+            cv2.circle(image, (x, 27), 8, wheel, 2)
+        for a, b in (((10, 27), (22, 27)), ((22, 27), (30, 16)), ((30, 16), (36, 27)), ((16, 16), (30, 16)),
+                     ((22, 27), (16, 16))):
+            cv2.line(image, a, b, frame, 2)
+        cv2.ellipse(image, (20, 8), (5, 9), 20, 0, 360, rider, -1)
+    return crop, fg.astype(bool)
+
+
+def crate() -> tuple[np.ndarray, np.ndarray]:
+    """A crate 30 px wide and 24 high, light with dark and bright stripes: nothing on a walkway is striped."""
+    crop = np.full((24, 30), 120, np.uint8)
+    crop[:, ::5] = 30
+    crop[::4] = 200
+    return crop, np.ones_like(crop, bool)
+
+
+def face() -> tuple[np.ndarray, np.ndarray]:
+    """A face cut from matplotlib's sample photo into an oval 26 px wide and 38 high: a photo's texture where
+    walkers are blurred and small."""
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        grey = np.asarray(Image.open(f).convert("L"))
+    crop = cv2.resize(grey[40:560, 80:440], (26, 38), interpolation=cv2.INTER_AREA)
+    fg = np.zeros((38, 26), np.uint8)
+    cv2.ellipse(fg, (13, 19), (12, 18), 0, 0, 360, 1, -1)
+    return crop, fg.astype(bool)
+
+
+OBJECTS = {"bicycle": bicycle, "crate": crate, "face": face}
+KINDS = (*WALKERS, *OBJECTS)
+
+
+def paste(kind: str, frames: np.ndarray, donor: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`frames` with `kind` pasted into their middle third (a walker cut out of `donor`, or a drawn object), and
+    their 0/1 labels."""
+    if kind in WALKERS:
+        return paste_walker(frames, donor, 1, seed=seed, **WALKERS[kind])
+    crop, fg = OBJECTS[kind]()
+    return cross(frames, crop, fg, 1, np.random.default_rng(seed), OBJECT_PACE, (110, 190))
 
 
 def write_clip(folder: Path, frames: np.ndarray) -> Path:
@@ -73,7 +125,7 @@ def crowd(engine: Any, name: str, frames: np.ndarray, step: int) -> np.ndarray:
     return motion.crowd(motion_of(name, frames[::step], step, motion.cfg))
 
 
-def validate(root: Path, out: Path, step: int, folds: int) -> dict[str, np.ndarray]:
+def validate(root: Path, out: Path, step: int, folds: int, kinds: list[str]) -> dict[str, np.ndarray]:
     """Every replayed frame of every fold: its clip, kind ("normal" or a pasted kind), label, the crowd of the
     scene and each scorer's score over its threshold (frames without motion, each clip's first, are left
     out)."""
@@ -104,8 +156,8 @@ def validate(root: Path, out: Path, step: int, folds: int) -> dict[str, np.ndarr
             cells = crowd(engine, name, raw, step)
             add(name, "normal", scores(engine, clip_from_path(write_clip(out / "clips" / name, raw), name, name), fps),
                 cells)
-            for kind, how in KINDS.items():
-                pasted, labels = paste_walker(raw, donor, 1, seed=100 * k + i + 1, **how)
+            for kind in kinds:
+                pasted, labels = paste(kind, raw, donor, seed=100 * k + i + 1)
                 path = write_clip(out / "clips" / f"{name}-{kind}", pasted)
                 clip = clip_from_path(path, f"{name}-{kind}", f"{name}-{kind}", labels=labels.tolist())
                 add(f"{name}-{kind}", kind, scores(engine, clip, fps), cells)
@@ -121,7 +173,8 @@ def summarise(table: dict[str, np.ndarray]) -> dict[str, Any]:
     fused = {name: table[name] for name in SCORERS}
     normal = table["kind"] == "normal"
     result: dict[str, Any] = {"normal_frames": int(normal.sum())}
-    for kind in [*KINDS, "all"]:
+    kinds = [kind for kind in KINDS if kind in table["kind"]]
+    for kind in [*kinds, "all"]:
         pasted = (table["label"] == 1) & (True if kind == "all" else table["kind"] == kind)
         y = np.r_[np.zeros(int(normal.sum())), np.ones(int(pasted.sum()))]
         result[kind] = {"frames": int(pasted.sum()), "auroc": {
@@ -142,7 +195,7 @@ def summarise(table: dict[str, np.ndarray]) -> dict[str, Any]:
     result["at_threshold"] = {name: {"normal_flagged": round(float((fused[name][normal] > 1).mean()), 4), **{
         f"caught_{kind}": sum(bool(opening_statistic(fused[name][(table["clip"] == clip) & (table["label"] == 1)],
                                                      events.open_n, events.open_m).max() > 1)
-                              for clip in np.unique(table["clip"][table["kind"] == kind])) for kind in KINDS}}
+                              for clip in np.unique(table["clip"][table["kind"] == kind])) for kind in kinds}}
         for name in fused}
     result["per_clip_auroc"] = per_clip
     return result
@@ -154,9 +207,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="work folder: fold models and pasted clips")
     parser.add_argument("--step", type=int, default=1, help="every n-th native frame (2 = 5 fps)")
     parser.add_argument("--folds", type=int, default=4)
+    parser.add_argument("--kinds", default=",".join(KINDS), help=f"what is pasted, comma-separated: {', '.join(KINDS)}")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    table = validate(args.root, args.out, args.step, args.folds)
+    kinds = args.kinds.split(",")
+    if unknown := sorted(set(kinds) - set(KINDS)):
+        parser.error(f"--kinds: unknown {', '.join(unknown)}; expected some of {', '.join(KINDS)}")
+    table = validate(args.root, args.out, args.step, args.folds, kinds)
     np.savez(args.out / "frames.npz", **table)  # every frame's scores over their thresholds, to try other fusions
     result = {"step": args.step, **summarise(table)}
     (args.out / "fusion_validation.json").write_text(json.dumps(result, indent=2), encoding="utf-8")

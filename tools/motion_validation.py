@@ -68,6 +68,14 @@ def paste_walker(frames: np.ndarray, donor: np.ndarray, step: int, seed: int, pa
         h, w = round(h * scale), round(w * scale * widen)
         crop = cv2.resize(crop, (w, h), interpolation=cv2.INTER_NEAREST)
         fg = cv2.resize(fg.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+    return cross(frames, crop, fg, step, rng, pace, rows)
+
+
+def cross(frames: np.ndarray, crop: np.ndarray, fg: np.ndarray, step: int, rng: np.random.Generator,
+          pace: tuple[float, float], rows: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """`crop`'s foreground pixels `fg` crossing the view, left or right, at a row in `rows` at `pace` times a
+    walker's pace for the middle third of `frames`; returns the frames and their 0/1 labels."""
+    h, w = crop.shape
     row, speed = int(rng.integers(*rows)), float(rng.uniform(*pace)) * PACE_PX
     row = int(np.clip(row, h // 2, 240 - h + h // 2))
     rightward = rng.random() < 0.5
