@@ -21,7 +21,7 @@ the normal frames flagged, false events per hour of the unseen normal clips, and
 caught it and how long after it began.
 The test clips are never read. What it gave is in docs/VALIDATION.md.
 
-    python tools/fusion_validation.py --root ../shared/data/ucsd_ped2 --out /tmp/fusion [--step 2]
+    python tools/fusion_validation.py --root ../shared/data/ucsd_ped2 --out /tmp/fusion [--step 2] [--kinds fast,face]
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+from matplotlib import cbook
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).parent))
-import cv2
-from matplotlib import cbook
 from motion_validation import cross, load_clip, motion_of, paste_walker
 
 from streamvad.config import EventsConfig, load_config
