@@ -40,7 +40,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).parent))
-from motion_validation import cross, load_clip, motion_of, paste_walker
+from motion_validation import ROWS, cross, load_clip, motion_of, paste_walker
 
 from streamvad.config import EventsConfig, load_config
 from streamvad.datasets.base import clip_from_path
@@ -99,7 +99,7 @@ def paste(kind: str, frames: np.ndarray, donor: np.ndarray, seed: int) -> tuple[
     if kind in WALKERS:
         return paste_walker(frames, donor, 1, seed=seed, **WALKERS[kind])
     crop, fg = OBJECTS[kind]()
-    return cross(frames, crop, fg, 1, np.random.default_rng(seed), OBJECT_PACE, (110, 190))
+    return cross(frames, crop, fg, 1, np.random.default_rng(seed), OBJECT_PACE, ROWS)
 
 
 def write_clip(folder: Path, frames: np.ndarray) -> Path:

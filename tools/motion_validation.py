@@ -31,6 +31,7 @@ from streamvad.types import Frame, MotionField
 
 GRID = (15, 22)  # configs/ped2.yaml: 240x352 on EfficientNet-Lite0's stride 16
 PACE_PX = 1.2  # a Ped2 walker's pace, pixels per native (10 fps) frame
+ROWS = (110, 190)  # the rows a pasted walker or object crosses at: the near part of Ped2's walkway
 # what is pasted (paste_walker's arguments): a walker at 2-2.5x a walker's pace, near or, at 0.7x the size and
 # 0.7x the pixels per second, at the far edge of the walkway
 KINDS = {"fast": {"pace": (2.0, 2.5)}, "far": {"pace": (1.4, 1.75), "scale": 0.7, "rows": (95, 125)}}
@@ -50,7 +51,7 @@ def load_clip(folder: Path, step: int, wire: bool = True) -> np.ndarray:
 
 
 def paste_walker(frames: np.ndarray, donor: np.ndarray, step: int, seed: int, pace: tuple[float, float] = (2.0, 2.5),
-                 scale: float = 1, rows: tuple[int, int] = (110, 190), widen: float = 1,
+                 scale: float = 1, rows: tuple[int, int] = ROWS, widen: float = 1,
                  ) -> tuple[np.ndarray, np.ndarray]:
     """A walker cut out of `donor` (its foreground pixels only, against the donor's median background), `scale`
     times its size and `widen` times as wide again (a cyclist's side view is a walker's height and about twice
