@@ -87,3 +87,17 @@ def test_at_threshold_counts_events_as_eval_does(tool: ModuleType) -> None:
     assert (fast["caught"], fast["of"]) == (1, 2)
     assert fast["delay_s_per_clip"] == {"01-fast": pytest.approx(0.4), "02-fast": None}  # opened at the 2nd of 2
     assert fast["delay_median_s"] == pytest.approx(0.4)
+
+
+def test_matched_shares_compare_settings_at_equal_false_alarms(tool: ModuleType) -> None:
+    """Thresholds come from the unseen normal frames' own quantiles, whatever the setting's calibration said."""
+    segment = [0] * 4 + [1] * 4 + [0] * 2
+    table = table_of({
+        "01": ("normal", [0] * 100, list(np.arange(100) / 100)),
+        "01-fast": ("fast", segment, [0.5] * 4 + [2.0] * 4 + [0.5] * 2),  # above every normal frame
+        "02-fast": ("fast", segment, [0.5] * 4 + [0.97] * 4 + [0.5] * 2),  # above the top 3%, not the top 1%
+    })
+    for scale in (1.0, 10.0):  # where the calibrated threshold fell does not matter
+        out = tool.at_matched_shares(table, table["sum"] * scale, ["fast"])
+        assert {share: (m["caught"], m["of"]) for share, m in out.items()} == {"1%": (1, 2), "3%": (2, 2), "5%": (2, 2)}
+        assert out["1%"]["delay_p90_s"] == pytest.approx(0.2)  # opened at the second pasted frame
