@@ -353,6 +353,9 @@ class EventsConfig(_Section):
     clip_pre_s: float = Field(5.0, ge=0.0)  # the clip starts this long before the event opened
     clip_post_s: float = Field(5.0, ge=0.0)  # and ends this long after it closed
     retention_days: float | None = Field(30.0, gt=0.0)  # events and their media older than this are deleted
+    # below this much free space on the media disk, the oldest closed events and their media are deleted first,
+    # whatever their age, so that a full disk never stops new events being recorded; None: never
+    min_free_mb: float | None = Field(1024.0, gt=0.0)
     # at most this many events a day on normal footage, per camera (cameras[].false_alerts_per_day overrides): the
     # threshold is extrapolated from the model's hold-out (scoring/budget.py); None: the calibrated quantile
     false_alerts_per_day: float | None = Field(None, gt=0.0)

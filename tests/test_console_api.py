@@ -283,3 +283,42 @@ def test_old_events_and_their_pictures_are_pruned(tmp_path: Path) -> None:
     assert files == [str(picture), str(sink_snapshot)]
     assert sorted(r["id"] for r in db.query(EventQuery(limit=10))[0]) == ["e002", "e003"]  # open ones stay
     db.close()
+
+
+def test_a_disk_short_of_space_loses_its_oldest_closed_events_first(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Under `events.min_free_mb` free on the media disk the oldest closed events and their pictures go first,
+    whatever their age; an open event never. A floor that no deletion reaches is logged once and kept for
+    /healthz (`short_of_space`), with every closed event gone."""
+    from streamvad.live.serve import EventsProcess
+
+    media = tmp_path / "media"
+    media.mkdir()
+    events = [_event(i, "gate", snapshot=str(media / f"{i}.jpg")) for i in (3, 1, 2)]
+    for event in events:
+        Path(event.snapshot or "").write_bytes(b"jpeg")
+    still_open = _event(4, "gate")
+    still_open.state = "open"
+
+    def process(min_free_mb: float) -> EventsProcess:
+        return EventsProcess(StreamVADConfig.model_validate({"events": {
+            "database": str(tmp_path / "events.db"), "media": str(media), "min_free_mb": min_free_mb}}))
+
+    roomy = process(1.0)  # a megabyte is free wherever this runs: nothing goes
+    roomy.db.commit([*events, still_open], {}, {})
+    roomy.make_room()
+    assert len(roomy.db.query(EventQuery(limit=10))[0]) == 4 and not roomy.short_of_space
+    assert roomy.db.prune_oldest(1) == (1, [str(media / "1.jpg")])  # by start time, not by id or insertion
+    roomy.sinks.close()
+    roomy.db.close()
+
+    full = process(1e12)
+    with caplog.at_level("ERROR", logger="streamvad.live.serve"):
+        full.make_room()
+        full.make_room()
+    assert [r["id"] for r in full.db.query(EventQuery(limit=10))[0]] == ["e004"]
+    assert sorted(p.name for p in media.glob("*.jpg")) == ["1.jpg"]  # prune_oldest leaves files to its caller
+    assert full.short_of_space and full.stats()["short_of_space"]
+    assert len([r for r in caplog.records if "min_free_mb" in r.getMessage()]) == 1
+    full.sinks.close()
+    full.db.close()

@@ -98,7 +98,8 @@ def test_healthz_and_metrics_reflect_child_reports() -> None:
 
 def test_healthz_is_503_with_the_reason_in_each_unhealthy_state() -> None:
     """Each state over real HTTP: a worker loading, stalled or dead, the events process down, crash-looping, not
-    reporting or with a failing sink, a status from an unknown process; one of two workers dead is degraded."""
+    reporting, with a failing sink or short of disk, a status from an unknown process; one of two workers dead is
+    degraded."""
     state = ServeState(stale_after_s=60)
     server = ConsoleServer(state, port=0).start()
 
@@ -144,6 +145,10 @@ def test_healthz_is_503_with_the_reason_in_each_unhealthy_state() -> None:
         events(failing_sinks={"JsonlSink": full})
         code, body = healthz()
         assert code == 503 and body["reasons"] == [f"sink JsonlSink failing: {full}"]
+        events(short_of_space=True)
+        code, body = healthz()
+        assert code == 503 and body["reasons"] == ["media disk below events.min_free_mb with no closed event left to "
+                                                   "delete"]
         events()
         state.set_process("events", alive=False, pid=1, restarts=1, failures=1)
         assert healthz()[1]["reasons"] == ["events process down (restarting)"]

@@ -229,13 +229,22 @@ class EventsDB:
     def prune(self, before: float) -> list[str]:
         """Delete closed events that started before `before` (wall time); returns their media files, for the
         caller to delete (the rows go first: a file left behind is harmless, a row pointing nowhere is not)."""
-        rows = self._db.execute("SELECT snapshot, heatmap, clip, record FROM events WHERE state = 'closed' AND "
-                                "start_wall_time < ?", (before,)).fetchall()
+        return self._delete("start_wall_time < ?", (before,))[1]
+
+    def prune_oldest(self, count: int) -> tuple[int, list[str]]:
+        """Delete the `count` oldest closed events, whatever their age (the media disk runs short of space);
+        returns how many went and their media files, as `prune`."""
+        return self._delete("id IN (SELECT id FROM events WHERE state = 'closed' ORDER BY start_wall_time LIMIT ?)",
+                            (count,))
+
+    def _delete(self, where: str, params: tuple[float | int, ...]) -> tuple[int, list[str]]:
+        rows = self._db.execute(f"SELECT snapshot, heatmap, clip, record FROM events WHERE state = 'closed' AND "
+                                f"{where}", params).fetchall()
         with self._db:
-            self._db.execute("DELETE FROM events WHERE state = 'closed' AND start_wall_time < ?", (before,))
+            self._db.execute(f"DELETE FROM events WHERE state = 'closed' AND {where}", params)
         # the console's pictures, and the snapshot sink's (sinks.snapshots) the event's record names
-        return [path for *files, record in rows
-                for path in [*files, *json.loads(record).get("snapshot_paths", [])] if path]
+        return len(rows), [path for *files, record in rows
+                           for path in [*files, *json.loads(record).get("snapshot_paths", [])] if path]
 
     def close(self) -> None:
         self._db.close()

@@ -166,7 +166,10 @@ class ServeState:
         report = self.reports("events").get("events")
         if report is None:
             return ["events process not reporting"]
-        return [f"sink {name} failing: {error}" for name, error in (report.get("failing_sinks") or {}).items()]
+        problems = [f"sink {name} failing: {error}" for name, error in (report.get("failing_sinks") or {}).items()]
+        if report.get("short_of_space"):
+            problems.append("media disk below events.min_free_mb with no closed event left to delete")
+        return problems
 
     def unknown_problems(self) -> list[str]:
         now = time.monotonic()

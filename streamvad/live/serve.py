@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import queue
+import shutil
 import signal
 import threading
 import time
@@ -69,6 +70,8 @@ _BATCH = 256  # deliveries per commit at most
 _POLL_MS = 200
 _API_WAIT_S = 10.0  # the console waits this long for the main loop to take its request
 _PRUNE_EVERY_S = 3600.0  # how often old events are deleted (events.retention_days)
+_SPACE_EVERY_S = 60.0  # how often the media disk's free space is checked (events.min_free_mb)
+_SPACE_BATCH = 20  # the oldest events deleted at a time until there is room again
 _DROP_LOG_EVERY_S = 10.0
 _LOCAL_STATUS = "tcp://127.0.0.1:*"  # a role's children report to it here (the port is picked at bind)
 
@@ -105,6 +108,8 @@ class EventsProcess:
         self._changed: dict[str, Event] = {}  # events that changed since then, by id
         self._evidence: dict[str, Evidence] = {}  # peak evidence of those whose peak changed
         self._pruned_at = float("-inf")
+        self._space_at = float("-inf")
+        self.short_of_space = False  # under events.min_free_mb with no closed event left to delete
         self._acks: dict[str, tuple[bytes, int]] = {}  # sender -> (its peer, its last message taken in)
         self._restore()
 
@@ -132,7 +137,8 @@ class EventsProcess:
                     "restarts": dict(self.tracker.restarts), "suppressed": dict(self.tracker.suppressed),
                     "events": {c: dict(k) for c, k in self.events.items()}, "webhooks": hooks, "mqtt": mqtt,
                     "sink_errors": self.sinks.errors, "failing_sinks": self.sinks.failing(),
-                    "repeats": self.repeats, "lost": self.lost, "auth_denied": security.denied()}
+                    "repeats": self.repeats, "lost": self.lost, "auth_denied": security.denied(),
+                    "short_of_space": self.short_of_space}
 
     def accept(self, delivery: Delivery) -> None:
         """Take a worker's delivery in order: a repeat of one already taken is only acknowledged again, one
@@ -199,8 +205,9 @@ class EventsProcess:
             log.error("events: cannot write the pictures of %s under %s: %s", camera, self.cfg.events.media, err)
 
     def tick(self) -> None:
-        """Closes events of cameras that went silent (a reader that died mid-event), ends their clips, and once
-        an hour deletes events and pictures older than `events.retention_days`."""
+        """Closes events of cameras that went silent (a reader that died mid-event), ends their clips, once an
+        hour deletes events and pictures older than `events.retention_days`, and once a minute makes room on the
+        media disk (`make_room`)."""
         for tracker in self._trackers():
             self._emit(tracker.expire(time.time()))
         self.media.tick(self.cfg.events.silence_s)
@@ -211,6 +218,34 @@ class EventsProcess:
             self.media.delete(files)
             if files:
                 log.info("events: deleted the events older than %g days and %d picture(s)", days, len(files))
+        if time.monotonic() - self._space_at >= _SPACE_EVERY_S:
+            self._space_at = time.monotonic()
+            self.make_room()
+
+    def make_room(self) -> None:
+        """Below `events.min_free_mb` free on the media disk, delete the oldest closed events and their media
+        until there is room again. A full disk would stop the pictures and clips of new events being written,
+        and the newest events are the ones an operator has yet to review; retention by age alone cannot know
+        how fast a site's clips fill its disk."""
+        floor = self.cfg.events.min_free_mb
+        if floor is None:
+            return
+        root = self.media.layout.root
+        root.mkdir(parents=True, exist_ok=True)
+        deleted, files = 0, 0
+        while (free := shutil.disk_usage(root).free / 2**20) < floor:
+            count, paths = self.db.prune_oldest(_SPACE_BATCH)
+            if count == 0:
+                break
+            self.media.delete(paths)
+            deleted, files = deleted + count, files + len(paths)
+        if deleted:
+            log.warning("events: %.0f MB free under %s (events.min_free_mb %g): deleted the %d oldest event(s) and "
+                        "%d picture(s)", free, root, floor, deleted, files)
+        if free < floor and not self.short_of_space:
+            log.error("events: %.0f MB free under %s, below events.min_free_mb (%g), and no closed event is left to "
+                      "delete: free space on that disk", free, root, floor)
+        self.short_of_space = free < floor
 
     def _trackers(self) -> list[EventTracker]:
         return [self.tracker, *self.faults.values()]
