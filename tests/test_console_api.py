@@ -302,11 +302,12 @@ def test_a_disk_short_of_space_loses_its_oldest_closed_events_first(tmp_path: Pa
 
     def process(min_free_mb: float) -> EventsProcess:
         return EventsProcess(StreamVADConfig.model_validate({"events": {
-            "database": str(tmp_path / "events.db"), "media": str(media), "min_free_mb": min_free_mb}}))
+            "database": str(tmp_path / "events.db"), "media": str(media), "min_free_mb": min_free_mb,
+            "retention_days": None}}))  # the events started in 1970
 
     roomy = process(1.0)  # a megabyte is free wherever this runs: nothing goes
     roomy.db.commit([*events, still_open], {}, {})
-    roomy.make_room()
+    roomy.tick()
     assert len(roomy.db.query(EventQuery(limit=10))[0]) == 4 and not roomy.short_of_space
     assert roomy.db.prune_oldest(1) == (1, [str(media / "1.jpg")])  # by start time, not by id or insertion
     roomy.sinks.close()
@@ -314,7 +315,7 @@ def test_a_disk_short_of_space_loses_its_oldest_closed_events_first(tmp_path: Pa
 
     full = process(1e12)
     with caplog.at_level("ERROR", logger="streamvad.live.serve"):
-        full.make_room()
+        full.tick()  # checks at once, then once a minute
         full.make_room()
     assert [r["id"] for r in full.db.query(EventQuery(limit=10))[0]] == ["e004"]
     assert sorted(p.name for p in media.glob("*.jpg")) == ["1.jpg"]  # prune_oldest leaves files to its caller
