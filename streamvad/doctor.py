@@ -22,11 +22,12 @@ def _version(name: str) -> str:
 def report() -> str:
     import torch
 
-    lines = [f"python        {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs"]
-    lines += [f"{name:<13} {_version(name)}" for name in PACKAGES]
-    cuda = torch.cuda.is_available()
-    gpu = torch.cuda.get_device_name(0) if cuda else "none (CPU path)"
-    lines.append(f"cuda          {gpu}")
-    lines.append(f"torch threads {torch.get_num_threads()}")
-    lines += [f"{tool:<13} {shutil.which(tool) or 'not found'}" for tool in TOOLS]
-    return "\n".join(lines)
+    rows = [("python", f"{platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs")]
+    rows += [(name, _version(name)) for name in PACKAGES]
+    rows.append(("cuda", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU path)"))
+    rows.append(("torch threads", str(torch.get_num_threads())))
+    rows += [(tool, shutil.which(tool) or "not found") for tool in TOOLS]
+    # runs/ (events, media, models) lives under the working folder by default, and a full disk stops event media
+    rows.append(("disk free", f"{shutil.disk_usage(os.getcwd()).free / 2**30:.1f} GB under {os.getcwd()}"))
+    width = max(len(label) for label, _ in rows) + 1
+    return "\n".join(f"{label:<{width}}{value}" for label, value in rows)
