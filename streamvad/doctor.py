@@ -28,6 +28,7 @@ def report() -> str:
     rows.append(("torch threads", str(torch.get_num_threads())))
     rows += [(tool, shutil.which(tool) or "not found") for tool in TOOLS]
     # runs/ (events, media, models) lives under the working folder by default, and a full disk stops event media
-    rows.append(("disk free", f"{shutil.disk_usage(os.getcwd()).free / 2**30:.1f} GB under {os.getcwd()}"))
+    cwd = os.getcwd()
+    rows.append(("disk free", f"{shutil.disk_usage(cwd).free / 2**30:.1f} GB under {cwd}"))
     width = max(len(label) for label, _ in rows) + 1
     return "\n".join(f"{label:<{width}}{value}" for label, value in rows)

@@ -32,10 +32,10 @@ fi
 
 VENV=${1:-.venv}
 # A fresh virtualenv is about 2.5 GB (torch, transformers, OpenCV); pip's own "No space left on device" names neither.
-NEED_KB=$((4 * 1024 * 1024))
+NEED_GB=4
 FREE_KB=$(df -Pk "$(dirname "$VENV")" | awk 'NR == 2 {print $4}')
-if [ ! -x "$VENV/bin/python" ] && [ "$FREE_KB" -lt "$NEED_KB" ]; then
-  echo "setup: $((FREE_KB / 1024)) MB free under $(dirname "$VENV"); a fresh virtualenv $VENV needs about 4 GB" >&2
+if [ ! -x "$VENV/bin/python" ] && [ "$FREE_KB" -lt $((NEED_GB * 1024 * 1024)) ]; then
+  echo "setup: $((FREE_KB / 1024)) MB free under $(dirname "$VENV"); a fresh virtualenv $VENV needs about $NEED_GB GB" >&2
   exit 1
 fi
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
