@@ -5,6 +5,7 @@ database's migration to the console's schema."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import av
@@ -102,6 +103,39 @@ def test_tiles_snapshots_and_a_clip_from_before_the_event_to_after_it(tmp_path: 
     # from a second before the first anomalous frame (4.25 s, the second of the two that opened it) to a second
     # after the last (5.75 s), on stream time
     assert len(times) == len(range(13, 28)) and times[0] == pytest.approx(0.0) and times[-1] == pytest.approx(3.5)
+
+
+def test_a_clip_whose_event_is_deleted_before_it_is_written_leaves_no_file(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Making room deletes the oldest closed events, whose clips may still be recording (`clip_post_s` after the
+    close) or being encoded: neither may land afterwards as a file that no event names."""
+    import streamvad.live.media as media_module
+
+    deleted, write = threading.Event(), media_module.write_clip
+
+    def write_after_the_delete(path: Path, frames: list[tuple[float, bytes]]) -> None:
+        deleted.wait(30.0)  # the encoder is busy with this clip when its event goes: pinned, not left to timing
+        write(path, frames)
+
+    monkeypatch.setattr(media_module, "write_clip", write_after_the_delete)
+    cfg = EventsConfig(media=tmp_path / "media", clip_pre_s=0.5, clip_post_s=30.0, close_quiet_s=0.5, cooldown_s=0.0)
+    media = EventMedia(cfg)
+    tracker = EventTracker(cfg)
+    closed = {}
+    for camera in ("gate", "yard"):
+        for i in range(16):  # anomalous from 1 s to 2 s, closed at 2.5 s; the clip goes on to 32 s
+            verdict = _verdict(camera, i, i / 4, 1.0 <= i / 4 < 2.0)
+            media.observe(verdict, _image(i))
+            for update in tracker.update(verdict, 1000.0 + i / 4):
+                media.handle(update)
+                closed[camera] = update.event
+    assert all(event.state == "closed" and event.clip for event in closed.values())
+    media.end_of_stream("yard")  # the yard's clip goes to the encoder; the gate's is still recording
+    media.delete([closed["gate"].clip, closed["yard"].clip])
+    deleted.set()
+    media.close()
+    assert not list((tmp_path / "media" / "clips").rglob("*.mp4"))
+    assert (media.clips_written, media.clip_errors) == (1, 0)  # the yard's was encoded, then removed
 
 
 def test_the_events_process_keeps_a_frame_as_the_jpeg_it_came_as(tmp_path: Path) -> None:

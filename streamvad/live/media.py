@@ -118,6 +118,9 @@ class EventMedia:
         self._seen_at: dict[str, float] = {}  # when each camera's last frame came (monotonic)
         self._ended: set[str] = set()  # cameras whose stream ended (EOS) with no frame since
         self._jobs: queue.Queue[_Recording | None] = queue.Queue()
+        self._queued: set[Path] = set()  # clips handed to the encoder and not yet written
+        self._dropped: set[Path] = set()  # of those, the clips of events deleted meanwhile
+        self._lock = threading.Lock()  # both sets, between this thread and the encoder's
         self._writer = threading.Thread(target=self._write_clips, name="streamvad-clips", daemon=True)
         self._writer.start()
         self.clips_written = 0
@@ -200,6 +203,8 @@ class EventMedia:
     def _finish(self, rec: _Recording) -> None:
         self._recording.pop(rec.event_id, None)
         if rec.frames:
+            with self._lock:
+                self._queued.add(rec.path)
             self._jobs.put(rec)
 
     def _write_clips(self) -> None:
@@ -210,6 +215,12 @@ class EventMedia:
             except (OSError, av.FFmpegError, ValueError) as err:
                 self.clip_errors += 1
                 log.error("%s: cannot write event clip %s: %s", rec.camera, rec.path, err)
+            with self._lock:
+                self._queued.discard(rec.path)
+                dropped = rec.path in self._dropped
+                self._dropped.discard(rec.path)
+            if dropped:  # its event went while it was encoded: no row would ever name the file
+                rec.path.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Write what is being recorded (the stream ends here) and wait for the encoder."""
@@ -219,6 +230,13 @@ class EventMedia:
         self._writer.join(60.0)
 
     def delete(self, paths: list[str]) -> None:
-        """Remove the files of pruned events (retention); ones already gone are fine."""
-        for path in paths:
-            Path(path).unlink(missing_ok=True)
+        """Remove the files of pruned events (retention, or room on the disk); ones already gone are fine. A clip
+        still recorded or encoded is dropped too: written afterwards, it would be a file no event names, which
+        making room could never delete."""
+        gone = {Path(p) for p in paths}
+        for rec in [r for r in self._recording.values() if r.path in gone]:
+            del self._recording[rec.event_id]
+        with self._lock:
+            self._dropped |= gone & self._queued
+        for path in gone:
+            path.unlink(missing_ok=True)
