@@ -28,7 +28,15 @@ from transformers import (
 )
 
 from streamvad.backbones import Backbone, available_backbones, build_backbone, register_backbone
-from streamvad.backbones.efficientnet_lite import LITE_MEAN, LITE_STD, default_weights_path
+from streamvad.backbones.efficientnet_lite import (
+    LITE_MEAN,
+    LITE_STD,
+    STRIDE16_BLOCK,
+    STRIDE32_BLOCK,
+    EfficientNetLite0,
+    default_weights_path,
+    load_lite0_weights,
+)
 from streamvad.backbones.preprocess import preprocess
 from streamvad.config import BackboneConfig
 from streamvad.errors import ConfigError, InputError, ModelMismatchError
@@ -262,16 +270,34 @@ def test_lite0_recognises_a_real_photo(lite: Backbone) -> None:
     """
     path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
     img = np.asarray(Image.open(path).convert("RGB"))
-    net = lite.net  # type: ignore[attr-defined]
+    published = load_lite0_weights(EfficientNetLite0(), default_weights_path()).eval()  # as served: `lite.net`
     with torch.inference_mode():
         pixels = preprocess([img], (224, 224), LITE_MEAN, LITE_STD)
-        probs = net(pixels).softmax(dim=1)[0]
-        stem = net._conv_stem(pixels)
+        probs = lite.net(pixels).softmax(dim=1)[0]  # type: ignore[attr-defined]
+        stem = published._conv_stem(pixels)
     assert int(probs.argmax()) == 652 and float(probs[652]) > 0.3
     # Input scaling: on a natural photo the stem's pre-BN variance matches the stored running
     # variance (log ratio 0.02 measured; ImageNet mean/std gives +1.6, raw [0, 1] gives -1.4).
-    log_ratio = torch.log(stem.var(dim=(0, 2, 3)) / net._bn0.running_var).median()
+    log_ratio = torch.log(stem.var(dim=(0, 2, 3)) / published._bn0.running_var).median()
     assert abs(float(log_ratio)) < 0.3
+
+
+def test_lite0_serves_its_batchnorms_folded_with_the_published_outputs_and_fingerprint(lite: Backbone) -> None:
+    """The backbone folds every BatchNorm into its convolution (a faster CPU pass): every map it keeps, and the
+    pooled head, are the published network's to float rounding, and its fingerprint is the published weights',
+    so models fitted before the folding are served as they were."""
+    published = load_lite0_weights(EfficientNetLite0(), default_weights_path()).eval()
+    served = lite.net  # type: ignore[attr-defined]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in served.modules())
+    pixels = preprocess(_images(2, shape=(240, 360)), (224, 336), LITE_MEAN, LITE_STD)
+    with torch.inference_mode():
+        want, want_head = published.features(pixels, {1, STRIDE16_BLOCK, STRIDE32_BLOCK})
+        got, got_head = served.features(pixels.contiguous(memory_format=torch.channels_last),
+                                        {1, STRIDE16_BLOCK, STRIDE32_BLOCK})
+    for block, fmap in want.items():
+        np.testing.assert_allclose(got[block].numpy(), fmap.numpy(), atol=1e-5 * float(fmap.abs().max()))
+    np.testing.assert_allclose(got_head.numpy(), want_head.numpy(), atol=1e-5 * float(want_head.abs().max()))
+    assert lite.manifest()["fingerprint"] == "e72b7078fdaece61"  # the published weights', as before the folding
 
 
 def test_lite0_weight_errors(tmp_path: Path) -> None:
