@@ -85,7 +85,8 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.Module) -> nn.Module:
     with torch.no_grad():
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
-        conv.bias = nn.Parameter(bn.bias - bn.running_mean * scale, requires_grad=False)
+        bias = torch.zeros_like(bn.running_mean) if conv.bias is None else conv.bias
+        conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias, requires_grad=False)
     return nn.Identity()
 
 
