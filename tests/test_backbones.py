@@ -270,7 +270,7 @@ def test_lite0_recognises_a_real_photo(lite: Backbone) -> None:
     """
     path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
     img = np.asarray(Image.open(path).convert("RGB"))
-    published = load_lite0_weights(EfficientNetLite0(), default_weights_path()).eval()  # as served: `lite.net`
+    published = load_lite0_weights(EfficientNetLite0(), default_weights_path()).eval()  # its BatchNorms unfolded
     with torch.inference_mode():
         pixels = preprocess([img], (224, 224), LITE_MEAN, LITE_STD)
         probs = lite.net(pixels).softmax(dim=1)[0]  # type: ignore[attr-defined]
