@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import fuse_conv_bn_eval
 
 from streamvad.backbones.common import Features, TorchBackbone, fingerprint
 from streamvad.backbones.registry import register_backbone
@@ -77,17 +78,10 @@ def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=0.01)
 
 
-def fold_batchnorm(conv: nn.Conv2d, bn: nn.Module) -> nn.Module:
-    """Fold `bn`'s running statistics and affine into `conv` (its weights and a bias) and return what replaces
-    `bn`: an identity. At inference the two compute the same (to float rounding), in one pass over the map."""
-    if not isinstance(bn, nn.BatchNorm2d):
-        return bn  # folded already
-    with torch.no_grad():
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
-        bias = torch.zeros_like(bn.running_mean) if conv.bias is None else conv.bias
-        conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias, requires_grad=False)
-    return nn.Identity()
+def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[nn.Conv2d, nn.Module]:
+    """`conv` with `bn` folded into its weights and bias (torch's `fuse_conv_bn_eval`; both in eval mode), and
+    what replaces `bn`: an identity. At inference the two compute the same (to float rounding), in one pass."""
+    return fuse_conv_bn_eval(conv, bn), nn.Identity()
 
 
 class MBConv(nn.Module):
@@ -108,9 +102,9 @@ class MBConv(nn.Module):
 
     def fuse(self) -> None:
         if self.expand:
-            self._bn0 = fold_batchnorm(self._expand_conv, self._bn0)
-        self._bn1 = fold_batchnorm(self._depthwise_conv, self._bn1)
-        self._bn2 = fold_batchnorm(self._project_conv, self._bn2)
+            self._expand_conv, self._bn0 = _folded(self._expand_conv, self._bn0)
+        self._depthwise_conv, self._bn1 = _folded(self._depthwise_conv, self._bn1)
+        self._project_conv, self._bn2 = _folded(self._project_conv, self._bn2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu6(self._bn0(self._expand_conv(x)), inplace=True) if self.expand else x
@@ -149,14 +143,14 @@ class EfficientNetLite0(nn.Module):
         return kept, head.mean(dim=(2, 3))
 
     def fuse(self) -> EfficientNetLite0:
-        """For inference only: every BatchNorm folded into the convolution before it. The outputs stay the same to
-        float rounding (~1e-5 relative), and a CPU forward pass takes two thirds of the time (BatchNorm and
-        ReLU6 were each one more pass over every map; the ReLU6s now run in place). The fused net has another
-        state dict: load weights, and fingerprint them, before fusing."""
-        self._bn0 = fold_batchnorm(self._conv_stem, self._bn0)
+        """For inference only (once, in eval mode): every BatchNorm folded into the convolution before it. The
+        outputs stay the same to float rounding (~1e-5 relative), and a CPU forward pass takes two thirds of the
+        time (BatchNorm and ReLU6 were each one more pass over every map; the ReLU6s now run in place). The fused
+        net has another state dict: load weights, and fingerprint them, before fusing."""
+        self._conv_stem, self._bn0 = _folded(self._conv_stem, self._bn0)
         for block in self._blocks:
             block.fuse()
-        self._bn1 = fold_batchnorm(self._conv_head, self._bn1)
+        self._conv_head, self._bn1 = _folded(self._conv_head, self._bn1)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
