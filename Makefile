@@ -20,10 +20,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	bash tools/setup.sh --system
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist worksteal
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n 2 -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check streamvad tests tools

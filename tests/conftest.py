@@ -23,3 +23,15 @@ def _run_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test, and every process it starts, runs in its own folder: relative defaults such as
     `runs/events.db` and `runs/spool` then never carry state from one test to the next, or into the checkout."""
     monkeypatch.chdir(tmp_path)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first, longest hang guard first: `make test` runs two test processes, which then start on
+    the longest tests at once while the quick ones fill in around them, instead of one long test starting last
+    and running on alone."""
+
+    def order(item: pytest.Item) -> tuple[bool, float]:
+        guard = item.get_closest_marker("timeout")
+        return item.get_closest_marker("slow") is None, -float(guard.args[0] if guard else 0)
+
+    items.sort(key=order)

@@ -107,6 +107,7 @@ def test_models_cli_lists_activates_and_rolls_back(tiny_model: Path, tmp_path: P
         assert len(err) == 1 and expected in err[0], err
 
 
+@pytest.mark.slow
 def test_a_new_current_version_is_swapped_in_between_batches_without_a_gap(tiny_model: Path, tmp_path: Path) -> None:
     """Camera `new` starts learning and `old` on v0001. A version appears for `new` and `old` moves to v0002,
     then rolls back: every frame of `old` is scored exactly once, in order, and verdicts name the version."""
@@ -177,6 +178,7 @@ def site_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
                       name="gate").path
 
 
+@pytest.mark.slow
 def test_enroll_records_fits_and_makes_a_new_current_version(site_clip: Path, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     config = _config_file(tmp_path, [{"id": "gate", "url": str(site_clip), "fps": 4.0,
@@ -242,6 +244,7 @@ def test_enroll_on_a_full_disk_is_one_line_and_leaves_the_store_as_it_was(
     assert not list(store.root.glob(".enrol-*"))
 
 
+@pytest.mark.slow
 def test_an_anomaly_in_5_percent_of_the_enrolment_footage_still_alerts_afterwards(tmp_path: Path) -> None:
     """A walker crosses the lawn for 2 s of a 40 s enrolment. Left in, its patches would be normal from then on,
     and the same walker passing again would score as normal. Scored leave one segment out, its frames are

@@ -152,6 +152,7 @@ def test_k_center_keeps_rare_velocities_within_the_budget() -> None:
     assert len(kept) == 32 and np.isclose(kept, [1.0, 1.0]).all(1).any()
 
 
+@pytest.mark.slow
 def test_calibration_uses_out_of_fold_normal_scores_windowed_as_served() -> None:
     normal = _lanes(400, np.random.default_rng(2))
     clips = np.repeat(np.arange(8), 50)

@@ -88,6 +88,7 @@ def test_a_changed_backbone_or_input_size_is_exported_again(dinov2: Path, tmp_pa
     assert len(list(cache.glob("*.xml"))) == 3
 
 
+@pytest.mark.slow
 def test_int8_is_calibrated_on_normal_frames_and_stays_close(dinov2: Path, tmp_path: Path) -> None:
     frames = tmp_path / "normal" / "exemplars"
     frames.mkdir(parents=True)

@@ -85,6 +85,7 @@ def test_deliveries_verify_with_the_standardwebhooks_library_and_keep_their_id_o
     assert sink.stats()["retries"] == 1 and not library_receiver.errors
 
 
+@pytest.mark.slow
 def test_another_key_fails_the_library_check_and_streamvad_receive_checks_standard_headers(tmp_path: Path) -> None:
     other = "whsec_" + base64.b64encode(bytes(32)).decode("ascii")
     wrong = LibraryReceiver(other)
