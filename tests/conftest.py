@@ -32,6 +32,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
     def order(item: pytest.Item) -> tuple[bool, float]:
         guard = item.get_closest_marker("timeout")
-        return item.get_closest_marker("slow") is None, -float(guard.args[0] if guard else 0)
+        seconds = (guard.args[0] if guard.args else guard.kwargs.get("timeout", 0)) if guard else 0
+        return item.get_closest_marker("slow") is None, -float(seconds)
 
     items.sort(key=order)
