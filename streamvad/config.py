@@ -458,6 +458,14 @@ class StreamVADConfig(_Section):
                                  f"{self.serve.workers} (workers are numbered from 0)")
         return self
 
+    def camera(self, camera_id: str) -> CameraConfig:
+        """The camera with this id, or one line naming the configured ones (`--camera` on the command line)."""
+        found = next((c for c in self.cameras if c.id == camera_id), None)
+        if found is None:
+            known = ", ".join(c.id for c in self.cameras) or "none"
+            raise ConfigError(f"--camera: no camera {camera_id!r} in cameras (configured: {known})")
+        return found
+
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 

@@ -65,10 +65,7 @@ class Enrolment:
 
 def camera_store(cfg: StreamVADConfig, camera_id: str) -> tuple[CameraConfig, ModelStore]:
     """The camera and its model store, or one line saying why it cannot be enrolled."""
-    camera = next((c for c in cfg.cameras if c.id == camera_id), None)
-    if camera is None:
-        known = ", ".join(c.id for c in cfg.cameras) or "none"
-        raise ConfigError(f"--camera: no camera {camera_id!r} in cameras (configured: {known})")
+    camera = cfg.camera(camera_id)
     root = camera.model or cfg.model_dir
     if root is None:
         raise ConfigError(f"cameras.{camera_id}.model: no model store to enrol into; set it to a directory "

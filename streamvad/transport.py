@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import os
+import socket
 import time
 import uuid
 from collections import Counter, OrderedDict
@@ -318,6 +319,25 @@ def private_socket_dir(folder: Path) -> None:
                         f"{st.st_mode & 0o777:o}, owner uid {st.st_uid}; use another path or chmod 700 it")
 
 
+def ipc_in_use(path: str, wait_s: float = 1.0) -> bool:
+    """Whether a process listens on the ipc:// socket file at `path`. ZeroMQ binds over a live ipc socket without a
+    word, so a second `serve` with the same endpoints would quietly take the first one's frames or requests. A
+    listener that is closing (a socket of this process closed a moment ago) is given `wait_s` to go."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(wait_s)
+            try:
+                probe.connect(path)
+            except TimeoutError:
+                return True  # its backlog is full: someone listens
+            except OSError:
+                return False  # no file, or a stale one nobody listens on
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(0.05)
+
+
 def _socket(kind: int, endpoints: str | Sequence[str], bind: bool, linger_ms: int,
             options: dict[int, int | bytes]) -> tuple[zmq.Socket, str]:
     """Create, configure and bind/connect a socket; options must be set before bind/connect to apply.
@@ -328,7 +348,11 @@ def _socket(kind: int, endpoints: str | Sequence[str], bind: bool, linger_ms: in
     listed = [endpoints] if isinstance(endpoints, str) else list(endpoints)
     for endpoint in listed if bind else ():
         if endpoint.startswith("ipc://"):
-            private_socket_dir(Path(endpoint[len("ipc://"):]).parent)
+            path = endpoint[len("ipc://"):]
+            private_socket_dir(Path(path).parent)
+            if ipc_in_use(path):
+                raise WireError(f"cannot bind {endpoint}: another process listens there (a second serve with the "
+                                f"same transport endpoints?); give each its own")
     sock = zmq.Context.instance().socket(kind)
     sock.setsockopt(zmq.LINGER, linger_ms)
     for opt, value in options.items():
@@ -349,7 +373,7 @@ class ControlServer:
     """`serve`'s control socket (REP, bound): each request (an `EnrolRequest`) gets one `ControlReply`; a malformed
     one is answered with what is wrong with it, and counted."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str | Sequence[str]) -> None:
         self._sock, self.endpoint = _socket(zmq.REP, endpoint, True, 0, {zmq.MAXMSGSIZE: 1 << 16})
         self.malformed = 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,10 +20,16 @@ def one_torch_thread() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def _run_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _run_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Every test, and every process it starts, runs in its own folder: relative defaults such as
-    `runs/events.db` and `runs/spool` then never carry state from one test to the next, or into the checkout."""
+    `runs/events.db` and `runs/spool` then never carry state from one test to the next, or into the checkout.
+    Its own runtime directory too, where the default ipc:// sockets live: two tests' `serve`s running at once
+    on two test processes would otherwise both bind /tmp/streamvad-<uid>/control. (A short path: a socket's
+    path must fit in 107 bytes.)"""
     monkeypatch.chdir(tmp_path)
+    with tempfile.TemporaryDirectory(prefix="sv-") as runtime:
+        monkeypatch.setenv("XDG_RUNTIME_DIR", runtime)
+        yield
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

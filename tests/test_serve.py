@@ -22,10 +22,11 @@ import yaml
 import zmq
 
 from streamvad.bench.throughput import PLACE, free_tcp_endpoint
+from streamvad.config import TransportConfig
 from streamvad.console.server import ConsoleServer
 from streamvad.datasets.synthetic import AnomalySpec, make_scene
 from streamvad.live.health import Buckets, ServeState
-from streamvad.transport import encode_status
+from streamvad.transport import FramePuller, encode_status
 from tests.receiver import WebhookReceiver
 from tests.rtsp_server import RTSPTestServer, free_port, gstreamer_missing
 from tests.test_worker import tiny_model
@@ -305,7 +306,7 @@ def serve_factory(tmp_path: Path, tiny_model: Path) -> Iterator[Callable[..., Se
 
 
 def _camera(body: dict[str, Any], cam: str) -> dict[str, Any]:
-    return body["cameras"].get(cam) or {}
+    return body.get("cameras", {}).get(cam) or {}  # {} too while serve does not answer
 
 
 @pytest.fixture(scope="module")
@@ -327,6 +328,65 @@ def _skip_without_rtsp() -> None:
     reason = gstreamer_missing()
     if reason:
         pytest.skip(reason)
+
+
+def test_a_second_serve_on_the_default_sockets_exits_with_one_line(tiny_model: Path, tmp_path: Path) -> None:
+    """Two `serve`s with the default ipc:// endpoints on one host: the second is told, where ZeroMQ would have let
+    it take the first one's status reports (and, next, its control requests and frames)."""
+    config = serve_config(tmp_path, tiny_model, [{"id": "gate", "url": "gate.mp4"}], free_port(), free_port())
+    doc = yaml.safe_load(config.read_text(encoding="utf-8"))
+    doc["transport"] = {"insecure": True}  # every endpoint at its default, in this test's runtime directory
+    config.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    first = FramePuller(TransportConfig().status)  # the first serve's status socket, as serve binds it
+    try:
+        second = subprocess.run([sys.executable, "-m", "streamvad", "serve", "--config", str(config)],
+                                capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "WEBHOOK_SECRET": SECRET})
+    finally:
+        first.close()
+    assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr[-3000:]
+    assert f"cannot bind {TransportConfig().status}: another process listens there" in second.stderr.strip()
+    assert second.stderr.strip().count("\n") == 0
+
+
+def _children(pid: int) -> dict[int, str]:
+    """Live (not zombie) processes whose parent is `pid`: pid -> name."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            name, rest = stat.read_text().rsplit(")", 1)
+        except OSError:  # gone meanwhile
+            continue
+        state, ppid = rest.split()[:2]
+        if int(ppid) == pid and state != "Z":
+            out[int(stat.parent.name)] = name.split("(", 1)[1]
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_children_stop_when_serve_is_killed_9(serve_factory: Callable[..., Serve], looped_clip: Path) -> None:
+    """serve killed without a word (kill -9, the OOM killer): its reader, worker and events processes stop within
+    seconds instead of reading the camera on, holding its session and their sockets, forever."""
+    with WebhookReceiver(secret=SECRET) as receiver:
+        serve = serve_factory([{"id": "gate", "url": str(looped_clip), "loop": True, "realtime": True}],
+                              receiver.port)
+        serve.wait("camera online", lambda b: _camera(b, "gate").get("online", False), 120)
+        children = _children(serve.proc.pid)
+        assert len(children) >= 3, children  # reader, worker, events (and multiprocessing's resource tracker)
+        serve.proc.kill()
+        serve.proc.wait(10)
+        deadline = time.monotonic() + 60  # 1 s to notice, then the usual shutdown; a hang guard
+        while time.monotonic() < deadline and any(map(_alive, children)):
+            time.sleep(0.2)
+    assert not [name for pid, name in children.items() if _alive(pid)], serve.log.read_text()[-3000:]
+    assert "is gone; stopping" in serve.log.read_text()
 
 
 @pytest.mark.slow

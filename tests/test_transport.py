@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -349,3 +351,31 @@ def test_sockets_from_transport_config(tmp_path: Path) -> None:
     finally:
         reader.close()
         worker.close()
+
+
+def test_an_ipc_endpoint_another_process_listens_on_is_refused_and_a_dead_ones_is_taken(tmp_path: Path) -> None:
+    """ZeroMQ would bind over the live socket without a word and take its frames; a second serve with the same
+    endpoints must be told instead. The file a killed process leaves behind is no obstacle."""
+    endpoint = ipc(tmp_path, "frames")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, zmq; s = zmq.Context().socket(zmq.PULL); "
+                               f"s.bind({endpoint!r}); print('bound', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "bound"
+        with pytest.raises(WireError, match=r"cannot bind ipc://.*/frames: another process listens there"):
+            FramePuller(endpoint)
+    finally:
+        holder.kill()
+        holder.wait(10)
+    assert (tmp_path / "frames").exists()  # left behind by the killed process
+    worker = FramePuller(endpoint)
+    worker.close()
+    again = FramePuller(endpoint)  # a socket this process closed a moment ago is no obstacle either
+    reader = FramePusher(endpoint, policy="block")
+    try:
+        reader.send(make_frame(index=5))
+        msg = again.recv(3000)
+        assert msg is not None and msg.frame is not None and msg.frame.index == 5
+    finally:
+        reader.close()
+        again.close()

@@ -63,24 +63,25 @@ def owned(cfg: StreamVADConfig, index: int) -> list[CameraConfig]:
     return [c for c in cfg.cameras if owner(c, cfg.serve.workers) == index]
 
 
-def worker_endpoints(frames: str, n: int) -> list[str]:
-    """The frame endpoint readers connect to for each of `n` workers: `{worker}` in `frames` replaced by the
-    index (one host name per worker, e.g. tcp://streamvad-worker-{worker}.streamvad-worker:5555 in
-    Kubernetes), else tcp port + i or ipc path + "-i"; one worker uses `frames` as it is."""
-    if "{worker}" in frames:
-        if not frames.startswith("tcp://") or not frames.rpartition(":")[2].isdigit():
-            raise ConfigError(f"transport.frames: {frames!r} with {{worker}} must be tcp://HOST:PORT")
-        return [frames.replace("{worker}", str(i)) for i in range(n)]
+def worker_endpoints(endpoint: str, n: int, field: str = "transport.frames") -> list[str]:
+    """Each of `n` workers' endpoint, from the one configured (`field`: the frames readers send, or serve's control
+    socket): `{worker}` replaced by the index (one host name per worker, e.g.
+    tcp://streamvad-worker-{worker}.streamvad-worker:5555 in Kubernetes), else tcp port + i or ipc path + "-i";
+    one worker uses `endpoint` as it is."""
+    if "{worker}" in endpoint:
+        if not endpoint.startswith("tcp://") or not endpoint.rpartition(":")[2].isdigit():
+            raise ConfigError(f"{field}: {endpoint!r} with {{worker}} must be tcp://HOST:PORT")
+        return [endpoint.replace("{worker}", str(i)) for i in range(n)]
     if n == 1:
-        return [frames]
-    if frames.startswith("tcp://"):
-        host, _, port = frames[len("tcp://"):].rpartition(":")
+        return [endpoint]
+    if endpoint.startswith("tcp://"):
+        host, _, port = endpoint[len("tcp://"):].rpartition(":")
         if not port.isdigit():
-            raise ConfigError(f"transport.frames: {frames!r} needs an explicit port for {n} workers")
+            raise ConfigError(f"{field}: {endpoint!r} needs an explicit port for {n} workers")
         return [f"tcp://{host}:{int(port) + i}" for i in range(n)]
-    if frames.startswith("ipc://"):
-        return [f"{frames}-{i}" for i in range(n)]
-    raise ConfigError(f"transport.frames: {frames!r} must be tcp:// or ipc:// to run {n} workers")
+    if endpoint.startswith("ipc://"):
+        return [f"{endpoint}-{i}" for i in range(n)]
+    raise ConfigError(f"{field}: {endpoint!r} must be tcp:// or ipc:// to run {n} workers")
 
 
 def bind_endpoint(frames: str, endpoint: str) -> str:
@@ -100,6 +101,13 @@ def bind_endpoint(frames: str, endpoint: str) -> str:
 def camera_endpoint(cfg: StreamVADConfig, camera: CameraConfig) -> str:
     """The frame endpoint the camera's reader sends to: its owner's, and no other worker's."""
     return worker_endpoints(cfg.transport.frames, cfg.serve.workers)[owner(camera, cfg.serve.workers)]
+
+
+def control_endpoint(cfg: StreamVADConfig, camera: CameraConfig) -> str:
+    """Where `enroll --serve` asks for `camera`: its owner's control socket, as each `serve --role worker` binds
+    its own (on one host, two would otherwise bind one ipc:// file)."""
+    return worker_endpoints(cfg.transport.control, cfg.serve.workers, "transport.control")[
+        owner(camera, cfg.serve.workers)]
 
 
 def model_path(cfg: StreamVADConfig, camera: CameraConfig) -> Path | None:

@@ -369,21 +369,17 @@ def _check(cfg: StreamVADConfig, role: Role) -> None:
 def _cameras(cfg: StreamVADConfig, role: Role) -> list[CameraConfig]:
     if not role.runs("reader"):
         return []
-    if role.camera is None:
-        return list(cfg.cameras)
-    chosen = [c for c in cfg.cameras if c.id == role.camera]
-    if not chosen:
-        known = ", ".join(c.id for c in cfg.cameras)
-        raise ConfigError(f"--camera: no camera {role.camera!r} in cameras (configured: {known})")
-    return chosen
+    return list(cfg.cameras) if role.camera is None else [cfg.camera(role.camera)]
 
 
-def _worker_endpoints(cfg: StreamVADConfig, role: Role) -> dict[int, str]:
-    """Worker index -> the frame endpoint it binds: all of them for `all`, the role's own for `worker`."""
+def _worker_endpoints(cfg: StreamVADConfig, role: Role,
+                      which: Literal["frames", "control"] = "frames") -> dict[int, str]:
+    """Worker index -> the frame (or control) endpoint it binds: all of them for `all`, the role's own for `worker`."""
     if not role.runs("worker"):
         return {}
-    frames = cfg.transport.frames
-    endpoints = {i: bind_endpoint(frames, ep) for i, ep in enumerate(worker_endpoints(frames, cfg.serve.workers))}
+    configured = getattr(cfg.transport, which)
+    endpoints = {i: bind_endpoint(configured, ep)
+                 for i, ep in enumerate(worker_endpoints(configured, cfg.serve.workers, f"transport.{which}"))}
     if role.name == "all":
         return endpoints
     if role.worker_index not in endpoints:
@@ -497,7 +493,9 @@ class _Serve:
         site = Site(self.cfg, self.state, self._enrol_from_api if self.role.runs("worker") else None) \
             if self.role.runs("events") else None
         health = ConsoleServer(self.state, self.cfg.serve.http_host, self.cfg.serve.http_port, site).start()
-        control = ControlServer(self.cfg.transport.control) if self.role.runs("worker") else None
+        # each worker's cameras are enrolled through its own control socket (fleet.control_endpoint)
+        control = ControlServer(list(_worker_endpoints(self.cfg, self.role, "control").values())) \
+            if self.role.runs("worker") else None
         code = 0
         try:
             cfg = self.child_cfg = self._child_config(status.endpoint)

@@ -4,13 +4,15 @@ Every reader, worker and the events process is its own spawned process, so a cam
 segfaults or hangs takes nothing else down: the watchdog restarts just that child after an
 exponentially growing delay (reset once it has run for a while). Children report to the
 supervisor with `StatusReporter`, and leave shutdown to it: they ignore SIGINT (a Ctrl-C reaches
-the whole process group) and act on the SIGTERM the supervisor sends in its chosen order.
+the whole process group) and act on the SIGTERM the supervisor sends in its chosen order. A child whose
+supervisor is gone without a word (killed -9, or by the OOM killer) stops by itself.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import signal
 import threading
 import time
@@ -45,6 +47,19 @@ def setup_child(stop: threading.Event, log_level: int, *, interrupt: bool = Fals
             raise Terminated
 
     signal.signal(signal.SIGTERM, on_term)
+    threading.Thread(target=_stop_without_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
+
+
+def _stop_without_parent(parent: int, interval_s: float = 1.0, grace_s: float = 10.0) -> None:
+    """SIGTERM to this child once its parent is gone, and exit if that has not stopped it within `grace_s`. An
+    orphaned reader would hold its camera's session (many cameras allow one or two) and an orphaned worker its
+    sockets, which the next `serve` could then not bind."""
+    while os.getppid() == parent:
+        time.sleep(interval_s)
+    log.error("my supervisor (pid %d) is gone; stopping", parent)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(grace_s)
+    os._exit(1)
 
 
 class StatusReporter:
