@@ -18,12 +18,16 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/streamvad demo --out demo-out
 
+# Two test processes, each (and every process a test starts) on one thread of torch, OpenMP and OpenBLAS: with
+# their default of a thread per core, the two processes' thread pools spin against each other for the same two cores.
+TEST_ENV := OMP_NUM_THREADS=1
+
 test: $(STAMP)
 	bash tools/setup.sh --system
-	$(PY) -m pytest -q -n 2 --dist worksteal
+	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist worksteal
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n 2 -m "not slow"
+	$(TEST_ENV) $(PY) -m pytest -q -n 2 -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check streamvad tests tools

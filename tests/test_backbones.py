@@ -262,6 +262,22 @@ def test_lite0_multiscale_concatenates_stride32(lite: Backbone) -> None:
     assert m == json.loads(json.dumps(m))
 
 
+def test_on_the_cpu_large_maps_run_in_passes_of_a_few_frames_with_the_same_embeddings(
+        lite: Backbone, hf_dirs: dict[str, Path]) -> None:
+    """Lite0's largest map at 224x336 is 96 x 112 x 168 float32 a frame (7.2 MB): passes of 4 frames keep it within
+    the 32 MiB below which the heap's pages are reused; a tiny ViT's maps are small, so its passes are batch_size."""
+    big = build_backbone(BackboneConfig(name="efficientnet-lite0", device="cpu", batch_size=16))
+    assert big._largest_activation_bytes() == 96 * 112 * 168 * 4
+    assert big.forward_frames == 4 and lite.forward_frames == 3  # never more than batch_size
+    assert _hf("dinov2", hf_dirs, batch_size=3).forward_frames == 3
+    images = _images(6, shape=(240, 360))
+    with torch.inference_mode():
+        whole = big._forward(big.pixels(images), (), False, big.num_layers)  # one pass of all 6
+    out = big.embed(images)  # passes of 4 and 2
+    np.testing.assert_allclose(out.patches, whole.patches.numpy(), atol=1e-5)
+    np.testing.assert_allclose(out.global_, whole.global_.numpy(), atol=1e-5)
+
+
 def test_lite0_recognises_a_real_photo(lite: Backbone) -> None:
     """Grace Hopper in uniform (matplotlib sample) is ImageNet class 652 'military uniform'.
 
