@@ -117,8 +117,8 @@ class TorchBackbone(ABC):
     def forward_frames(self) -> int:
         """Frames a forward pass takes: `batch_size`, or on the CPU (torch runtime) as many as keep the largest
         activation within CPU_ACTIVATION_BYTES. EfficientNet-Lite0 at 224x336 has a 7 MB map a frame: in passes
-        of 4 frames it embeds 40 frames/s on one thread and 74 on two, in passes of 16 23 and 36. Scoring still
-        takes the whole batch at once."""
+        of 4 frames it embeds 36-39 frames/s on one thread and 73-76 on two, in passes of 16 23 and 38-43.
+        Scoring still takes the whole batch at once."""
         if self.device.type != "cpu" or self.runtime != "torch":
             return self.batch_size
         return max(1, min(self.batch_size, CPU_ACTIVATION_BYTES // max(1, self._largest_activation_bytes())))
