@@ -33,10 +33,10 @@ def _run_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The slow tests first, longest hang guard first. `make test` hands the first half of this order to one test
-    process and the second half to the other, and a process whose queue runs dry takes the back half of the
-    other's (xdist's `worksteal`). So the longest test, the demo, starts at once, where alphabetically it could
-    start late and run on alone at the end."""
+    """The slow tests first, longest hang guard first. `make test` hands each test process an equal, contiguous share
+    of this order (the first share, with every slow test, to the first process), and a process whose queue runs dry
+    takes the back half of another's (xdist's `worksteal`). So the longest test, the demo, starts at once, where
+    alphabetically it could start late and run on alone at the end."""
 
     def order(item: pytest.Item) -> tuple[bool, float]:
         guard = item.get_closest_marker("timeout")
