@@ -242,12 +242,12 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if args.serve:
         from streamvad import security
-        from streamvad.live.fleet import control_endpoint
+        from streamvad.live.fleet import camera_endpoint
         from streamvad.messages import WIRE_VERSION, EnrolRequest
         from streamvad.transport import control_request
 
         security.configure(cfg.transport)
-        reply = control_request(control_endpoint(cfg, cfg.camera(args.camera)), EnrolRequest(
+        reply = control_request(camera_endpoint(cfg, cfg.camera(args.camera), "control"), EnrolRequest(
             v=WIRE_VERSION, type="enrol", camera=args.camera, duration_s=float(args.duration)))
         if not reply.ok:
             raise InputError(f"serve refused: {reply.message}")

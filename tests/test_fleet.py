@@ -21,7 +21,7 @@ from streamvad.bench.throughput import free_tcp_endpoint
 from streamvad.config import CameraConfig, EventsConfig, ServeConfig, StreamVADConfig, TransportConfig, WorkerConfig
 from streamvad.datasets.synthetic import AnomalySpec, make_scene
 from streamvad.errors import ConfigError
-from streamvad.live.fleet import LEARNING, SCORING, check_models, control_endpoint, load_fleet, owned, owner
+from streamvad.live.fleet import LEARNING, SCORING, camera_endpoint, check_models, load_fleet, owned, owner
 from streamvad.live.health import ServeState
 from streamvad.live.pictures import PicturePolicy
 from streamvad.live.serve import Role, _worker_endpoints
@@ -55,17 +55,17 @@ def test_each_worker_binds_its_own_control_socket_and_enrolment_asks_the_cameras
     refused); `enroll --serve` reaches the worker whose backbone the camera's enrolment then runs on."""
     cfg = site([{"id": "gate", "worker": 0}, {"id": "yard", "worker": 1}], workers=2,
                transport={"control": "ipc:///run/sv/control"})
-    assert [control_endpoint(cfg, cfg.camera(c)) for c in ("gate", "yard")] == ["ipc:///run/sv/control-0",
-                                                                             "ipc:///run/sv/control-1"]
+    assert [camera_endpoint(cfg, cfg.camera(c), "control") for c in ("gate", "yard")] == [
+        "ipc:///run/sv/control-0", "ipc:///run/sv/control-1"]
     assert _worker_endpoints(cfg, Role("worker", worker_index=1), "control") == {1: "ipc:///run/sv/control-1"}
     assert _worker_endpoints(cfg, Role(), "control") == {0: "ipc:///run/sv/control-0", 1: "ipc:///run/sv/control-1"}
     one = site([{"id": "gate"}], transport={"control": "tcp://127.0.0.1:5560", "insecure": True})
-    assert control_endpoint(one, one.camera("gate")) == "tcp://127.0.0.1:5560"  # one worker: as configured
+    assert camera_endpoint(one, one.camera("gate"), "control") == "tcp://127.0.0.1:5560"  # one worker: as configured
     with pytest.raises(ConfigError, match=r"^--camera: no camera 'lobby' in cameras \(configured: gate, yard\)$"):
         cfg.camera("lobby")
     with pytest.raises(ConfigError, match=r"^transport\.control: 'tcp://10\.0\.0\.1' needs an explicit port"):
-        control_endpoint(site([{"id": "gate"}], workers=2, transport={"control": "tcp://10.0.0.1"}),
-                         CameraConfig(id="gate", url="x"))
+        camera_endpoint(site([{"id": "gate"}], workers=2, transport={"control": "tcp://10.0.0.1"}),
+                        CameraConfig(id="gate", url="x"), "control")
 
 
 def test_cameras_without_a_model_are_learning_and_not_scored(tiny_model: Path, tmp_path: Path) -> None:

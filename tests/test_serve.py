@@ -349,25 +349,25 @@ def test_a_second_serve_on_the_default_sockets_exits_with_one_line(tiny_model: P
     assert second.stderr.strip().count("\n") == 0
 
 
-def _children(pid: int) -> dict[int, str]:
-    """Live (not zombie) processes whose parent is `pid`: pid -> name."""
-    out = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            name, rest = stat.read_text().rsplit(")", 1)
-        except OSError:  # gone meanwhile
-            continue
-        state, ppid = rest.split()[:2]
-        if int(ppid) == pid and state != "Z":
-            out[int(stat.parent.name)] = name.split("(", 1)[1]
-    return out
+def _stat(pid: int) -> tuple[str, str, int] | None:
+    """A process's name, state and parent pid from /proc, or None once it is gone."""
+    try:
+        name, rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)
+    except OSError:
+        return None
+    state, ppid = rest.split()[:2]
+    return name.split("(", 1)[1], state, int(ppid)
 
 
 def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    stat = _stat(pid)
+    return stat is not None and stat[1] != "Z"
+
+
+def _children(pid: int) -> dict[int, str]:
+    """Live (not zombie) processes whose parent is `pid`: pid -> name."""
+    stats = {int(p.name): _stat(int(p.name)) for p in Path("/proc").glob("[0-9]*")}
+    return {child: s[0] for child, s in stats.items() if s is not None and s[2] == pid and s[1] != "Z"}
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from streamvad.backbones.base import Backbone
 from streamvad.config import CameraConfig, EventsConfig, ScoringConfig, StreamVADConfig
@@ -98,16 +98,12 @@ def bind_endpoint(frames: str, endpoint: str) -> str:
     return endpoint
 
 
-def camera_endpoint(cfg: StreamVADConfig, camera: CameraConfig) -> str:
-    """The frame endpoint the camera's reader sends to: its owner's, and no other worker's."""
-    return worker_endpoints(cfg.transport.frames, cfg.serve.workers)[owner(camera, cfg.serve.workers)]
-
-
-def control_endpoint(cfg: StreamVADConfig, camera: CameraConfig) -> str:
-    """Where `enroll --serve` asks for `camera`: its owner's control socket, as each `serve --role worker` binds
-    its own (on one host, two would otherwise bind one ipc:// file)."""
-    return worker_endpoints(cfg.transport.control, cfg.serve.workers, "transport.control")[
-        owner(camera, cfg.serve.workers)]
+def camera_endpoint(cfg: StreamVADConfig, camera: CameraConfig, which: Literal["frames", "control"] = "frames") -> str:
+    """The camera's owner's endpoint in `transport.<which>`, and no other worker's: where its reader sends frames,
+    and where `enroll --serve` asks for it (each `serve --role worker` binds its own control socket; on one host,
+    two would otherwise bind one ipc:// file)."""
+    endpoints = worker_endpoints(getattr(cfg.transport, which), cfg.serve.workers, f"transport.{which}")
+    return endpoints[owner(camera, cfg.serve.workers)]
 
 
 def model_path(cfg: StreamVADConfig, camera: CameraConfig) -> Path | None:

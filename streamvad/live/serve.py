@@ -493,7 +493,7 @@ class _Serve:
         site = Site(self.cfg, self.state, self._enrol_from_api if self.role.runs("worker") else None) \
             if self.role.runs("events") else None
         health = ConsoleServer(self.state, self.cfg.serve.http_host, self.cfg.serve.http_port, site).start()
-        # each worker's cameras are enrolled through its own control socket (fleet.control_endpoint)
+        # each worker's cameras are enrolled through its own control socket (fleet.camera_endpoint)
         control = ControlServer(list(_worker_endpoints(self.cfg, self.role, "control").values())) \
             if self.role.runs("worker") else None
         code = 0
