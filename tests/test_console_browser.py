@@ -118,7 +118,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serve, Came
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Chromium keeps its singleton socket in a directory under TMPDIR that it leaves behind on quit; the
+    test's own TMPDIR keeps /tmp clean."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -127,7 +129,8 @@ def browser() -> Iterator[Any]:
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--window-size=1400,1000"):
         options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    env = {**os.environ, "TMPDIR": str(tmp_path_factory.mktemp("chromium-tmp"))}
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER), env=env), options=options)
     try:
         yield driver
     finally:
