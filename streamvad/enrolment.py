@@ -38,12 +38,14 @@ from streamvad.errors import ConfigError, InputError, StreamVADError
 from streamvad.live.fleet import model_path, owned, owner
 from streamvad.model_store import ModelStore, Version
 from streamvad.normality import chroma_store
+from streamvad.parent_watch import exit_with_parent
 from streamvad.scoring.engine import ModelInfo
 from streamvad.sources import open_source
 from streamvad.sources.live import redact_url
 from streamvad.sources.shrink import limit_size
 
 log = logging.getLogger(__name__)
+_WORK = ".enrol-"  # the store's hidden folder of an enrolment under way: .enrol-<unix time>-<pid>
 
 Report = Callable[..., None]  # hears of an enrolment's progress: report(phase=..., recorded_s=...)
 
@@ -205,6 +207,7 @@ def _fit_child(cfg: StreamVADConfig, clips: list[Clip], out: Path, previous: Pat
 
     from streamvad.offline.pipeline import fit
 
+    exit_with_parent()  # an enrolment killed -9 leaves no fit running for nobody
     os.nice(10)
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
@@ -220,6 +223,26 @@ def _fit_child(cfg: StreamVADConfig, clips: list[Clip], out: Path, previous: Pat
                 "serving_bytes": res.serving_bytes, "stages": res.stages})
 
 
+def _remove_dead_work(root: Path) -> None:
+    """The hidden folders of enrolments whose process is gone (killed -9, a power cut): a recording no fit will
+    finish, which would hold its disk space forever. A folder whose process still runs is another enrolment's."""
+    for work in root.glob(f"{_WORK}*"):
+        pid = work.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(work, ignore_errors=True)
+            log.warning("%s: removed the unfinished enrolment of a process that is gone", work)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
 def check_enrolment(cfg: StreamVADConfig, camera_id: str, duration_s: float) -> tuple[CameraConfig, ModelStore]:
     """The camera and its store, once an enrolment of `duration_s` is known to make sense (else one line)."""
     camera, store = camera_store(cfg, camera_id)
@@ -233,7 +256,8 @@ def enrol(cfg: StreamVADConfig, camera_id: str, duration_s: float, *, progress: 
     hears of each phase (recording, with the stream seconds recorded; fitting)."""
     t0 = time.monotonic()
     camera, store = check_enrolment(cfg, camera_id, duration_s)
-    work = store.root / f".enrol-{int(time.time())}-{os.getpid()}"
+    _remove_dead_work(store.root)
+    work = store.root / f"{_WORK}{int(time.time())}-{os.getpid()}"
     try:
         work.mkdir(parents=True)
     except OSError as err:

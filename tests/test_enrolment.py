@@ -29,6 +29,7 @@ from streamvad.model_store import ModelStore
 from streamvad.offline.event_metrics import ClipVerdicts, RaisedEvent, raise_events
 from streamvad.scoring.engine import load_engine
 from streamvad.transport import FramePusher, VerdictInbox
+from tests import procs
 from tests.test_worker import TEST_BACKBONE, make_frame, tiny_model
 
 __all__ = ["tiny_model"]
@@ -183,21 +184,59 @@ def test_enroll_records_fits_and_makes_a_new_current_version(site_clip: Path, tm
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     config = _config_file(tmp_path, [{"id": "gate", "url": str(site_clip), "fps": 4.0,
                                       "model": str(tmp_path / "models" / "gate")}])
-    assert main(["enroll", "--config", str(config), "--camera", "gate", "--duration", "8s", "--no-progress"]) == 0
+    # what earlier enrolments left: one whose process is gone (killed -9: its recording goes) and one whose
+    # process still runs (an enrolment under way: it stays)
+    gone, running = subprocess.Popen(["true"]), subprocess.Popen(["sleep", "300"])
+    gone.wait()
+    dead_work, live_work = (tmp_path / "models" / "gate" / f".enrol-1700000000-{p.pid}" for p in (gone, running))
+    for work in (dead_work, live_work):
+        (work / "frames").mkdir(parents=True)
+    try:
+        assert main(["enroll", "--config", str(config), "--camera", "gate", "--duration", "8s", "--no-progress"]) == 0
+    finally:
+        running.kill()
+        running.wait()
     assert "gate: version v0001 is current (" in capsys.readouterr().out
     store = ModelStore(tmp_path / "models" / "gate")
     record = store.current().record
     assert (record["recorded_frames"], record["segments"], record["previous"]) == (32, 10, None)
     assert record["excluded_outliers"] <= 1 and record["fitted_frames"] == 32 - record["excluded_outliers"]
     assert record["n_holdout"] >= 2 and record["thresholds"]
-    assert not list(store.root.glob(".enrol-*"))  # the recording is gone, only the version stays
+    # this enrolment's recording is gone, only the version stays; so is the dead one's, not the running one's
+    assert [p.name for p in store.root.glob(".enrol-*")] == [live_work.name]
 
     assert main(["enroll", "--config", str(config), "--camera", "gate", "--duration", "8s", "--no-progress"]) == 0
     assert store.current().name == "v0002" and store.current().record["previous"] == "v0001"
+    assert not list(store.root.glob(".enrol-*"))  # its process has stopped since
 
     cfg = StreamVADConfig.model_validate(yaml.safe_load(config.read_text()))
     worker = build_worker(cfg)
     assert worker.fleet.versions() == {"gate": "v0002"}
+
+
+@pytest.mark.slow
+def test_an_enrolment_killed_9_while_fitting_leaves_no_fit_running(site_clip: Path, tmp_path: Path) -> None:
+    """The fit runs in a child of the enrolment; an enrolment killed -9 (the OOM killer, a reboot of serve) takes
+    it along at once instead of leaving it to fit on for nobody, and the store gains no version."""
+    config = _config_file(tmp_path, [{"id": "gate", "url": str(site_clip), "fps": 4.0,
+                                      "model": str(tmp_path / "models" / "gate")}])
+    log = tmp_path / "enroll.log"
+    with log.open("w") as err:
+        enroll = subprocess.Popen([sys.executable, "-m", "streamvad", "enroll", "--config", str(config), "--camera",
+                                   "gate", "--duration", "8s", "--no-progress"], stderr=err)
+    try:
+        deadline = time.monotonic() + 120  # a hang guard: recording 8 s of footage, then the fit starts
+        while not (fits := [pid for pid in procs.children(enroll.pid) if "spawn_main" in procs.cmdline(pid)]):
+            assert enroll.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.05)
+        enroll.kill()
+        enroll.wait()
+        while any(map(procs.alive, fits)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        enroll.kill()
+    assert not any(map(procs.alive, fits)) and "is gone; exiting" in log.read_text(), log.read_text()[-2000:]
+    assert ModelStore(tmp_path / "models" / "gate").versions() == []
 
 
 def test_enroll_refuses_bad_input_in_one_line_and_leaves_the_current_version(

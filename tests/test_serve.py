@@ -27,6 +27,7 @@ from streamvad.console.server import ConsoleServer
 from streamvad.datasets.synthetic import AnomalySpec, make_scene
 from streamvad.live.health import Buckets, ServeState
 from streamvad.transport import FramePuller, encode_status
+from tests import procs
 from tests.receiver import WebhookReceiver
 from tests.rtsp_server import RTSPTestServer, free_port, gstreamer_missing
 from tests.test_worker import tiny_model
@@ -349,27 +350,6 @@ def test_a_second_serve_on_the_default_sockets_exits_with_one_line(tiny_model: P
     assert second.stderr.strip().count("\n") == 0
 
 
-def _stat(pid: int) -> tuple[str, str, int] | None:
-    """A process's name, state and parent pid from /proc, or None once it is gone."""
-    try:
-        name, rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)
-    except OSError:
-        return None
-    state, ppid = rest.split()[:2]
-    return name.split("(", 1)[1], state, int(ppid)
-
-
-def _alive(pid: int) -> bool:
-    stat = _stat(pid)
-    return stat is not None and stat[1] != "Z"
-
-
-def _children(pid: int) -> dict[int, str]:
-    """Live (not zombie) processes whose parent is `pid`: pid -> name."""
-    stats = {int(p.name): _stat(int(p.name)) for p in Path("/proc").glob("[0-9]*")}
-    return {child: s[0] for child, s in stats.items() if s is not None and s[2] == pid and s[1] != "Z"}
-
-
 @pytest.mark.slow
 def test_children_stop_when_serve_is_killed_9(serve_factory: Callable[..., Serve], looped_clip: Path) -> None:
     """serve killed without a word (kill -9, the OOM killer): its reader, worker and events processes stop within
@@ -378,14 +358,14 @@ def test_children_stop_when_serve_is_killed_9(serve_factory: Callable[..., Serve
         serve = serve_factory([{"id": "gate", "url": str(looped_clip), "loop": True, "realtime": True}],
                               receiver.port)
         serve.wait("camera online", lambda b: _camera(b, "gate").get("online", False), 120)
-        children = _children(serve.proc.pid)
+        children = procs.children(serve.proc.pid)
         assert len(children) >= 3, children  # reader, worker, events (and multiprocessing's resource tracker)
         serve.proc.kill()
         serve.proc.wait(10)
         deadline = time.monotonic() + 60  # 1 s to notice, then the usual shutdown; a hang guard
-        while time.monotonic() < deadline and any(map(_alive, children)):
+        while time.monotonic() < deadline and any(map(procs.alive, children)):
             time.sleep(0.2)
-    assert not [name for pid, name in children.items() if _alive(pid)], serve.log.read_text()[-3000:]
+    assert not [name for pid, name in children.items() if procs.alive(pid)], serve.log.read_text()[-3000:]
     assert "is gone; stopping" in serve.log.read_text()
 
 

@@ -22,6 +22,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from streamvad.live.health import ServeState
+from streamvad.parent_watch import on_parent_exit
 from streamvad.transport import FramePusher
 
 log = logging.getLogger(__name__)
@@ -47,15 +48,12 @@ def setup_child(stop: threading.Event, log_level: int, *, interrupt: bool = Fals
             raise Terminated
 
     signal.signal(signal.SIGTERM, on_term)
-    threading.Thread(target=_stop_without_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
+    on_parent_exit(_stop_without_parent)
 
 
-def _stop_without_parent(parent: int, interval_s: float = 1.0, grace_s: float = 10.0) -> None:
-    """SIGTERM to this child once its parent is gone, and exit if that has not stopped it within `grace_s`. An
-    orphaned reader would hold its camera's session (many cameras allow one or two) and an orphaned worker its
-    sockets, which the next `serve` could then not bind."""
-    while os.getppid() == parent:
-        time.sleep(interval_s)
+def _stop_without_parent(parent: int, grace_s: float = 10.0) -> None:
+    """SIGTERM to this child once its supervisor is gone (parent_watch), and exit if that has not stopped it
+    within `grace_s`: a reader or worker closes its camera session and sockets as on any stop."""
     log.error("my supervisor (pid %d) is gone; stopping", parent)
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(grace_s)

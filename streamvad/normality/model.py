@@ -49,6 +49,7 @@ from streamvad.normality import chroma_store, hdbscan_, hnsw_index, kmeans, knnn
 from streamvad.normality.coreset import coreset_rows, token_coreset
 from streamvad.normality.nnn import NNN_FILE, NNNState
 from streamvad.normality.tokens import chunk_size, token_block
+from streamvad.parent_watch import exit_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -381,7 +382,7 @@ class NormalityModel:
         """
         location = self.chroma_location(directory)
         self.save_memory(directory)
-        return chroma_process(directory, location)
+        return chroma_process(directory, location, with_parent=True)
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -499,17 +500,21 @@ def _chroma_location(directory: Path, server: dict[str, str] | None) -> chroma_s
     return chroma_store.ChromaLocation(url=server["url"], prefix=server["prefix"])
 
 
-def chroma_process(directory: Path, location: chroma_store.ChromaLocation) -> BaseProcess:
+def chroma_process(directory: Path, location: chroma_store.ChromaLocation, *,
+                   with_parent: bool = False) -> BaseProcess:
     """Chroma written at `location` from the memory files saved in `directory`, by a process of its own, started
-    now (its client holds the GIL while it writes)."""
-    proc = mp.get_context("spawn").Process(target=_write_saved_chroma, args=(directory, location),
+    now (its client holds the GIL while it writes). `with_parent`: it exits when the process that started it
+    is gone, for a fit's record, which nobody uses if the fit dies; a committed version's record is finished."""
+    proc = mp.get_context("spawn").Process(target=_write_saved_chroma, args=(directory, location, with_parent),
                                            name="streamvad-chroma")
     proc.start()
     return proc
 
 
-def _write_saved_chroma(directory: Path, location: chroma_store.ChromaLocation) -> None:
+def _write_saved_chroma(directory: Path, location: chroma_store.ChromaLocation, with_parent: bool) -> None:
     """Process entry (`NormalityModel.chroma_writer`): Chroma from the memory files in `directory`."""
+    if with_parent:
+        exit_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     train = np.load(directory / "train.npy", mmap_mode="r")
