@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import io
 import json
 import logging
@@ -22,7 +23,7 @@ import socket
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
@@ -346,13 +347,43 @@ def _socket(kind: int, endpoints: str | Sequence[str], bind: bool, linger_ms: in
     resolved to the port actually bound, so the other side can be told where to connect.
     """
     listed = [endpoints] if isinstance(endpoints, str) else list(endpoints)
-    for endpoint in listed if bind else ():
-        if endpoint.startswith("ipc://"):
-            path = endpoint[len("ipc://"):]
+    paths = sorted(e[len("ipc://"):] for e in listed if e.startswith("ipc://")) if bind else []
+    with contextlib.ExitStack() as locks:
+        for path in paths:
             private_socket_dir(Path(path).parent)
+            locks.enter_context(_bind_lock(path))
             if ipc_in_use(path):
-                raise WireError(f"cannot bind {endpoint}: another process listens there (a second serve with the "
+                raise WireError(f"cannot bind ipc://{path}: another process listens there (a second serve with the "
                                 f"same transport endpoints?); give each its own")
+        return _open(kind, listed, bind, linger_ms, options)
+
+
+@contextlib.contextmanager
+def _bind_lock(path: str, timeout_s: float = 10.0) -> Iterator[None]:
+    """Held from the in-use probe of an ipc:// socket file to its bind, so two processes starting at once cannot
+    both find it free and both bind it (the second would take it over). An flock on `<path>.lock`, which the
+    kernel drops with a process that dies holding it."""
+    try:
+        lock = open(f"{path}.lock", "a")  # noqa: SIM115 - the with below closes it; an error here is one line
+    except OSError as err:
+        raise WireError(f"cannot bind ipc://{path}: cannot open {path}.lock ({err.strerror})") from None
+    with lock:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise WireError(f"cannot bind ipc://{path}: {path}.lock stayed locked {timeout_s:g} s (another "
+                                    "process binding it hangs?)") from None
+                time.sleep(0.02)
+        yield  # closing the file releases the lock
+
+
+def _open(kind: int, listed: list[str], bind: bool, linger_ms: int,
+          options: dict[int, int | bytes]) -> tuple[zmq.Socket, str]:
+    """_socket past its ipc:// checks."""
     sock = zmq.Context.instance().socket(kind)
     sock.setsockopt(zmq.LINGER, linger_ms)
     for opt, value in options.items():

@@ -353,6 +353,44 @@ def test_sockets_from_transport_config(tmp_path: Path) -> None:
         worker.close()
 
 
+def test_two_processes_binding_one_ipc_endpoint_at_once_cannot_both_take_it(tmp_path: Path) -> None:
+    """The in-use probe and the bind happen under an flock on `<path>.lock`: a process that comes while another is
+    between its probe and its bind waits, then finds that one's socket and is refused, instead of both finding the
+    path free and the second binding over the first."""
+    endpoint = ipc(tmp_path, "frames")
+    first = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, zmq\n"
+        f"lock = open({str(tmp_path / 'frames.lock')!r}, 'a'); fcntl.flock(lock, fcntl.LOCK_EX)\n"
+        "print('probed', flush=True); sys.stdin.readline()\n"
+        f"s = zmq.Context().socket(zmq.PULL); s.bind({endpoint!r}); lock.close()\n"
+        "print('bound', flush=True); sys.stdin.read()")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    outcome: list[BaseException | FramePuller] = []
+
+    def second() -> None:
+        try:
+            outcome.append(FramePuller(endpoint))
+        except WireError as err:
+            outcome.append(err)
+
+    try:
+        assert first.stdin is not None and first.stdout is not None
+        assert first.stdout.readline().strip() == "probed"  # it holds the lock, its socket not yet bound
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(0.5)
+        assert thread.is_alive() and not outcome  # waiting for the lock, not binding the free-looking path
+        first.stdin.write("bind\n")
+        first.stdin.flush()
+        assert first.stdout.readline().strip() == "bound"
+        thread.join(30)
+    finally:
+        first.kill()
+        first.wait(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], WireError), outcome
+    assert "another process listens there" in str(outcome[0])
+
+
 def test_an_ipc_endpoint_another_process_listens_on_is_refused_and_a_dead_ones_is_taken(tmp_path: Path) -> None:
     """ZeroMQ would bind over the live socket without a word and take its frames; a second serve with the same
     endpoints must be told instead. The file a killed process leaves behind is no obstacle."""
