@@ -234,6 +234,7 @@ def _remove_dead_work(root: Path) -> None:
 
 
 def _running(pid: int) -> bool:
+    """Whether a process `pid` exists (signal 0 checks without sending anything)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
