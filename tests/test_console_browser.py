@@ -182,7 +182,10 @@ def _shoot(driver: Any, name: str) -> None:
     folder = os.environ.get("STREAMVAD_SCREENSHOTS")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(1400, max(1000, height + 140))  # the whole page (140: the window's own frame)
         driver.save_screenshot(str(Path(folder) / f"console-{name}.png"))
+        driver.set_window_size(1400, 1000)
 
 
 def test_log_in_review_an_event_mark_it_normal_and_undo(site: tuple[Serve, Camera, Path], browser: Any) -> None:
@@ -212,9 +215,16 @@ def test_log_in_review_an_event_mark_it_normal_and_undo(site: tuple[Serve, Camer
                                                                        f'#event-list li[data-id="{event["id"]}"]'),
           20, serve)
     _shoot(browser, "events")
+    closed = _wait("the event's clip", lambda: (e := _api(serve, f"/events/{event['id']}"))["clip_url"] and e, 60,
+                   serve)
     browser.get(f"{serve.base}/#/events/{event['id']}")
     _wait("snapshot, heatmap and exemplar pictures", lambda: all(_loaded(browser, s) for s in
                                                                  ("#snapshot", "#heatmap", "#exemplar")), 20, serve)
+    clip = browser.find_element(By.ID, "clip")
+    _wait("the clip", clip.is_displayed, 10, serve)
+    # until it plays, the clip shows the event's peak frame, not a black box
+    assert clip.get_attribute("poster").endswith(closed["snapshot_url"])
+    assert clip.get_attribute("src").endswith(closed["clip_url"])
     _shoot(browser, "event")
 
     browser.find_element(By.ID, "normal").click()

@@ -231,7 +231,12 @@ async function eventPage(id) {
     } else {
       $("#exemplar-caption", main).textContent = "No exemplar kept for this model";
     }
-    if (ev.clip_url && !$("#clip", main).src) $("#clip", main).src = ev.clip_url;
+    $("#clip-figure", main).hidden = !ev.clip_url;  // clips off, or the event still open
+    if (ev.clip_url && !$("#clip", main).src) {
+      if (ev.snapshot_url) $("#clip", main).poster = ev.snapshot_url;  // the peak frame until it plays
+      $("#clip", main).src = ev.clip_url;
+      $("#clip-caption", main).textContent = "Clip, from before it opened to after it closed";
+    }
     $("#normal", main).disabled = !ev.can_mark_normal || ev.review === "normal";
     $("#undo", main).disabled = !ev.marked_version;
     $("#reviewed", main).disabled = ev.review !== "unreviewed";
