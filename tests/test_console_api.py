@@ -227,6 +227,9 @@ def test_cameras_list_detail_and_versions(console: Console) -> None:
     gate = httpx.get(f"{console.url}/api/cameras/gate", headers=_auth()).json()
     assert gate["store"] and [v["name"] for v in gate["versions"]][:1] == ["v0001"]
     assert "distance/topk" in gate["thresholds"]
+    # what decides its alerts, out of every rule the model calibrated
+    assert gate["scorer"] == "distance/topk+motion:sum", gate["scorer"]
+    assert gate["scorer_thresholds"] == {k: gate["thresholds"][k] for k in ("distance/topk", "motion")}
     yard = httpx.get(f"{console.url}/api/cameras/yard", headers=_auth()).json()
     assert not yard["store"] and yard["versions"] == []
     assert httpx.post(f"{console.url}/api/cameras/yard/rollback", headers=_auth()).status_code == 409

@@ -247,4 +247,7 @@ def test_log_in_review_an_event_mark_it_normal_and_undo(site: tuple[Serve, Camer
     browser.get(f"{serve.base}/#/cameras/gate")
     _wait("the camera's versions", lambda: len(browser.find_elements(By.CSS_SELECTOR, "#versions tbody tr")) == 2,
           20, serve)
+    assert browser.find_element(By.ID, "scorer").text.startswith("distance/topk+motion:sum: appearance and motion")
+    decides = [row.text.split()[0] for row in browser.find_elements(By.CSS_SELECTOR, "#scorer-thresholds tr")]
+    assert decides == ["distance/topk", "motion"]  # the other rules' thresholds fold away
     _shoot(browser, "camera")

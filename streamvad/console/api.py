@@ -128,7 +128,9 @@ class CameraOut(BaseModel):
 
 class CameraDetail(CameraOut):
     versions: list[VersionOut]
-    thresholds: dict[str, float]
+    thresholds: dict[str, float]  # every rule the model calibrated
+    scorer: str | None  # what decides its alerts ("distance/topk+motion:sum"), and its parts' thresholds
+    scorer_thresholds: dict[str, float]
     store: bool
 
 
@@ -283,9 +285,10 @@ def _api(site: Site, auth: Auth) -> APIRouter:
                                created_at=v.created_at, source=v.record.get("source"), event=v.record.get("event"))
                     for v in (store.versions() if store is not None else [])]
         model = current.path if current is not None else _version_dir(cfg, camera, None)
+        thresholds = exemplars.thresholds(model) if model is not None else {}
+        scorer, parts = exemplars.scorer(model, thresholds) if model is not None else (None, {})
         return CameraDetail(**_camera_status(camera_id, site.state.cameras().get(camera_id, {})), versions=versions,
-                            thresholds=exemplars.thresholds(model) if model is not None else {},
-                            store=store is not None)
+                            thresholds=thresholds, scorer=scorer, scorer_thresholds=parts, store=store is not None)
 
     @router.get("/cameras/{camera_id}/latest.jpg", tags=["cameras"])
     def latest(camera_id: str, _: Reader) -> Response:

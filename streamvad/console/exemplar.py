@@ -4,7 +4,8 @@ comparison the score itself made.
 
 Each memory row records its training frame (`frames.npy`), and `fit` keeps a small JPEG of every frame the
 memory holds a row of (`exemplars/<frame>.jpg`, see offline/exemplars.py). Memories are loaded on first use
-and a few are kept, since an operator reviews several events of one camera in a row.
+and a few are kept, since an operator reviews several events of one camera in a row. The camera page's facts
+about a model (its thresholds, the scorer that decides its alerts) are read here too, from its files alone.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from streamvad.layout import MOTION_DIR, NORMALITY_DIR
 from streamvad.model_store import version_name
 from streamvad.normality.model import NormalityModel
 from streamvad.offline.exemplars import EXEMPLARS, exemplar_path
+from streamvad.scoring.engine import ModelInfo
 from streamvad.types import Evidence
 
 _KEEP = 4  # memories held at once
@@ -79,3 +81,29 @@ class Exemplars:
             found = doc.get("thresholds", {}) if "thresholds" in doc else {"motion": doc.get("threshold")}
             out.update({str(k): float(v) for k, v in found.items() if isinstance(v, int | float)})
         return out
+
+    @staticmethod
+    def scorer(model_dir: Path, thresholds: dict[str, float]) -> tuple[str | None, dict[str, float]]:
+        """The scorer that decides the camera's alerts, named as `eval --rules` names it ("distance/topk+motion:sum"),
+        and the thresholds of its parts, out of the model's `thresholds`: what an operator asks first, where the
+        model also calibrates rules it is not served with. (None, {}) for an image detector or an unreadable
+        model.json."""
+        try:
+            info = ModelInfo.load(model_dir)
+        except StreamVADError:
+            return None, {}
+        if info.kind != "knnn":
+            return info.kind, {}
+        scoring = info.scoring
+        appearance = f"{scoring.method}/{scoring.rule}"
+        parts = {appearance: scoring.frame_threshold if scoring.frame_threshold is not None
+                 else thresholds.get(appearance)}
+        if "motion" not in thresholds or scoring.motion == "appearance":
+            name = appearance
+        elif scoring.motion == "motion":
+            name, parts = "motion", {}
+        else:
+            name = f"{appearance}+motion:{scoring.fusion}"
+        if name != appearance:
+            parts["motion"] = thresholds["motion"]
+        return name, {k: v for k, v in parts.items() if v is not None}

@@ -249,6 +249,16 @@ async function eventPage(id) {
 
 // ----------------------------------------------------------------- one camera
 
+function thresholdRows(tbody, entries) {
+  tbody.replaceChildren(...entries.map(([k, v]) => {
+    const tr = document.createElement("tr");
+    tr.innerHTML = "<th></th><td></td>";
+    tr.cells[0].textContent = k;
+    tr.cells[1].textContent = v.toFixed(3);
+    return tr;
+  }));
+}
+
 async function cameraPage(id) {
   const main = show("camera-page");
   const render = async () => {
@@ -269,13 +279,13 @@ async function cameraPage(id) {
       return tr;
     }));
     $("#rollback", main).disabled = !cam.versions.length || cam.versions[0].current;  // oldest first
-    $("#thresholds tbody", main).replaceChildren(...Object.entries(cam.thresholds).map(([k, v]) => {
-      const tr = document.createElement("tr");
-      tr.innerHTML = "<th></th><td></td>";
-      tr.cells[0].textContent = k;
-      tr.cells[1].textContent = v.toFixed(3);
-      return tr;
-    }));
+    $("#scorer", main).textContent = !cam.scorer ? "No model yet."
+      : cam.scorer.includes("+motion")
+        ? `${cam.scorer}: appearance and motion, each on a scale where normal footage's median is 0 and the part's ` +
+          `own threshold (below) is 1, joined by ${cam.scorer.split(":").pop()}; a frame above 1 is anomalous.`
+        : `${cam.scorer}: a frame above its threshold is anomalous.`;
+    thresholdRows($("#scorer-thresholds tbody", main), Object.entries(cam.scorer_thresholds));
+    thresholdRows($("#thresholds tbody", main), Object.entries(cam.thresholds).filter(([k]) => !(k in cam.scorer_thresholds)));
     $("#enrolment", main).textContent = cam.enrolment ? `enrolment: ${JSON.stringify(cam.enrolment)}` : "";
   };
   $("#rollback", main).onclick = () => act(`/cameras/${encodeURIComponent(id)}/rollback`).then(render);
