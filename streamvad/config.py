@@ -466,6 +466,12 @@ class StreamVADConfig(_Section):
             raise ConfigError(f"--camera: no camera {camera_id!r} in cameras (configured: {known})")
         return found
 
+    @property
+    def served_scoring(self) -> ScoringConfig | None:
+        """The scoring every camera is served with when this config sets a `scoring` section, else None: each
+        model keeps the scoring it was fitted with."""
+        return self.scoring if "scoring" in self.model_fields_set else None
+
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 

@@ -286,7 +286,7 @@ def _api(site: Site, auth: Auth) -> APIRouter:
                     for v in (store.versions() if store is not None else [])]
         model = current.path if current is not None else _version_dir(cfg, camera, None)
         thresholds = exemplars.thresholds(model) if model is not None else {}
-        scorer, parts = exemplars.scorer(model, thresholds) if model is not None else (None, {})
+        scorer, parts = exemplars.scorer(model, thresholds, cfg.served_scoring) if model is not None else (None, {})
         return CameraDetail(**_camera_status(camera_id, site.state.cameras().get(camera_id, {})), versions=versions,
                             thresholds=thresholds, scorer=scorer, scorer_thresholds=parts, store=store is not None)
 

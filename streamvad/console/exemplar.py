@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from streamvad.config import ScoringConfig
 from streamvad.errors import StreamVADError
 from streamvad.layout import MOTION_DIR, NORMALITY_DIR
 from streamvad.model_store import version_name
@@ -83,18 +84,19 @@ class Exemplars:
         return out
 
     @staticmethod
-    def scorer(model_dir: Path, thresholds: dict[str, float]) -> tuple[str | None, dict[str, float]]:
+    def scorer(model_dir: Path, thresholds: dict[str, float],
+               served: ScoringConfig | None) -> tuple[str | None, dict[str, float]]:
         """The scorer that decides the camera's alerts, named as `eval --rules` names it ("distance/topk+motion:sum"),
         and the thresholds of its parts, out of the model's `thresholds`: what an operator asks first, where the
-        model also calibrates rules it is not served with. (None, {}) for an image detector or an unreadable
-        model.json."""
+        model also calibrates rules it is not served with. `served`: the site's scoring (`served_scoring`), else the
+        model's own, as the worker decides. (None, {}) for an image detector or an unreadable model.json."""
         try:
             info = ModelInfo.load(model_dir)
         except StreamVADError:
             return None, {}
         if info.kind != "knnn":
             return info.kind, {}
-        scoring = info.scoring
+        scoring = served or info.scoring
         appearance = f"{scoring.method}/{scoring.rule}"
         parts = {appearance: scoring.frame_threshold if scoring.frame_threshold is not None
                  else thresholds.get(appearance)}

@@ -345,7 +345,7 @@ def build_worker(cfg: StreamVADConfig, index: int = 0, frames_endpoint: str | No
     cameras = owned(cfg, index)
     if not cfg.cameras and cfg.model_dir is None:
         raise ConfigError("model_dir: serve needs a fitted model directory (run `streamvad fit`)")
-    scoring = cfg.scoring if "scoring" in cfg.model_fields_set else None  # else the rule the model was fitted with
+    scoring = cfg.served_scoring
     fleet = load_fleet(cfg, cameras, scoring)
     live = cfg.transport.frame_max_side, cfg.transport.jpeg_quality
     for path, engine in fleet.engines.items():
