@@ -229,7 +229,9 @@ def test_cameras_list_detail_and_versions(console: Console) -> None:
     assert "distance/topk" in gate["thresholds"]
     # what decides its alerts, out of every rule the model calibrated
     assert gate["scorer"] == "distance/topk+motion:sum", gate["scorer"]
-    assert gate["scorer_thresholds"] == {k: gate["thresholds"][k] for k in ("distance/topk", "motion")}
+    parts = gate["scorer_thresholds"]  # each part's 1 on the fusion scale, and the sum's own threshold
+    assert list(parts) == ["distance/topk, crowd-corrected", "motion", "sum"]
+    assert parts["motion"] == gate["thresholds"]["motion"]
     yard = httpx.get(f"{console.url}/api/cameras/yard", headers=_auth()).json()
     assert not yard["store"] and yard["versions"] == []
     assert httpx.post(f"{console.url}/api/cameras/yard/rollback", headers=_auth()).status_code == 409

@@ -87,9 +87,11 @@ class Exemplars:
     def scorer(model_dir: Path, thresholds: dict[str, float],
                served: ScoringConfig | None) -> tuple[str | None, dict[str, float]]:
         """The scorer that decides the camera's alerts, named as `eval --rules` names it ("distance/topk+motion:sum"),
-        and the thresholds of its parts, out of the model's `thresholds`: what an operator asks first, where the
-        model also calibrates rules it is not served with. `served`: the site's scoring (`served_scoring`), else the
-        model's own, as the worker decides. (None, {}) for an image detector or an unreadable model.json."""
+        and the thresholds that decide with it: what an operator asks first, where the model also calibrates rules
+        it is not served with. `served`: the site's scoring (`served_scoring`), else the model's own, as the worker
+        decides. Fused, the parts are the crowd-corrected appearance's and motion's thresholds (each part's 1 on
+        the fusion scale) and, for `sum`, the sum's own (motion/fusion.py). (None, {}) for an image detector or an
+        unreadable model.json."""
         try:
             info = ModelInfo.load(model_dir)
         except StreamVADError:
@@ -98,14 +100,17 @@ class Exemplars:
             return info.kind, {}
         scoring = served or info.scoring
         appearance = f"{scoring.method}/{scoring.rule}"
-        parts = {appearance: scoring.frame_threshold if scoring.frame_threshold is not None
-                 else thresholds.get(appearance)}
         if "motion" not in thresholds or scoring.motion == "appearance":
-            name = appearance
-        elif scoring.motion == "motion":
-            name, parts = "motion", {}
-        else:
-            name = f"{appearance}+motion:{scoring.fusion}"
-        if name != appearance:
-            parts["motion"] = thresholds["motion"]
-        return name, {k: v for k, v in parts.items() if v is not None}
+            own = scoring.frame_threshold if scoring.frame_threshold is not None else thresholds.get(appearance)
+            return appearance, {} if own is None else {appearance: own}
+        if scoring.motion == "motion":
+            return "motion", {"motion": thresholds["motion"]}
+        try:
+            meta = json.loads((model_dir / MOTION_DIR / "motion.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            meta = {}
+        sums, looks = meta.get("sum_thresholds", {}), meta.get("appearance_thresholds", {})
+        fusion = "sum" if scoring.fusion == "sum" and appearance in sums else "max"  # older models: max (kinds)
+        parts = {f"{appearance}, crowd-corrected": looks.get(appearance, thresholds.get(appearance)),
+                 "motion": thresholds["motion"], "sum": sums.get(appearance) if fusion == "sum" else None}
+        return f"{appearance}+motion:{fusion}", {k: float(v) for k, v in parts.items() if v is not None}

@@ -279,11 +279,12 @@ async function cameraPage(id) {
       return tr;
     }));
     $("#rollback", main).disabled = !cam.versions.length || cam.versions[0].current;  // oldest first
+    const fusion = cam.scorer && cam.scorer.includes("+motion") ? cam.scorer.split(":").pop() : null;
     $("#scorer", main).textContent = !cam.scorer ? "No model yet."
-      : cam.scorer.includes("+motion")
-        ? `${cam.scorer}: appearance and motion, each on a scale where normal footage's median is 0 and the part's ` +
-          `own threshold (below) is 1, joined by ${cam.scorer.split(":").pop()}; a frame above 1 is anomalous.`
-        : `${cam.scorer}: a frame above its threshold is anomalous.`;
+      : !fusion ? `${cam.scorer}: a frame above its threshold is anomalous.`
+        : `${cam.scorer}: appearance and motion, each on a scale where normal footage's median is 0 and the ` +
+          `part's threshold 1, ` + (fusion === "sum" ? "summed; a frame is anomalous when the sum passes its own threshold."
+            : "and a frame is anomalous when either passes 1.");
     thresholdRows($("#scorer-thresholds tbody", main), Object.entries(cam.scorer_thresholds));
     thresholdRows($("#thresholds tbody", main), Object.entries(cam.thresholds).filter(([k]) => !(k in cam.scorer_thresholds)));
     $("#enrolment", main).textContent = cam.enrolment ? `enrolment: ${JSON.stringify(cam.enrolment)}` : "";
