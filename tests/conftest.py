@@ -19,6 +19,16 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_runtime_dir() -> Iterator[None]:
+    """Each test process's own runtime directory, for what module-scoped fixtures start (the console's `serve`),
+    which runs before the per-test one below: the default ipc:// sockets never land in /tmp/streamvad-<uid>,
+    where a serve outside the tests, or another test run, would meet them."""
+    with tempfile.TemporaryDirectory(prefix="sv-") as runtime, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_RUNTIME_DIR", runtime)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _run_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Every test, and every process it starts, runs in its own folder: relative defaults such as
