@@ -285,8 +285,7 @@ def _api(site: Site, auth: Auth) -> APIRouter:
                                created_at=v.created_at, source=v.record.get("source"), event=v.record.get("event"))
                     for v in (store.versions() if store is not None else [])]
         model = current.path if current is not None else _version_dir(cfg, camera, None)
-        thresholds = exemplars.thresholds(model) if model is not None else {}
-        scorer, parts = exemplars.scorer(model, thresholds, cfg.served_scoring) if model is not None else (None, {})
+        thresholds, scorer, parts = ({}, None, {}) if model is None else exemplars.scoring(model, cfg.served_scoring)
         return CameraDetail(**_camera_status(camera_id, site.state.cameras().get(camera_id, {})), versions=versions,
                             thresholds=thresholds, scorer=scorer, scorer_thresholds=parts, store=store is not None)
 

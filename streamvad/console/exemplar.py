@@ -71,46 +71,42 @@ class Exemplars:
                 "version": version_name(model_dir)}
 
     @staticmethod
-    def thresholds(model_dir: Path) -> dict[str, float]:
-        """The model's calibrated thresholds: appearance rules (the normality manifest) and motion."""
-        out: dict[str, float] = {}
-        for path in (model_dir / NORMALITY_DIR / "manifest.json", model_dir / MOTION_DIR / "motion.json"):
-            try:
-                doc = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            found = doc.get("thresholds", {}) if "thresholds" in doc else {"motion": doc.get("threshold")}
-            out.update({str(k): float(v) for k, v in found.items() if isinstance(v, int | float)})
-        return out
-
-    @staticmethod
-    def scorer(model_dir: Path, thresholds: dict[str, float],
-               served: ScoringConfig | None) -> tuple[str | None, dict[str, float]]:
-        """The scorer that decides the camera's alerts, named as `eval --rules` names it ("distance/topk+motion:sum"),
-        and the thresholds that decide with it: what an operator asks first, where the model also calibrates rules
-        it is not served with. `served`: the site's scoring (`served_scoring`), else the model's own, as the worker
-        decides. Fused, the parts are the crowd-corrected appearance's and motion's thresholds (each part's 1 on
-        the fusion scale) and, for `sum`, the sum's own (motion/fusion.py). (None, {}) for an image detector or an
+    def scoring(model_dir: Path, served: ScoringConfig | None) -> tuple[dict[str, float], str | None, dict[str, float]]:
+        """Every threshold the model calibrated (appearance rules from the normality manifest, and motion); the
+        scorer that decides the camera's alerts, named as `eval --rules` names it ("distance/topk+motion:sum"); and
+        the thresholds that decide with it: what an operator asks first, where the model also calibrates rules it
+        is not served with. `served`: the site's scoring (`served_scoring`), else the model's own, as the worker
+        decides. Fused, the deciding thresholds are the crowd-corrected appearance's and motion's (each part's 1 on
+        the fusion scale) and, for `sum`, the sum's own (motion/fusion.py). No scorer for an image detector or an
         unreadable model.json."""
+        manifest = _json(model_dir / NORMALITY_DIR / "manifest.json")
+        motion = _json(model_dir / MOTION_DIR / "motion.json")
+        found = {**manifest.get("thresholds", {}), "motion": motion.get("threshold")}
+        thresholds = {str(k): float(v) for k, v in found.items() if isinstance(v, int | float)}
         try:
             info = ModelInfo.load(model_dir)
         except StreamVADError:
-            return None, {}
+            return thresholds, None, {}
         if info.kind != "knnn":
-            return info.kind, {}
+            return thresholds, info.kind, {}
         scoring = served or info.scoring
         appearance = f"{scoring.method}/{scoring.rule}"
         if "motion" not in thresholds or scoring.motion == "appearance":
             own = scoring.frame_threshold if scoring.frame_threshold is not None else thresholds.get(appearance)
-            return appearance, {} if own is None else {appearance: own}
+            return thresholds, appearance, {} if own is None else {appearance: own}
         if scoring.motion == "motion":
-            return "motion", {"motion": thresholds["motion"]}
-        try:
-            meta = json.loads((model_dir / MOTION_DIR / "motion.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            meta = {}
-        sums, looks = meta.get("sum_thresholds", {}), meta.get("appearance_thresholds", {})
+            return thresholds, "motion", {"motion": thresholds["motion"]}
+        sums, looks = motion.get("sum_thresholds", {}), motion.get("appearance_thresholds", {})
         fusion = "sum" if scoring.fusion == "sum" and appearance in sums else "max"  # older models: max (kinds)
         parts = {f"{appearance}, crowd-corrected": looks.get(appearance, thresholds.get(appearance)),
                  "motion": thresholds["motion"], "sum": sums.get(appearance) if fusion == "sum" else None}
-        return f"{appearance}+motion:{fusion}", {k: float(v) for k, v in parts.items() if v is not None}
+        return thresholds, f"{appearance}+motion:{fusion}", {k: float(v) for k, v in parts.items() if v is not None}
+
+
+def _json(path: Path) -> dict[str, Any]:
+    """A model's JSON file as a dict; {} when it is missing or unreadable (the page shows what it can)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
