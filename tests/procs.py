@@ -33,3 +33,12 @@ def cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def maps(pid: int, library: str) -> bool:
+    """Whether the process has a shared library whose file name starts with `library` mapped (e.g. "libtorch")."""
+    try:
+        lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    except OSError:
+        return False
+    return any(line.rsplit("/", 1)[-1].startswith(library) for line in lines if "/" in line)

@@ -295,7 +295,7 @@ def test_a_disk_short_of_space_loses_its_oldest_closed_events_first(tmp_path: Pa
     """Under `events.min_free_mb` free on the media disk the oldest closed events and their pictures go first,
     whatever their age; an open event never. A floor that no deletion reaches is logged once and kept for
     /healthz (`short_of_space`), with every closed event gone."""
-    from streamvad.live.serve import EventsProcess
+    from streamvad.live.events_process import EventsProcess
 
     media = tmp_path / "media"
     media.mkdir()

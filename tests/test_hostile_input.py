@@ -19,7 +19,7 @@ from PIL import Image
 from streamvad.cli import main
 from streamvad.config import WIRE_MAX_SIDE, StreamVADConfig
 from streamvad.errors import ConfigError, InputError
-from streamvad.live.serve import _FRAME_STASH_BYTES, EventsProcess
+from streamvad.live.events_process import _FRAME_STASH_BYTES, EventsProcess
 from streamvad.sources.images import read_image
 from streamvad.transport import MAX_MESSAGE_BYTES, FramePuller, WireError, decode, encode_frame
 from streamvad.types import Frame

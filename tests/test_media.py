@@ -142,7 +142,7 @@ def test_the_events_process_keeps_a_frame_as_the_jpeg_it_came_as(tmp_path: Path)
     """A frame's JPEG from the wire goes into the clip's ring buffer as it is (no second encoding); one the events
     process had to shrink is encoded anew, since the sent JPEG is not the kept picture."""
     from streamvad.config import StreamVADConfig
-    from streamvad.live.serve import EventsProcess
+    from streamvad.live.events_process import EventsProcess
     from streamvad.transport import decode, encode_frame
 
     cfg = StreamVADConfig.model_validate({"events": {"database": str(tmp_path / "e.db"),
@@ -165,7 +165,7 @@ def test_a_learning_cameras_preview_frame_becomes_its_tile_and_is_not_stashed(tm
     """A worker sends a learning camera's frame as a preview (no verdict follows): the events process writes it as
     the camera's live tile as it came (no heatmap: nothing was scored), and keeps nothing waiting for a verdict."""
     from streamvad.config import StreamVADConfig
-    from streamvad.live.serve import EventsProcess
+    from streamvad.live.events_process import EventsProcess
     from streamvad.transport import decode, encode_frame
 
     cfg = StreamVADConfig.model_validate({"events": {"database": str(tmp_path / "e.db"),

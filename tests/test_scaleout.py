@@ -28,9 +28,9 @@ from streamvad.config import (
     WorkerConfig,
 )
 from streamvad.datasets.synthetic import make_scene
+from streamvad.live.events_process import EventsProcess
 from streamvad.live.fleet import camera_endpoint, owner, worker_endpoints
 from streamvad.live.reader import reader_main, run_reader
-from streamvad.live.serve import EventsProcess
 from streamvad.live.worker import worker_main
 from streamvad.sources import open_source
 from streamvad.transport import FramePuller, FramePusher, VerdictInbox

@@ -353,13 +353,15 @@ def test_a_second_serve_on_the_default_sockets_exits_with_one_line(tiny_model: P
 @pytest.mark.slow
 def test_children_stop_when_serve_is_killed_9(serve_factory: Callable[..., Serve], looped_clip: Path) -> None:
     """serve killed without a word (kill -9, the OOM killer): its reader, worker and events processes stop within
-    seconds instead of reading the camera on, holding its session and their sockets, forever."""
+    seconds instead of reading the camera on, holding its session and their sockets, forever. Before that, only
+    the worker has torch loaded: the reader and the events process never embed a frame."""
     with WebhookReceiver(secret=SECRET) as receiver:
         serve = serve_factory([{"id": "gate", "url": str(looped_clip), "loop": True, "realtime": True}],
                               receiver.port)
         serve.wait("camera online", lambda b: _camera(b, "gate").get("online", False), 120)
         children = procs.children(serve.proc.pid)
         assert len(children) >= 3, children  # reader, worker, events (and multiprocessing's resource tracker)
+        assert sum(procs.maps(pid, "libtorch") for pid in children) == 1, children
         serve.proc.kill()
         serve.proc.wait(10)
         deadline = time.monotonic() + 60  # 1 s to notice, then the usual shutdown; a hang guard

@@ -10,7 +10,7 @@ import pytest
 
 from streamvad.config import EventsConfig, SinksConfig, StreamVADConfig, TamperConfig
 from streamvad.datasets.synthetic import Scene
-from streamvad.live.serve import EventsProcess
+from streamvad.live.events_process import EventsProcess
 from streamvad.live.tamper import TamperMonitor
 from streamvad.transport import decode, encode_verdict
 from streamvad.types import Frame, FrameKey, Verdict

@@ -20,7 +20,7 @@ from streamvad.bench.throughput import free_tcp_endpoint
 from streamvad.config import EventsConfig, SinksConfig, StreamVADConfig, TransportConfig
 from streamvad.errors import StreamVADError
 from streamvad.live.events_db import EventsDB
-from streamvad.live.serve import EventsProcess
+from streamvad.live.events_process import EventsProcess
 from streamvad.transport import Delivery, VerdictInbox, VerdictLink, encode_eos, encode_verdict
 from streamvad.types import FrameKey, Verdict
 
