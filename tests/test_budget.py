@@ -70,11 +70,11 @@ def tiny_vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # a hang guard, not a speed target: about 3 minutes alone
-def test_hours_of_normal_footage_stay_within_the_budget(tmp_path: Path, tiny_vit: Path) -> None:
-    """A model fitted on four minutes of a scene (one held out) keeps its alert budget over two hours of the same
-    scene's normal footage (rendered faster than real time, scored as served, motion included), where its
-    calibrated quantile threshold alone raises several false events an hour."""
+@pytest.mark.timeout(900)  # a hang guard, not a speed target: about 1.5 minutes alone
+def test_an_hour_of_normal_footage_stays_within_the_budget(tmp_path: Path, tiny_vit: Path) -> None:
+    """A model fitted on four minutes of a scene (one held out) keeps its alert budget over an hour of the same
+    scene's normal footage, sixty times its hold-out (rendered faster than real time, scored as served, motion
+    included), where its calibrated quantile threshold alone raises several false events an hour."""
     cfg = StreamVADConfig(
         backbone=BackboneConfig(name="dinov2", model=str(tiny_vit), image_size=(48, 64), device="cpu", batch_size=64),
         normality=NormalityConfig(k_min=2, k_max=4, k_candidates=2, silhouette_sample=100, hdbscan="none", chroma=False,
@@ -83,11 +83,11 @@ def test_hours_of_normal_footage_stay_within_the_budget(tmp_path: Path, tiny_vit
              for s in range(4)]
     fit(cfg, clips_from_paths(train, native_fps=4.0), tmp_path / "model", sample_fps=4.0, progress=False)
     engine = load_engine(tmp_path / "model")
-    per_day = 12.0
+    per_day = 24.0  # one event allowed in the hour
     budget = budget_for(engine.info.fit, per_day, 4.0, EVENTS)
     assert budget is not None and budget.threshold > 1.0  # stricter than the quantile (1 on the fused scale)
     hours, quantile_events, budget_events = 0.0, 0, 0
-    for chunk in range(12):  # 12 x 10 minutes
+    for chunk in range(6):  # 6 x 10 minutes
         clip = make_scene(tmp_path / "stream", seconds=600, fps=4, size=(60, 80), seed=100 + chunk, place_seed=5,
                           name="stream")
         replayed = replay(engine, clips_from_paths([clip.path], native_fps=4.0), sample_fps=4.0, budget=budget,
@@ -97,7 +97,7 @@ def test_hours_of_normal_footage_stay_within_the_budget(tmp_path: Path, tiny_vit
         quantile_events += _events(scores, 1.0)
         budget_events += _events(scores, budget.threshold)
         hours += len(scores) / 4 / 3600
-    assert hours == pytest.approx(2.0, rel=0.01)
+    assert hours == pytest.approx(1.0, rel=0.01)
     print(f"{hours:.2f} h of normal footage: {budget_events} events at the budget's threshold {budget.threshold:.3f} "
           f"({per_day:g}/day allowed), {quantile_events} at the calibrated quantile's 1.0")
     assert budget_events / hours * 24 <= per_day, (budget_events, quantile_events)
