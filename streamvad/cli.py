@@ -1,4 +1,4 @@
-"""`streamvad` command line: demo, fit, replay, eval, serve, bench, doctor.
+"""`streamvad`: learn what is normal for each camera from its own footage, and flag what deviates, and where.
 
 Operator errors (`StreamVADError`) print one line and exit 2; anything else is a bug and keeps its
 traceback. Heavy imports happen inside the commands so `streamvad --help` stays instant.
