@@ -75,11 +75,7 @@ class ModelStore:
 
     @staticmethod
     def _record(path: Path) -> dict[str, Any]:
-        try:
-            record = json.loads((path / VERSION_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return record if isinstance(record, dict) else {}
+        return json_object(path / VERSION_FILE)
 
     def current(self) -> Version | None:
         """The version `current` points at (None: learning, or a plain model directory)."""
@@ -157,6 +153,16 @@ class ModelStore:
             log.info("%s: deleted version(s) %s, keeping the newest %d", self.root, ", ".join(v.name for v in doomed),
                      keep)
         return [v.name for v in doomed]
+
+
+def json_object(path: Path) -> dict[str, Any]:
+    """A model's JSON file as a dict; {} when it is missing, unreadable or not an object: listings and the console
+    show what they can of a version rather than fail on one damaged file."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def _chroma_record(version: Path) -> tuple[str, str, int] | None:

@@ -10,7 +10,6 @@ about a model (its thresholds, the scorer that decides its alerts) are read here
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 from streamvad.config import ScoringConfig
 from streamvad.errors import StreamVADError
 from streamvad.layout import MOTION_DIR, NORMALITY_DIR
-from streamvad.model_store import version_name
+from streamvad.model_store import json_object, version_name
 from streamvad.normality.model import NormalityModel
 from streamvad.offline.exemplars import EXEMPLARS, exemplar_path
 from streamvad.scoring.engine import ModelInfo
@@ -79,8 +78,8 @@ class Exemplars:
         decides. Fused, the deciding thresholds are the crowd-corrected appearance's and motion's (each part's 1 on
         the fusion scale) and, for `sum`, the sum's own (motion/fusion.py). No scorer for an image detector or an
         unreadable model.json."""
-        manifest = _json(model_dir / NORMALITY_DIR / "manifest.json")
-        motion = _json(model_dir / MOTION_DIR / "motion.json")
+        manifest = json_object(model_dir / NORMALITY_DIR / "manifest.json")
+        motion = json_object(model_dir / MOTION_DIR / "motion.json")
         found = {**manifest.get("thresholds", {}), "motion": motion.get("threshold")}
         thresholds = {str(k): float(v) for k, v in found.items() if isinstance(v, int | float)}
         try:
@@ -101,12 +100,3 @@ class Exemplars:
         parts = {f"{appearance}, crowd-corrected": looks.get(appearance, thresholds.get(appearance)),
                  "motion": thresholds["motion"], "sum": sums.get(appearance) if fusion == "sum" else None}
         return thresholds, f"{appearance}+motion:{fusion}", {k: float(v) for k, v in parts.items() if v is not None}
-
-
-def _json(path: Path) -> dict[str, Any]:
-    """A model's JSON file as a dict; {} when it is missing or unreadable (the page shows what it can)."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
