@@ -70,6 +70,8 @@ class MotionConfig(_Section):
     # that moves wrong does so frame after frame, while a flow vector's jitter does not (thresholds are cut from
     # the same windowed score of normal footage; 0: every frame alone)
     smooth_s: float = Field(0.5, ge=0.0)
+    # "mean" over smooth_s, or "exponential" with smooth_s as its time constant (scoring/smoothing.py)
+    window: Literal["mean", "exponential"] = "mean"
     # the least a motion threshold can be: within half a cell's normal speed of a normal velocity is never
     # anomalous, even where normal footage moved so little that the calibration quantile is ~0
     min_threshold: float = Field(0.5, gt=0.0)

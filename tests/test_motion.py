@@ -181,10 +181,10 @@ def test_saved_model_round_trips_and_bad_files_are_one_line_errors(tmp_path: Pat
     assert AppearanceScale.of(back, "distance/topk") == AppearanceScale(0.8, 1.3, 0.05, 4.0)
     meta = json.loads((tmp_path / "motion" / "motion.json").read_text())
     # fitted before motion was windowed (its threshold is of single frames) and before fusion had zero points
-    del meta["config"]["smooth_s"], meta["medians"]
+    del meta["config"]["smooth_s"], meta["config"]["window"], meta["medians"]
     (tmp_path / "motion" / "motion.json").write_text(json.dumps(meta))
     old = MotionModel.load(tmp_path / "motion")
-    assert old.cfg.smooth_s == 0.0 and old.medians == {}
+    assert old.cfg.smooth_s == 0.0 and old.cfg.window == "mean" and old.medians == {}
     (tmp_path / "motion" / "motion.json").write_text(json.dumps({**meta, "medians": {"motion": "nan"}}))
     with pytest.raises(InputError, match=r"motion\.json: medians must be finite numbers"):
         MotionModel.load(tmp_path / "motion")
@@ -324,9 +324,10 @@ def test_a_model_fitted_before_the_two_point_scale_fuses_as_it_did(motion_model:
         load_engine(old, scoring=ScoringConfig(fusion="sum"))
 
 
-def test_the_motion_part_is_the_mean_over_the_models_window_of_stream_time(motion_model: Path, tmp_path: Path) -> None:
-    """A served motion score is the mean of the camera's motion scores over the model's smooth_s (0.5 s: at 4 fps
-    the frame and the one before), while the appearance part stays the frame's own."""
+def test_the_motion_part_is_windowed_over_the_models_stream_time(motion_model: Path, tmp_path: Path) -> None:
+    """A served motion score is the camera's motion scores windowed over the model's smooth_s of stream time (the
+    mean over 0.5 s: at 4 fps the frame and the one before; or exponential with that time constant), while the
+    appearance part stays the frame's own."""
     from streamvad.offline.pipeline import clips_from_paths, replay
 
     engine = load_engine(motion_model)
@@ -334,14 +335,21 @@ def test_the_motion_part_is_the_mean_over_the_models_window_of_stream_time(motio
     assert isinstance(fused, FusedScorer) and fused.motion.cfg.smooth_s == 0.5
     m = fused.motion
     framewise = MotionModel(m.memory, m.scale, m.grid, m.cfg.model_copy(update={"smooth_s": 0.0}), m.threshold)
+    decaying = MotionModel(m.memory, m.scale, m.grid, m.cfg.model_copy(update={"window": "exponential"}), m.threshold)
     clip = clips_from_paths([_scene(tmp_path, "cyclist", [AnomalySpec("cyclist", 2.0, 8.0, seed=1)], seed=21)])
     scorers = {"windowed": FusedScorer(fused.appearance, fused.motion, "motion"),
-               "frames": FusedScorer(fused.appearance, framewise, "motion")}
+               "frames": FusedScorer(fused.appearance, framewise, "motion"),
+               "exponential": FusedScorer(fused.appearance, decaying, "motion")}
     recs = replay(engine, clip, sample_fps=4.0, scorers=scorers, progress=False).records
     alone = [r["motion_score"] for r in recs["frames"]]
     assert [r["motion_score"] for r in recs["windowed"]] == pytest.approx(
         [alone[0], *((a + b) / 2 for a, b in itertools.pairwise(alone))], abs=1e-6)
     assert max(alone) > 0
+    # with the exponential window (tau 0.5 s) each frame keeps exp(-dt / 0.5) of the one before, dt its pts step
+    pts, expected = [r["pts"] for r in recs["frames"]], [alone[0]]
+    for a, dt in zip(alone[1:], np.diff(pts), strict=True):
+        expected.append(a + np.exp(-dt / 0.5) * (expected[-1] - a))
+    assert [r["motion_score"] for r in recs["exponential"]] == pytest.approx(expected, abs=1e-5)
 
 
 @pytest.mark.parametrize("smooth_s", [0.0, 0.5])

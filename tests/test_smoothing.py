@@ -1,4 +1,4 @@
-"""Scores averaged over stream time per camera (scoring.smooth_s)."""
+"""Scores windowed over stream time per camera (scoring.smooth_s, normality.motion.smooth_s and window)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from streamvad.config import ScoringConfig
-from streamvad.scoring.smoothing import Smoother
+from streamvad.scoring.smoothing import Smoother, causal_means
 from streamvad.types import FrameKey, Verdict
 
 
@@ -59,3 +59,38 @@ def test_zero_seconds_scores_each_frame_alone() -> None:
     v = [verdict("cam", 0.0, 3.0), verdict("cam", 0.1, 0.0)]
     assert Smoother(0.0).apply(v) == v
     assert ScoringConfig().smooth_s == 0.0  # opt-in (scoring/smoothing.py)
+
+
+def test_exponential_window_follows_stream_time_at_any_rate() -> None:
+    """A step from 0 to 1 reaches 1 - exp(-t / tau) t seconds after it began, whether 10 or 5 frames a second
+    or a frame shed in between: the window forgets by stream time, not by frames."""
+    tau = 0.35
+    for times in ([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0.0, 0.2, 0.4, 0.6], [0.0, 0.1, 0.4, 0.6]):
+        smoother = Smoother(tau, "exponential")
+        out = [smoother.apply([verdict("cam", t, 0.0 if t == 0.0 else 1.0)])[0].raw_score for t in times]
+        assert out[0] == 0.0 and out[-1] == pytest.approx(1 - np.exp(-0.6 / tau))
+        assert out == sorted(out)  # it rises every frame the step lasts
+
+
+def test_exponential_window_weighs_the_newest_frame_most_and_forgets_a_gap() -> None:
+    smoother = Smoother(0.5, "exponential")
+    out = raws(smoother, "cam", 10.0, [0, 0, 5, 0, 0])
+    keep = np.exp(-0.1 / 0.5)
+    assert out == pytest.approx([0, 0, 5 * (1 - keep), 5 * (1 - keep) * keep, 5 * (1 - keep) * keep**2])
+    after_gap = smoother.apply([verdict("cam", 30.0, 2.0)])[0].raw_score  # 30 s later the spike is forgotten
+    assert after_gap == pytest.approx(2.0)
+    assert smoother.apply([verdict("cam", 0.0, 0.7)])[0].raw_score == 0.7  # pts went backwards: afresh
+
+
+def test_calibration_windows_as_the_smoother_serves() -> None:
+    """causal_means is what a Smoother gives the same rows in order, per stream, for either window."""
+    rng = np.random.default_rng(1)
+    values = rng.gamma(2.0, 0.3, 60).astype(np.float32)
+    streams, pts = np.repeat(["a", "b", "c"], 20), np.tile(np.arange(20) / 4, 3)
+    for window in ("mean", "exponential"):
+        smoother = Smoother(0.5, window)
+        served = [smoother.apply([verdict(str(c), float(t), float(v))])[0].raw_score
+                  for c, t, v in zip(streams, pts, values, strict=True)]
+        assert causal_means(values, streams, pts, 0.5, window) == pytest.approx(served, abs=1e-6)
+        starts = np.flatnonzero(pts == 0)
+        assert causal_means(values, streams, pts, 0.5, window)[starts] == pytest.approx(values[starts])

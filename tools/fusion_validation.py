@@ -1,7 +1,7 @@
 """Choose how appearance and motion are fused without test labels: UCSD Ped2 *training* clips only.
 
 The training clips are split into 4 folds of whole clips. For each fold the product's own `fit`
-(configs/ped2.yaml: appearance memory, motion part, thresholds from normal footage) runs on the other
+(configs/ped2.yaml or `--config`: appearance memory, motion part, thresholds from normal footage) runs on the other
 clips, and its engine replays the fold's clips as they are (normal frames the model never saw) and once per
 pasted kind (`--kinds`, all by default). Four kinds are a walker cut out of another clip (WALKERS): crossing at
 2-2.5x a walker's pace (`fast`: a motion anomaly with a walker's look); twice a walker's size at a walker's pace
@@ -129,11 +129,11 @@ def crowd(engine: Any, name: str, frames: np.ndarray, step: int) -> np.ndarray:
     return motion.crowd(motion_of(name, frames[::step], step, motion.cfg))
 
 
-def validate(root: Path, out: Path, step: int, folds: int, kinds: list[str]) -> dict[str, np.ndarray]:
+def validate(root: Path, out: Path, step: int, folds: int, kinds: list[str], config: Path) -> dict[str, np.ndarray]:
     """Every replayed frame of every fold: its clip, kind ("normal" or a pasted kind), label, the crowd of the
     scene and each scorer's score over its threshold (frames without motion, each clip's first, are left
     out)."""
-    cfg = load_config(Path(__file__).parents[1] / "configs" / "ped2.yaml")
+    cfg = load_config(config)
     cfg = cfg.model_copy(update={"normality": cfg.normality.model_copy(update={"chroma": False})})  # scores only
     clips = sorted((root / "training" / "frames").iterdir())
     names = [c.name for c in clips]
@@ -249,13 +249,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="work folder: fold models and pasted clips")
     parser.add_argument("--step", type=int, default=1, help="every n-th native frame (2 = 5 fps)")
     parser.add_argument("--folds", type=int, default=4)
+    parser.add_argument("--config", type=Path, default=Path(__file__).parents[1] / "configs" / "ped2.yaml",
+                        help="the fit's configuration (a setting to validate against the shipped configs/ped2.yaml)")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"what is pasted, comma-separated: {', '.join(KINDS)}")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     kinds = args.kinds.split(",")
     if unknown := sorted(set(kinds) - set(KINDS)):
         parser.error(f"--kinds: unknown {', '.join(unknown)}; expected some of {', '.join(KINDS)}")
-    table = validate(args.root, args.out, args.step, args.folds, kinds)
+    table = validate(args.root, args.out, args.step, args.folds, kinds, args.config)
     np.savez(args.out / "frames.npz", **table)  # every frame's scores over their thresholds, to try other fusions
     result = {"step": args.step, **summarise(table)}
     (args.out / "fusion_validation.json").write_text(json.dumps(result, indent=2), encoding="utf-8")

@@ -125,7 +125,7 @@ class FusedScorer:
         self.threshold = 1.0
         self._motion_at = float(motion.threshold)
         self._motion_zero = motion.medians.get("motion", 0.0) / self._motion_at  # on the threshold's unit scale
-        self._window = Smoother(motion.cfg.smooth_s)
+        self._window = Smoother(motion.cfg.smooth_s, motion.cfg.window)
 
     def score(self, batch: EmbeddingBatch) -> list[Verdict]:
         verdicts = self.appearance.score(batch)

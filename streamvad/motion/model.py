@@ -162,9 +162,10 @@ class MotionModel:
         try:
             meta = json.loads((directory / META).read_text(encoding="utf-8"))
             grid = (int(meta["grid"][0]), int(meta["grid"][1]))
-            # "folds" moved up; a model fitted before the motion window had none, and its threshold is unwindowed
-            cfg = MotionConfig.model_validate({"smooth_s": 0.0, **{k: v for k, v in meta["config"].items()
-                                                                   if k != "folds"}})
+            # "folds" moved up; a model fitted before the motion window had none, and its threshold is unwindowed;
+            # one fitted before the window's kind had the mean
+            cfg = MotionConfig.model_validate({"smooth_s": 0.0, "window": "mean",
+                                               **{k: v for k, v in meta["config"].items() if k != "folds"}})
             threshold = None if meta.get("threshold") is None else float(meta["threshold"])
             sums = {str(k): float(v) for k, v in meta.get("sum_thresholds", {}).items()}
             medians = {str(k): float(v) for k, v in meta.get("medians", {}).items()}
@@ -211,7 +212,7 @@ def calibrate_motion(motion: MotionField, clip_ids: np.ndarray, pts: np.ndarray,
         cells = model.cell_scores(rows)
         scores[held], crowd[held] = model.frame_scores(cells), model.crowd(rows, cells)
         scored |= held
-    scores = causal_means(scores, clip_ids, pts, cfg.smooth_s)
+    scores = causal_means(scores, clip_ids, pts, cfg.smooth_s, cfg.window)
     pooled = np.concatenate([scores[scored & motion.valid], *extra])
     threshold = float(np.quantile(pooled, quantile)) if pooled.size else 0.0
     if threshold < cfg.min_threshold:

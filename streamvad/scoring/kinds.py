@@ -326,15 +326,16 @@ def _fit_motion(cfg: StreamVADConfig, grid: tuple[int, int], train: Embedded, he
     held_crowd = np.full(len(held.sources), np.nan)
     if held_motion is not None:
         cells = model.cell_scores(held_motion)
-        held_scores = causal_means(model.frame_scores(cells), held.clip_ids, _pts(held), mcfg.smooth_s)
+        held_scores = causal_means(model.frame_scores(cells), held.clip_ids, _pts(held), mcfg.smooth_s,
+                                   mcfg.window)
         held_crowd = model.crowd(held_motion, cells)
     extra = [] if held_motion is None else [held_scores[held_motion.valid]]
     model.threshold, oof, crowd = calibrate_motion(motion, train.clip_ids, _pts(train), grid, mcfg,
                                                    cfg.scoring.calibration_quantile, cfg.normality.folds, extra)
     model.medians["motion"] = float(np.median(np.concatenate([oof[motion.valid], *extra])))
-    log.info("motion: threshold %.3f (quantile %.3f of out-of-fold and held-out normal frames, each the mean over "
-             "%.2f s of its stream), fitted in %.1f s", model.threshold, cfg.scoring.calibration_quantile,
-             mcfg.smooth_s, time.perf_counter() - t0)
+    log.info("motion: threshold %.3f (quantile %.3f of out-of-fold and held-out normal frames, each windowed as "
+             "served: %s over %.2f s of its stream), fitted in %.1f s", model.threshold,
+             cfg.scoring.calibration_quantile, mcfg.window, mcfg.smooth_s, time.perf_counter() - t0)
     return model, held_scores / model.threshold, oof / model.threshold, held_crowd, crowd
 
 

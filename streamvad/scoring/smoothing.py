@@ -11,6 +11,12 @@ when one of its frames does. That does not bound events, though: a one-frame spi
 2-of-4 hysteresis ignores, becomes two anomalous frames after averaging. So the whole-score window is opt-in
 (`scoring.smooth_s`, 0 by default). The motion part has a window of its own, calibrated on normal footage
 windowed alike (`normality.motion.smooth_s`, motion/fusion.py), which `causal_means` applies at calibration.
+
+A window is a mean over the last `seconds` ("mean") or exponential by stream time ("exponential", `seconds` its
+time constant tau: m = m' + (1 - exp(-dt / tau)) (x - m'), m' the camera's previous value). The mean weighs a frame
+`seconds` old as much as the newest and then drops it; the exponential weighs the newest most and forgets
+gradually, so it can smooth as much as a longer mean while it rises as early as a short one. Both reset when pts
+goes backwards, and both forget what came before a gap in the stream (the exponential by the gap's dt).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
+from math import exp
+from typing import Literal
 
 import numpy as np
 
@@ -25,14 +33,18 @@ from streamvad.types import Verdict
 
 _EPS = 1e-6  # pts are floats: a frame exactly `smooth_s` old has left the window
 
+Window = Literal["mean", "exponential"]
+
 
 class Smoother:
-    """Each camera's recent (pts, score, raw score); `apply` replaces every verdict's scores by the window's
-    mean and re-decides it. Verdicts of one camera must come in stream order, as the tracker's frames do;
-    a pts that goes backwards (a restarted stream, the next replayed clip) starts the camera afresh."""
+    """Each camera's recent (pts, score, raw score); `apply` replaces every verdict's scores by the window's value
+    (its mean, or the exponential's state) and re-decides it. Verdicts of one camera must come in stream order, as
+    the tracker's frames do; a pts that goes backwards (a restarted stream, the next replayed clip) starts the
+    camera afresh."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, window: Window = "mean") -> None:
         self.seconds = seconds
+        self.window = window
         self._recent: dict[str, deque[tuple[float, float, float]]] = {}
 
     def apply(self, verdicts: Sequence[Verdict]) -> list[Verdict]:
@@ -51,16 +63,24 @@ class Smoother:
         recent = self._recent.setdefault(camera, deque())
         if recent and pts < recent[-1][0]:
             recent.clear()
+        if self.window == "exponential":
+            if recent:  # the camera's previous value, one entry
+                last, s, r = recent.pop()
+                keep = exp(-(pts - last) / self.seconds)
+                score, raw = score + keep * (s - score), raw + keep * (r - raw)
+            recent.append((pts, score, raw))
+            return score, raw
         recent.append((pts, score, raw))
         while recent[0][0] <= pts - self.seconds + _EPS:
             recent.popleft()
         return sum(r[1] for r in recent) / len(recent), sum(r[2] for r in recent) / len(recent)
 
 
-def causal_means(values: np.ndarray, streams: Sequence[object], pts: np.ndarray, seconds: float) -> np.ndarray:
-    """Each value replaced by the mean of its stream's values over the last `seconds` of pts, up to and
-    including it, as a `Smoother` fed the same rows in order gives them: what calibration applies to normal
-    frames so that a threshold is cut from the statistic that serving compares with it."""
-    window = Smoother(seconds)
-    return np.array([window.mean(str(stream), float(t), float(v), float(v))[0]
+def causal_means(values: np.ndarray, streams: Sequence[object], pts: np.ndarray, seconds: float,
+                 window: Window = "mean") -> np.ndarray:
+    """Each value replaced by its stream's `window` over the last `seconds` of pts, up to and including it, as a
+    `Smoother` fed the same rows in order gives them: what calibration applies to normal frames so that a
+    threshold is cut from the statistic that serving compares with it."""
+    smoother = Smoother(seconds, window)
+    return np.array([smoother.mean(str(stream), float(t), float(v), float(v))[0]
                      for stream, t, v in zip(streams, pts, values, strict=True)], dtype=np.float32)
