@@ -47,6 +47,9 @@ class BackboneConfig(_Section):
         return self
 
 
+Window = Literal["mean", "exponential"]  # how a score is windowed over stream time (scoring/smoothing.py)
+
+
 class MotionConfig(_Section):
     """Normal motion per place, fitted beside the appearance memory (see streamvad/motion/).
 
@@ -71,7 +74,7 @@ class MotionConfig(_Section):
     # the same windowed score of normal footage; 0: every frame alone)
     smooth_s: float = Field(0.5, ge=0.0)
     # "mean" over smooth_s, or "exponential" with smooth_s as its time constant (scoring/smoothing.py)
-    window: Literal["mean", "exponential"] = "mean"
+    window: Window = "mean"
     # the least a motion threshold can be: within half a cell's normal speed of a normal velocity is never
     # anomalous, even where normal footage moved so little that the calibration quantile is ~0
     min_threshold: float = Field(0.5, gt=0.0)

@@ -25,16 +25,13 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
 from math import exp
-from typing import Literal
 
 import numpy as np
 
+from streamvad.config import Window
 from streamvad.types import Verdict
 
 _EPS = 1e-6  # pts are floats: a frame exactly `smooth_s` old has left the window
-
-Window = Literal["mean", "exponential"]
-
 
 class Smoother:
     """Each camera's recent (pts, score, raw score); `apply` replaces every verdict's scores by the window's value
