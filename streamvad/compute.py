@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cv2
-import torch
 from threadpoolctl import threadpool_limits
 
 from streamvad.errors import ConfigError
 
+if TYPE_CHECKING:
+    import torch
+
 
 def resolve_device(setting: str | torch.device, field: str = "backbone.device") -> torch.device:
     """'auto' picks CUDA when present; asking for CUDA on a machine without it is a config error on `field`."""
+    import torch  # here, not above: what only reads models (serve's supervisor) imports this module too
+
     if str(setting) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(setting)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,10 +34,11 @@ from streamvad.layout import MOTION_DIR, NORMALITY_DIR
 from streamvad.model_store import ModelStore, Version
 from streamvad.motion.model import META as MOTION_META
 from streamvad.motion.model import MotionModel
-from streamvad.normality.model import NormalityModel, chroma_process
-from streamvad.normality.nnn import NNN_FILE
 from streamvad.scoring.engine import ModelInfo
 from streamvad.types import Evidence
+
+if TYPE_CHECKING:
+    from streamvad.normality.model import NormalityModel
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,10 @@ def add_velocities(motion: MotionModel, evidence: Evidence) -> int:
 def mark_normal(root: Path, evidence: Evidence, event_id: str, keep: int = StoreConfig().keep_versions) -> Version:
     """The next version of the store at `root`: the current one with `evidence` added; it is made current, and
     the store keeps its newest `keep` versions (`ModelStore.prune`)."""
+    # the model's libraries (torch, scikit-learn, Chroma): serve's supervisor loads them on the first mark, not at start
+    from streamvad.normality.model import NormalityModel, chroma_process
+    from streamvad.normality.nnn import NNN_FILE
+
     store = ModelStore(root)
     current = store.current()
     if current is None:

@@ -21,7 +21,8 @@ from streamvad.config import NormalityConfig
 from streamvad.errors import InputError
 from streamvad.model_store import ModelStore
 from streamvad.normality import chroma_store
-from streamvad.normality.model import MANIFEST, NormalityModel, read_manifest
+from streamvad.normality.manifest import MANIFEST, read_manifest
+from streamvad.normality.model import NormalityModel
 from tests.test_enrolment import site_clip
 from tests.test_normality import small_model
 from tests.test_worker import TEST_BACKBONE, tiny_model

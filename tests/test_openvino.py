@@ -15,7 +15,7 @@ from streamvad.backbones import build_backbone
 from streamvad.backbones.openvino_runtime import OpenVINOForward
 from streamvad.config import BackboneConfig
 from streamvad.errors import ConfigError, ModelMismatchError
-from streamvad.normality.model import check_backbone
+from streamvad.normality.manifest import check_backbone
 
 pytest.importorskip("openvino")
 

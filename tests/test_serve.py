@@ -354,7 +354,8 @@ def test_a_second_serve_on_the_default_sockets_exits_with_one_line(tiny_model: P
 def test_children_stop_when_serve_is_killed_9(serve_factory: Callable[..., Serve], looped_clip: Path) -> None:
     """serve killed without a word (kill -9, the OOM killer): its reader, worker and events processes stop within
     seconds instead of reading the camera on, holding its session and their sockets, forever. Before that, only
-    the worker has torch loaded: the reader and the events process never embed a frame."""
+    the worker has torch loaded: serve itself (supervisor, console, /healthz), the reader and the events process
+    never embed a frame, and torch would cost each of them seconds of start and hundreds of MB."""
     with WebhookReceiver(secret=SECRET) as receiver:
         serve = serve_factory([{"id": "gate", "url": str(looped_clip), "loop": True, "realtime": True}],
                               receiver.port)
@@ -362,6 +363,7 @@ def test_children_stop_when_serve_is_killed_9(serve_factory: Callable[..., Serve
         children = procs.children(serve.proc.pid)
         assert len(children) >= 3, children  # reader, worker, events (and multiprocessing's resource tracker)
         assert sum(procs.maps(pid, "libtorch") for pid in children) == 1, children
+        assert not procs.maps(serve.proc.pid, "libtorch")
         serve.proc.kill()
         serve.proc.wait(10)
         deadline = time.monotonic() + 60  # 1 s to notice, then the usual shutdown; a hang guard

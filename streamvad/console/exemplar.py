@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,10 +21,12 @@ from streamvad.config import ScoringConfig
 from streamvad.errors import StreamVADError
 from streamvad.layout import MOTION_DIR, NORMALITY_DIR
 from streamvad.model_store import json_object, version_name
-from streamvad.normality.model import NormalityModel
 from streamvad.offline.exemplars import EXEMPLARS, exemplar_path
 from streamvad.scoring.engine import ModelInfo
 from streamvad.types import Evidence
+
+if TYPE_CHECKING:
+    from streamvad.normality.model import NormalityModel
 
 _KEEP = 4  # memories held at once
 
@@ -39,6 +41,9 @@ class Exemplars:
             if model_dir in self._models:
                 self._models.move_to_end(model_dir)
                 return self._models[model_dir]
+        # the model's libraries (torch, scikit-learn, Chroma): serve's supervisor loads them on the first exemplar
+        from streamvad.normality.model import NormalityModel
+
         model = NormalityModel.load(model_dir / NORMALITY_DIR)
         with self._lock:
             self._models[model_dir] = model

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.stats import ks_2samp
 
 from streamvad.config import DriftConfig
 
@@ -79,6 +78,8 @@ class DriftMonitor:
         if len(state.scores) >= self.cfg.min_frames and state.since_check >= self.cfg.every:
             state.since_check = 0
             was = self.suggests(camera)
+            from scipy.stats import ks_2samp  # here: serve's supervisor imports this module and has no use for scipy
+
             # "greater": the largest F_hold(t) - F_live(t), the live scores' lift over the hold-out's
             state.ks = float(ks_2samp(ref.scores, np.fromiter(state.scores, float), alternative="greater").statistic)
             if self.suggests(camera) and not was:

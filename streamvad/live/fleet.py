@@ -31,7 +31,7 @@ from streamvad.backbones.base import Backbone
 from streamvad.config import CameraConfig, EventsConfig, ScoringConfig, StreamVADConfig
 from streamvad.errors import ConfigError, StreamVADError
 from streamvad.model_store import ModelStore, version_name
-from streamvad.normality.model import BACKBONE_KEYS, backbone_differences
+from streamvad.normality.manifest import BACKBONE_KEYS, backbone_differences
 from streamvad.scoring.budget import Budget, budget_for
 from streamvad.scoring.engine import (
     MODEL_FILE,

@@ -27,7 +27,6 @@ import numpy as np
 
 from streamvad.config import MotionConfig
 from streamvad.errors import InputError
-from streamvad.normality.coreset import k_center
 from streamvad.scoring.folds import clip_folds
 from streamvad.scoring.smoothing import causal_means
 from streamvad.types import MotionField
@@ -91,6 +90,8 @@ class MotionModel:
     @classmethod
     def fit(cls, motion: MotionField, grid: tuple[int, int], cfg: MotionConfig) -> MotionModel:
         """From the motion of normal frames (invalid rows, which have none, are skipped)."""
+        from streamvad.normality.coreset import k_center  # on torch: serving loads this module without it
+
         active = _active(motion, cfg)
         n = grid[0] * grid[1]
         speeds = np.linalg.norm(motion.velocity[active], axis=-1)

@@ -30,7 +30,6 @@ import logging
 import math
 import multiprocessing as mp
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -44,22 +43,18 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from streamvad.config import NormalityConfig
-from streamvad.errors import InputError, ModelMismatchError
+from streamvad.errors import InputError
 from streamvad.normality import chroma_store, hdbscan_, hnsw_index, kmeans, knnn, projected_index
 from streamvad.normality.coreset import coreset_rows, token_coreset
+from streamvad.normality.manifest import FORMAT_VERSION, MANIFEST, check_backbone, plain, read_manifest
 from streamvad.normality.nnn import NNN_FILE, NNNState
 from streamvad.normality.tokens import chunk_size, token_block
 from streamvad.parent_watch import exit_with_parent
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 FRAMES = "frames.npy"
 PROJECTION = "global_proj.npz"
-BACKBONE_KEYS = ("name", "model", "fingerprint", "image_size", "grid", "dim", "runtime", "precision")
-# how a backbone ran before runtimes were recorded: a model fitted then was fitted on torch in FP32
-_RAN = {"runtime": "torch", "precision": "fp32"}
 _LIBRARIES = ("streamvad", "torch", "numpy", "scikit-learn", "hdbscan", "hnswlib", "chromadb")
 
 
@@ -71,34 +66,6 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[lib] = "unknown"
     return out
-
-
-def _plain(value: Any) -> Any:
-    """JSON-normalised value (tuples become lists) so manifests compare equal to live dicts."""
-    return json.loads(json.dumps(value, default=str))
-
-
-def _describe(backbone: dict[str, Any]) -> str:
-    name = " ".join(str(backbone[k]) for k in ("name", "model") if backbone.get(k))
-    ran = {**_RAN, **backbone}
-    return f"{name or '?'} (grid {backbone.get('grid', '?')}, D {backbone.get('dim', '?')}, {ran['runtime']} " \
-           f"{ran['precision']})"
-
-
-def backbone_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
-    """The identity fields (BACKBONE_KEYS) both backbone manifests state and in which they differ."""
-    a, b = {**_RAN, **a}, {**_RAN, **b}
-    return [k for k in BACKBONE_KEYS if k in a and k in b and _plain(a[k]) != _plain(b[k])]
-
-
-def check_backbone(directory: Path, fitted: dict[str, Any], configured: dict[str, Any]) -> None:
-    """Raise ModelMismatchError if the backbones differ in any identity field both of them state."""
-    differ = backbone_differences(fitted, configured)
-    if differ:
-        raise ModelMismatchError(
-            f"model {directory} was fitted with backbone {_describe(fitted)} but the configured backbone is "
-            f"{_describe(configured)} (differs in {', '.join(differ)}); refit or configure the original backbone"
-        )
 
 
 def _grid(backbone: dict[str, Any], n: int) -> tuple[int, int]:
@@ -387,7 +354,7 @@ class NormalityModel:
     def manifest(self) -> dict[str, Any]:
         return {
             "format": FORMAT_VERSION,
-            "backbone": _plain(self.backbone),
+            "backbone": plain(self.backbone),
             "grid": list(self.grid),
             "n_patches": self.n_patches,
             "dim": self.dim,
@@ -596,28 +563,6 @@ def _load_frames(directory: Path, man: dict[str, Any], shape: tuple[int, int]) -
         raise InputError(f"{directory / FRAMES}: frame indices outside the {man['n_frames']} training frames; "
                          "the model is corrupt")
     return frames.astype(np.int32)
-
-
-_REQUIRED = ("format", "backbone", "grid", "n_patches", "dim", "n_train", "index", "hdbscan_tokens", "k",
-             "silhouette", "thresholds", "versions", "created_at", "config")
-
-
-def read_manifest(directory: Path) -> dict[str, Any]:
-    """The parsed manifest; InputError (one line) when the directory is not a complete model."""
-    path = directory / MANIFEST
-    if not path.is_file():
-        raise InputError(f"{directory}: no fitted normality model here ({MANIFEST} missing); run `streamvad fit`")
-    try:
-        man = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"{path}: not a readable model manifest ({err})") from None
-    missing = [k for k in _REQUIRED if not isinstance(man, dict) or k not in man]
-    if missing:
-        raise InputError(f"{path}: not a StreamVAD model manifest (missing {', '.join(missing)})")
-    if man["format"] != FORMAT_VERSION:
-        raise ModelMismatchError(f"{path}: model format {man['format']}, this StreamVAD reads format "
-                                 f"{FORMAT_VERSION}; refit the model")
-    return man
 
 
 def _load_npy(path: Path, shape: tuple[int, ...], kinds: str, *, mapped: bool = False) -> np.ndarray:

@@ -26,7 +26,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from scipy.stats import genpareto
 
 from streamvad.config import EventsConfig
 from streamvad.errors import ConfigError
@@ -61,6 +60,8 @@ class ScoreTail:
 
     @classmethod
     def fit(cls, clips: Sequence[Sequence[float]], open_n: int, open_m: int) -> ScoreTail:
+        from scipy.stats import genpareto  # a second of imports, which serve's supervisor has no use for
+
         stats = [opening_statistic(c, open_n, open_m) for c in clips if len(c)]
         values = np.concatenate([s[np.isfinite(s)] for s in stats]) if stats else np.empty(0)
         if len(values) < _MIN_TAIL / (1 - _TAIL_FROM):

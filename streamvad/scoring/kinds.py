@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
 
 from streamvad.backbones.base import Backbone
 from streamvad.compute import resolve_device
@@ -27,7 +26,6 @@ from streamvad.motion import FusedScorer, MotionModel, MotionTracker
 from streamvad.motion.fusion import AppearanceScale, on_fusion_scale
 from streamvad.motion.model import FILE as MOTION_FILE
 from streamvad.motion.model import calibrate_motion, motion_memory_bound
-from streamvad.normality.coreset import frame_coreset
 from streamvad.scoring.folds import clip_folds, holdout_mask
 from streamvad.scoring.smoothing import causal_means
 from streamvad.types import FeatureRequest, Polygon
@@ -119,6 +117,8 @@ class KnnKind:
 
     def fit(self, cfg: StreamVADConfig, backbone: Backbone, clips: Sequence[Clip], sample_fps: float | None,
             out: Path, progress: bool, privacy: Sequence[Polygon] = ()) -> Fitted:
+        import torch
+
         from streamvad.normality.model import NormalityModel
         from streamvad.offline.exemplars import write_exemplars
         from streamvad.offline.pipeline import embed_clips
@@ -211,7 +211,7 @@ class KnnKind:
         return Served(fused, FeatureRequest(), MotionTracker(net.grid, motion.cfg))
 
     def fitted_backbone(self, model_dir: Path) -> dict[str, Any]:
-        from streamvad.normality.model import read_manifest
+        from streamvad.normality.manifest import read_manifest
 
         return dict(read_manifest(model_dir / NORMALITY_DIR)["backbone"])
 
@@ -304,6 +304,8 @@ def _memory_frames(train: Embedded, cap: int | None, seed: int) -> Embedded:
     always fitted on every frame: its memory is capped per cell)."""
     if cap is None or len(train.sources) <= cap:
         return train
+    from streamvad.normality.coreset import frame_coreset  # on torch, as every fit-only import here
+
     t0 = time.perf_counter()
     keep = np.zeros(len(train.sources), dtype=bool)
     keep[frame_coreset(train.batch.patches, cap, seed)] = True
