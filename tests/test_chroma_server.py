@@ -172,7 +172,8 @@ def test_each_enrolled_version_keeps_its_own_record_on_the_server(chroma_url: st
     config = tmp_path / "site.yaml"
     config.write_text(yaml.safe_dump({
         "backbone": TEST_BACKBONE.model_dump(),
-        "cameras": [{"id": "gate", "url": str(site_clip), "fps": 4.0, "model": str(tmp_path / "models" / "gate")}],
+        "cameras": [{"id": "gate", "url": str(site_clip), "fps": 4.0, "realtime": False,  # the file's stream time
+                     "model": str(tmp_path / "models" / "gate")}],                   # unpaced: no wait for it
         "normality": {"k_min": 2, "k_max": 4, "k_candidates": 2, "silhouette_sample": 100, "hdbscan": "none",
                       "chroma_url": chroma_url},
         "transport": {"frames": free_tcp_endpoint(), "verdicts": free_tcp_endpoint(), "insecure": True},

@@ -293,7 +293,8 @@ def test_an_anomaly_in_5_percent_of_the_enrolment_footage_still_alerts_afterward
                       anomalies=[AnomalySpec("lawn_walker", 19.0, 21.0, seed=2)], name="enrolment")
     later = make_scene(tmp_path / "clips", seconds=20, fps=10, size=(120, 160), seed=11, place_seed=PLACE,
                        anomalies=[AnomalySpec("lawn_walker", 8.0, 10.0, seed=2)], name="later")
-    config = _config_file(tmp_path, [{"id": "gate", "url": str(clip.path), "fps": 4.0,
+    # unpaced: the recording keeps the file's own stream time, without 40 s of waiting for it
+    config = _config_file(tmp_path, [{"id": "gate", "url": str(clip.path), "fps": 4.0, "realtime": False,
                                       "model": str(tmp_path / "models" / "gate")}], scoring={"motion": "appearance"})
     assert main(["enroll", "--config", str(config), "--camera", "gate", "--duration", "40s", "--no-progress"]) == 0
     store = ModelStore(tmp_path / "models" / "gate")
@@ -339,8 +340,8 @@ def test_a_camera_enrolled_across_dusk_raises_no_event_at_dusk_and_alerts_in_bot
                          anomalies=[AnomalySpec("lawn_walker", 5.0, 10.0, seed=2),
                                     AnomalySpec("lawn_walker", 30.0, 35.0, seed=3)])
     walkers = [(5.0, 10.0), (30.0, 35.0)]
-    for camera, clip in (("gate", enrolment), ("daytime", day)):
-        config = _config_file(tmp_path, [{"id": camera, "url": str(clip.path), "fps": 4.0,
+    for camera, clip in (("gate", enrolment), ("daytime", day)):  # unpaced, as in the test above
+        config = _config_file(tmp_path, [{"id": camera, "url": str(clip.path), "fps": 4.0, "realtime": False,
                                           "model": str(tmp_path / "models" / camera)}],
                               scoring={"motion": "appearance"})
         duration = f"{round(len(clip.labels) / clip.fps)}s"
