@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from streamvad.detectors.config import DetectorConfig
 from streamvad.errors import ConfigError
+
+VOTING_RULES = ("majority", "any_k")  # rules whose frame threshold is also the per-patch vote threshold
 
 
 class _Section(BaseModel):
@@ -166,6 +169,17 @@ class ScoringConfig(_Section):
     # a frame's score is the mean over this many seconds of its camera's stream; 0 (the default): each frame
     # alone. Opt-in: it helps long anomalies and costs short ones (scoring/smoothing.py)
     smooth_s: float = Field(0.0, ge=0.0, le=10.0)
+
+    def decision_threshold(self, calibrated: Mapping[str, float]) -> float | None:
+        """The frame threshold the k-NN rule decides at, given the model's `calibrated` thresholds: one set here,
+        else the model's for this method/rule, else a voting rule's `patch_threshold`; None when there is none.
+        One order, for the worker's scorer and for the console that shows an operator what decided."""
+        if self.frame_threshold is not None:
+            return float(self.frame_threshold)
+        key = f"{self.method}/{self.rule}"
+        if key in calibrated:
+            return float(calibrated[key])
+        return float(self.patch_threshold) if self.rule in VOTING_RULES else None
 
 
 class SamplingConfig(_Section):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from streamvad.config import load_config
+from streamvad.config import ScoringConfig, load_config
 from streamvad.console.auth import hash_password
 from streamvad.errors import ConfigError
 
@@ -48,3 +48,15 @@ def test_placeholders_expand_in_values_not_comments(tmp_path: Path, monkeypatch:
     monkeypatch.delenv("HWM")
     with pytest.raises(ConfigError, match=r"c\.yaml: environment variable \$\{HWM\} is not set"):
         load_config(path)
+
+
+def test_the_decision_threshold_is_the_set_one_then_the_calibrated_one_then_a_votes() -> None:
+    """The order the worker's scorer decides by and the console shows: one set in the config overrides the model's
+    calibration, and a voting rule the model never calibrated votes at its patch threshold; a rule with neither
+    has none (the scorer then refuses to start)."""
+    calibrated = {"distance/topk": 1.25, "knnn/majority": 0.9}
+    assert ScoringConfig().decision_threshold(calibrated) == 1.25
+    assert ScoringConfig(frame_threshold=2.0).decision_threshold(calibrated) == 2.0
+    assert ScoringConfig(method="knnn", rule="majority").decision_threshold(calibrated) == 0.9
+    assert ScoringConfig(method="distance", rule="any_k", patch_threshold=0.7).decision_threshold(calibrated) == 0.7
+    assert ScoringConfig(method="knnn", rule="global").decision_threshold(calibrated) is None

@@ -96,7 +96,7 @@ class Exemplars:
         scoring = served or info.scoring
         appearance = f"{scoring.method}/{scoring.rule}"
         if "motion" not in thresholds or scoring.motion == "appearance":
-            own = scoring.frame_threshold if scoring.frame_threshold is not None else thresholds.get(appearance)
+            own = scoring.decision_threshold(thresholds)
             return thresholds, appearance, {} if own is None else {appearance: own}
         if scoring.motion == "motion":
             return thresholds, "motion", {"motion": thresholds["motion"]}

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from streamvad.config import ScoringConfig
+from streamvad.config import VOTING_RULES, ScoringConfig
 from streamvad.errors import ConfigError, ModelMismatchError
 from streamvad.normality import hdbscan_, hnsw_index
 from streamvad.normality.knnn import density_floor, gather_dists, knnn_confidence
@@ -46,7 +46,6 @@ SCALED = ("distance", "nnn")  # methods whose ratio is a raw score over a calibr
 # methods that depend only on the nearest training vector, so leaving a fold out of the search scores it as
 # new footage; HDBSCAN's clusterer and the original k-NNN's neighbour tables were fitted on the fold itself
 CROSS_FIT = ("knnn", "distance")
-_VOTING = ("majority", "any_k")  # rules whose threshold is also the per-patch vote threshold
 
 
 @dataclass
@@ -332,21 +331,17 @@ class Scorer:
         self.mask = _check_mask(mask, model.n_patches, cfg)
         self.tokens = tokens if tokens is not None else TokenScorer(model, device)
         self.threshold = self._threshold()
-        self._vote_at = self.threshold if cfg.rule in _VOTING else cfg.patch_threshold
+        self._vote_at = self.threshold if cfg.rule in VOTING_RULES else cfg.patch_threshold
         self.decided_by = f"{cfg.method}/{cfg.rule}@{self.threshold:.2f}"
         log.info("scorer ready: %s, %d of %d patches in the mask, %s search on %s", self.decided_by,
                  int(self.mask.sum()), model.n_patches, model.config.index, device)
 
     def _threshold(self) -> float:
-        key = f"{self.cfg.method}/{self.cfg.rule}"
-        if self.cfg.frame_threshold is not None:
-            return float(self.cfg.frame_threshold)
-        if key in self.model.thresholds:
-            return float(self.model.thresholds[key])
-        if self.cfg.rule in _VOTING:
-            return float(self.cfg.patch_threshold)
-        raise ConfigError(f"scoring.frame_threshold: rule {self.cfg.rule} needs a frame threshold; set it, "
-                          f"or calibrate the model (it has no '{key}' threshold)")
+        threshold = self.cfg.decision_threshold(self.model.thresholds)
+        if threshold is None:
+            raise ConfigError(f"scoring.frame_threshold: rule {self.cfg.rule} needs a frame threshold; set it, or "
+                              f"calibrate the model (it has no '{self.cfg.method}/{self.cfg.rule}' threshold)")
+        return threshold
 
     def score(self, batch: EmbeddingBatch) -> list[Verdict]:
         """Verdicts for every frame of the batch; masked-out patches report confidence 0 and never vote."""
