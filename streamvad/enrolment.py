@@ -37,6 +37,7 @@ from streamvad.datasets.base import Clip
 from streamvad.errors import ConfigError, InputError, StreamVADError
 from streamvad.live.fleet import model_path, owned, owner
 from streamvad.model_store import ModelStore, Version
+from streamvad.normality import chroma_store
 from streamvad.parent_watch import exit_with_parent
 from streamvad.scoring.engine import ModelInfo
 from streamvad.sources import open_source
@@ -269,8 +270,6 @@ def enrol(cfg: StreamVADConfig, camera_id: str, duration_s: float, *, progress: 
         if report is not None:
             report(phase="fitting")
         current = store.current()
-        from streamvad.normality import chroma_store  # Chroma's client, in the enrolment's process only
-
         # a Chroma server holds every camera's versions side by side: this version's collections get a prefix
         # of their own (the fit's directory, ".../model", would give every enrolment of every camera "model")
         prefix = f"{chroma_store.prefix_of(cfg.normality.chroma_prefix or camera_id, limit=30)}-" \

@@ -23,6 +23,7 @@ from typing import Any
 
 from streamvad.errors import ConfigError, InputError, StreamVADError
 from streamvad.layout import NORMALITY_DIR
+from streamvad.normality import chroma_store
 from streamvad.normality.manifest import read_manifest
 from streamvad.scoring.engine import MODEL_FILE
 
@@ -176,8 +177,6 @@ def _chroma_record(version: Path) -> tuple[str, str, int] | None:
 
 def _delete_collections(record: tuple[str, str, int]) -> None:
     """Best effort: a server that cannot be reached keeps the collections, and says so in the log."""
-    from streamvad.normality import chroma_store  # Chroma's client only where a server keeps versions
-
     url, prefix, n_tokens = record
     location = chroma_store.ChromaLocation(url=url, prefix=prefix)
     try:

@@ -373,6 +373,18 @@ def test_children_stop_when_serve_is_killed_9(serve_factory: Callable[..., Serve
     assert "is gone; stopping" in serve.log.read_text()
 
 
+@pytest.mark.parametrize(("module", "spared"), [
+    ("streamvad.live.serve", ("torch", "sklearn", "scipy", "chromadb")),  # the supervisor, console and /healthz
+    ("streamvad.normality.model", ("chromadb",)),  # what a worker serves from: it never reads the Chroma record
+])
+def test_serving_code_imports_no_library_it_does_not_use(module: str, spared: tuple[str, ...]) -> None:
+    """Each library costs every process that imports it seconds of CPU at start and tens to hundreds of MB (torch
+    and Chroma's client were in serve's supervisor until they moved to where they are used)."""
+    code = f"import sys, {module}; print(','.join(m for m in {spared!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "", f"{module} imports {done.stdout.strip()}"
+
+
 @pytest.mark.slow
 def test_rtsp_anomaly_reaches_signed_webhook_within_5s(serve_factory: Callable[..., Serve], anomaly_clip: Path,
                                                         tmp_path: Path) -> None:

@@ -18,17 +18,18 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import chromadb
 import numpy as np
-from chromadb.config import Settings
 from tqdm import tqdm
 
 from streamvad.errors import InputError
 from streamvad.layout import NORMALITY_DIR
 from streamvad.normality.tokens import token_name
+
+if TYPE_CHECKING:
+    import chromadb
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,11 @@ _DEFAULT_PORT = 8000  # `chroma run` and the chromadb/chroma image
 
 
 def open_client(directory: Path) -> chromadb.ClientAPI:
-    """An embedded client on `directory` (created if missing), with telemetry off."""
+    """An embedded client on `directory` (created if missing), with telemetry off. Chroma's client is imported
+    here, where one opens: a second of CPU and tens of MB that a worker, which never reads the record, is spared."""
+    import chromadb
+    from chromadb.config import Settings
+
     return chromadb.PersistentClient(path=str(directory), settings=Settings(anonymized_telemetry=False))
 
 
@@ -46,6 +51,9 @@ def open_server(url: str) -> chromadb.ClientAPI:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InputError(f"normality.chroma_url: expected http(s)://HOST[:PORT], got {url!r}")
+    import chromadb  # as in open_client
+    from chromadb.config import Settings
+
     try:
         client = chromadb.HttpClient(host=parts.hostname, port=parts.port or _DEFAULT_PORT,
                                      ssl=parts.scheme == "https", settings=Settings(anonymized_telemetry=False))
