@@ -87,6 +87,20 @@ def test_eval_scores_the_cart_above_normal_frames(scene: Path, model: Path, tmp_
     assert set(by_rule) == {"topk", "majority", "global", "hdbscan/global"}
 
 
+def test_a_model_with_hdbscan_replays_another_rule_without_the_hdbscan_library(scene: Path, model: Path) -> None:
+    """The clusterers are rebuilt on first use: a worker serving `topk` from a model fitted with HDBSCAN (the
+    default fit) never imports hdbscan, scikit-learn or scipy (about 95 MB and 1.5 s of CPU); `eval` above scores
+    with it from the same files."""
+    clip = scene / "test" / "cart.mp4"
+    code = ("import sys; from pathlib import Path; from streamvad.offline.pipeline import clips_from_paths, replay; "
+            "from streamvad.scoring.engine import load_engine; "
+            f"rows = replay(load_engine(Path({str(model)!r})), clips_from_paths([Path({str(clip)!r})]), "
+            "sample_fps=4.0, progress=False).records['primary']; "
+            "print(len(rows), [m for m in ('hdbscan', 'sklearn', 'scipy') if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert done.stdout.strip() == "24 []", done.stdout + done.stderr[-2000:]
+
+
 def _error_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -2,21 +2,27 @@
 
 The study found it near chance as configured (min_cluster_size = min_samples = 40), so by default
 only the global token gets one; `normality.hdbscan: all` fits every token in parallel processes.
+
+The hdbscan library (and scikit-learn and scipy with it: about 95 MB and 1.5 s of CPU) is imported where a
+clusterer is fitted or rebuilt, and a loaded model's clusterers are rebuilt on first use (`Clusterers`), so a
+worker serving another rule never imports it.
 """
 
 from __future__ import annotations
 
 import logging
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-import hdbscan
 import numpy as np
 from joblib import Parallel, delayed
 
 from streamvad.errors import InputError
+
+if TYPE_CHECKING:
+    import hdbscan
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +33,8 @@ def fit_one(x: np.ndarray, min_cluster_size: int, min_samples: int) -> hdbscan.H
     A short enrolment can hold fewer vectors than the configured sizes; they are then cut to what the
     footage has (hdbscan itself would fail deep inside its neighbour search), with a warning.
     """
+    import hdbscan
+
     if len(x) < 3:
         raise InputError(f"normality.hdbscan: {len(x)} training frame(s); HDBSCAN needs at least 3 (fit on more "
                          "footage, or set normality.hdbscan to none)")
@@ -69,6 +77,8 @@ def confidence(clusterer: hdbscan.HDBSCAN, points: np.ndarray) -> np.ndarray:
     """1 - membership strength [B] of points [B, D]; noise has strength 0, hence confidence 1."""
     if clusterer.labels_.max() < 0:  # all noise: hdbscan would warn on every call
         return np.ones(len(points), dtype=np.float32)
+    import hdbscan
+
     _, strength = hdbscan.approximate_predict(clusterer, np.asarray(points, dtype=np.float64))
     return np.clip(1.0 - np.asarray(strength, dtype=np.float64), 0.0, 1.0).astype(np.float32)
 
@@ -80,7 +90,7 @@ FILE = "hdbscan.npz"
 LEGACY_FILE = "hdbscan.pkl"
 
 
-def save(path: Path, clusterers: dict[int, hdbscan.HDBSCAN]) -> None:
+def save(path: Path, clusterers: Mapping[int, hdbscan.HDBSCAN]) -> None:
     """The clusterers as arrays in one .npz (no pickle: loading it cannot run code)."""
     arrays: dict[str, np.ndarray] = {"tokens": np.array(sorted(clusterers), dtype=np.int64)}
     for token, c in clusterers.items():
@@ -93,7 +103,9 @@ def save(path: Path, clusterers: dict[int, hdbscan.HDBSCAN]) -> None:
         np.savez(f, **arrays)
 
 
-def _rebuilt(z: Any, token: int) -> hdbscan.HDBSCAN:
+def _rebuilt(z: Mapping[str, np.ndarray], token: int) -> hdbscan.HDBSCAN:
+    import hdbscan
+
     sizes = z[f"{token}/sizes"]
     c = hdbscan.HDBSCAN(min_cluster_size=int(sizes[0]), min_samples=int(sizes[1]), metric="euclidean")
     tree = np.zeros(len(z[f"{token}/tree_parent"]), dtype=[("parent", np.intp), ("child", np.intp),
@@ -107,20 +119,50 @@ def _rebuilt(z: Any, token: int) -> hdbscan.HDBSCAN:
     return c
 
 
-def load(directory: Path) -> dict[int, hdbscan.HDBSCAN]:
-    """Inverse of `save`; a missing, broken or inconsistent file is an InputError naming it. A pickled state
-    from an older StreamVAD is refused unread: unpickling a model file could run any code."""
+class Clusterers(Mapping[int, "hdbscan.HDBSCAN"]):
+    """A saved model's clusterers by token, each rebuilt from its checked arrays when first asked for."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], tokens: list[int]) -> None:
+        self._arrays, self._tokens = arrays, tokens
+        self._built: dict[int, hdbscan.HDBSCAN] = {}
+
+    def __getitem__(self, token: int) -> hdbscan.HDBSCAN:
+        if token not in self._tokens:
+            raise KeyError(token)
+        if token not in self._built:
+            self._built[token] = _rebuilt(self._arrays, token)
+        return self._built[token]
+
+    def __contains__(self, token: object) -> bool:  # without building it (Mapping's would)
+        return token in self._tokens
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._tokens)
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+
+def load(directory: Path) -> Clusterers:
+    """Inverse of `save`; a missing, broken or inconsistent file is an InputError naming it, here rather than at
+    first use. A pickled state from an older StreamVAD is refused unread: unpickling a model file could run any
+    code."""
     path = directory / FILE
     if not path.is_file() and (directory / LEGACY_FILE).is_file():
         raise InputError(f"{directory / LEGACY_FILE}: pickled HDBSCAN state is not loaded (a pickle can run code); "
                          "refit the model with this StreamVAD")
     try:
         with np.load(path, allow_pickle=False) as z:
-            clusterers = {int(t): _rebuilt(z, int(t)) for t in z["tokens"]}
+            arrays = {key: z[key] for key in z.files}
+        tokens = [int(t) for t in arrays["tokens"]]
+        for token in tokens:
+            data, labels = arrays[f"{token}/data"], arrays[f"{token}/labels"]
+            tree = [arrays[f"{token}/tree_{k}"] for k in _TREE]
+            if (not np.isfinite(data).all() or data.ndim != 2 or len(labels) != len(data)
+                    or len(arrays[f"{token}/probabilities"]) != len(data) or arrays[f"{token}/sizes"].shape != (2,)
+                    or len({len(t) for t in tree}) != 1):
+                raise InputError(f"{path}: token {token}: non-finite or mismatched HDBSCAN arrays; refit the model")
     except (OSError, KeyError, ValueError, IndexError, TypeError, zipfile.BadZipFile) as err:
         why = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise InputError(f"{path}: cannot read the HDBSCAN state ({why}); refit the model") from None
-    for token, c in clusterers.items():
-        if not np.isfinite(c._raw_data).all() or len(c.labels_) != len(c._raw_data):
-            raise InputError(f"{path}: token {token}: non-finite or mismatched HDBSCAN arrays; refit the model")
-    return clusterers
+    return Clusterers(arrays, tokens)

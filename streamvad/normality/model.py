@@ -30,6 +30,7 @@ import logging
 import math
 import multiprocessing as mp
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -135,7 +136,7 @@ class NormalityModel:
     sources: list[str]
     config: NormalityConfig
     thresholds: dict[str, float] = field(default_factory=dict)
-    hdbscan: dict[int, Any] = field(default_factory=dict)  # token -> fitted hdbscan.HDBSCAN
+    hdbscan: Mapping[int, Any] = field(default_factory=dict)  # token -> fitted hdbscan.HDBSCAN
     indexes: list[Any] | None = None  # hnswlib indexes per token when config.index == "hnsw"
     projected: projected_index.ProjectedIndex | None = None  # when config.index == "projected"
     projection: GlobalProjection | None = None  # when the global width differs from the patch width
