@@ -91,7 +91,7 @@ def add_velocities(motion: MotionModel, evidence: Evidence) -> int:
 def mark_normal(root: Path, evidence: Evidence, event_id: str, keep: int = StoreConfig().keep_versions) -> Version:
     """The next version of the store at `root`: the current one with `evidence` added; it is made current, and
     the store keeps its newest `keep` versions (`ModelStore.prune`)."""
-    # the model's libraries (torch, scikit-learn, Chroma): serve's supervisor loads them on the first mark, not at start
+    # the model's code, on torch: serve's supervisor imports it on the first mark, not at start
     from streamvad.normality.model import NormalityModel, chroma_process
     from streamvad.normality.nnn import NNN_FILE
 

@@ -41,7 +41,7 @@ class Exemplars:
             if model_dir in self._models:
                 self._models.move_to_end(model_dir)
                 return self._models[model_dir]
-        # the model's libraries (torch, scikit-learn, Chroma): serve's supervisor loads them on the first exemplar
+        # the model's code, on torch: serve's supervisor imports it on the first exemplar, not at start
         from streamvad.normality.model import NormalityModel
 
         model = NormalityModel.load(model_dir / NORMALITY_DIR)
