@@ -90,7 +90,7 @@ class MotionModel:
     @classmethod
     def fit(cls, motion: MotionField, grid: tuple[int, int], cfg: MotionConfig) -> MotionModel:
         """From the motion of normal frames (invalid rows, which have none, are skipped)."""
-        from streamvad.normality.coreset import k_center  # on torch, which serve's supervisor (it reads this module) lacks
+        from streamvad.normality.coreset import k_center  # on torch, which serve's supervisor lacks
 
         active = _active(motion, cfg)
         n = grid[0] * grid[1]
