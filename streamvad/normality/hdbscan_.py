@@ -123,7 +123,7 @@ class Clusterers(Mapping[int, "hdbscan.HDBSCAN"]):
     """A saved model's clusterers by token, each rebuilt from its checked arrays when first asked for."""
 
     def __init__(self, arrays: dict[str, np.ndarray], tokens: list[int]) -> None:
-        self._arrays, self._tokens = arrays, tokens
+        self._arrays, self._tokens = arrays, dict.fromkeys(tokens)  # in order, and a set: scoring looks each up
         self._built: dict[int, hdbscan.HDBSCAN] = {}
 
     def __getitem__(self, token: int) -> hdbscan.HDBSCAN:

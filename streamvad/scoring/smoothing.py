@@ -33,6 +33,7 @@ from streamvad.types import Verdict
 
 _EPS = 1e-6  # pts are floats: a frame exactly `smooth_s` old has left the window
 
+
 class Smoother:
     """Each camera's recent (pts, score, raw score); `apply` replaces every verdict's scores by the window's value
     (its mean, or the exponential's state) and re-decides it. Verdicts of one camera must come in stream order, as
