@@ -22,18 +22,22 @@ new version's rows under a prefix of its own (`version_prefix`), so the previous
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import shutil
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from streamvad.config import StoreConfig
-from streamvad.errors import InputError
+from streamvad.errors import InputError, StreamVADError
 from streamvad.layout import MOTION_DIR, NORMALITY_DIR
 from streamvad.model_store import ModelStore, Version
 from streamvad.motion.model import META as MOTION_META
 from streamvad.motion.model import MotionModel
+from streamvad.normality import chroma_store
 from streamvad.scoring.engine import ModelInfo
 from streamvad.types import Evidence
 
@@ -90,9 +94,29 @@ def add_velocities(motion: MotionModel, evidence: Evidence) -> int:
 
 def mark_normal(root: Path, evidence: Evidence, event_id: str, keep: int = StoreConfig().keep_versions) -> Version:
     """The next version of the store at `root`: the current one with `evidence` added; it is made current, and
-    the store keeps its newest `keep` versions (`ModelStore.prune`)."""
-    # the model's code, on torch: serve's supervisor imports it on the first mark, not at start
-    from streamvad.normality.model import NormalityModel, chroma_process
+    the store keeps its newest `keep` versions (`ModelStore.prune`).
+
+    A process of its own (spawned, one per mark) builds the version: it needs the model's code and torch, which
+    serve's supervisor, where the console runs, then never holds. An operator's click pays that process's start,
+    a few seconds. The version's Chroma record is written by another, started here."""
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        try:
+            version, record = pool.submit(_next_version, root, evidence, event_id, keep).result()
+        except BrokenProcessPool:
+            raise StreamVADError(f"{root}: the process marking event {event_id} normal ended without an answer "
+                                 "(killed, out of memory, or failed to start); see which version is current") from None
+    if record is not None:
+        chroma_store.chroma_process(version.path / NORMALITY_DIR, record)
+    log.info("%s: %s marks event %s normal (%d patch vectors, %d velocities added to %s)", root, version.name,
+             event_id, version.record["added_vectors"], version.record["added_velocities"], version.record["previous"])
+    return version
+
+
+def _next_version(root: Path, evidence: Evidence, event_id: str, keep: int
+                  ) -> tuple[Version, chroma_store.ChromaLocation | None]:
+    """`mark_normal`'s process: the new version, current and pruned, and where its Chroma record goes (None: the
+    model keeps none)."""
+    from streamvad.normality.model import NormalityModel
     from streamvad.normality.nnn import NNN_FILE
 
     store = ModelStore(root)
@@ -123,11 +147,8 @@ def mark_normal(root: Path, evidence: Evidence, event_id: str, keep: int = Store
         raise
     store.activate(version.name)
     store.prune(keep)
-    if model.config.chroma or model.chroma_server is not None:
-        chroma_process(version.path / NORMALITY_DIR, model.recorded_chroma(version.path / NORMALITY_DIR))
-    log.info("%s: %s marks event %s normal (%d patch vectors, %d velocities added to %s)", root, version.name,
-             event_id, added, velocities, current.name)
-    return version
+    recorded = model.config.chroma or model.chroma_server is not None
+    return version, model.recorded_chroma(version.path / NORMALITY_DIR) if recorded else None
 
 
 def version_prefix(prefix: str, event_id: str) -> str:

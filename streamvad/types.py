@@ -165,6 +165,17 @@ class Evidence:
 
 
 @dataclass
+class NormalMemory:
+    """A fitted model's memory as the console reads it, without the model's libraries (normality/memory_files.py):
+    `train` [T, M, D] mapped from its file (token 0 the global embedding, token i patch i - 1), `frames` [T, M] the
+    training frame each row came from, `sources` the training frames' names."""
+
+    train: np.ndarray
+    frames: np.ndarray
+    sources: list[str]
+
+
+@dataclass
 class Verdict:
     """The decision for one frame.
 

@@ -4,6 +4,7 @@ who may do what, paging and filters, the nearest normal exemplar, mark as normal
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import subprocess
 import sys
@@ -219,6 +220,42 @@ def test_mark_as_normal_adds_the_sight_to_a_new_version_and_undo_rolls_it_back(c
     assert again_undo.status_code == 409 and "not the one that marked" in again_undo.json()["detail"]
     fault = httpx.post(f"{console.url}/api/events/e005/normal", headers=_auth())
     assert fault.status_code == 409  # a covered lens is no sight to learn
+
+
+_WITHOUT_TORCH = """
+import json, sys
+from pathlib import Path
+import numpy as np
+from streamvad import feedback
+from streamvad.console.exemplar import Exemplars
+from streamvad.types import Evidence
+
+store, saved = Path(sys.argv[1]), np.load(sys.argv[2])
+evidence = Evidence(saved["patches"], saved["vectors"])
+exemplar = Exemplars().nearest(store / "v0001", evidence)
+version = feedback.mark_normal(store, evidence, "e000")
+loaded = [m for m in ("torch", "sklearn", "scipy", "hdbscan", "chromadb") if m in sys.modules]
+print(json.dumps({"source": exemplar["source"], "version": version.name, "loaded": loaded}))
+"""
+
+
+def test_the_console_finds_exemplars_and_marks_normal_without_the_models_libraries(console: Console,
+                                                                                   tmp_path: Path) -> None:
+    """serve's supervisor, where the console runs, stays small for good: the exemplar is read from the memory's
+    files, and a process of its own builds the version an operator's "normal" makes, on torch."""
+    store = tmp_path / "gate"
+    shutil.copytree(console.store / "v0001", store / "v0001")
+    ModelStore(store).activate("v0001")
+    saved = tmp_path / "evidence.npz"
+    np.savez(saved, patches=console.evidence.patches, vectors=console.evidence.vectors)
+    done = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, str(store), str(saved)], capture_output=True,
+                          text=True, timeout=300, check=True)
+    found = json.loads(done.stdout.splitlines()[-1])
+    assert found["loaded"] == [] and found["version"] == "v0002"
+    detail = httpx.get(f"{console.url}/api/events/e000", headers=_auth()).json()
+    assert found["source"] == detail["exemplar"]["source"]  # what the console's own process shows
+    engine = load_engine(store / "v0002")
+    assert not engine.scorer.score(console.batch)[0].anomalous
 
 
 def test_cameras_list_detail_and_versions(console: Console) -> None:

@@ -3,9 +3,11 @@ position, is nearest the event's own. It shows the operator what normal looks li
 comparison the score itself made.
 
 Each memory row records its training frame (`frames.npy`), and `fit` keeps a small JPEG of every frame the
-memory holds a row of (`exemplars/<frame>.jpg`, see offline/exemplars.py). Memories are loaded on first use
-and a few are kept, since an operator reviews several events of one camera in a row. The camera page's facts
-about a model (its thresholds, the scorer that decides its alerts) are read here too, from its files alone.
+memory holds a row of (`exemplars/<frame>.jpg`, see offline/exemplars.py). Memories are mapped from their files
+on first use, without the model's libraries (normality/memory_files.py: serve's supervisor, where the console
+runs, never imports torch), and a few are kept, since an operator reviews several events of one camera in a
+row. The camera page's facts about a model (its thresholds, the scorer that decides its alerts) are read here
+too, from its files alone.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -21,35 +23,30 @@ from streamvad.config import ScoringConfig
 from streamvad.errors import StreamVADError
 from streamvad.layout import MOTION_DIR, NORMALITY_DIR
 from streamvad.model_store import json_object, version_name
+from streamvad.normality.memory_files import read_memory
 from streamvad.offline.exemplars import EXEMPLARS, exemplar_path
 from streamvad.scoring.engine import ModelInfo
-from streamvad.types import Evidence
-
-if TYPE_CHECKING:
-    from streamvad.normality.model import NormalityModel
+from streamvad.types import Evidence, NormalMemory
 
 _KEEP = 4  # memories held at once
 
 
 class Exemplars:
     def __init__(self) -> None:
-        self._models: OrderedDict[Path, NormalityModel] = OrderedDict()
+        self._memories: OrderedDict[Path, NormalMemory] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _model(self, model_dir: Path) -> NormalityModel:
+    def _memory(self, model_dir: Path) -> NormalMemory:
         with self._lock:
-            if model_dir in self._models:
-                self._models.move_to_end(model_dir)
-                return self._models[model_dir]
-        # the model's code, on torch: serve's supervisor imports it on the first exemplar, not at start
-        from streamvad.normality.model import NormalityModel
-
-        model = NormalityModel.load(model_dir / NORMALITY_DIR)
+            if model_dir in self._memories:
+                self._memories.move_to_end(model_dir)
+                return self._memories[model_dir]
+        memory = read_memory(model_dir / NORMALITY_DIR)
         with self._lock:
-            self._models[model_dir] = model
-            while len(self._models) > _KEEP:
-                self._models.popitem(last=False)
-        return model
+            self._memories[model_dir] = memory
+            while len(self._memories) > _KEEP:
+                self._memories.popitem(last=False)
+        return memory
 
     def nearest(self, model_dir: Path | None, evidence: Evidence) -> dict[str, Any] | None:
         """{"path", "source", "patch", "distance", "version"} of the exemplar of the evidence's hottest patch, or
@@ -58,20 +55,20 @@ class Exemplars:
         if model_dir is None or not (model_dir / EXEMPLARS).is_dir():
             return None
         try:
-            model = self._model(model_dir)
+            memory = self._memory(model_dir)
         except (StreamVADError, OSError):
             return None
         patch = int(evidence.patches[0])
-        if patch + 1 >= len(model.train) or model.train.shape[2] != evidence.vectors.shape[1]:
+        if patch + 1 >= len(memory.train) or memory.train.shape[2] != evidence.vectors.shape[1]:
             return None  # another backbone's memory: the event's version was pruned, the current one differs
-        memory = model.train[patch + 1].astype(np.float32)  # token 0 is the global embedding
-        distances = np.sqrt(((memory - evidence.vectors[0].astype(np.float32)) ** 2).sum(1))
+        rows = memory.train[patch + 1].astype(np.float32)  # token 0 is the global embedding
+        distances = np.sqrt(((rows - evidence.vectors[0].astype(np.float32)) ** 2).sum(1))
         row = int(np.argmin(distances))
-        frame = int(model.frame_of()[patch + 1, row])
+        frame = int(memory.frames[patch + 1, row])
         path = exemplar_path(model_dir, frame)
         if not path.is_file():
             return None
-        return {"path": path, "source": model.sources[frame], "patch": patch, "distance": float(distances[row]),
+        return {"path": path, "source": memory.sources[frame], "patch": patch, "distance": float(distances[row]),
                 "version": version_name(model_dir)}
 
     @staticmethod

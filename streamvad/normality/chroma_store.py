@@ -13,10 +13,14 @@ carries the model's prefix ("lobby-global", "lobby-patch_000", ...) so models do
 
 from __future__ import annotations
 
+import json
 import logging
+import multiprocessing as mp
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -26,7 +30,9 @@ from tqdm import tqdm
 
 from streamvad.errors import InputError
 from streamvad.layout import NORMALITY_DIR
-from streamvad.normality.tokens import token_name
+from streamvad.normality.memory_files import FRAMES, SOURCES, TRAIN, rows_are_frames
+from streamvad.normality.tokens import memory_block, token_name
+from streamvad.parent_watch import exit_with_parent
 
 if TYPE_CHECKING:
     import chromadb
@@ -157,6 +163,29 @@ def write(
             )
     log.info("wrote %d Chroma collections of %d vectors to %s", len(todo), q, location)
 
+
+
+def chroma_process(directory: Path, location: ChromaLocation, *, with_parent: bool = False) -> BaseProcess:
+    """Chroma written at `location` from the memory files saved in `directory`, by a process of its own, started
+    now (its client holds the GIL while it writes). `with_parent`: it exits when the process that started it
+    is gone, for a fit's record, which nobody uses if the fit dies; a committed version's record is finished."""
+    proc = mp.get_context("spawn").Process(target=_write_saved, args=(directory, location, with_parent),
+                                           name="streamvad-chroma")
+    proc.start()
+    return proc
+
+
+def _write_saved(directory: Path, location: ChromaLocation, with_parent: bool) -> None:
+    """Process entry (`chroma_process`): Chroma from the memory files in `directory`."""
+    if with_parent:
+        exit_with_parent()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    train = np.load(directory / TRAIN, mmap_mode="r")
+    frames = np.load(directory / FRAMES) if (directory / FRAMES).is_file() else rows_are_frames(train.shape[:2])
+    sources = json.loads((directory / SOURCES).read_text(encoding="utf-8"))
+    write(location, partial(memory_block, train), np.load(directory / "clusters.npy"),
+          np.load(directory / "loc_dens.npy"), sources, frames, progress=False)
 
 def read(location: ChromaLocation, n_tokens: int, n_train: int, dim: int, n_frames: int) -> dict[str, Any]:
     """Every token's vectors [T, M, D], clusters, local densities and source frames [T, M], and the names of

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import multiprocessing as mp
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,13 +47,20 @@ from streamvad.errors import InputError
 from streamvad.normality import chroma_store, hdbscan_, hnsw_index, kmeans, knnn, projected_index
 from streamvad.normality.coreset import coreset_rows, token_coreset
 from streamvad.normality.manifest import FORMAT_VERSION, MANIFEST, check_backbone, plain, read_manifest
+from streamvad.normality.memory_files import (
+    FRAMES,
+    SOURCES,
+    TRAIN,
+    load_frames,
+    load_npy,
+    load_sources,
+    rows_are_frames,
+)
 from streamvad.normality.nnn import NNN_FILE, NNNState
-from streamvad.normality.tokens import chunk_size, token_block
-from streamvad.parent_watch import exit_with_parent
+from streamvad.normality.tokens import chunk_size, memory_block, token_block
 
 log = logging.getLogger(__name__)
 
-FRAMES = "frames.npy"
 PROJECTION = "global_proj.npz"
 _LIBRARIES = ("streamvad", "torch", "numpy", "scikit-learn", "hdbscan", "hnswlib", "chromadb")
 
@@ -167,7 +173,7 @@ class NormalityModel:
 
     def frame_of(self) -> np.ndarray:
         """[T, M]: the training frame (index into `sources`) each memory row came from."""
-        return self.frames if self.frames is not None else _rows_are_frames(self.train.shape[:2])
+        return self.frames if self.frames is not None else rows_are_frames(self.train.shape[:2])
 
     @property
     def dim(self) -> int:
@@ -233,7 +239,7 @@ class NormalityModel:
                 train[lo : lo + step] = token_block(global_, patches, lo, min(n_tokens, lo + step))
         train = serving_memory(train)
         q = rows
-        block = partial(_rows, train)
+        block = partial(memory_block, train)
         candidates = kmeans.k_candidates(cfg.k_min, cfg.k_max, cfg.k_candidates, q)
         log.info("fitting %d tokens x %d vectors (D=%d), k in %s", n_tokens, q, d, candidates)
         with tqdm(total=n_tokens, desc="k-means", unit="token", disable=_quiet(progress)) as bar:
@@ -294,12 +300,12 @@ class NormalityModel:
         tmp = directory / "train.npy.tmp"
         with tmp.open("wb") as f:
             np.save(f, self.train)
-        tmp.replace(directory / "train.npy")
+        tmp.replace(directory / TRAIN)
         np.save(directory / "clusters.npy", self.clusters)
         np.save(directory / "loc_dens.npy", self.loc_dens)
         if self.frames is not None:
             np.save(directory / FRAMES, self.frames)
-        (directory / "sources.json").write_text(json.dumps(self.sources), encoding="utf-8")
+        (directory / SOURCES).write_text(json.dumps(self.sources), encoding="utf-8")
 
     def save(self, directory: str | Path, *, write_chroma: bool = True, progress: bool | None = None,
              memory: bool = True) -> None:
@@ -338,7 +344,7 @@ class NormalityModel:
 
     def write_chroma(self, location: chroma_store.ChromaLocation, progress: bool | None = None) -> None:
         """The system of record: every memory row with its metadata."""
-        chroma_store.write(location, partial(_rows, self.train), self.clusters, self.loc_dens, self.sources,
+        chroma_store.write(location, partial(memory_block, self.train), self.clusters, self.loc_dens, self.sources,
                            self.frame_of(), progress=progress)
 
     def chroma_writer(self, directory: Path) -> BaseProcess:
@@ -350,7 +356,7 @@ class NormalityModel:
         """
         location = self.chroma_location(directory)
         self.save_memory(directory)
-        return chroma_process(directory, location, with_parent=True)
+        return chroma_store.chroma_process(directory, location, with_parent=True)
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -400,11 +406,11 @@ class NormalityModel:
         arrays = {
             # an index answers every search and the memory is read only where a row is looked up (exemplars,
             # feedback, a projected index's candidates): it is mapped, so a worker holds no second copy of it
-            "train": _load_npy(directory / "train.npy", (t, q, d), "f", mapped=man["index"] != "dense"),
-            "clusters": _load_npy(directory / "clusters.npy", (t, q), "iu"),
-            "loc_dens": _load_npy(directory / "loc_dens.npy", (t, q), "f"),
-            "sources": _load_sources(directory / "sources.json", man.get("n_frames", q)),
-            "frames": _load_frames(directory, man, (t, q)),
+            "train": load_npy(directory / TRAIN, (t, q, d), "f", mapped=man["index"] != "dense"),
+            "clusters": load_npy(directory / "clusters.npy", (t, q), "iu"),
+            "loc_dens": load_npy(directory / "loc_dens.npy", (t, q), "f"),
+            "sources": load_sources(directory / SOURCES, man.get("n_frames", q)),
+            "frames": load_frames(directory, man, (t, q)),
         }
         indexes = hnsw_index.load_all(directory / "hnsw", t, d, q) if man["index"] == "hnsw" else None
         projected = projected_index.ProjectedIndex.load(directory / projected_index.FILE, t, q, d) \
@@ -468,44 +474,18 @@ def _chroma_location(directory: Path, server: dict[str, str] | None) -> chroma_s
     return chroma_store.ChromaLocation(url=server["url"], prefix=server["prefix"])
 
 
-def chroma_process(directory: Path, location: chroma_store.ChromaLocation, *,
-                   with_parent: bool = False) -> BaseProcess:
-    """Chroma written at `location` from the memory files saved in `directory`, by a process of its own, started
-    now (its client holds the GIL while it writes). `with_parent`: it exits when the process that started it
-    is gone, for a fit's record, which nobody uses if the fit dies; a committed version's record is finished."""
-    proc = mp.get_context("spawn").Process(target=_write_saved_chroma, args=(directory, location, with_parent),
-                                           name="streamvad-chroma")
-    proc.start()
-    return proc
 
 
-def _write_saved_chroma(directory: Path, location: chroma_store.ChromaLocation, with_parent: bool) -> None:
-    """Process entry (`NormalityModel.chroma_writer`): Chroma from the memory files in `directory`."""
-    if with_parent:
-        exit_with_parent()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    train = np.load(directory / "train.npy", mmap_mode="r")
-    frames = np.load(directory / FRAMES) if (directory / FRAMES).is_file() else _rows_are_frames(train.shape[:2])
-    sources = json.loads((directory / "sources.json").read_text(encoding="utf-8"))
-    chroma_store.write(location, partial(_rows, train), np.load(directory / "clusters.npy"),
-                       np.load(directory / "loc_dens.npy"), sources, frames, progress=False)
 
 
-def _rows_are_frames(shape: tuple[int, ...]) -> np.ndarray:
-    """[T, M] frame of each row of a memory of every training frame: row r is frame r, for every token."""
-    return np.broadcast_to(np.arange(shape[1], dtype=np.int32), shape)
 
 
-def _rows(train: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """Tokens [start, stop) of the memory in float32, what every fitting step computes in."""
-    return np.asarray(train[start:stop], dtype=np.float32)
 
 
 def _serving_index(index: str, train: np.ndarray, seed: int
                    ) -> tuple[list[Any] | None, projected_index.ProjectedIndex | None]:
     """The hnsw indexes or the projected index of the memory `train`, as `index` (the config's) asks."""
-    block = partial(_rows, train)
+    block = partial(memory_block, train)
     if index == "hnsw":
         return hnsw_index.build_all(block, train.shape[0], seed), None
     if index == "projected":
@@ -548,46 +528,9 @@ def memory_rows(max_bytes: int, n_tokens: int, dim: int, cfg: NormalityConfig, g
 
 def _serving_bytes(directory: Path, n_rows: int) -> int:
     """Bytes serving holds: the files a load reads (arrays, indexes, clusterers) plus the squared norms it derives."""
-    files = ["train.npy", "clusters.npy", "loc_dens.npy", FRAMES, hdbscan_.FILE, PROJECTION, projected_index.FILE]
+    files = [TRAIN, "clusters.npy", "loc_dens.npy", FRAMES, hdbscan_.FILE, PROJECTION, projected_index.FILE]
     size = sum((directory / f).stat().st_size for f in files if (directory / f).is_file())
     hnsw = directory / "hnsw"
     if hnsw.is_dir():
         size += sum(p.stat().st_size for p in hnsw.iterdir())
     return size + 4 * n_rows
-
-
-def _load_frames(directory: Path, man: dict[str, Any], shape: tuple[int, int]) -> np.ndarray | None:
-    if not man.get("coreset"):
-        return None
-    frames = _load_npy(directory / FRAMES, shape, "iu")
-    if frames.size and (frames.min() < 0 or frames.max() >= man["n_frames"]):
-        raise InputError(f"{directory / FRAMES}: frame indices outside the {man['n_frames']} training frames; "
-                         "the model is corrupt")
-    return frames.astype(np.int32)
-
-
-def _load_npy(path: Path, shape: tuple[int, ...], kinds: str, *, mapped: bool = False) -> np.ndarray:
-    """The array, checked for shape, dtype kind (numpy's "f", "iu") and finite values; `mapped`: mapped from the
-    file copy-on-write instead of read (the check's pages are the page cache's, which the kernel can drop)."""
-    try:
-        arr = np.load(path, allow_pickle=False, mmap_mode="c" if mapped else None)
-    except (OSError, ValueError, EOFError) as err:
-        raise InputError(f"{path}: cannot read ({err}); the model directory is incomplete or corrupt") from None
-    if arr.shape != shape:
-        raise InputError(f"{path}: shape {arr.shape}, the manifest expects {shape}; the model is corrupt")
-    if arr.dtype.kind not in kinds:
-        raise InputError(f"{path}: dtype {arr.dtype}, expected {'floats' if kinds == 'f' else 'integers'}; "
-                         "the model is corrupt")
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():  # a NaN memory would load and never flag anything
-        raise InputError(f"{path}: holds NaN or infinite values; the model is corrupt")
-    return arr
-
-
-def _load_sources(path: Path, n: int) -> list[str]:
-    try:
-        sources = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"{path}: cannot read ({err}); the model directory is incomplete or corrupt") from None
-    if not isinstance(sources, list) or len(sources) != n:
-        raise InputError(f"{path}: expected a list of {n} source names")
-    return [str(s) for s in sources]

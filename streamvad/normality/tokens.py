@@ -32,6 +32,12 @@ def token_block(global_: np.ndarray, patches: np.ndarray, start: int, stop: int)
     return np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
 
 
+def memory_block(train: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Tokens [start, stop) of a token-major memory [T, M, D] (float16 or a mapped file) as float32, what every
+    fitting step and the Chroma record compute in."""
+    return np.asarray(train[start:stop], dtype=np.float32)
+
+
 def chunk_size(bytes_per_token: int, budget_bytes: int = 512 << 20) -> int:
     """How many tokens one batched step may hold so its temporaries stay within `budget_bytes`."""
     return max(1, budget_bytes // max(1, bytes_per_token))
