@@ -281,7 +281,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"{args.camera}: version {version.name}, {version.record['previous']} served by {args.index} search, is "
               "current; running workers switch to it within worker.model_poll_s")
         return 0
-    version = store.activate(args.version) if args.models_command == "activate" else store.rollback()
+    with store.writing():
+        version = store.activate(args.version) if args.models_command == "activate" else store.rollback()
     print(f"{args.camera}: version {version.name} is current; running workers switch to it within "
           "worker.model_poll_s")
     return 0

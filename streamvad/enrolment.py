@@ -293,17 +293,19 @@ def enrol(cfg: StreamVADConfig, camera_id: str, duration_s: float, *, progress: 
         fitted = result.get()
         frames = sum(1 for c in clips for _ in c.path.iterdir())
         left_out = fitted["excluded"] + fitted["outliers"]
-        version = store.add(work / "model", {
-            "camera": camera_id, "source": redact_url(camera.url), "duration_s": duration_s,
-            "recorded_frames": frames + left_out, "fitted_frames": frames, "excluded_anomalous": fitted["excluded"],
-            "excluded_outliers": fitted["outliers"],
-            "segments": len(clips), "n_train": fitted["n_train"], "n_holdout": fitted["n_holdout"],
-            "thresholds": fitted["thresholds"], "previous": current and current.name, "recorded": recorded,
-            "holdout_scores": fitted["holdout_scores"], "serving_bytes": fitted["serving_bytes"],
-            "fit_seconds": fitted["stages"],
-        })
-        store.activate(version.name)
-        store.prune(cfg.store.keep_versions)
+        with store.writing():  # a mark made during the fit is superseded: the fit learned from the stream since
+            replaced = store.current()
+            version = store.add(work / "model", {
+                "camera": camera_id, "source": redact_url(camera.url), "duration_s": duration_s,
+                "recorded_frames": frames + left_out, "fitted_frames": frames, "excluded_anomalous": fitted["excluded"],
+                "excluded_outliers": fitted["outliers"],
+                "segments": len(clips), "n_train": fitted["n_train"], "n_holdout": fitted["n_holdout"],
+                "thresholds": fitted["thresholds"], "previous": replaced and replaced.name, "recorded": recorded,
+                "holdout_scores": fitted["holdout_scores"], "serving_bytes": fitted["serving_bytes"],
+                "fit_seconds": fitted["stages"],
+            })
+            store.activate(version.name)
+            store.prune(cfg.store.keep_versions)
     except OSError as err:
         raise InputError(f"{store.root}: cannot write to the model store ({err.strerror or err}); "
                          "the current version is unchanged") from None

@@ -98,8 +98,10 @@ def mark_normal(root: Path, evidence: Evidence, event_id: str, keep: int = Store
 
     A process of its own (spawned, one per mark) builds the version: it needs the model's code and torch, which
     serve's supervisor, where the console runs, then never holds. An operator's click pays that process's start,
-    a few seconds. The version's Chroma record is written by another, started here."""
-    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+    a few seconds. It runs as the store's one writer (`ModelStore.writing`), so it builds on the version an
+    enrolment or another mark made current before it. The version's Chroma record is written by another process,
+    started here."""
+    with ModelStore(root).writing(), ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
         try:
             version, record = pool.submit(_next_version, root, evidence, event_id, keep).result()
         except BrokenProcessPool:
@@ -160,8 +162,9 @@ def version_prefix(prefix: str, event_id: str) -> str:
 def undo(root: Path, event_id: str) -> Version:
     """Roll the store back past the version that marked `event_id` normal, if it is still the current one."""
     store = ModelStore(root)
-    current = store.current()
-    if current is None or current.record.get("event") != event_id:
-        raise InputError(f"{root}: the current version ({current.name if current else 'none'}) is not the one that "
-                         f"marked event {event_id} normal; roll back by hand (streamvad models rollback)")
-    return store.activate(str(current.record["previous"]))
+    with store.writing():
+        current = store.current()
+        if current is None or current.record.get("event") != event_id:
+            raise InputError(f"{root}: the current version ({current.name if current else 'none'}) is not the one "
+                             f"that marked event {event_id} normal; roll back by hand (streamvad models rollback)")
+        return store.activate(str(current.record["previous"]))

@@ -6,17 +6,22 @@ on, when, its thresholds and hold-out), and then points `current` at it. `curren
 with one rename, so a worker that reads it sees the old version or the new one, never a half-switched
 store; a running worker notices the change and swaps the camera's model between batches (live/fleet.py).
 A store with no `current` is a camera still learning. Every enrolment and every "mark as normal" adds a whole
-model, so a store keeps its newest versions only (`store.keep_versions`, `prune`).
+model, so a store keeps its newest versions only (`store.keep_versions`, `prune`). Whatever reads `current` and
+moves it (an enrolment, a mark, a reindex, an activation or rollback) does so as the store's one writer
+(`writing`), from whichever process.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,7 @@ log = logging.getLogger(__name__)
 
 CURRENT = "current"
 VERSION_FILE = "version.json"
+LOCK = ".lock"
 _VERSION = re.compile(r"^v(\d{4,})$")
 
 
@@ -56,6 +62,17 @@ class ModelStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """The store's one writer, until the block ends. A writer reads `current`, builds on it and moves it: two
+        at once would both build on the same version and the later would drop the other's (an operator's mark
+        lost under an enrolment), or take the same version name. An exclusive `flock` on `.lock`, so it holds
+        between processes (serve, a CLI) and goes with a writer that dies. Not re-entrant: take it once."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / LOCK).open("a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+            yield
 
     def is_store(self) -> bool:
         """`root` holds only what a store holds (versions, `current`, hidden work folders), or nothing yet."""

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from streamvad import feedback
 from streamvad.config import StreamVADConfig
 from streamvad.console.api import Site
 from streamvad.console.auth import hash_password, verify_password
@@ -27,7 +28,7 @@ from streamvad.datasets.synthetic import make_scene
 from streamvad.live.events_db import EventQuery, EventsDB
 from streamvad.live.health import ServeState
 from streamvad.live.media import MediaLayout, _write_atomic
-from streamvad.model_store import ModelStore
+from streamvad.model_store import ModelStore, Version
 from streamvad.normality.model import NormalityModel
 from streamvad.offline.exemplars import exemplar_path
 from streamvad.offline.pipeline import clips_from_paths, iter_frames
@@ -256,6 +257,37 @@ def test_the_console_finds_exemplars_and_marks_normal_without_the_models_librari
     assert found["source"] == detail["exemplar"]["source"]  # what the console's own process shows
     engine = load_engine(store / "v0002")
     assert not engine.scorer.score(console.batch)[0].anomalous
+
+
+def _waiting_in(thread: threading.Thread, function: str) -> bool:
+    """Whether `thread` is now inside `function` (a frame of that name on its stack)."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    while frame is not None and frame.f_code.co_name != function:
+        frame = frame.f_back
+    return frame is not None
+
+
+def test_a_mark_waits_for_the_store_writer_before_it_and_builds_on_its_version(console: Console,
+                                                                               tmp_path: Path) -> None:
+    """An enrolment makes a new version current while an operator marks an event normal: the mark waits for the
+    store's writer and adds to the enrolment's version, instead of adding to the one before and dropping it."""
+    store = tmp_path / "gate"
+    shutil.copytree(console.store / "v0001", store / "v0001")
+    models = ModelStore(store)
+    models.activate("v0001")
+    marked: list[Version] = []
+    mark = threading.Thread(target=lambda: marked.append(feedback.mark_normal(store, console.evidence, "e000")))
+    with models.writing():
+        mark.start()
+        deadline = time.monotonic() + 120  # a hang guard: the thread reaches the lock whatever the load
+        while mark.is_alive() and not _waiting_in(mark, "writing") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _waiting_in(mark, "writing")
+        shutil.copytree(store / "v0001", store / ".enrolled")  # what an enrolment adds, as the writer
+        models.activate(models.add(store / ".enrolled", {"source": "enrolment"}).name)
+    mark.join(300)
+    assert [v.name for v in marked] == ["v0003"] and marked[0].record["previous"] == "v0002"
+    assert models.current().name == "v0003"  # type: ignore[union-attr]
 
 
 def test_cameras_list_detail_and_versions(console: Console) -> None:

@@ -35,7 +35,7 @@ from streamvad.live.events_db import REVIEW_STATES, EventQuery, EventsDB, Review
 from streamvad.live.health import ServeState, StatusCollector
 from streamvad.live.media import MediaLayout
 from streamvad.messages import EnrolRequest
-from streamvad.model_store import ModelStore
+from streamvad.model_store import ModelStore, Version
 
 log = logging.getLogger(__name__)
 
@@ -313,12 +313,12 @@ def _api(site: Site, auth: Auth) -> APIRouter:
 
     @router.post("/cameras/{camera_id}/rollback", tags=["cameras"])
     def rollback(camera_id: str, _: Writer) -> ActionOut:
-        version = _store_action(lambda: store_of(camera_of(camera_id)).rollback())
+        version = _store_action(lambda: _as_writer(store_of(camera_of(camera_id)), ModelStore.rollback))
         return ActionOut(ok=True, message=f"{camera_id} now on {version.name}", version=version.name)
 
     @router.post("/cameras/{camera_id}/activate", tags=["cameras"])
     def activate(camera_id: str, body: ActivateIn, _: Writer) -> ActionOut:
-        version = _store_action(lambda: store_of(camera_of(camera_id)).activate(body.version))
+        version = _store_action(lambda: _as_writer(store_of(camera_of(camera_id)), ModelStore.activate, body.version))
         return ActionOut(ok=True, message=f"{camera_id} now on {version.name}", version=version.name)
 
     @router.get("/events", tags=["events"])
@@ -420,6 +420,12 @@ def _version_dir(cfg: StreamVADConfig, camera: CameraConfig, version: str | None
     if version is not None and (root / version).is_dir():
         return root / version
     return root if ModelStore(root).is_plain_model() else None
+
+
+def _as_writer(store: ModelStore, action: Callable[..., Version], *args: str) -> Version:
+    """`action(store, *args)` as the store's one writer (`ModelStore.writing`)."""
+    with store.writing():
+        return action(store, *args)
 
 
 def _store_action(action: Callable[[], Any]) -> Any:

@@ -53,14 +53,15 @@ def reindex(source: Path, out: Path, index: str) -> NormalityModel:
 def reindex_current(store: ModelStore, index: str, keep: int) -> Version:
     """The store's current version served by `index`, added as the next version and made current (a running
     worker swaps it in between batches); the store then keeps its newest `keep` versions."""
-    current = store.current()
-    if current is None:
-        raise InputError(f"{store.root}: no current model version to reindex (the camera is still learning)")
-    work = store.root / f".reindex-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    reindex(current.path, work, index)
-    version = store.add(work, {**{k: current.record[k] for k in ("camera", "source") if k in current.record},
-                               "reindexed": index, "previous": current.name})
-    store.activate(version.name)
-    store.prune(keep)
-    return version
+    with store.writing():
+        current = store.current()
+        if current is None:
+            raise InputError(f"{store.root}: no current model version to reindex (the camera is still learning)")
+        work = store.root / f".reindex-{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        reindex(current.path, work, index)
+        version = store.add(work, {**{k: current.record[k] for k in ("camera", "source") if k in current.record},
+                                   "reindexed": index, "previous": current.name})
+        store.activate(version.name)
+        store.prune(keep)
+        return version
