@@ -213,6 +213,9 @@ def test_mark_as_normal_adds_the_sight_to_a_new_version_and_undo_rolls_it_back(c
     assert console.verdict.patch_confidences[console.evidence.patches].min() > 0.5
     detail = httpx.get(f"{console.url}/api/events/e000", headers=_auth()).json()
     assert detail["review"] == "normal" and detail["marked_version"] == "v0002"
+    twice = httpx.post(f"{console.url}/api/events/e000/normal", headers=_auth())
+    assert twice.status_code == 409 and "already" in twice.json()["detail"]
+    assert store.current().name == "v0002"  # type: ignore[union-attr]
     undone = httpx.post(f"{console.url}/api/events/e000/undo", headers=_auth())
     assert undone.status_code == 200 and undone.json()["version"] == "v0001"
     assert store.current().name == "v0001"  # type: ignore[union-attr]

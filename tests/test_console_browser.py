@@ -228,7 +228,9 @@ def test_log_in_review_an_event_mark_it_normal_and_undo(site: tuple[Serve, Camer
     _shoot(browser, "event")
 
     browser.find_element(By.ID, "normal").click()
-    _wait("v0002 current", lambda: (c := ModelStore(store).current()) is not None and c.name == "v0002", 20, serve)
+    assert not browser.find_element(By.ID, "normal").is_enabled()  # one click, one version
+    # a process of its own builds the version (feedback.mark_normal): seconds, more on a busy box
+    _wait("v0002 current", lambda: (c := ModelStore(store).current()) is not None and c.name == "v0002", 60, serve)
     serve.wait("the worker on v0002", lambda b: b["cameras"]["gate"].get("model_version") == "v0002", 30)
     marked = _replay(serve, gate, _with(STRIPES))
     time.sleep(1.0)

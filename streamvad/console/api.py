@@ -371,6 +371,8 @@ def _api(site: Site, auth: Auth) -> APIRouter:
         if evidence is None or row["type"] != "anomaly":
             raise HTTPException(409, "this event has no evidence to add (a camera fault, or an event from before "
                                      "evidence was kept)")
+        if row["review"] == "normal":  # a second click, or a second operator: the sight is in the model already
+            raise HTTPException(409, f"event {event_id} is marked normal already; undo that first")
         store = store_of(camera_of(row["camera"]))
         version = _store_action(lambda: feedback.mark_normal(store.root, evidence, event_id, cfg.store.keep_versions))
         db().set_review(event_id, "normal")

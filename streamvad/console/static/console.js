@@ -17,11 +17,13 @@ async function api(path, options = {}) {
   return body;
 }
 
+let toastTimer;
 function toast(text, bad = false) {
   const el = $("#toast");
   el.textContent = text;
   el.className = bad ? "bad shown" : "shown";
-  setTimeout(() => { el.className = ""; }, 4000);
+  clearTimeout(toastTimer);  // a toast shown for 4 s from when it appeared, not from the one before it
+  toastTimer = setTimeout(() => { el.className = ""; }, 4000);
 }
 
 function show(template) {
@@ -242,7 +244,12 @@ async function eventPage(id) {
     $("#reviewed", main).disabled = ev.review !== "unreviewed";
   };
   $("#reviewed", main).onclick = () => act(`/events/${id}/review`, { state: "reviewed" }).then(render);
-  $("#normal", main).onclick = () => act(`/events/${id}/normal`).then(render);
+  $("#normal", main).onclick = async () => {
+    $("#normal", main).disabled = true;  // the new model version takes seconds: one click, one version
+    toast("Teaching the camera's model this sight…");
+    await act(`/events/${id}/normal`).catch(() => {});  // act has shown the operator why
+    await render();
+  };
   $("#undo", main).onclick = () => act(`/events/${id}/undo`).then(render);
   await render();
 }
