@@ -273,7 +273,6 @@ def test_fit_rejects_inconsistent_shapes() -> None:
         NormalityModel.fit(g[:9], p, NormalityConfig(), sources=["x"] * 10, backbone=BACKBONE)
 
 
-
 @pytest.mark.parametrize("global_dim", [20, 5])
 def test_global_of_another_width_is_projected_and_survives_save_load(tmp_path: Path, global_dim: int) -> None:
     """CNN backbones pool a wider (or narrower) global than their patches: the model projects it."""

@@ -27,7 +27,6 @@ def fit(cfg: NormalityConfig | None = None) -> NormalityModel:
     return NormalityModel.fit(g, p, cfg, sources=[str(i) for i in range(Q)], backbone=BACKBONE, nnn=True)
 
 
-
 def study(**overrides: object) -> ScoringConfig:
     """A scoring config on the study's k-NNN majority vote unless the test says otherwise."""
     return ScoringConfig.model_validate({"method": "knnn", "rule": "majority", **overrides})

@@ -259,7 +259,6 @@ def test_fan_out_one_reader_bind_to_many_workers_over_ipc(tmp_path: Path) -> Non
             w.close()
 
 
-
 def test_drop_policy_drops_and_counts_when_worker_does_not_read(tmp_path: Path) -> None:
     worker = FramePuller(ipc(tmp_path, "slow"), hwm=2)
     reader = FramePusher(worker.endpoint, hwm=2, policy="drop", encoding="raw")

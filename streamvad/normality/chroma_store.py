@@ -164,7 +164,6 @@ def write(
     log.info("wrote %d Chroma collections of %d vectors to %s", len(todo), q, location)
 
 
-
 def chroma_process(directory: Path, location: ChromaLocation, *, with_parent: bool = False) -> BaseProcess:
     """Chroma written at `location` from the memory files saved in `directory`, by a process of its own, started
     now (its client holds the GIL while it writes). `with_parent`: it exits when the process that started it

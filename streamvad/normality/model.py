@@ -474,14 +474,6 @@ def _chroma_location(directory: Path, server: dict[str, str] | None) -> chroma_s
     return chroma_store.ChromaLocation(url=server["url"], prefix=server["prefix"])
 
 
-
-
-
-
-
-
-
-
 def _serving_index(index: str, train: np.ndarray, seed: int
                    ) -> tuple[list[Any] | None, projected_index.ProjectedIndex | None]:
     """The hnsw indexes or the projected index of the memory `train`, as `index` (the config's) asks."""
