@@ -127,8 +127,8 @@ def _next_version(root: Path, evidence: Evidence, event_id: str, keep: int
         raise InputError(f"{root}: no current model version to add to (the camera is still learning)")
     work = root / f".normal-{event_id[:12]}"
     shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(current.path, work, symlinks=True, ignore=shutil.ignore_patterns("version.json"))
     try:
+        shutil.copytree(current.path, work, symlinks=True, ignore=shutil.ignore_patterns("version.json"))
         model = NormalityModel.load(work / NORMALITY_DIR)
         if model.chroma_server is not None:  # the new rows under a prefix of their own: the old record stays
             model.chroma_server = {**model.chroma_server, "prefix": version_prefix(model.chroma_server["prefix"],
@@ -144,8 +144,11 @@ def _next_version(root: Path, evidence: Evidence, event_id: str, keep: int
         ModelInfo.load(work).save(work)  # the file hashes of what changed
         version = store.add(work, {"source": "marked normal", "event": event_id, "previous": current.name,
                                    "added_vectors": added, "added_velocities": velocities})
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(work, ignore_errors=True)
+        if isinstance(err, OSError):  # a full disk, a read-only volume: one line, and nothing changed
+            raise InputError(f"{work}: cannot write the marked version ({err.strerror or err}); {root} stays on "
+                             f"{current.name}") from None
         raise
     store.activate(version.name)
     store.prune(keep)

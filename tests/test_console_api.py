@@ -25,6 +25,7 @@ from streamvad.console.api import Site
 from streamvad.console.auth import hash_password, verify_password
 from streamvad.console.server import ConsoleServer
 from streamvad.datasets.synthetic import make_scene
+from streamvad.errors import StreamVADError
 from streamvad.live.events_db import EventQuery, EventsDB
 from streamvad.live.health import ServeState
 from streamvad.live.media import MediaLayout, _write_atomic
@@ -260,6 +261,19 @@ def test_the_console_finds_exemplars_and_marks_normal_without_the_models_librari
     assert found["source"] == detail["exemplar"]["source"]  # what the console's own process shows
     engine = load_engine(store / "v0002")
     assert not engine.scorer.score(console.batch)[0].anomalous
+
+
+def test_a_store_that_cannot_be_written_refuses_a_mark_with_one_line(console: Console, tmp_path: Path) -> None:
+    store = tmp_path / "gate"
+    shutil.copytree(console.store / "v0001", store / "v0001")
+    ModelStore(store).activate("v0001")
+    (store / ".normal-e000").write_text("in the way")  # where the version is built: a file, not a folder
+    with pytest.raises(StreamVADError, match=r"\.normal-e000: cannot write the marked version \(.+\); .*gate stays "
+                                             "on v0001") as refused:
+        feedback.mark_normal(store, console.evidence, "e000")
+    assert "\n" not in str(refused.value)
+    assert ModelStore(store).current().name == "v0001"  # type: ignore[union-attr]
+    assert [v.name for v in ModelStore(store).versions()] == ["v0001"]
 
 
 def _waiting_in(thread: threading.Thread, function: str) -> bool:
