@@ -101,3 +101,21 @@ def test_matched_shares_compare_settings_at_equal_false_alarms(tool: ModuleType)
         out = tool.at_matched_shares(table, table["sum"] * scale, ["fast"])
         assert {share: (m["caught"], m["of"]) for share, m in out.items()} == {"1%": (1, 2), "3%": (2, 2), "5%": (2, 2)}
         assert out["1%"]["delay_p90_s"] == pytest.approx(0.2)  # opened at the second pasted frame
+
+
+def test_matched_false_events_compare_settings_at_equal_false_events(tool: ModuleType) -> None:
+    """The threshold for n false events is the lowest at which the unseen normal clips raise n or fewer, whatever
+    the setting's calibration said: here above the higher normal spike for none, above the lower for one."""
+    quiet, segment = [0.5] * 4, [0] * 4 + [1] * 4 + [0] * 2
+    table = table_of({
+        "01": ("normal", [0] * 10, [*quiet, 0.9, 0.9, *quiet]),  # a two-frame spike opens an event
+        "02": ("normal", [0] * 10, [*quiet, 0.8, 0.8, *quiet]),
+        "01-fast": ("fast", segment, [0.5] * 4 + [0.85] * 4 + [0.5] * 2),  # between the two spikes
+        "02-fast": ("fast", segment, [0.5] * 4 + [0.95] * 4 + [0.5] * 2),  # above every normal frame
+    })
+    for scale in (1.0, 10.0):
+        out = tool.at_matched_false_events(table, table["sum"] * scale, ["fast"])
+        assert {n: (m["caught"], m["of"]) for n, m in out.items()} == {"0": (1, 2), "1": (2, 2), "2": (2, 2)}
+        assert [out[n]["false_events_per_hour"] for n in ("0", "1", "2")] == pytest.approx(
+            [0.0, 3600 / 4, 2 * 3600 / 4], rel=0.01)
+        assert out["0"]["normal_flagged"] == 0.0 and out["1"]["normal_flagged"] == pytest.approx(2 / 20)

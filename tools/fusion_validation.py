@@ -19,7 +19,8 @@ normal frames (by the crowd of the scene: its cells that move as normal footage 
 the quieter half, the ranking a crowd spoils (issue #9); and at the threshold, through the events' hysteresis,
 the normal frames flagged, false events per hour of the unseen normal clips, and per pasted clip whether an event
 caught it and how long after it began; and the same at thresholds that flag 1, 3 and 5% of the unseen normal
-frames (`at_matched_shares`), so that two settings are compared at equal false alarms.
+frames (`at_matched_shares`), and at thresholds that raise 0, 1 and 2 false events there
+(`at_matched_false_events`), so that two settings are compared at equal false alarms.
 The test clips are never read. What it gave is in docs/VALIDATION.md.
 
     python tools/fusion_validation.py --root ../shared/data/ucsd_ped2 --out /tmp/fusion [--step 2] [--kinds fast,face]
@@ -181,8 +182,10 @@ def at_threshold(table: dict[str, np.ndarray], scores: np.ndarray, kinds: list[s
             clips[str(clip)] = ClipVerdicts(table["pts"][rows], table["label"][rows], scores[rows] > 1)
         return event_metrics(clips, EventsConfig())
 
+    normal = events_of("normal")
     out: dict[str, Any] = {"normal_flagged": round(float((scores[table["kind"] == "normal"] > 1).mean()), 4),
-                           "false_events_per_hour": round(float(events_of("normal")["false_events_per_hour"]), 1)}
+                           "false_events": int(normal["false_events"]),
+                           "false_events_per_hour": round(float(normal["false_events_per_hour"]), 1)}
     for kind in kinds:
         m = events_of(kind)
         out[kind] = {"caught": m["segments_detected"], "of": m["segments"],
@@ -209,6 +212,34 @@ def at_matched_shares(table: dict[str, np.ndarray], scores: np.ndarray, kinds: l
                                "caught": sum(m[kind]["caught"] for kind in kinds),
                                "of": sum(m[kind]["of"] for kind in kinds),
                                "delay_p90_s": round(float(np.quantile(delays, 0.9)), 3) if delays else None}
+    return out
+
+
+MATCHED_FALSE_EVENTS = (0, 1, 2)
+
+
+def at_matched_false_events(table: dict[str, np.ndarray], scores: np.ndarray, kinds: list[str]) -> dict[str, Any]:
+    """What two settings catch when they raise the same number of false events on the unseen normal clips (0, 1
+    or 2: the clips are minutes long), what an operator counts: `at_threshold` at the lowest threshold at which
+    neither it nor any higher one raises more. Equal shares of normal frames (`at_matched_shares`) can differ in
+    events: one setting's flagged frames may come in runs that each open an event, another's scattered."""
+    normal = np.unique(scores[table["kind"] == "normal"])[::-1]  # each lower threshold flags one more
+    chosen = dict.fromkeys(MATCHED_FALSE_EVENTS, float(normal[0]))
+    exceeded: set[int] = set()
+    for candidate in normal:
+        n = at_threshold(table, scores / candidate, [])["false_events"]
+        exceeded |= {allowed for allowed in MATCHED_FALSE_EVENTS if n > allowed}
+        chosen.update({allowed: float(candidate) for allowed in MATCHED_FALSE_EVENTS if allowed not in exceeded})
+        if len(exceeded) == len(MATCHED_FALSE_EVENTS):
+            break
+    out = {}
+    for allowed, threshold in chosen.items():
+        m = at_threshold(table, scores / threshold, kinds)
+        delays = [d for kind in kinds for d in m[kind]["delay_s_per_clip"].values() if d is not None]
+        out[str(allowed)] = {"false_events_per_hour": m["false_events_per_hour"], "normal_flagged": m["normal_flagged"],
+                             "caught": sum(m[kind]["caught"] for kind in kinds),
+                             "of": sum(m[kind]["of"] for kind in kinds),
+                             "delay_p90_s": round(float(np.quantile(delays, 0.9)), 3) if delays else None}
     return out
 
 
@@ -239,6 +270,7 @@ def summarise(table: dict[str, np.ndarray]) -> dict[str, Any]:
                                                for name, v in fused.items()}}
     result["at_threshold"] = {name: at_threshold(table, v, kinds) for name, v in fused.items()}
     result["at_matched_shares"] = {name: at_matched_shares(table, v, kinds) for name, v in fused.items()}
+    result["at_matched_false_events"] = {name: at_matched_false_events(table, v, kinds) for name, v in fused.items()}
     result["per_clip_auroc"] = per_clip
     return result
 
