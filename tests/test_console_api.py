@@ -199,7 +199,8 @@ def test_an_event_of_a_pruned_version_shows_the_current_versions_exemplar(consol
 
 
 def test_mark_as_normal_adds_the_sight_to_a_new_version_and_undo_rolls_it_back(console: Console) -> None:
-    marked = httpx.post(f"{console.url}/api/events/e000/normal", headers=_auth())
+    # a hang guard, not httpx's 5 s: a process that starts with torch builds the version, slower on a busy box
+    marked = httpx.post(f"{console.url}/api/events/e000/normal", headers=_auth(), timeout=300)
     assert marked.status_code == 200, marked.text
     assert marked.json()["version"] == "v0002"
     store = ModelStore(console.store)
