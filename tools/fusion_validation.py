@@ -204,15 +204,8 @@ def at_matched_shares(table: dict[str, np.ndarray], scores: np.ndarray, kinds: l
     catches there mix how a setting ranks with where its calibration fell; a window that ranks frames better but
     blunts a short anomaly's peak shows here as fewer clips caught."""
     normal = scores[table["kind"] == "normal"]
-    out = {}
-    for share in MATCHED_SHARES:
-        m = at_threshold(table, scores / np.quantile(normal, 1 - share), kinds)
-        delays = [d for kind in kinds for d in m[kind]["delay_s_per_clip"].values() if d is not None]
-        out[f"{share:.0%}"] = {"false_events_per_hour": m["false_events_per_hour"],
-                               "caught": sum(m[kind]["caught"] for kind in kinds),
-                               "of": sum(m[kind]["of"] for kind in kinds),
-                               "delay_p90_s": round(float(np.quantile(delays, 0.9)), 3) if delays else None}
-    return out
+    return {f"{share:.0%}": pooled(at_threshold(table, scores / np.quantile(normal, 1 - share), kinds), kinds)
+            for share in MATCHED_SHARES}
 
 
 MATCHED_FALSE_EVENTS = (0, 1, 2)
@@ -232,15 +225,17 @@ def at_matched_false_events(table: dict[str, np.ndarray], scores: np.ndarray, ki
         chosen.update({allowed: float(candidate) for allowed in MATCHED_FALSE_EVENTS if allowed not in exceeded})
         if len(exceeded) == len(MATCHED_FALSE_EVENTS):
             break
-    out = {}
-    for allowed, threshold in chosen.items():
-        m = at_threshold(table, scores / threshold, kinds)
-        delays = [d for kind in kinds for d in m[kind]["delay_s_per_clip"].values() if d is not None]
-        out[str(allowed)] = {"false_events_per_hour": m["false_events_per_hour"], "normal_flagged": m["normal_flagged"],
-                             "caught": sum(m[kind]["caught"] for kind in kinds),
-                             "of": sum(m[kind]["of"] for kind in kinds),
-                             "delay_p90_s": round(float(np.quantile(delays, 0.9)), 3) if delays else None}
-    return out
+    return {str(allowed): pooled(at_threshold(table, scores / threshold, kinds), kinds)
+            for allowed, threshold in chosen.items()}
+
+
+def pooled(m: dict[str, Any], kinds: list[str]) -> dict[str, Any]:
+    """`at_threshold`'s figures over every pasted kind: false events per hour, normal frames flagged, pasted clips
+    caught of all, and the p90 delay of those caught."""
+    delays = [d for kind in kinds for d in m[kind]["delay_s_per_clip"].values() if d is not None]
+    return {"false_events_per_hour": m["false_events_per_hour"], "normal_flagged": m["normal_flagged"],
+            "caught": sum(m[kind]["caught"] for kind in kinds), "of": sum(m[kind]["of"] for kind in kinds),
+            "delay_p90_s": round(float(np.quantile(delays, 0.9)), 3) if delays else None}
 
 
 def summarise(table: dict[str, np.ndarray]) -> dict[str, Any]:
