@@ -228,6 +228,14 @@ def test_mark_as_normal_adds_the_sight_to_a_new_version_and_undo_rolls_it_back(c
     assert fault.status_code == 409  # a covered lens is no sight to learn
 
 
+def _store_of_v0001(console: Console, tmp_path: Path) -> Path:
+    """A store of its own for a test that marks: the console's v0001 copied, and current."""
+    store = tmp_path / "gate"
+    shutil.copytree(console.store / "v0001", store / "v0001")
+    ModelStore(store).activate("v0001")
+    return store
+
+
 _WITHOUT_TORCH = """
 import json, sys
 from pathlib import Path
@@ -249,9 +257,7 @@ def test_the_console_finds_exemplars_and_marks_normal_without_the_models_librari
                                                                                    tmp_path: Path) -> None:
     """serve's supervisor, where the console runs, stays small for good: the exemplar is read from the memory's
     files, and a process of its own builds the version an operator's "normal" makes, on torch."""
-    store = tmp_path / "gate"
-    shutil.copytree(console.store / "v0001", store / "v0001")
-    ModelStore(store).activate("v0001")
+    store = _store_of_v0001(console, tmp_path)
     saved = tmp_path / "evidence.npz"
     np.savez(saved, patches=console.evidence.patches, vectors=console.evidence.vectors)
     done = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, str(store), str(saved)], capture_output=True,
@@ -265,9 +271,7 @@ def test_the_console_finds_exemplars_and_marks_normal_without_the_models_librari
 
 
 def test_a_store_that_cannot_be_written_refuses_a_mark_with_one_line(console: Console, tmp_path: Path) -> None:
-    store = tmp_path / "gate"
-    shutil.copytree(console.store / "v0001", store / "v0001")
-    ModelStore(store).activate("v0001")
+    store = _store_of_v0001(console, tmp_path)
     (store / ".normal-e000").write_text("in the way")  # where the version is built: a file, not a folder
     with pytest.raises(StreamVADError, match=r"\.normal-e000: cannot write the marked version \(.+\); .*gate stays "
                                              "on v0001") as refused:
@@ -289,10 +293,8 @@ def test_a_mark_waits_for_the_store_writer_before_it_and_builds_on_its_version(c
                                                                                tmp_path: Path) -> None:
     """An enrolment makes a new version current while an operator marks an event normal: the mark waits for the
     store's writer and adds to the enrolment's version, instead of adding to the one before and dropping it."""
-    store = tmp_path / "gate"
-    shutil.copytree(console.store / "v0001", store / "v0001")
+    store = _store_of_v0001(console, tmp_path)
     models = ModelStore(store)
-    models.activate("v0001")
     marked: list[Version] = []
     mark = threading.Thread(target=lambda: marked.append(feedback.mark_normal(store, console.evidence, "e000")))
     with models.writing():
