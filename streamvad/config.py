@@ -444,6 +444,9 @@ class StoreConfig(_Section):
 
     # versions kept; older ones are deleted when one is added, except the current one and the one it replaced
     keep_versions: int = Field(10, ge=2)
+    # the longest a "mark as normal" may take to build its version (seconds, usually a few): past it the process
+    # building it is stopped and the store, whose one writer it is meanwhile, stays as it was and is free again
+    mark_timeout_s: float = Field(600.0, gt=0)
 
 
 class StreamVADConfig(_Section):

@@ -24,8 +24,8 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import shutil
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+import traceback
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -92,26 +92,71 @@ def add_velocities(motion: MotionModel, evidence: Evidence) -> int:
     return len(cells)
 
 
-def mark_normal(root: Path, evidence: Evidence, event_id: str, keep: int = StoreConfig().keep_versions) -> Version:
+def mark_normal(root: Path, evidence: Evidence, event_id: str, cfg: StoreConfig | None = None) -> Version:
     """The next version of the store at `root`: the current one with `evidence` added; it is made current, and
-    the store keeps its newest `keep` versions (`ModelStore.prune`).
+    the store keeps its newest `cfg.keep_versions` versions (`ModelStore.prune`; `cfg` the defaults if None).
 
     A process of its own (spawned, one per mark) builds the version: it needs the model's code and torch, which
     serve's supervisor, where the console runs, then never holds. An operator's click pays that process's start,
     a few seconds. It runs as the store's one writer (`ModelStore.writing`), so it builds on the version an
-    enrolment or another mark made current before it. The version's Chroma record is written by another process,
-    started here."""
-    with ModelStore(root).writing(), ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
-        try:
-            version, record = pool.submit(_next_version, root, evidence, event_id, keep).result()
-        except BrokenProcessPool:
-            raise StreamVADError(f"{root}: the process marking event {event_id} normal ended without an answer "
-                                 "(killed, out of memory, or failed to start); see which version is current") from None
+    enrolment or another mark made current before it; and it is stopped after `cfg.mark_timeout_s`, so a process
+    that hangs (a stuck disk) cannot keep every later writer of the store waiting. The version's Chroma record is
+    written by another process, started here."""
+    with ModelStore(root).writing():
+        version, record = _built_apart(root, evidence, event_id, cfg or StoreConfig())
     if record is not None:
         chroma_store.chroma_process(version.path / NORMALITY_DIR, record)
     log.info("%s: %s marks event %s normal (%d patch vectors, %d velocities added to %s)", root, version.name,
              event_id, version.record["added_vectors"], version.record["added_velocities"], version.record["previous"])
     return version
+
+
+def _built_apart(root: Path, evidence: Evidence, event_id: str, cfg: StoreConfig
+                 ) -> tuple[Version, chroma_store.ChromaLocation | None]:
+    """`_next_version` in a spawned process: its answer, or its error raised here. A process that outlives
+    `cfg.mark_timeout_s` is killed, and what it left half-built removed."""
+    ctx = mp.get_context("spawn")
+    answers, answer = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_answer, args=(answer, root, evidence, event_id, cfg.keep_versions),
+                        name=f"mark-{event_id[:12]}", daemon=True)
+    child.start()
+    answer.close()  # the child's end: once the child is gone, a read here ends instead of waiting
+    try:
+        if not answers.poll(cfg.mark_timeout_s):
+            child.kill()
+            child.join()
+            shutil.rmtree(_work_folder(root, event_id), ignore_errors=True)
+            current = ModelStore(root).current()
+            raise StreamVADError(f"{root}: marking event {event_id} normal took longer than {cfg.mark_timeout_s:g} s "
+                                 f"(store.mark_timeout_s) and was stopped; {root} stays on "
+                                 f"{current.name if current else 'no version'}")
+        try:
+            built, failure, trace = answers.recv()
+        except EOFError:
+            raise StreamVADError(f"{root}: the process marking event {event_id} normal ended without an answer "
+                                 "(killed, out of memory, or failed to start); see which version is current") from None
+    finally:
+        answers.close()
+        child.join()
+    if failure is None:
+        return built
+    if isinstance(failure, StreamVADError):  # one line that says it all
+        raise failure
+    raise failure from RuntimeError(f"in the process marking event {event_id} normal:\n{trace}")
+
+
+def _answer(answer: Connection, root: Path, evidence: Evidence, event_id: str, keep: int) -> None:
+    """The marking process: (the new version and its Chroma record, None, "") or (None, the error, its traceback)."""
+    try:
+        reply = (_next_version(root, evidence, event_id, keep), None, "")
+    except BaseException as err:  # every error goes back to the parent, which raises it
+        reply = (None, err, traceback.format_exc())
+    answer.send(reply)
+    answer.close()
+
+
+def _work_folder(root: Path, event_id: str) -> Path:
+    return root / f".normal-{event_id[:12]}"
 
 
 def _next_version(root: Path, evidence: Evidence, event_id: str, keep: int
@@ -125,7 +170,7 @@ def _next_version(root: Path, evidence: Evidence, event_id: str, keep: int
     current = store.current()
     if current is None:
         raise InputError(f"{root}: no current model version to add to (the camera is still learning)")
-    work = root / f".normal-{event_id[:12]}"
+    work = _work_folder(root, event_id)
     shutil.rmtree(work, ignore_errors=True)
     try:
         shutil.copytree(current.path, work, symlinks=True, ignore=shutil.ignore_patterns("version.json"))

@@ -3,8 +3,11 @@ who may do what, paging and filters, the nearest normal exemplar, mark as normal
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
+import multiprocessing
+import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +23,7 @@ import pytest
 from PIL import Image
 
 from streamvad import feedback
-from streamvad.config import StreamVADConfig
+from streamvad.config import StoreConfig, StreamVADConfig
 from streamvad.console.api import Site
 from streamvad.console.auth import hash_password, verify_password
 from streamvad.console.server import ConsoleServer
@@ -279,6 +282,26 @@ def test_a_store_that_cannot_be_written_refuses_a_mark_with_one_line(console: Co
     assert "\n" not in str(refused.value)
     assert ModelStore(store).current().name == "v0001"  # type: ignore[union-attr]
     assert [v.name for v in ModelStore(store).versions()] == ["v0001"]
+
+
+def test_a_mark_that_hangs_is_stopped_and_frees_the_store(console: Console, tmp_path: Path) -> None:
+    """A mark whose process never answers (here it waits forever to open a memory file that is a pipe nobody
+    writes, as on a stuck disk) is stopped after `store.mark_timeout_s`, and no later writer is kept waiting."""
+    store = _store_of_v0001(console, tmp_path)
+    memory = store / "v0001" / "normality" / "train.npy"
+    os.mkfifo(tmp_path / "stuck")
+    memory.unlink()
+    memory.symlink_to(tmp_path / "stuck")
+    # never reached by a process that cannot finish, whatever the load: a short limit decides nothing here
+    with pytest.raises(StreamVADError, match=r"e000 normal took longer than 2 s \(store\.mark_timeout_s\) and was "
+                                             r"stopped; .*gate stays on v0001") as stopped:
+        feedback.mark_normal(store, console.evidence, "e000", StoreConfig(mark_timeout_s=2))
+    assert "\n" not in str(stopped.value)
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("mark-")]
+    assert not (store / ".normal-e000").exists()
+    assert [v.name for v in ModelStore(store).versions()] == ["v0001"]
+    with (store / ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: raises BlockingIOError while a writer holds it
 
 
 def _waiting_in(thread: threading.Thread, function: str) -> bool:

@@ -374,7 +374,7 @@ def _api(site: Site, auth: Auth) -> APIRouter:
         if row["review"] == "normal":  # a second click, or a second operator: the sight is in the model already
             raise HTTPException(409, f"event {event_id} is marked normal already; undo that first")
         store = store_of(camera_of(row["camera"]))
-        version = _store_action(lambda: feedback.mark_normal(store.root, evidence, event_id, cfg.store.keep_versions))
+        version = _store_action(lambda: feedback.mark_normal(store.root, evidence, event_id, cfg.store))
         db().set_review(event_id, "normal")
         log.info("console: %s marked event %s normal: %s is %s", who, event_id, row["camera"], version.name)
         return ActionOut(ok=True, message=f"{row['camera']} now on {version.name}, which knows this sight",
