@@ -32,7 +32,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from streamvad.config import WIRE_MAX_SIDE, BackboneConfig, CameraConfig, StreamVADConfig
+from streamvad import feedback
+from streamvad.config import WIRE_MAX_SIDE, BackboneConfig, CameraConfig, StoreConfig, StreamVADConfig
 from streamvad.datasets.base import Clip
 from streamvad.errors import ConfigError, InputError, StreamVADError
 from streamvad.live.fleet import model_path, owned, owner
@@ -265,6 +266,7 @@ def enrol(cfg: StreamVADConfig, camera_id: str, duration_s: float, *, progress: 
         raise InputError(f"{store.root}: cannot write to the model store ({err.strerror or err})") from None
     try:
         started = datetime.now(UTC).isoformat(timespec="seconds")
+        base = store.current()  # what the operator's marks made from now on build on (`land`)
         clips = record(camera, cfg, duration_s, work / "frames", progress=progress, report=report)
         recorded = [started, datetime.now(UTC).isoformat(timespec="seconds")]
         if report is not None:
@@ -293,19 +295,15 @@ def enrol(cfg: StreamVADConfig, camera_id: str, duration_s: float, *, progress: 
         fitted = result.get()
         frames = sum(1 for c in clips for _ in c.path.iterdir())
         left_out = fitted["excluded"] + fitted["outliers"]
-        with store.writing():  # a mark made during the fit is superseded: the fit learned from the stream since
-            replaced = store.current()
-            version = store.add(work / "model", {
-                "camera": camera_id, "source": redact_url(camera.url), "duration_s": duration_s,
-                "recorded_frames": frames + left_out, "fitted_frames": frames, "excluded_anomalous": fitted["excluded"],
-                "excluded_outliers": fitted["outliers"],
-                "segments": len(clips), "n_train": fitted["n_train"], "n_holdout": fitted["n_holdout"],
-                "thresholds": fitted["thresholds"], "previous": replaced and replaced.name, "recorded": recorded,
-                "holdout_scores": fitted["holdout_scores"], "serving_bytes": fitted["serving_bytes"],
-                "fit_seconds": fitted["stages"],
-            })
-            store.activate(version.name)
-            store.prune(cfg.store.keep_versions)
+        version = land(store, work / "model", {
+            "camera": camera_id, "source": redact_url(camera.url), "duration_s": duration_s,
+            "recorded_frames": frames + left_out, "fitted_frames": frames, "excluded_anomalous": fitted["excluded"],
+            "excluded_outliers": fitted["outliers"],
+            "segments": len(clips), "n_train": fitted["n_train"], "n_holdout": fitted["n_holdout"],
+            "thresholds": fitted["thresholds"], "recorded": recorded,
+            "holdout_scores": fitted["holdout_scores"], "serving_bytes": fitted["serving_bytes"],
+            "fit_seconds": fitted["stages"],
+        }, base and base.name, cfg.store)
     except OSError as err:
         raise InputError(f"{store.root}: cannot write to the model store ({err.strerror or err}); "
                          "the current version is unchanged") from None
@@ -314,6 +312,21 @@ def enrol(cfg: StreamVADConfig, camera_id: str, duration_s: float, *, progress: 
     log.info("%s: enrolled version %s on %d frames (%d left out) in %.0f s", camera_id, version.name, frames,
              left_out, time.monotonic() - t0)
     return Enrolment(camera_id, version, frames, left_out, time.monotonic() - t0)
+
+
+def land(store: ModelStore, fitted: Path, record: dict[str, Any], base: str | None, cfg: StoreConfig) -> Version:
+    """The enrolment's model `fitted` as the store's next version, current, with `record` and its `previous` (the
+    version it replaced); returns it. The operator's marks made since the enrolment began on `base` are made again
+    on top of it (`feedback.carry_marks`): its footage may never have shown the sight an operator called normal
+    meanwhile, and the operator's word must not be lost to a fit that started before it."""
+    with store.writing():
+        marks = feedback.marks_since(store, base)
+        replaced = store.current()
+        version = store.add(fitted, {**record, "previous": replaced and replaced.name})
+        store.activate(version.name)
+        feedback.carry_marks(store.root, marks, cfg)
+        store.prune(cfg.keep_versions)
+    return version
 
 
 def enrolment_main(cfg: StreamVADConfig, camera_id: str, duration_s: float, log_level: int) -> None:

@@ -10,7 +10,9 @@ scene's normality changed.
 
 It writes the next version of the camera's store (a copy of the current one plus the additions, file hashes
 recorded anew), makes it current, and the camera's worker swaps it in between batches. Undo is a rollback to
-the version before, which names this event in its record.
+the version before, which names this event in its record. The version keeps the evidence it added, so that an
+enrolment which began before the mark and lands after it makes the mark again on its own version
+(`carry_marks`).
 
 Every token's memory has one row per added vector, since the serving arrays are dense [T, M, D]: tokens
 that received nothing repeat their first row, which changes no nearest distance. The Chroma system of
@@ -25,6 +27,7 @@ import logging
 import multiprocessing as mp
 import shutil
 import traceback
+import zipfile
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +37,7 @@ import numpy as np
 from streamvad.config import StoreConfig
 from streamvad.errors import InputError, StreamVADError
 from streamvad.layout import MOTION_DIR, NORMALITY_DIR
+from streamvad.live.events_db import evidence_bytes, evidence_from
 from streamvad.model_store import ModelStore, Version
 from streamvad.motion.model import META as MOTION_META
 from streamvad.motion.model import MotionModel
@@ -46,6 +50,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MARKED_FILE = "marked.npz"  # a marked version's evidence (live/events_db.py evidence_bytes)
+
 
 def add_to_memory(model: NormalityModel, evidence: Evidence, source: str) -> int:
     """Each evidence vector becomes a row of its patch's token (others repeat their first row); returns how many.
@@ -55,6 +61,9 @@ def add_to_memory(model: NormalityModel, evidence: Evidence, source: str) -> int
     vectors = np.asarray(evidence.vectors, dtype=np.float32)
     if vectors.shape[1] != model.dim:
         raise InputError(f"evidence of {vectors.shape[1]} dims, the model's memory has {model.dim}: another backbone")
+    if len(tokens) and not 0 < tokens.min() <= tokens.max() < len(model.train):
+        raise InputError(f"evidence of patches {tokens.min() - 1} to {tokens.max() - 1}, the model has "
+                         f"{len(model.train) - 1}: another backbone or grid")
     k = len(tokens)
     frame = len(model.sources)
     rows = np.repeat(model.train[:, :1], k, axis=1)  # [T, K, D]: repeats of each token's first row
@@ -103,21 +112,71 @@ def mark_normal(root: Path, evidence: Evidence, event_id: str, cfg: StoreConfig 
     that hangs (a stuck disk) cannot keep every later writer of the store waiting. The version's Chroma record is
     written by another process, started here."""
     with ModelStore(root).writing():
-        version, record = _built_apart(root, evidence, event_id, cfg or StoreConfig())
+        return _mark(root, evidence, event_id, cfg or StoreConfig())
+
+
+def carry_marks(root: Path, marks: list[Version], cfg: StoreConfig) -> list[Version]:
+    """Each of `marks` (versions that marked an event normal, oldest first: `marks_since`) made again on top of
+    the current version, which an enrolment has just made: the operator's word outlives a refit that began before
+    it, and undo still works. The caller is the store's writer. A mark that cannot be made again (its evidence
+    pruned with its version, or a model of another backbone) is logged and left out; the versions made."""
+    evidence = []  # read first: a version made here prunes, and could take a later mark's version with it
+    for mark in marks:
+        kept = mark.path / MARKED_FILE
+        try:
+            evidence.append((mark, evidence_from(kept.read_bytes())))
+        except FileNotFoundError:
+            _not_carried(root, mark, f"{kept} is missing (marked by a StreamVAD that kept no evidence with a mark)")
+        except (OSError, ValueError, zipfile.BadZipFile) as err:
+            _not_carried(root, mark, f"{kept} is unreadable ({err})")
+    made = []
+    for mark, sight in evidence:
+        try:
+            made.append(_mark(root, sight, str(mark.record["event"]), cfg, carried_from=mark.name))
+        except StreamVADError as err:
+            _not_carried(root, mark, str(err).splitlines()[0])
+    return made
+
+
+def _not_carried(root: Path, mark: Version, why: str) -> None:
+    log.warning("%s: event %s, marked normal in %s, is not marked again on the new version: %s", root,
+                mark.record["event"], mark.name, why)
+
+
+def marks_since(store: ModelStore, base: str | None) -> list[Version]:
+    """The versions that marked an event normal on the way from `base` to the current version, oldest first
+    (following each version's `previous`); none if the current version does not descend from `base` (someone
+    rolled back or activated another version meanwhile, on purpose)."""
+    by_name = {v.name: v for v in store.versions()}
+    current = store.current()
+    name, marks = current and current.name, []
+    while name is not None and name != base and name in by_name:
+        version = by_name[name]
+        if version.record.get("event"):
+            marks.append(version)
+        name = version.record.get("previous")
+    return marks[::-1] if name == base else []
+
+
+def _mark(root: Path, evidence: Evidence, event_id: str, cfg: StoreConfig, carried_from: str | None = None
+          ) -> Version:
+    """`mark_normal` once the store's lock is held."""
+    version, record = _built_apart(root, evidence, event_id, carried_from, cfg)
     if record is not None:
         chroma_store.chroma_process(version.path / NORMALITY_DIR, record)
-    log.info("%s: %s marks event %s normal (%d patch vectors, %d velocities added to %s)", root, version.name,
-             event_id, version.record["added_vectors"], version.record["added_velocities"], version.record["previous"])
+    log.info("%s: %s marks event %s normal (%d patch vectors, %d velocities added to %s%s)", root, version.name,
+             event_id, version.record["added_vectors"], version.record["added_velocities"], version.record["previous"],
+             f"; again, as {carried_from} did" if carried_from else "")
     return version
 
 
-def _built_apart(root: Path, evidence: Evidence, event_id: str, cfg: StoreConfig
+def _built_apart(root: Path, evidence: Evidence, event_id: str, carried_from: str | None, cfg: StoreConfig
                  ) -> tuple[Version, chroma_store.ChromaLocation | None]:
     """`_next_version` in a spawned process: its answer, or its error raised here. A process that outlives
     `cfg.mark_timeout_s` is killed, and what it left half-built removed."""
     ctx = mp.get_context("spawn")
     answers, answer = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_answer, args=(answer, root, evidence, event_id, cfg.keep_versions),
+    child = ctx.Process(target=_answer, args=(answer, root, evidence, event_id, carried_from, cfg.keep_versions),
                         name=f"mark-{event_id[:12]}", daemon=True)
     child.start()
     answer.close()  # the child's end: once the child is gone, a read here ends instead of waiting
@@ -145,10 +204,11 @@ def _built_apart(root: Path, evidence: Evidence, event_id: str, cfg: StoreConfig
     raise failure from RuntimeError(f"in the process marking event {event_id} normal:\n{trace}")
 
 
-def _answer(answer: Connection, root: Path, evidence: Evidence, event_id: str, keep: int) -> None:
+def _answer(answer: Connection, root: Path, evidence: Evidence, event_id: str, carried_from: str | None,
+            keep: int) -> None:
     """The marking process: (the new version and its Chroma record, None, "") or (None, the error, its traceback)."""
     try:
-        reply = (_next_version(root, evidence, event_id, keep), None, "")
+        reply = (_next_version(root, evidence, event_id, carried_from, keep), None, "")
     except BaseException as err:  # every error goes back to the parent, which raises it
         reply = (None, err, traceback.format_exc())
     answer.send(reply)
@@ -159,10 +219,11 @@ def _work_folder(root: Path, event_id: str) -> Path:
     return root / f".normal-{event_id[:12]}"
 
 
-def _next_version(root: Path, evidence: Evidence, event_id: str, keep: int
+def _next_version(root: Path, evidence: Evidence, event_id: str, carried_from: str | None, keep: int
                   ) -> tuple[Version, chroma_store.ChromaLocation | None]:
     """`mark_normal`'s process: the new version, current and pruned, and where its Chroma record goes (None: the
-    model keeps none)."""
+    model keeps none). The version keeps the evidence it added (`MARKED_FILE`), so that `carry_marks` can add it
+    again to a version fitted later."""
     from streamvad.normality.model import NormalityModel
     from streamvad.normality.nnn import NNN_FILE
 
@@ -186,9 +247,11 @@ def _next_version(root: Path, evidence: Evidence, event_id: str, keep: int
             motion = MotionModel.load(work / MOTION_DIR)
             velocities = add_velocities(motion, evidence)
             motion.save(work / MOTION_DIR)
+        (work / MARKED_FILE).write_bytes(evidence_bytes(evidence))  # replaces the one a marked version copied
         ModelInfo.load(work).save(work)  # the file hashes of what changed
         version = store.add(work, {"source": "marked normal", "event": event_id, "previous": current.name,
-                                   "added_vectors": added, "added_velocities": velocities})
+                                   "added_vectors": added, "added_velocities": velocities,
+                                   **({"carried_from": carried_from} if carried_from else {})})
     except BaseException as err:
         shutil.rmtree(work, ignore_errors=True)
         if isinstance(err, OSError):  # a full disk, a read-only volume: one line, and nothing changed

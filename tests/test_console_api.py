@@ -28,6 +28,7 @@ from streamvad.console.api import Site
 from streamvad.console.auth import hash_password, verify_password
 from streamvad.console.server import ConsoleServer
 from streamvad.datasets.synthetic import make_scene
+from streamvad.enrolment import land
 from streamvad.errors import StreamVADError
 from streamvad.live.events_db import EventQuery, EventsDB
 from streamvad.live.health import ServeState
@@ -331,6 +332,31 @@ def test_a_mark_waits_for_the_store_writer_before_it_and_builds_on_its_version(c
     mark.join(300)
     assert [v.name for v in marked] == ["v0003"] and marked[0].record["previous"] == "v0002"
     assert models.current().name == "v0003"  # type: ignore[union-attr]
+
+
+def test_a_mark_made_while_an_enrolment_fits_is_made_again_on_the_enrolled_version(console: Console,
+                                                                                  tmp_path: Path) -> None:
+    """An operator marks an event normal while an enrolment, begun on v0001, fits. When the enrolment lands, the
+    mark is made again on top of it: the sight stays normal, and undo goes back to the enrolled version."""
+    store = _store_of_v0001(console, tmp_path)
+    models = ModelStore(store)
+    assert feedback.mark_normal(store, console.evidence, "e000").name == "v0002"
+    fitted = tmp_path / "fitted"  # what the enrolment's fit wrote: here v0001's model, which never saw the sight
+    shutil.copytree(store / "v0001", fitted, ignore=shutil.ignore_patterns("version.json"))
+    enrolled = land(models, fitted, {"source": "enrolment"}, "v0001", StoreConfig())
+    assert enrolled.name == "v0003" and enrolled.record["previous"] == "v0002"
+    again = models.current()
+    assert again is not None and again.name == "v0004"
+    assert (again.record["event"], again.record["previous"], again.record["carried_from"]) == ("e000", "v0003", "v0002")
+    assert load_engine(enrolled.path).scorer.score(console.batch)[0].anomalous
+    assert not load_engine(again.path).scorer.score(console.batch)[0].anomalous
+    assert feedback.undo(store, "e000").name == "v0003"
+    # a mark undone while the next enrolment fits stays undone when it lands
+    assert feedback.mark_normal(store, console.evidence, "e001").name == "v0005"
+    assert feedback.undo(store, "e001").name == "v0003"
+    shutil.copytree(store / "v0001", fitted, ignore=shutil.ignore_patterns("version.json"))
+    assert land(models, fitted, {"source": "enrolment"}, "v0003", StoreConfig()).name == "v0006"
+    assert models.current().name == "v0006"  # type: ignore[union-attr]
 
 
 def test_cameras_list_detail_and_versions(console: Console) -> None:
