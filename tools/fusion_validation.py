@@ -46,13 +46,14 @@ from motion_validation import ROWS, cross, load_clip, motion_of, paste_walker
 
 from streamvad.config import EventsConfig, load_config
 from streamvad.datasets.base import clip_from_path
+from streamvad.motion.fusion import on_fusion_scale
 from streamvad.offline.event_metrics import ClipVerdicts, event_metrics
 from streamvad.offline.pipeline import fit, replay, rule_variants
 from streamvad.scoring.engine import load_engine
 
 SCORERS = {"appearance": "distance/topk", "motion": "motion", "max": "distance/topk+motion:max",
            "sum": "distance/topk+motion:sum"}
-PARTS = ("clip", "kind", "label", "pts", "crowd", *SCORERS)
+PARTS = ("clip", "kind", "label", "pts", "crowd", "look", "move", "sum_at", *SCORERS)
 WALKERS = {"fast": {"pace": (2.0, 2.5), "scale": 1}, "large": {"pace": (0.8, 1.2), "scale": 2},
            "still": {"pace": (0.0, 0.0), "scale": 2}, "wide": {"pace": (1.4, 1.8), "scale": 1, "widen": 1.8}}
 OBJECT_PACE = (1.0, 1.4)  # a walker's pace or a little more: the look must tell these apart, not the speed
@@ -114,12 +115,17 @@ def write_clip(folder: Path, frames: np.ndarray) -> Path:
 
 def scores(engine: Any, clip: Any, fps: float | None) -> dict[str, np.ndarray]:
     """Every sampled frame's score by each of SCORERS, divided by its threshold, its label, pts and validity
-    (frames with motion: the first has none)."""
-    recs = replay(engine, [clip], sample_fps=fps, scorers=rule_variants(engine, list(SCORERS.values())),
-                  progress=False).records
+    (frames with motion: the first has none); and the sum's two parts, each on its fusion scale, with the sum's
+    threshold (`look` + `move` = `sum` * `sum_at`), to try other fusions of the same parts."""
+    scorers = rule_variants(engine, list(SCORERS.values()))
+    recs = replay(engine, [clip], sample_fps=fps, scorers=scorers, progress=False).records
     out = {name: np.array([r["raw_score"] / r["threshold"] for r in recs[rule]]) for name, rule in SCORERS.items()}
-    motion = recs["motion"]
-    return {**out, "moving": np.array([r["frame"] > 0 for r in motion]),
+    summed, motion = scorers[SCORERS["sum"]], recs["motion"]
+    zero = summed.motion.medians.get("motion", 0.0) / summed.motion.threshold
+    move = np.array([on_fusion_scale(r["motion_score"], zero, 1.0) for r in recs[SCORERS["sum"]]])
+    look = np.array([r["raw_score"] for r in recs[SCORERS["sum"]]]) * summed.sum_at - move
+    return {**out, "move": move, "look": look,
+            "sum_at": np.full(len(move), summed.sum_at), "moving": np.array([r["frame"] > 0 for r in motion]),
             "label": np.array([r["label"] or 0 for r in motion]), "pts": np.array([r["pts"] for r in motion])}
 
 
@@ -145,7 +151,7 @@ def validate(root: Path, out: Path, step: int, folds: int, kinds: list[str], con
         ok = s["moving"]
         for key, value in (("clip", clip), ("kind", kind)):
             rows[key].append(np.full(int(ok.sum()), value))
-        for key in ("label", "pts", *SCORERS):
+        for key in ("label", "pts", "look", "move", "sum_at", *SCORERS):
             rows[key].append(s[key][ok])
         rows["crowd"].append(cells[ok])
 
