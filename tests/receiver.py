@@ -3,6 +3,7 @@ from a script, so tests can stage outages, Retry-After answers and restarts on t
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from typing import Any
@@ -14,13 +15,46 @@ __all__ = ["Received", "WebhookReceiver"]
 
 
 class WebhookReceiver(receiver.WebhookReceiver):
+    """While it is down (stopped, or given a port and not started yet) its port stays held by a socket that is bound
+    but does not listen: a delivery is refused as by a stopped server, and no server another test starts meanwhile
+    (a ZeroMQ socket, a broker, on another test process) is handed the port, which would take the delivery instead
+    (a reset, or a hang until the sink's timeout)."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._held: socket.socket | None = None
+        if self.port:
+            self._hold()
         self.requests: list[Received] = []
         self.status = 200  # answer for every authentic request unless `script` has entries
         # answers consumed in order before falling back to `status`: a status, or (status, extra headers)
         self.script: list[int | tuple[int, dict[str, str]]] = []
         self._lock = threading.Lock()
+
+    def _hold(self) -> None:
+        held = socket.socket()
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # its closed connections may be in TIME_WAIT
+        held.bind((self.host, self.port))
+        self._held = held
+
+    def _release(self) -> None:
+        if self._held is not None:
+            self._held.close()
+            self._held = None
+
+    def start(self) -> WebhookReceiver:
+        self._release()
+        super().start()
+        return self
+
+    def stop(self) -> None:
+        super().stop()
+        self._release()
+        self._hold()
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        self._release()
 
     def answer(self) -> tuple[int, dict[str, str]]:
         with self._lock:
