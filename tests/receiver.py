@@ -34,7 +34,11 @@ class WebhookReceiver(receiver.WebhookReceiver):
     def _hold(self) -> None:
         held = socket.socket()
         held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # its closed connections may be in TIME_WAIT
-        held.bind((self.host, self.port))
+        try:
+            held.bind((self.host, self.port))
+        except OSError:  # connections of the server just stopped still hold it, which keeps it from others as well
+            held.close()
+            return
         self._held = held
 
     def _release(self) -> None:

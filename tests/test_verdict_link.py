@@ -21,7 +21,7 @@ from streamvad.config import EventsConfig, SinksConfig, StreamVADConfig, Transpo
 from streamvad.errors import StreamVADError
 from streamvad.live.events_db import EventsDB
 from streamvad.live.events_process import EventsProcess
-from streamvad.transport import Delivery, VerdictInbox, VerdictLink, encode_eos, encode_verdict
+from streamvad.transport import Delivery, VerdictInbox, VerdictLink, WireError, encode_eos, encode_verdict
 from streamvad.types import FrameKey, Verdict
 
 
@@ -125,6 +125,19 @@ def _serve_events(proc: EventsProcess, inbox: VerdictInbox, link: VerdictLink, u
             proc.commit(inbox)
 
 
+def _bound_again(endpoint: str) -> VerdictInbox:
+    """A new inbox on the endpoint of one just closed. ZeroMQ closes a socket in its I/O thread, after `close`
+    returns, so the port may still be taken for a moment (a killed process's is free at once)."""
+    deadline = time.monotonic() + 30  # a hang guard
+    while True:
+        try:
+            return VerdictInbox(endpoint)
+        except WireError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def test_an_events_process_killed_mid_incident_loses_nothing_and_reopens_nothing(tmp_path: Path) -> None:
     """40 verdicts: normal, 12 anomalous (the incident), normal. The first events process commits up to the
     middle of the incident, takes in a few more without committing, and dies; the second resumes."""
@@ -149,7 +162,7 @@ def test_an_events_process_killed_mid_incident_loses_nothing_and_reopens_nothing
         first.db.close()
     assert link.unacked == 4
 
-    second_inbox = VerdictInbox(endpoint)
+    second_inbox = _bound_again(endpoint)
     second = EventsProcess(cfg)
     try:
         resumed = second.tracker.current_event("cam")
