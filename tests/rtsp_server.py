@@ -23,6 +23,8 @@ from pathlib import Path
 import av
 import pytest
 
+from tests.ports import HeldPort
+
 SYSTEM_PYTHON = "/usr/bin/python3"
 DEBIAN_PACKAGES = "python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good"
 _PAYLOADERS = {"h264": "rtph264pay", "mpeg4": "rtpmp4vpay"}
@@ -84,11 +86,13 @@ def _codec(clip: Path) -> str:
 
 
 class RTSPTestServer:
-    """Serves one clip at rtsp://127.0.0.1:<port>/cam; can be stopped and started on the same port."""
+    """Serves one clip at rtsp://127.0.0.1:<port>/cam; can be stopped and started on the same port, which is held
+    while it is down (`HeldPort`)."""
 
     def __init__(self, clip: Path, *, port: int | None = None, mount: str = "/cam") -> None:
         self.clip = Path(clip)
-        self.port = port or free_port()
+        self._held = HeldPort(port or 0)
+        self.port = self._held.port
         self.mount = mount
         self.payloader = _PAYLOADERS[_codec(self.clip)]
         self._proc: subprocess.Popen[str] | None = None
@@ -99,6 +103,7 @@ class RTSPTestServer:
 
     def start(self, timeout_s: float = 15.0) -> None:
         """Starts the server and returns once it answers an RTSP DESCRIBE for the mount."""
+        self._held.release()
         self._proc = subprocess.Popen(
             [SYSTEM_PYTHON, "-c", _SERVER, str(self.port), self.mount, str(self.clip), self.payloader],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -137,6 +142,7 @@ class RTSPTestServer:
             self._proc.kill()
             self._proc.wait(timeout=10)
         self._proc = None
+        self._held.hold()
 
 
 @pytest.fixture(scope="session")
