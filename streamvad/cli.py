@@ -254,8 +254,12 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         print(reply.message)
         return 0
     res = enrol(cfg, args.camera, args.duration, progress=not args.no_progress)
-    print(f"{res.camera}: version {res.version.name} is current ({res.frames} frames, {res.excluded} left out as "
-          f"outliers or anomalous, {res.seconds:.0f} s) -> {res.version.path}")
+    fitted = f"({res.frames} frames, {res.excluded} left out as outliers or anomalous, {res.seconds:.0f} s)"
+    if res.marked_again:  # feedback.carry_marks
+        print(f"{res.camera}: version {res.current.name} is current: {res.version.name} {fitted} with the "
+              f"{len(res.marked_again)} event(s) operators marked normal during the enrolment -> {res.current.path}")
+    else:
+        print(f"{res.camera}: version {res.version.name} is current {fitted} -> {res.version.path}")
     return 0
 
 

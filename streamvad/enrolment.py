@@ -64,6 +64,12 @@ class Enrolment:
     frames: int
     excluded: int  # frames left out: outliers in the enrolment, or anomalous to the camera's previous model
     seconds: float
+    marked_again: list[Version]  # operators' marks made during the enrolment, made again on `version` (`land`)
+
+    @property
+    def current(self) -> Version:
+        """The version current when the enrolment ended: its own, or the last mark made again on it."""
+        return self.marked_again[-1] if self.marked_again else self.version
 
 
 def camera_store(cfg: StreamVADConfig, camera_id: str) -> tuple[CameraConfig, ModelStore]:
@@ -295,7 +301,7 @@ def enrol(cfg: StreamVADConfig, camera_id: str, duration_s: float, *, progress: 
         fitted = result.get()
         frames = sum(1 for c in clips for _ in c.path.iterdir())
         left_out = fitted["excluded"] + fitted["outliers"]
-        version = land(store, work / "model", {
+        version, again = land(store, work / "model", {
             "camera": camera_id, "source": redact_url(camera.url), "duration_s": duration_s,
             "recorded_frames": frames + left_out, "fitted_frames": frames, "excluded_anomalous": fitted["excluded"],
             "excluded_outliers": fitted["outliers"],
@@ -311,22 +317,24 @@ def enrol(cfg: StreamVADConfig, camera_id: str, duration_s: float, *, progress: 
         shutil.rmtree(work, ignore_errors=True)
     log.info("%s: enrolled version %s on %d frames (%d left out) in %.0f s", camera_id, version.name, frames,
              left_out, time.monotonic() - t0)
-    return Enrolment(camera_id, version, frames, left_out, time.monotonic() - t0)
+    return Enrolment(camera_id, version, frames, left_out, time.monotonic() - t0, again)
 
 
-def land(store: ModelStore, fitted: Path, record: dict[str, Any], base: str | None, cfg: StoreConfig) -> Version:
+def land(store: ModelStore, fitted: Path, record: dict[str, Any], base: str | None, cfg: StoreConfig
+         ) -> tuple[Version, list[Version]]:
     """The enrolment's model `fitted` as the store's next version, current, with `record` and its `previous` (the
-    version it replaced); returns it. The operator's marks made since the enrolment began on `base` are made again
-    on top of it (`feedback.carry_marks`): its footage may never have shown the sight an operator called normal
-    meanwhile, and the operator's word must not be lost to a fit that started before it."""
+    version it replaced); returns it and the versions of the marks made again on top of it. The operator's marks
+    made since the enrolment began on `base` are made again (`feedback.carry_marks`): its footage may never have
+    shown the sight an operator called normal meanwhile, and the operator's word must not be lost to a fit that
+    started before it."""
     with store.writing():
         marks = feedback.marks_since(store, base)
         replaced = store.current()
         version = store.add(fitted, {**record, "previous": replaced and replaced.name})
         store.activate(version.name)
-        feedback.carry_marks(store.root, marks, cfg)
+        again = feedback.carry_marks(store.root, marks, cfg)
         store.prune(cfg.keep_versions)
-    return version
+    return version, again
 
 
 def enrolment_main(cfg: StreamVADConfig, camera_id: str, duration_s: float, log_level: int) -> None:
@@ -344,7 +352,7 @@ def enrolment_main(cfg: StreamVADConfig, camera_id: str, duration_s: float, log_
     code = 2
     try:
         res = enrol(cfg, camera_id, duration_s, progress=False, report=state.update)
-        state.update(state="done", phase="done", version=res.version.name, recorded_s=duration_s)
+        state.update(state="done", phase="done", version=res.current.name, recorded_s=duration_s)
         code = 0
     except StreamVADError as err:
         state.update(state="failed", phase="failed", error=str(err))

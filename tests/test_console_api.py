@@ -343,10 +343,9 @@ def test_a_mark_made_while_an_enrolment_fits_is_made_again_on_the_enrolled_versi
     assert feedback.mark_normal(store, console.evidence, "e000").name == "v0002"
     fitted = tmp_path / "fitted"  # what the enrolment's fit wrote: here v0001's model, which never saw the sight
     shutil.copytree(store / "v0001", fitted, ignore=shutil.ignore_patterns("version.json"))
-    enrolled = land(models, fitted, {"source": "enrolment"}, "v0001", StoreConfig())
+    enrolled, [again] = land(models, fitted, {"source": "enrolment"}, "v0001", StoreConfig())
     assert enrolled.name == "v0003" and enrolled.record["previous"] == "v0002"
-    again = models.current()
-    assert again is not None and again.name == "v0004"
+    assert again.name == "v0004" == models.current().name  # type: ignore[union-attr]
     assert (again.record["event"], again.record["previous"], again.record["carried_from"]) == ("e000", "v0003", "v0002")
     assert load_engine(enrolled.path).scorer.score(console.batch)[0].anomalous
     assert not load_engine(again.path).scorer.score(console.batch)[0].anomalous
@@ -355,7 +354,7 @@ def test_a_mark_made_while_an_enrolment_fits_is_made_again_on_the_enrolled_versi
     assert feedback.mark_normal(store, console.evidence, "e001").name == "v0005"
     assert feedback.undo(store, "e001").name == "v0003"
     shutil.copytree(store / "v0001", fitted, ignore=shutil.ignore_patterns("version.json"))
-    assert land(models, fitted, {"source": "enrolment"}, "v0003", StoreConfig()).name == "v0006"
+    assert land(models, fitted, {"source": "enrolment"}, "v0003", StoreConfig())[0].name == "v0006"
     assert models.current().name == "v0006"  # type: ignore[union-attr]
 
 

@@ -113,6 +113,7 @@ class VersionOut(BaseModel):
     created_at: float | None
     source: str | None
     event: str | None
+    carried_from: str | None  # the version whose mark this one made again, on top of an enrolment that landed after it
 
 
 class CameraOut(BaseModel):
@@ -282,7 +283,8 @@ def _api(site: Site, auth: Auth) -> APIRouter:
         store = _maybe_store(cfg, camera)
         current = store.current() if store is not None else None
         versions = [VersionOut(name=v.name, current=current is not None and v.name == current.name,
-                               created_at=v.created_at, source=v.record.get("source"), event=v.record.get("event"))
+                               created_at=v.created_at, source=v.record.get("source"), event=v.record.get("event"),
+                               carried_from=v.record.get("carried_from"))
                     for v in (store.versions() if store is not None else [])]
         model = current.path if current is not None else _version_dir(cfg, camera, None)
         thresholds, scorer, parts = ({}, None, {}) if model is None else exemplars.scoring(model, cfg.served_scoring)

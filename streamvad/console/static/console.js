@@ -276,7 +276,9 @@ async function cameraPage(id) {
       tr.innerHTML = "<td></td><td></td><td></td><td></td>";
       tr.cells[0].textContent = v.name + (v.current ? " (current)" : "");
       tr.cells[1].textContent = when(v.created_at);
-      tr.cells[2].textContent = v.event ? `marked normal: ${v.event.slice(0, 8)}` : (v.source ?? "");
+      tr.cells[2].textContent = v.event
+        ? `marked normal: ${v.event.slice(0, 8)}${v.carried_from ? ` (again, as ${v.carried_from} did)` : ""}`
+        : (v.source ?? "");
       if (!v.current) {
         const b = document.createElement("button");
         b.textContent = "Activate";
