@@ -263,6 +263,14 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     return 0
 
 
+def _made_by(record: dict[str, Any]) -> str:
+    """What made a model version, in `models list`: an operator's mark (feedback.py), or an enrolment's facts."""
+    if record.get("event"):
+        again = f" (again, as {record['carried_from']} did)" if record.get("carried_from") else ""
+        return f"marked normal: event {record['event']}{again}"
+    return ", ".join(f"{k}={record[k]}" for k in ("recorded_frames", "n_holdout", "duration_s") if k in record)
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from streamvad.enrolment import camera_store
 
@@ -272,9 +280,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         current = store.current()
         for v in store.versions():
             made = time.strftime("%Y-%m-%d %H:%M", time.localtime(v.created_at)) if v.created_at else "?"
-            facts = ", ".join(f"{k}={v.record[k]}" for k in ("recorded_frames", "n_holdout", "duration_s")
-                              if k in v.record)
-            print(f"{'*' if current and current.name == v.name else ' '} {v.name}  {made}  {facts}")
+            print(f"{'*' if current and current.name == v.name else ' '} {v.name}  {made}  {_made_by(v.record)}")
         if not store.versions():
             print(f"{args.camera}: no versions in {store.root} (the camera is learning)")
         return 0

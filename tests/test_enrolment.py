@@ -6,6 +6,7 @@ synthetic scenes; the whole `serve` version is in test_serve.py.
 
 from __future__ import annotations
 
+import json
 import resource
 import shutil
 import subprocess
@@ -87,10 +88,13 @@ def _config_file(tmp_path: Path, cameras: list[dict[str, Any]], **extra: Any) ->
 def test_models_cli_lists_activates_and_rolls_back(tiny_model: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     _store(tmp_path / "gate", tiny_model, 2)
+    (tmp_path / "gate" / "v0002" / "version.json").write_text(json.dumps(
+        {"source": "marked normal", "event": "e7", "previous": "v0001", "carried_from": "v0001"}), encoding="utf-8")
     config = _config_file(tmp_path, [{"id": "gate", "url": "x.mp4", "model": str(tmp_path / "gate")}])
     assert main(["models", "list", "--config", str(config), "gate"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("  v0001") and lines[1].startswith("* v0002")
+    assert lines[1].endswith("marked normal: event e7 (again, as v0001 did)")
     assert main(["models", "rollback", "--config", str(config), "gate"]) == 0
     assert "version v0001 is current" in capsys.readouterr().out
     assert main(["models", "activate", "--config", str(config), "gate", "v0002"]) == 0
