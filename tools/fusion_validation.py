@@ -46,7 +46,7 @@ from motion_validation import ROWS, cross, load_clip, motion_of, paste_walker
 
 from streamvad.config import EventsConfig, load_config
 from streamvad.datasets.base import clip_from_path
-from streamvad.motion.fusion import on_fusion_scale
+from streamvad.motion.fusion import motion_on_fusion_scale
 from streamvad.offline.event_metrics import ClipVerdicts, event_metrics
 from streamvad.offline.pipeline import fit, replay, rule_variants
 from streamvad.scoring.engine import load_engine
@@ -121,8 +121,7 @@ def scores(engine: Any, clip: Any, fps: float | None) -> dict[str, np.ndarray]:
     recs = replay(engine, [clip], sample_fps=fps, scorers=scorers, progress=False).records
     out = {name: np.array([r["raw_score"] / r["threshold"] for r in recs[rule]]) for name, rule in SCORERS.items()}
     summed, motion = scorers[SCORERS["sum"]], recs["motion"]
-    zero = summed.motion.medians.get("motion", 0.0) / summed.motion.threshold
-    move = np.array([on_fusion_scale(r["motion_score"], zero, 1.0) for r in recs[SCORERS["sum"]]])
+    move = np.array([motion_on_fusion_scale(summed.motion, r["motion_score"]) for r in recs[SCORERS["sum"]]])
     look = np.array([r["raw_score"] for r in recs[SCORERS["sum"]]]) * summed.sum_at - move
     return {**out, "move": move, "look": look,
             "sum_at": np.full(len(move), summed.sum_at), "moving": np.array([r["frame"] > 0 for r in motion]),

@@ -68,6 +68,12 @@ def on_fusion_scale(value: Score, zero: float, at: float) -> Score:
     return (value - zero) / (at - zero) if at > zero else value - at + 1.0
 
 
+def motion_on_fusion_scale(model: MotionModel, unit: Score) -> Score:
+    """A motion score divided by `model`'s threshold (`unit`), on the fusion scale: its normal median at 0."""
+    assert model.threshold is not None
+    return on_fusion_scale(unit, model.medians.get("motion", 0.0) / model.threshold, 1.0)
+
+
 @dataclass(frozen=True)
 class AppearanceScale:
     """Where one appearance rule's raw score sits on the fusion scale: less `slope` per cell of crowd above
@@ -124,7 +130,6 @@ class FusedScorer:
         self.mask = appearance.mask
         self.threshold = 1.0
         self._motion_at = float(motion.threshold)
-        self._motion_zero = motion.medians.get("motion", 0.0) / self._motion_at  # on the threshold's unit scale
         self._window = Smoother(motion.cfg.smooth_s, motion.cfg.window)
 
     def score(self, batch: EmbeddingBatch) -> list[Verdict]:
@@ -146,7 +151,7 @@ class FusedScorer:
                 raw, patches, by = m, h, f"motion@{self._motion_at:.2f}"
             else:
                 a = float(self.scale.unit(v.raw_score, n, v.threshold))
-                b = on_fusion_scale(m, self._motion_zero, 1.0)
+                b = motion_on_fusion_scale(self.motion, m)
                 raw = max(a, b) if self.sum_at is None else (a + b) / self.sum_at
                 by = f"{v.decided_by}+motion@{self._motion_at:.2f}"
                 by += "" if self.sum_at is None else f":sum@{self.sum_at:.2f}"

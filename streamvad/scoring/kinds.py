@@ -23,7 +23,7 @@ from streamvad.config import ScoringConfig, StreamVADConfig
 from streamvad.errors import ConfigError, InputError, ModelMismatchError
 from streamvad.layout import MOTION_DIR, NORMALITY_DIR
 from streamvad.motion import FusedScorer, MotionModel, MotionTracker
-from streamvad.motion.fusion import AppearanceScale, on_fusion_scale
+from streamvad.motion.fusion import AppearanceScale, motion_on_fusion_scale
 from streamvad.motion.model import FILE as MOTION_FILE
 from streamvad.motion.model import calibrate_motion, motion_memory_bound
 from streamvad.scoring.folds import clip_folds, holdout_mask
@@ -369,8 +369,7 @@ def sum_thresholds(appearance: Calibration, motion: np.ndarray, crowd: np.ndarra
     threshold) and `crowd` (crowds) are in the order of the appearance's unit scores (the hold-out, then
     each fold's rows); where one has fewer frames (a rule scored on the hold-out alone, or motion of a capped
     memory's folds), the frames both have: the hold-out first."""
-    assert model.threshold is not None
-    moved = on_fusion_scale(motion, model.medians.get("motion", 0.0) / model.threshold, 1.0)
+    moved = motion_on_fusion_scale(model, motion)
     out = {}
     for key, scores in appearance.unit_scores.items():
         n = min(len(scores), len(motion))
